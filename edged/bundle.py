@@ -1,0 +1,187 @@
+"""The model bundle: the directory `tools/` writes and the daemon loads.
+
+Layout::
+
+    BUNDLE/
+      manifest.json      # this module's `Manifest`
+      model.onnx         # int8 (QDQ), what the daemon runs by default
+      model.fp32.onnx    # the same graph in fp32
+
+Every ONNX graph takes one input (``manifest.input.name``): a float32 NCHW image batch prepared as
+``manifest.input`` says (see ``edged.preprocess``), or for ``kind: features`` a float32 [N, F] matrix of
+hand-made features (see ``edged.features``). It returns ``outputs.score`` ([N], higher = more
+anomalous) and, when ``outputs.map`` is set, a per-pixel anomaly map ([N, 1, H, W] or [N, H, W] at the
+input size). Verdict: ``score > threshold.value``.
+
+The manifest is checked once when the daemon starts: a missing file, a bad hash or a field out of
+range is a ``BundleError`` (exit code 2), never a crash later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class BundleError(Exception):
+    """A model bundle that cannot be used; the message says which file and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """How a camera frame becomes the model input (the same code runs in training and in the daemon)."""
+
+    name: str = "input"
+    kind: Literal["image", "features"] = "image"
+    width: int = Field(gt=0, le=4096)
+    height: int = Field(gt=0, le=4096)
+    channels: Literal[1, 3] = 1
+    color_order: Literal["gray", "rgb", "bgr"] = "gray"
+    scale: float = 1.0 / 255.0  # uint8 pixel * scale, then (x - mean) / std per channel
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    features: str | None = None  # for kind == "features": name of the feature extractor in edged.features
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InputSpec:
+        if self.channels == 1 and self.color_order != "gray":
+            raise ValueError("channels 1 needs color_order 'gray'")
+        if self.channels == 3 and self.color_order == "gray":
+            raise ValueError("channels 3 needs color_order 'rgb' or 'bgr'")
+        for label, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, self.channels):
+                raise ValueError(f"{label} needs 1 or {self.channels} values")
+        if any(s == 0 for s in self.std):
+            raise ValueError("std must not be 0")
+        if self.kind == "features" and not self.features:
+            raise ValueError("kind 'features' needs the name of the feature extractor in 'features'")
+        return self
+
+
+class OutputSpec(_Strict):
+    score: str = "score"
+    map: str | None = None  # name of the anomaly map output, or None when the model gives none
+
+
+class Threshold(_Strict):
+    """The image-score threshold and how it was set, so a quality engineer can audit it."""
+
+    value: float
+    method: Literal["percentile", "target_frr", "manual"] = "percentile"
+    percentile: float | None = None
+    target_frr: float | None = None
+    n_images: int = 0
+    expected_frr: float | None = None  # false-reject rate of the calibration images at this value
+    source: str = ""  # what images it was derived from (e.g. "held-out train/good (15%)")
+
+
+class ModelFile(_Strict):
+    """One ONNX file of the bundle, calibrated on its own: int8 scores differ slightly from fp32."""
+
+    file: str
+    sha256: str
+    precision: Literal["int8", "fp32"]
+    threshold: Threshold
+    map_threshold: float | None = None  # per-pixel threshold for defect regions; None: no regions
+
+
+class TrainingSummary(_Strict):
+    count: int = 0  # images trained on
+    holdout: int = 0  # good images held out for calibration
+    file_list_sha256: str = ""
+    data: str = ""  # the dataset path as given to fit
+    params: dict[str, object] = Field(default_factory=dict)  # method options: epochs, loss, ...
+
+
+class Manifest(_Strict):
+    format_version: int = FORMAT_VERSION
+    bundle_id: str
+    method: str  # "classic", "cae", "cae-reference", "patchcore", ...
+    created: str  # ISO 8601, UTC
+    input: InputSpec
+    outputs: OutputSpec = OutputSpec()
+    models: dict[Literal["int8", "fp32"], ModelFile]
+    default: Literal["int8", "fp32"] = "int8"
+    training: TrainingSummary = TrainingSummary()
+    quantization: dict[str, object] = Field(default_factory=dict)  # parity figures, what was quantized
+    versions: dict[str, str] = Field(default_factory=dict)  # onnx, onnxruntime, torch, ...
+
+    @model_validator(mode="after")
+    def _has_default(self) -> Manifest:
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(f"format_version {self.format_version} is not supported (this edged reads "
+                             f"{FORMAT_VERSION})")
+        if self.default not in self.models:
+            raise ValueError(f"default model {self.default!r} is not listed in models")
+        if self.input.kind == "image" and self.outputs.map is None:
+            pass  # an image model without a map is allowed: regions are then empty
+        return self
+
+    def model(self, precision: str | None = None) -> ModelFile:
+        key = precision or self.default
+        if key not in self.models:
+            raise BundleError(f"bundle {self.bundle_id} has no {key} model (has: {', '.join(self.models)})")
+        return self.models[key]  # type: ignore[index]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_manifest(bundle_dir: str | Path) -> Manifest:
+    """Read and validate BUNDLE/manifest.json (no ONNX file is opened)."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    if not Path(bundle_dir).is_dir():
+        raise BundleError(f"model bundle {bundle_dir}: not a directory")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"model bundle {bundle_dir}: no {MANIFEST_NAME}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"model bundle {bundle_dir}: cannot read {MANIFEST_NAME}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"model bundle {bundle_dir}: {MANIFEST_NAME} is not valid JSON: {exc}") from None
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise BundleError(f"model bundle {bundle_dir}: {MANIFEST_NAME}: {where}: {first['msg']}") from None
+
+
+def resolve_model(bundle_dir: str | Path, manifest: Manifest, precision: str | None = None,
+                  verify: bool = True) -> Path:
+    """The path of the ONNX file to run, after checking it exists and matches its sha256."""
+    entry = manifest.model(precision)
+    path = Path(bundle_dir) / entry.file
+    if not path.is_file():
+        raise BundleError(f"model bundle {bundle_dir}: {entry.file} is missing")
+    if verify:
+        digest = sha256_file(path)
+        if digest != entry.sha256:
+            raise BundleError(f"model bundle {bundle_dir}: {entry.file} does not match its sha256 in the "
+                              f"manifest (file damaged or replaced)")
+    return path
+
+
+def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> Path:
+    """Write the manifest atomically (tools/ calls this; the daemon never writes bundles)."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,179 @@
+"""Runs a model bundle: frames in, (score, anomaly map) out.
+
+One `Detector` owns one inference session, which ONNX Runtime allows several threads to run at
+once. `tools/` scores calibration and test images through this same class, so the threshold is set on
+exactly what the daemon computes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edged import features as feature_extractors
+from edged.bundle import BundleError, Manifest, load_manifest, resolve_model
+from edged.preprocess import prepare_uint8, to_tensor
+
+log = logging.getLogger(__name__)
+
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    score: float
+    anomaly_map: np.ndarray | None  # HxW float32 at the model's input size
+
+
+class Detector:
+    """A loaded bundle ready to score frames. Thread-safe for `infer` calls."""
+
+    def __init__(self, bundle_dir: str | Path, precision: str | None = None, runtime: str = "onnxruntime",
+                 providers: Sequence[str] = ("cpu",), intra_op_threads: int = 1, verify: bool = True) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest: Manifest = load_manifest(self.bundle_dir)
+        self.precision = precision or self.manifest.default
+        if runtime == "opencv" and self.precision == "int8":
+            # cv2.dnn cannot run QDQ int8 graphs reliably; the fp32 file carries the same model.
+            log.info("runtime opencv: using the fp32 model of the bundle")
+            self.precision = "fp32"
+        entry = self.manifest.model(self.precision)
+        self.model_path = resolve_model(self.bundle_dir, self.manifest, self.precision, verify=verify)
+        self.threshold = entry.threshold.value
+        self.map_threshold = entry.map_threshold
+        self.spec = self.manifest.input
+        self.runtime = runtime
+        if self.spec.kind == "features":
+            try:
+                self._features = feature_extractors.get(self.spec.features or "")
+            except KeyError:
+                raise BundleError(f"model bundle {bundle_dir}: unknown feature extractor "
+                                  f"{self.spec.features!r}") from None
+        if runtime == "opencv":
+            self._backend: _Backend = _OpenCVBackend(self.model_path, self.manifest)
+        else:
+            self._backend = _OrtBackend(self.model_path, self.manifest, providers, intra_op_threads)
+        self.provider = self._backend.provider
+        self.threads = intra_op_threads
+        log.info("model %s (%s, %s) loaded from %s: runtime %s, provider %s, %d intra-op thread(s)",
+                 self.manifest.bundle_id, self.manifest.method, self.precision, self.model_path.name,
+                 runtime, self.provider, intra_op_threads)
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest.bundle_id
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """Frame -> one model input row (CxHxW float32, or an F-vector for feature models)."""
+        prepared = prepare_uint8(image, self.spec)
+        if self.spec.kind == "features":
+            return self._features(prepared)
+        return to_tensor(prepared, self.spec)
+
+    def infer(self, images: Sequence[np.ndarray]) -> list[Output]:
+        """Score a batch of frames (BGR or gray uint8, any size)."""
+        if not images:
+            return []
+        batch = np.stack([self.prepare(image) for image in images])
+        return self.infer_tensor(batch)
+
+    def infer_tensor(self, batch: np.ndarray) -> list[Output]:
+        """Score an already prepared batch (N x model input)."""
+        scores, maps = self._backend.run(np.ascontiguousarray(batch, dtype=np.float32))
+        out = []
+        for i in range(batch.shape[0]):
+            amap = None
+            if maps is not None:
+                amap = maps[i]
+                while amap.ndim > 2:
+                    amap = amap[0]
+            out.append(Output(float(scores[i]), amap))
+        return out
+
+
+class _Backend:
+    provider: str
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+
+class _OrtBackend(_Backend):
+    def __init__(self, path: Path, manifest: Manifest, providers: Sequence[str], threads: int) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BundleError("onnxruntime is not installed; set model.runtime: opencv") from None
+        available = ort.get_available_providers()
+        wanted = [PROVIDER_NAMES[p] for p in providers if PROVIDER_NAMES[p] in available]
+        missing = [p for p in providers if PROVIDER_NAMES[p] not in available]
+        if missing:
+            log.warning("execution provider(s) %s not available here (available: %s)",
+                        ", ".join(missing), ", ".join(available))
+        if "CPUExecutionProvider" not in wanted:
+            wanted.append("CPUExecutionProvider")  # always a fallback rather than no inference
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise BundleError(f"model {path}: ONNX Runtime cannot load it: {exc}") from None
+        self.provider = self.session.get_providers()[0]
+        self.input_name = manifest.input.name
+        names = [o.name for o in self.session.get_outputs()]
+        if manifest.outputs.score not in names:
+            raise BundleError(f"model {path}: no output named {manifest.outputs.score!r} (has {names})")
+        self.outputs = [manifest.outputs.score]
+        if manifest.outputs.map:
+            if manifest.outputs.map not in names:
+                raise BundleError(f"model {path}: no output named {manifest.outputs.map!r} (has {names})")
+            self.outputs.append(manifest.outputs.map)
+        if self.input_name not in [i.name for i in self.session.get_inputs()]:
+            raise BundleError(f"model {path}: no input named {self.input_name!r}")
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        result = self.session.run(self.outputs, {self.input_name: batch})
+        scores = np.asarray(result[0], dtype=np.float32).reshape(batch.shape[0], -1)[:, 0]
+        maps = np.asarray(result[1], dtype=np.float32) if len(result) > 1 else None
+        return scores, maps
+
+
+class _OpenCVBackend(_Backend):
+    """cv2.dnn: a deployment that needs nothing but OpenCV. Not thread-safe, so calls are serialized."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        import threading
+
+        import cv2
+
+        try:
+            self.net = cv2.dnn.readNetFromONNX(str(path))
+        except cv2.error as exc:
+            raise BundleError(f"model {path}: OpenCV DNN cannot load it: {exc}") from None
+        self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        self.provider = "opencv-dnn-cpu"
+        self.outputs = [manifest.outputs.score] + ([manifest.outputs.map] if manifest.outputs.map else [])
+        self.input_name = manifest.input.name
+        self._lock = threading.Lock()
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        with self._lock:
+            self.net.setInput(batch, self.input_name)
+            result = self.net.forward(self.outputs)
+        scores = np.asarray(result[0], dtype=np.float32).reshape(batch.shape[0], -1)[:, 0]
+        maps = np.asarray(result[1], dtype=np.float32) if len(result) > 1 else None
+        return scores, maps

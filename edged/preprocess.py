@@ -1,0 +1,83 @@
+"""Frame -> model input, exactly as the bundle's manifest says.
+
+`tools/` calls the same functions on training images, so the daemon sees what the model was trained
+on: one implementation, no drift between training and production.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from edged.bundle import InputSpec
+
+
+class FrameError(ValueError):
+    """A frame that cannot be inspected (empty, wrong dtype or channel count)."""
+
+
+def to_color_order(image: np.ndarray, color_order: str) -> np.ndarray:
+    """Convert an OpenCV image (gray, BGR or BGRA, uint8) to the model's color order, HxW or HxWx3."""
+    if image is None or not isinstance(image, np.ndarray) or image.size == 0:
+        raise FrameError("empty frame")
+    if image.dtype != np.uint8:
+        if image.dtype == np.uint16:  # 16-bit industrial cameras: keep the top 8 bits
+            image = (image >> 8).astype(np.uint8)
+        else:
+            raise FrameError(f"unsupported pixel type {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        if color_order == "gray":
+            return image
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB if color_order == "rgb" else cv2.COLOR_GRAY2BGR)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise FrameError(f"unsupported frame shape {image.shape}")
+    if image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if color_order == "gray":
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    if color_order == "rgb":
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area interpolation when shrinking (no aliasing of fine scratches), linear when enlarging."""
+    h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image
+    interp = cv2.INTER_AREA if (w >= width and h >= height) else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interp)
+
+
+def prepare_uint8(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Color conversion and resize: the uint8 HxW(xC) image the model sees (also used for overlays)."""
+    return resize(to_color_order(image, spec.color_order), spec.width, spec.height)
+
+
+def to_tensor(prepared: np.ndarray, spec: InputSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 HxW(xC) -> float32 CxHxW scaled and normalized; writes into `out` when given."""
+    chw = prepared[None, :, :] if prepared.ndim == 2 else prepared.transpose(2, 0, 1)
+    if out is None:
+        out = np.empty((spec.channels, spec.height, spec.width), dtype=np.float32)
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
+    np.multiply(chw, np.float32(spec.scale), out=out, casting="unsafe")
+    if np.any(mean != 0) or np.any(std != 1):
+        out -= mean
+        out /= std
+    return out
+
+
+def preprocess(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """One frame -> float32 CxHxW model input (for kind 'image')."""
+    return to_tensor(prepare_uint8(image, spec), spec)
+
+
+def preprocess_batch(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
+    """Frames -> float32 NxCxHxW, one allocation."""
+    batch = np.empty((len(images), spec.channels, spec.height, spec.width), dtype=np.float32)
+    for i, image in enumerate(images):
+        to_tensor(prepare_uint8(image, spec), spec, out=batch[i])
+    return batch

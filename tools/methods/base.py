@@ -1,0 +1,64 @@
+"""The contract between the shared training pipeline (`tools/fit.py`) and each detector method.
+
+The pipeline loads and splits the data, prepares every image with `edged.preprocess.prepare_uint8`
+(the daemon's own code) using the method's `InputSpec`, then calls `Method.fit`. What comes back can
+export itself as ONE fp32 ONNX graph whose outputs are the image score (higher = more anomalous) and,
+for image models, the anomaly map at input size. Quantization, calibration, the manifest and the
+evaluation are shared code and never method-specific except through `QuantizeOptions`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edged.bundle import InputSpec, OutputSpec
+
+
+@dataclass
+class FitOptions:
+    size: int = 128  # model input side in pixels (square)
+    seed: int = 0
+    epochs: int | None = None  # None: the method's default
+    extra: dict[str, Any] = field(default_factory=dict)  # method options from --opt KEY=VALUE
+    progress: bool = True  # show a progress bar (tqdm)
+
+
+@dataclass
+class QuantizeOptions:
+    """How `tools/quantize.py` should make the int8 model of this method."""
+
+    enabled: bool = True
+    per_channel: bool = True
+    op_types: list[str] | None = None  # None: onnxruntime's default set
+    nodes_to_exclude: list[str] = field(default_factory=list)
+    calibrate_method: str = "MinMax"  # MinMax | Entropy | Percentile
+    extra_options: dict[str, Any] = field(default_factory=dict)
+
+
+class Trained(Protocol):
+    """A fitted detector, ready for export."""
+
+    spec: InputSpec
+    outputs: OutputSpec
+    params: dict[str, Any]  # what the manifest records about training (epochs, loss, ...)
+    quantize: QuantizeOptions
+
+    def export_onnx(self, path: Path) -> None:
+        """Write the fp32 graph: input `spec.name` (N x ...) -> outputs named in `outputs`."""
+        ...
+
+
+class Method(Protocol):
+    name: str
+
+    def input_spec(self, opts: FitOptions) -> InputSpec:
+        """How images must be prepared for this method at these options."""
+        ...
+
+    def fit(self, images: list[np.ndarray], opts: FitOptions) -> Trained:
+        """Learn from good images, already prepared as uint8 HxW(xC) at `input_spec(opts)`."""
+        ...
