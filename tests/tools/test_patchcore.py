@@ -1,0 +1,177 @@
+"""PatchCore on EfficientNet-Lite0: the weights are the real ImageNet ones, the ONE ONNX graph computes
+exactly what the torch reference computes, the coreset covers the data, and defects score higher.
+
+Small generated images and a tiny coreset keep this fast; the real-data figures are in docs/patchcore.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from edged.preprocess import prepare_uint8, to_tensor
+from tools import backbones
+from tools.methods.base import FitOptions
+from tools.methods.patchcore import (
+    METHOD,
+    PatchCoreTrained,
+    greedy_coreset,
+    images_to_tensor,
+    parse_options,
+    reference_patch_distances,
+)
+from tools.synth import make_part
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def lite0() -> backbones.EfficientNetLite0:
+    return backbones.efficientnet_lite0()
+
+
+def _photo(name: str) -> torch.Tensor:
+    """A scikit-image sample photo (shipped inside the wheel) as a normalized 224x224 batch of one."""
+    from skimage import data
+
+    rgb = getattr(data, name)()
+    x = cv2.resize(rgb, (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    return backbones.Normalize()(torch.from_numpy(x).permute(2, 0, 1)[None])
+
+
+@pytest.mark.parametrize(("photo", "classes"), [
+    ("chelsea", {281, 282, 283, 284, 285}),  # a tabby cat: tabby, tiger cat, Persian, Siamese, Egyptian cat
+    ("coffee", {967, 968, 504}),  # espresso, cup, coffee mug
+])
+def test_backbone_classifies_real_photos(lite0: backbones.EfficientNetLite0, photo: str, classes: set[int]) -> None:
+    """The strongest cheap proof that the architecture, the weight mapping, the padding and the
+    normalization are right: the ImageNet head names what is in two real photos, confidently.
+    A wrong padding or a missing BatchNorm still leaves features, but not these answers."""
+    with torch.no_grad():
+        probs = lite0(_photo(photo)).softmax(1)[0]
+    top = int(probs.argmax())
+    assert top in classes
+    assert float(probs[sorted(classes)].sum()) > 0.7
+
+
+def test_untrained_backbone_fails_the_same_check() -> None:
+    """The check above can fail: random weights do not find the cat."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        probs = backbones.efficientnet_lite0(pretrained=False)(_photo("chelsea")).softmax(1)[0]
+    assert float(probs[[281, 282, 283, 284, 285]].sum()) < 0.2
+
+
+def test_stage_strides_and_channels(lite0: backbones.EfficientNetLite0) -> None:
+    x = torch.zeros(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        feats = lite0.features(x, list(backbones.STAGE_OUTPUTS))
+    for (_name, (_block, stride, channels)), f in zip(backbones.STAGE_OUTPUTS.items(), feats, strict=True):
+        assert f.shape == (1, channels, SIZE // stride, SIZE // stride)
+
+
+def _parts(n: int, seed: int, defect: str | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    spec = METHOD.input_spec(FitOptions(size=SIZE))
+    images, masks = [], []
+    for _ in range(n):
+        image, mask = make_part(rng, size=(96, 96), defect=defect)
+        images.append(prepare_uint8(image, spec))
+        masks.append(cv2.resize(mask, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST))
+    return images, masks
+
+
+@pytest.fixture(scope="module")
+def trained() -> PatchCoreTrained:
+    torch.set_num_threads(1)
+    good, _ = _parts(12, seed=1)
+    return METHOD.fit(good, FitOptions(size=SIZE, extra={"coreset": "0.05", "batch": "6"}, progress=False))
+
+
+def test_input_spec_keeps_normalization_in_the_graph() -> None:
+    spec = METHOD.input_spec(FitOptions(size=96))
+    assert (spec.width, spec.height, spec.channels, spec.color_order) == (96, 96, 3, "rgb")
+    assert spec.scale == pytest.approx(1 / 255) and spec.mean == (0.0,) and spec.std == (1.0,)
+
+
+def test_fit_records_a_small_bank(trained: PatchCoreTrained) -> None:
+    p = trained.params
+    assert p["grid"] == [SIZE // 8, SIZE // 8]
+    assert p["train_patches"] == 12 * (SIZE // 8) ** 2
+    assert p["bank_size"] == round(0.05 * p["train_patches"])
+    assert p["feature_dims"] == 40 + 112
+
+
+def test_knn_in_the_graph_equals_cdist(trained: PatchCoreTrained) -> None:
+    """The matmul form ||a||^2 - 2ab + ||b||^2 + min equals an exact nearest-neighbour search."""
+    test, _ = _parts(3, seed=7, defect="spot")
+    x = images_to_tensor(test)
+    with torch.no_grad():
+        got = trained.graph.patch_distances(x)
+    want = reference_patch_distances(trained.graph, x)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_onnx_graph_equals_torch_reference(trained: PatchCoreTrained, tmp_path: Path) -> None:
+    """ONE ONNX graph (normalization, backbone, kNN, map, score) == the torch module, fp32, batch > 1."""
+    path = tmp_path / "model.fp32.onnx"
+    trained.export_onnx(path)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert {n.op_type for n in model.graph.node}.isdisjoint({"TopK", "Loop", "Scan"})  # no kNN loop, just matmul
+    test = _parts(2, seed=5)[0] + _parts(2, seed=6, defect="scratch")[0]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = np.stack([to_tensor(im, trained.spec) for im in test])
+    score, amap = session.run([trained.outputs.score, trained.outputs.map], {trained.spec.name: batch})
+    ref_score, ref_map = trained(test)
+    assert score.shape == (4,) and amap.shape == (4, 1, SIZE, SIZE)
+    np.testing.assert_allclose(score, ref_score, rtol=1e-4)
+    np.testing.assert_allclose(amap, ref_map, rtol=1e-4, atol=1e-3 * float(ref_map.max()))
+    # The int8 step must leave the distance tail alone: the excluded nodes exist and follow the min.
+    names = {n.name for n in model.graph.node}
+    excluded = trained.quantize.nodes_to_exclude
+    assert excluded and set(excluded) <= names
+    assert {"Sqrt", "Resize", "ReduceMax"} <= {n.op_type for n in model.graph.node if n.name in excluded}
+
+
+def test_defects_score_higher_and_the_map_points_at_them(trained: PatchCoreTrained) -> None:
+    good, _ = _parts(6, seed=11)
+    bad, masks = _parts(6, seed=12, defect="spot")
+    good_scores, _ = trained(good)
+    bad_scores, bad_maps = trained(bad)
+    assert bad_scores.min() > np.median(good_scores)
+    for amap, mask in zip(bad_maps[:, 0], masks, strict=True):
+        if mask.any():
+            assert amap[mask > 0].mean() > amap[mask == 0].mean()
+
+
+def test_greedy_coreset_covers_every_cluster() -> None:
+    """k-center picking takes one point from each of k far-apart clusters, whatever their sizes."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(5, 152, generator=g) * 20
+    sizes = [500, 50, 5, 200, 1]
+    x = torch.cat([c + torch.randn(n, 152, generator=g) for c, n in zip(centers, sizes, strict=True)])
+    labels = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    picked = greedy_coreset(x, 5, dims=32, seed=3)
+    assert sorted(labels[picked].tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_options_are_checked() -> None:
+    assert parse_options({"coreset": "0.02", "layers": "s2,s3"})["coreset"] == 0.02
+    with pytest.raises(ValueError, match="unknown"):
+        parse_options({"ratio": "0.1"})
+    with pytest.raises(ValueError, match="layers"):
+        parse_options({"layers": "s9"})
+    with pytest.raises(ValueError, match="coreset"):
+        parse_options({"coreset": "0"})

@@ -1,0 +1,296 @@
+"""PatchCore on EfficientNet-Lite0 features, exported as ONE ONNX graph the daemon runs like any bundle.
+
+Why this shape: PatchCore-class detectors are far more accurate than autoencoders on real parts, but
+are usually a big backbone plus a Python/faiss kNN. Here the backbone is the edge-friendly Lite0 and
+the nearest-neighbour search is two matrix ops inside the graph (||a||^2 - 2ab + ||b||^2, then min),
+so a bundle is one int8 file with no extra runtime dependency.
+
+Graph: RGB/255 -> ImageNet normalization -> Lite0 stages -> 3x3 local average -> upsample to the
+finest grid -> concat (-> optional linear projection) -> squared distance to every memory-bank
+patch -> min -> sqrt -> light Gaussian smoothing on the patch grid -> bilinear upsample to the input
+size = anomaly map; image score = max of the map.
+
+Options (`--opt KEY=VALUE`): layers (default "s3,s5": stride 8 and 16), coreset (fraction of the
+training patches kept in the memory bank, default 0.01), proj (0 = none, else PCA to that many
+dims), max_patches (random cap on training patches before the coreset, default 200000),
+coreset_dims (random projection for the coreset distances, default 64), sigma (smoothing in input
+pixels, default 4), batch (feature extraction batch, default 16).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edged.bundle import InputSpec, OutputSpec
+from tools.backbones import STAGE_OUTPUTS, EfficientNetLite0, Normalize, efficientnet_lite0
+from tools.methods.base import FitOptions, QuantizeOptions
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "layers": "s3,s5",
+    "coreset": 0.01,
+    "proj": 0,
+    "max_patches": 200_000,
+    "sigma": 4.0,
+    "batch": 16,
+    "coreset_dims": 64,
+}
+
+
+def parse_options(extra: dict[str, Any]) -> dict[str, Any]:
+    """`--opt` values arrive as strings; coerce them to the types of `DEFAULTS` and reject unknown keys."""
+    unknown = set(extra) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"patchcore: unknown option(s) {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(DEFAULTS)})")
+    out = dict(DEFAULTS)
+    for key, value in extra.items():
+        out[key] = type(DEFAULTS[key])(value)
+    layers = [s.strip() for s in str(out["layers"]).split(",") if s.strip()]
+    bad = [s for s in layers if s not in STAGE_OUTPUTS]
+    if not layers or bad:
+        raise ValueError(f"patchcore: layers must be names from {', '.join(STAGE_OUTPUTS)} (got {out['layers']!r})")
+    out["layers"] = ",".join(layers)
+    if not 0 < out["coreset"] <= 1:
+        raise ValueError("patchcore: coreset must be in (0, 1]")
+    return out
+
+
+class PatchFeatures(nn.Module):
+    """Image batch in [0, 1] RGB -> locally aware patch features on the finest chosen grid (N, D, h, w)."""
+
+    def __init__(self, backbone: EfficientNetLite0, layers: list[str], proj: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.norm = Normalize()
+        self.backbone = backbone
+        self.layers = layers
+        self.proj: nn.Conv2d | None = None
+        if proj is not None:  # (D_out, D_in) projection, centred data -> a 1x1 conv with bias
+            w, b = proj[:, :-1], proj[:, -1]
+            self.proj = nn.Conv2d(w.shape[1], w.shape[0], 1)
+            self.proj.weight.data.copy_(w[:, :, None, None])
+            self.proj.bias.data.copy_(b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone.features(self.norm(x), self.layers)
+        grid = max((f.shape[-2], f.shape[-1]) for f in feats)
+        out = []
+        for f in feats:
+            f = F.avg_pool2d(f, 3, stride=1, padding=1, count_include_pad=False)
+            if (f.shape[-2], f.shape[-1]) != grid:
+                f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
+            out.append(f)
+        y = torch.cat(out, dim=1)
+        return self.proj(y) if self.proj is not None else y
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """A normalized 1D Gaussian (sigma in patch-grid cells), radius 2 sigma, at least 3 taps."""
+    radius = max(1, math.ceil(2 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / max(sigma, 1e-6)) ** 2)
+    return k / k.sum()
+
+
+class PatchCoreGraph(nn.Module):
+    """The whole inference path (what `export_onnx` writes): image -> (score [N], map [N, 1, H, W])."""
+
+    def __init__(self, features: PatchFeatures, bank: torch.Tensor, sigma_cells: float, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.features = features
+        # ||b||^2 - 2 a.b as one MatMul + Add: the -2 is folded into the bank constant.
+        self.register_buffer("bank_t", (-2.0 * bank).t().contiguous())  # (D, M)
+        self.register_buffer("bank_sq", (bank * bank).sum(1))  # (M,)
+        k = gaussian_kernel(sigma_cells)
+        self.register_buffer("blur_h", k.view(1, 1, 1, -1))
+        self.register_buffer("blur_v", k.view(1, 1, -1, 1))
+        self.pad = (k.numel() - 1) // 2
+        self.size = size
+
+    def patch_distances(self, x: torch.Tensor) -> torch.Tensor:
+        """Distance of every patch to its nearest memory-bank patch, (N, 1, h, w)."""
+        f = self.features(x)
+        n, _, h, w = f.shape
+        a = f.flatten(2).transpose(1, 2)  # (N, hw, D)
+        partial = torch.matmul(a, self.bank_t) + self.bank_sq  # (N, hw, M)
+        nearest = partial.min(dim=2).values + (a * a).sum(2)  # (N, hw)
+        return torch.sqrt(torch.clamp(nearest, min=0.0)).view(n, 1, h, w)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.patch_distances(x)
+        p = self.pad
+        m = F.conv2d(F.pad(m, [p, p, 0, 0], mode="replicate"), self.blur_h)
+        m = F.conv2d(F.pad(m, [0, 0, p, p], mode="replicate"), self.blur_v)
+        amap = F.interpolate(m, size=self.size, mode="bilinear", align_corners=False)
+        score = amap.flatten(1).max(dim=1).values
+        return score, amap
+
+
+def reference_patch_distances(graph: PatchCoreGraph, x: torch.Tensor) -> torch.Tensor:
+    """Independent check of the graph's kNN step: plain torch.cdist + min over the bank, (N, 1, h, w)."""
+    with torch.no_grad():
+        f = graph.features(x)
+        n, d, h, w = f.shape
+        bank = (-0.5 * graph.bank_t).t()
+        a = f.flatten(2).transpose(1, 2).reshape(-1, d).double()
+        dist = torch.cdist(a, bank.double()).min(dim=1).values
+        return dist.view(n, 1, h, w).float()
+
+
+def greedy_coreset(x: torch.Tensor, k: int, dims: int = 128, seed: int = 0, chunk: int = 65536) -> torch.Tensor:
+    """Approximate greedy k-center subsampling (PatchCore): distances on a random projection to `dims`.
+
+    Each pick costs one matrix-vector product over all patches, so k picks over N patches are
+    O(k N dims); the projection keeps that practical on a CPU.
+    """
+    n, d = x.shape
+    k = max(1, min(k, n))
+    g = torch.Generator().manual_seed(seed)
+    if d > dims:
+        r = torch.randn(d, dims, generator=g) / math.sqrt(dims)
+        z = torch.cat([x[i:i + chunk] @ r for i in range(0, n, chunk)])
+    else:
+        z = x.contiguous()
+    sq = (z * z).sum(1)
+    mind = torch.full((n,), float("inf"))
+    picked = torch.empty(k, dtype=torch.long)
+    cur = int(torch.randint(n, (1,), generator=g))
+    for i in range(k):
+        picked[i] = cur
+        dist = torch.addmv(sq + sq[cur], z, z[cur], alpha=-2.0)
+        torch.minimum(mind, dist, out=mind)
+        mind[cur] = 0.0
+        cur = int(torch.argmax(mind))
+    return picked
+
+
+def pca_projection(x: torch.Tensor, dims: int) -> torch.Tensor:
+    """(dims, D+1): rows = top principal directions, last column = -direction . mean (so y = W x + b)."""
+    mean = x.mean(0)
+    xc = x - mean
+    cov = xc.t() @ xc / max(1, x.shape[0] - 1)
+    _, vecs = torch.linalg.eigh(cov.double())
+    w = vecs[:, -dims:].flip(1).t().float()
+    return torch.cat([w, (-(w @ mean))[:, None]], dim=1)
+
+
+def images_to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """uint8 HxWx3 RGB (as `edged.preprocess.prepare_uint8` gives) -> float (N, 3, H, W) in [0, 1]."""
+    arr = np.stack([im if im.ndim == 3 else np.repeat(im[:, :, None], 3, axis=2) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.no_grad()
+def extract(features: PatchFeatures, images: list[np.ndarray], batch: int, progress: bool = False) -> torch.Tensor:
+    """Patch features of all images, (N, D, h, w)."""
+    chunks = []
+    it = range(0, len(images), batch)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="patchcore features", unit="batch")
+    for i in it:
+        chunks.append(features(images_to_tensor(images[i:i + batch])))
+    return torch.cat(chunks)
+
+
+@dataclass
+class PatchCoreTrained:
+    spec: InputSpec
+    graph: PatchCoreGraph
+    params: dict[str, Any]
+    outputs: OutputSpec = field(default_factory=lambda: OutputSpec(score="score", map="anomaly_map"))
+    quantize: QuantizeOptions = field(default_factory=QuantizeOptions)
+
+    def export_onnx(self, path: Path) -> None:
+        """fp32 graph with a dynamic batch; also records which tail nodes int8 must leave alone."""
+        import onnx
+
+        x = torch.zeros(1, 3, self.spec.height, self.spec.width)
+        path = Path(path)
+        with torch.no_grad():
+            torch.onnx.export(self.graph, (x,), str(path), input_names=[self.spec.name],
+                              output_names=[self.outputs.score, self.outputs.map or "anomaly_map"],
+                              dynamic_axes={self.spec.name: {0: "n"}, self.outputs.score: {0: "n"},
+                                            (self.outputs.map or "anomaly_map"): {0: "n"}},
+                              opset_version=17, dynamo=False, external_data=False)
+        model = onnx.load(str(path))
+        self.quantize.nodes_to_exclude = tail_nodes(model)
+        onnx.save(model, str(path))
+
+    def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The torch reference: (scores [N], maps [N, 1, H, W]) for prepared uint8 images."""
+        with torch.no_grad():
+            score, amap = self.graph(images_to_tensor(images))
+        return score.numpy(), amap.numpy()
+
+
+def tail_nodes(model: Any) -> list[str]:
+    """Nodes after the nearest-neighbour MatMul's Min (sqrt, smoothing, upsampling, max): kept fp32,
+    so the map and the score keep their full resolution; int8 there buys no speed."""
+    nodes = list(model.graph.node)
+    start = next((i for i, n in enumerate(nodes) if n.op_type == "ReduceMin"), None)
+    if start is None:
+        return []
+    for i, node in enumerate(nodes):  # name unnamed nodes so they can be excluded
+        if not node.name:
+            node.name = f"patchcore_{node.op_type}_{i}"
+    return [n.name for n in nodes[start + 1:]]
+
+
+class PatchCoreMethod:
+    name = "patchcore"
+
+    def input_spec(self, opts: FitOptions) -> InputSpec:
+        # The ImageNet normalization is inside the graph, so the input stays plain RGB / 255.
+        return InputSpec(width=opts.size, height=opts.size, channels=3, color_order="rgb",
+                         scale=1.0 / 255.0, mean=(0.0,), std=(1.0,))
+
+    def fit(self, images: list[np.ndarray], opts: FitOptions) -> PatchCoreTrained:
+        o = parse_options(opts.extra)
+        torch.manual_seed(opts.seed)
+        spec = self.input_spec(opts)
+        layers = o["layers"].split(",")
+        t0 = time.perf_counter()
+        features = PatchFeatures(efficientnet_lite0(), layers).eval()
+        feats = extract(features, images, o["batch"], progress=opts.progress)
+        n, d, h, w = feats.shape
+        patches = feats.permute(0, 2, 3, 1).reshape(-1, d)
+        del feats
+        t_feat = time.perf_counter() - t0
+        total = patches.shape[0]
+        g = torch.Generator().manual_seed(opts.seed)
+        if total > o["max_patches"]:
+            patches = patches[torch.randperm(total, generator=g)[: o["max_patches"]]]
+        proj = None
+        if o["proj"] and o["proj"] < d:
+            proj = pca_projection(patches, o["proj"])
+            patches = patches @ proj[:, :-1].t() + proj[:, -1]
+            features = PatchFeatures(features.backbone, layers, proj).eval()
+        k = max(1, round(o["coreset"] * total))
+        t1 = time.perf_counter()
+        idx = greedy_coreset(patches, k, dims=o["coreset_dims"], seed=opts.seed)
+        bank = patches[idx].clone()
+        t_core = time.perf_counter() - t1
+        stride = min(STAGE_OUTPUTS[s][1] for s in layers)
+        graph = PatchCoreGraph(features, bank, o["sigma"] / stride, (spec.height, spec.width)).eval()
+        params = {**o, "grid": [h, w], "feature_dims": int(bank.shape[1]), "train_patches": int(total),
+                  "bank_size": int(bank.shape[0]), "backbone": "efficientnet-lite0 (ImageNet)",
+                  "feature_seconds": round(t_feat, 1), "coreset_seconds": round(t_core, 1)}
+        log.info("patchcore: %d images, %d patches of %d dims on a %dx%d grid -> bank of %d (features %.0f s, "
+                 "coreset %.0f s)", n, total, bank.shape[1], h, w, bank.shape[0], t_feat, t_core)
+        return PatchCoreTrained(spec=spec, graph=graph, params=params)
+
+
+METHOD = PatchCoreMethod()
