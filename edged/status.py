@@ -1,0 +1,335 @@
+"""`edged status`: the technician's view at the box, read from the state the daemon keeps.
+
+Two sources, both read-only: the health file the daemon rewrites every `health.status_interval_s`
+(``<state_dir>/health.json``: cameras, threads, broker, model) and the SQLite database (reject counts and
+rates over the last 5 and 60 minutes, per-camera latency). Nothing here talks to the daemon, so it
+works the same whether the daemon is healthy, hung or stopped, and it never disturbs the line.
+
+Exit code 0: healthy. 1: the daemon looks unhealthy; every reason is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sqlite3
+import sys
+import textwrap
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from edged.config import Config
+
+HEALTH_FILE = "health.json"
+WINDOWS_S = (300.0, 3600.0)  # reject counts and rates: last 5 and last 60 minutes
+STALE_FACTOR = 3.0  # the health file is stale after this many status intervals
+WIDTH = 80
+LABEL = 14  # width of the label column
+
+
+@dataclass
+class CameraStats:
+    """What the database says about one camera in one time window."""
+
+    inspected: int = 0
+    rejects: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+# --- small formatting helpers ---------------------------------------------------------------------
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _int(value: Any) -> str:
+    n = _num(value)
+    return "?" if n is None else str(int(n))
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """Short human durations: 0.4 s, 12 s, 5 min 03 s, 2 h 07 min, 3 d 04 h."""
+    if seconds is None:
+        return "?"
+    if seconds < 0:
+        return f"-{fmt_duration(-seconds)}"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600:02d} h"
+
+
+def fmt_time(epoch: float | None, now: float) -> str:
+    if epoch is None or epoch <= 0:
+        return "never"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    return f"{stamp} ({fmt_duration(now - epoch)} ago)"
+
+
+def fmt_ms(value: Any) -> str:
+    n = _num(value)
+    return "?" if n is None else f"{n:.1f} ms"
+
+
+def redact(source: str) -> str:
+    """Hide a password in a camera URL (rtsp://user:secret@host -> rtsp://user:***@host)."""
+    try:
+        parts = urllib.parse.urlsplit(source)
+    except ValueError:
+        return source
+    if parts.password is None or not parts.netloc:
+        return source
+    netloc = re.sub(r":[^:@]*@", ":***@", parts.netloc, count=1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 3)] + "..."
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (what a technician expects: a value that actually occurred)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user (the service user)
+    except OSError:
+        return False
+    return True
+
+
+# --- reading the daemon's state -------------------------------------------------------------------
+
+def read_health(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The parsed health file, or None and the reason it cannot be used."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, f"no health file at {path}: the daemon is not running or has not started yet"
+    except OSError as exc:
+        return None, f"cannot read {path}: {exc.strerror or exc} (run with sudo or join group edged)"
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return None, f"health file {path} is not valid JSON: {exc}"
+    if not isinstance(data, dict):
+        return None, f"health file {path} does not hold a JSON object"
+    return data, None
+
+
+def _first_id_after(conn: sqlite3.Connection, since: float) -> int:
+    """Smallest inspection id decided at or after `since`, by bisecting the rowid.
+
+    Rows are appended in time order, so this finds the window's start in ~25 primary-key lookups
+    instead of scanning millions of rows (the table need not have an index on decided_at).
+    """
+    row = conn.execute("SELECT MIN(id), MAX(id) FROM inspections").fetchone()
+    if row is None or row[0] is None:
+        return 0
+    lo, hi = int(row[0]), int(row[1]) + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        got = conn.execute("SELECT id, decided_at FROM inspections WHERE id >= ? ORDER BY id LIMIT 1",
+                           (mid,)).fetchone()
+        if got is None or (got[1] is not None and got[1] >= since):
+            hi = mid  # no row in [mid, got.id) and the rows from got on are recent enough
+        else:
+            lo = int(got[0]) + 1
+    return lo
+
+
+def read_database(path: Path, now: float) -> tuple[dict[float, dict[str, CameraStats]], str | None]:
+    """Per window (seconds) and camera: inspected, rejects, latencies. Read-only; WAL readers never block
+    the daemon's writer."""
+    if not path.exists():
+        return {}, f"database {path} does not exist yet"
+    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=2.0)
+    except sqlite3.Error as exc:
+        return {}, f"cannot open database {path}: {exc}"
+    result: dict[float, dict[str, CameraStats]] = {}
+    try:
+        slack = 60.0  # rows are committed in small groups, not strictly in decided_at order
+        start_id = _first_id_after(conn, now - max(WINDOWS_S) - slack)
+        rows = conn.execute(
+            "SELECT camera, decided_at, is_defective, latency_ms FROM inspections "
+            "WHERE id >= ? AND decided_at >= ? AND reason != 'not_inspected'",
+            (start_id, now - max(WINDOWS_S)),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        return {}, f"cannot read database {path}: {exc}"
+    finally:
+        conn.close()
+    for window in WINDOWS_S:
+        per_camera: dict[str, CameraStats] = {}
+        for camera, decided_at, defective, latency in rows:
+            if decided_at is None or decided_at < now - window:
+                continue
+            stats = per_camera.setdefault(str(camera), CameraStats())
+            stats.inspected += 1
+            stats.rejects += 1 if defective else 0
+            if window == min(WINDOWS_S) and _num(latency) is not None:
+                stats.latencies.append(float(latency))
+        result[window] = per_camera
+    return result, None
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+def _line(out: TextIO, label: str, text: str) -> None:
+    out.write(clip(f"{label:<{LABEL}}{text}", WIDTH).rstrip() + "\n")
+
+
+def _rate(stats: CameraStats | None) -> str:
+    if stats is None or stats.inspected == 0:
+        return "0 of 0"
+    return f"{stats.rejects} of {stats.inspected} ({100.0 * stats.rejects / stats.inspected:.2f} %)"
+
+
+def check_health(health: dict[str, Any], config: Config, now: float) -> tuple[list[str], list[str]]:
+    """(reasons the daemon is unhealthy, warnings that do not change the exit code)."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    interval = config.health.status_interval_s
+    updated = _num(health.get("updated_at"))
+    if updated is None:
+        problems.append("health file has no updated_at")
+    elif now - updated > STALE_FACTOR * interval:
+        problems.append(f"health file is {fmt_duration(now - updated)} old (written every "
+                        f"{fmt_duration(interval)}): the daemon is hung or stopped")
+    pid = _num(health.get("pid"))
+    if pid is None or not pid_alive(int(pid)):
+        problems.append(f"daemon process {_int(health.get('pid'))} is not running")
+    cameras = health.get("cameras")
+    if not isinstance(cameras, dict) or not cameras:
+        problems.append("no camera in the health file")
+    else:
+        for name, cam in sorted(cameras.items()):
+            state = cam.get("state", "?") if isinstance(cam, dict) else "?"
+            if state != "streaming":
+                problems.append(f"camera {name} is {state}, not streaming")
+    threads = health.get("threads")
+    if isinstance(threads, dict):
+        limit = config.health.heartbeat_timeout_s
+        for name, age in sorted(threads.items()):
+            seconds = _num(age)
+            if seconds is None or seconds > limit:
+                problems.append(f"thread {name} silent for {fmt_duration(seconds)} "
+                                f"(limit {fmt_duration(limit)}): hung")
+    broker = health.get("broker")
+    if broker == "disconnected":
+        warnings.append("MQTT broker disconnected: rejects wait in the outbox and expire after reject_ttl_ms")
+    disk = health.get("disk")
+    if isinstance(disk, dict) and disk.get("images_paused"):
+        warnings.append("image saving paused: disk quota or free space reached")
+    return problems, warnings
+
+
+def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[str, CameraStats]],
+           db_note: str | None, out: TextIO, now: float) -> None:
+    """Print the report (everything except the final verdict)."""
+    h = health or {}
+    started = _num(h.get("started_at"))
+    pid = _num(h.get("pid"))
+    pid_text = "?" if pid is None else f"{int(pid)} ({'running' if pid_alive(int(pid)) else 'not running'})"
+    _line(out, "station", f"{h.get('station', config.station)}   edged {h.get('version', '?')}   pid {pid_text}")
+    if health is not None:
+        _line(out, "uptime", f"{fmt_duration(None if started is None else now - started)}   health file "
+                             f"written {fmt_duration(_age(h.get('updated_at'), now))} ago")
+        _line(out, "model", f"{h.get('model', '?')} ({h.get('method', '?')}, {h.get('precision', '?')})")
+        _line(out, "runtime", f"{h.get('runtime', '?')} / {h.get('provider', '?')}   threshold "
+                              f"{_fmt_float(h.get('threshold'))}")
+        lat = h.get("latency_ms") if isinstance(h.get("latency_ms"), dict) else {}
+        _line(out, "latency", f"p50 {fmt_ms(lat.get('p50'))}   p99 {fmt_ms(lat.get('p99'))}   (all cameras)")
+        _line(out, "broker", f"{h.get('broker', '?')}   outbox backlog {_int(h.get('outbox_backlog'))}   "
+                             f"expired {_int(h.get('expired'))}   delivered {_int(h.get('delivered'))}")
+        _line(out, "inspected", f"{_int(h.get('inspected'))}   rejects {_int(h.get('rejects'))}   (since start)")
+        _line(out, "last reject", fmt_time(_num(h.get("last_reject_at")), now))
+    if db_note:
+        _line(out, "database", db_note)
+
+    cameras = h.get("cameras") if isinstance(h.get("cameras"), dict) else {}
+    names = list(cameras) + [c.name for c in config.cameras if c.name not in cameras]
+    for name in names:
+        cam = cameras.get(name) if isinstance(cameras.get(name), dict) else {}
+        out.write("\n")
+        source = cam.get("source") or next((c.source for c in config.cameras if c.name == name), "?")
+        state = cam.get("state", "unknown (not in the health file)")
+        _line(out, "camera", f"{name}: {state}   {redact(str(source))}")
+        _line(out, "  last frame", fmt_time(_num(cam.get("last_frame_at")), now))
+        _line(out, "  capture", f"fps {_fmt_float(cam.get('fps'), '.1f')}   frames {_int(cam.get('frames'))}   "
+                                f"queue {_int(cam.get('queue_depth'))}   drops {_int(cam.get('drops'))}")
+        _line(out, "  faults", f"bad frames {_int(cam.get('bad_frames'))}   reconnects {_int(cam.get('reconnects'))}")
+        short, long_ = db.get(WINDOWS_S[0], {}).get(name), db.get(WINDOWS_S[1], {}).get(name)
+        if db:
+            _line(out, "  rejects", f"5 min: {_rate(short)}   60 min: {_rate(long_)}")
+            lats = short.latencies if short else []
+            _line(out, "  latency", f"p50 {fmt_ms(percentile(lats, 50))}   p99 {fmt_ms(percentile(lats, 99))}"
+                                    f"   (last 5 min, {len(lats)} frames)")
+
+    threads = h.get("threads") if isinstance(h.get("threads"), dict) else {}
+    if threads:
+        out.write("\n")
+        beats = "   ".join(f"{n} {fmt_duration(_num(a))}" for n, a in sorted(threads.items()))
+        out.write(textwrap.fill(beats, WIDTH, initial_indent=f"{'heartbeats':<{LABEL}}",
+                                subsequent_indent=" " * LABEL, break_long_words=False) + "\n")
+
+
+def _age(epoch: Any, now: float) -> float | None:
+    t = _num(epoch)
+    return None if t is None else now - t
+
+
+def _fmt_float(value: Any, spec: str = ".4g") -> str:
+    n = _num(value)
+    return "?" if n is None else format(n, spec)
+
+
+def main(config: Config, out: TextIO = sys.stdout, now: float | None = None) -> int:
+    """Print the report; 0 when the daemon looks healthy, 1 otherwise (the reasons are printed)."""
+    now = time.time() if now is None else now
+    health_path = config.storage.state_dir / HEALTH_FILE
+    health, health_problem = read_health(health_path)
+    db, db_note = read_database(config.storage.resolve(config.storage.database), now)
+    render(config, health, db, db_note, out, now)
+
+    problems, warnings = ([health_problem] if health_problem else []), []
+    if health is not None:
+        problems, warnings = check_health(health, config, now)
+    out.write("\n")
+    for warning in warnings:
+        out.write(textwrap.fill(warning, WIDTH, initial_indent=f"{'warning':<{LABEL}}",
+                                subsequent_indent=" " * LABEL) + "\n")
+    if problems:
+        _line(out, "health", "UNHEALTHY")
+        for problem in problems:
+            out.write(textwrap.fill(problem, WIDTH, initial_indent="  - ", subsequent_indent="    ") + "\n")
+        return 1
+    _line(out, "health", "OK")
+    return 0
