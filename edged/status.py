@@ -234,6 +234,10 @@ def check_health(health: dict[str, Any], config: Config, now: float) -> tuple[li
             state = cam.get("state", "?") if isinstance(cam, dict) else "?"
             if state != "streaming":
                 problems.append(f"camera {name} is {state}, not streaming")
+        for cam_config in config.cameras:
+            if cam_config.name not in cameras:
+                problems.append(f"camera {cam_config.name} is not in the health file (config changed since "
+                                f"the daemon started? systemctl restart edged)")
     threads = health.get("threads")
     if isinstance(threads, dict):
         limit = config.health.heartbeat_timeout_s

@@ -1,0 +1,120 @@
+"""Defect images on disk, under a size quota, that never stop the inspection.
+
+The oldest files are deleted when the quota is exceeded. When the disk is full or read-only, saving
+pauses (reported in the health file and the log) and is retried a minute later: inspecting and
+publishing rejects matters more than pictures.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections import deque
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edged.frames import Verdict
+
+log = logging.getLogger(__name__)
+
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EIO}
+
+
+class ImageArchive:
+    def __init__(self, folder: Path, quota_mb: float, overlay: bool = True, fmt: str = "jpg",
+                 retry_after_s: float = 60.0) -> None:
+        self.folder = folder
+        self.quota = int(quota_mb * 1024 * 1024)
+        self.overlay = overlay
+        self.ext = "." + fmt
+        self.retry_after_s = retry_after_s
+        self.paused_until = 0.0
+        self.saved = 0
+        self.failed = 0
+        self._files: deque[tuple[Path, int]] = deque()
+        self._total = 0
+        self._scan()
+
+    @property
+    def paused(self) -> bool:
+        return time.monotonic() < self.paused_until
+
+    def _scan(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            files = sorted((p for p in self.folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime)
+        except OSError as exc:
+            log.warning("image folder %s unusable: %s", self.folder, exc)
+            files = []
+        for p in files:
+            size = p.stat().st_size
+            self._files.append((p, size))
+            self._total += size
+
+    def save(self, verdict: Verdict, station: str) -> str | None:
+        """Save the frame (and overlay); returns the frame's path, or None when paused or failed."""
+        if self.paused:
+            return None
+        f = verdict.frame
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(f.captured_at))
+        base = self.folder / stamp[:8] / f"{station}_{f.camera}_{stamp}_{f.seq:08d}"
+        try:
+            base.parent.mkdir(parents=True, exist_ok=True)
+            path = base.with_suffix(self.ext)
+            self._write(path, f.image)
+            if self.overlay and verdict.anomaly_map is not None:
+                self._write(base.with_name(base.name + "_map").with_suffix(self.ext),
+                            render_overlay(f.image, verdict.anomaly_map, verdict.threshold, verdict.regions))
+        except OSError as exc:
+            self.failed += 1
+            if exc.errno in DISK_ERRNOS:
+                self.paused_until = time.monotonic() + self.retry_after_s
+                log.error("cannot save defect images (%s): paused for %.0f s; inspection goes on",
+                          exc.strerror or exc, self.retry_after_s)
+            else:
+                log.warning("cannot save defect image: %s", exc)
+            return None
+        self.saved += 1
+        self._enforce_quota()
+        return str(path)
+
+    def _write(self, path: Path, image: np.ndarray) -> None:
+        ok, data = cv2.imencode(path.suffix, image)
+        if not ok:
+            raise OSError(errno.EINVAL, f"cannot encode {path.name}")
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as fh:
+            fh.write(data.tobytes())
+        tmp.replace(path)
+        size = path.stat().st_size
+        self._files.append((path, size))
+        self._total += size
+
+    def _enforce_quota(self) -> None:
+        while self._total > self.quota and self._files:
+            path, size = self._files.popleft()
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot delete %s to keep the image quota: %s", path, exc)
+            self._total -= size
+
+
+def render_overlay(image: np.ndarray, amap: np.ndarray, threshold: float, regions: tuple = ()) -> np.ndarray:
+    """The frame with the anomaly map as a heat map and the defect boxes, for people to look at."""
+    frame = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if frame.dtype != np.uint8:
+        frame = (frame >> 8).astype(np.uint8)
+    h, w = frame.shape[:2]
+    lo, hi = float(np.min(amap)), float(np.max(amap))
+    norm = np.clip((amap - lo) / (hi - lo + 1e-12), 0, 1)
+    heat = cv2.applyColorMap(cv2.resize((norm * 255).astype(np.uint8), (w, h)), cv2.COLORMAP_JET)
+    out = cv2.addWeighted(frame[:, :, :3], 0.6, heat, 0.4, 0)
+    for r in regions:
+        cv2.rectangle(out, (r.x, r.y), (r.x + r.w - 1, r.y + r.h - 1), (0, 0, 255), 2)
+    return out

@@ -1,0 +1,228 @@
+"""One capture thread per camera: source -> validated, stamped frames -> the frame queue.
+
+It owns the camera's reconnect logic (exponential backoff with jitter, stall detection) and its
+state (`starting`, `streaming`, `reconnecting`, `failed`, `finished`), which it announces on the
+`events` queue for the MQTT link and the log. It never waits on inference: live sources drop the
+oldest queued frame instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from edged.config import CameraConfig
+from edged.frame_queue import FrameQueue, QueueClosed
+from edged.frames import Frame
+from edged.health import CameraStats, Heartbeats
+from edged.sources import BadFrame, NoFrameYet, Source, SourceEnded, SourceFailed, open_source
+
+log = logging.getLogger(__name__)
+
+SHAPE_SETTLE_FRAMES = 30  # a new frame size that persists this long is accepted (camera reconfigured)
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float, jitter: float, rng: random.Random) -> float:
+    """Exponential backoff with +-jitter, so many cameras do not hammer a recovering switch at once."""
+    base = min(max_s, initial_s * (2 ** max(0, attempt - 1)))
+    return max(0.0, base * (1.0 + rng.uniform(-jitter, jitter)))
+
+
+class CaptureThread(threading.Thread):
+    def __init__(self, cam: CameraConfig, frames: FrameQueue, stats: CameraStats, heartbeats: Heartbeats,
+                 stop: threading.Event, events: queue.Queue[tuple[str, str, str]] | None = None,
+                 source_factory: Callable[[CameraConfig], Source] | None = None) -> None:
+        super().__init__(name=f"capture:{cam.name}", daemon=True)
+        self.cam = cam
+        self.frames = frames
+        self.stats = stats
+        self.heartbeats = heartbeats
+        self.stop_event = stop
+        self.events = events
+        self.source_factory = source_factory or _default_factory
+        self.opened = threading.Event()  # set once the camera delivered its first frame
+        self.finished = threading.Event()  # set when the thread ends for good
+        self._rng = random.Random()
+        self._seq = 0
+        self._shape: tuple[int, ...] | None = None
+        self._new_shape: tuple[int, ...] | None = None
+        self._new_shape_count = 0
+        self._last_bad_log = 0.0
+
+    # --- state -------------------------------------------------------------------------------------
+    def _set_state(self, state: str, detail: str = "") -> None:
+        if state == self.stats.state:
+            return
+        self.stats.state = state
+        level = logging.WARNING if state in ("reconnecting", "failed") else logging.INFO
+        log.log(level, "%s: %s%s", self.cam.name, state, f" ({detail})" if detail else "")
+        if self.events is not None:
+            self.events.put(("camera", self.cam.name, state))
+
+    def _beat(self) -> None:
+        self.heartbeats.beat(self.name)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep in small steps, beating; False when asked to stop."""
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set():
+            self._beat()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            self.stop_event.wait(min(remaining, 0.25))
+        return False
+
+    # --- main loop ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self._run()
+        except QueueClosed:
+            pass
+        except Exception:  # a bug here must not kill the daemon silently
+            log.exception("%s: capture thread failed", self.cam.name)
+            self._set_state("failed", "internal error")
+        finally:
+            self.heartbeats.forget(self.name)
+            self.finished.set()
+
+    def _run(self) -> None:
+        failures = 0
+        first = True
+        while not self.stop_event.is_set():
+            self._beat()
+            source = self.source_factory(self.cam)
+            try:
+                source.open()
+            except SourceFailed as exc:
+                failures += 1
+                if not self._retry_or_fail(failures, str(exc)):
+                    return
+                continue
+            if not first:
+                self.stats.reconnects += 1
+            first = False
+            outcome = self._stream(source)
+            source.close()
+            if outcome == "ended":
+                self._set_state("finished", "end of file/folder")
+                return
+            if outcome == "stopped":
+                return
+            failures = 1
+            if not self._retry_or_fail(failures, outcome):
+                return
+
+    def _retry_or_fail(self, failures: int, why: str) -> bool:
+        rc = self.cam.reconnect
+        if rc.give_up_after and failures >= rc.give_up_after:
+            self._set_state("failed", f"{why}; gave up after {failures} attempts")
+            return False
+        delay = backoff_delay(failures, rc.initial_s, rc.max_s, rc.jitter, self._rng)
+        self._set_state("reconnecting", why)
+        log.info("%s: reopening in %.1f s (attempt %d): %s", self.cam.name, delay, failures, why)
+        return self._sleep(delay)
+
+    def _stream(self, source: Source) -> str:
+        """Read until the source ends, fails or we stop. Returns 'ended', 'stopped' or a failure reason."""
+        last_good = time.monotonic()
+        realtime_period = None
+        if not source.live and self.cam.realtime:
+            fps = self.cam.fps or source.nominal_fps or 30.0
+            realtime_period = 1.0 / fps
+        next_due = time.monotonic()
+        drop_oldest = source.live or self.cam.realtime
+        while not self.stop_event.is_set():
+            self._beat()
+            if realtime_period is not None:
+                wait = next_due - time.monotonic()
+                if wait > 0 and not self._sleep(wait):
+                    return "stopped"
+                next_due = max(next_due + realtime_period, time.monotonic() - realtime_period)
+            try:
+                image, name = source.read()
+            except NoFrameYet:
+                last_good = time.monotonic()  # a quiet watched folder is not a stalled camera
+                self._set_state("streaming")
+                continue
+            except SourceEnded:
+                return "ended"
+            except SourceFailed as exc:
+                return str(exc)
+            except BadFrame as exc:
+                self._bad(str(exc))
+                if time.monotonic() - last_good > self.cam.stall_timeout_s:
+                    return f"no usable frame for {self.cam.stall_timeout_s:g} s"
+                continue
+            mono, wall = time.monotonic(), time.time()
+            image = self._validate(image)
+            if image is None:
+                if mono - last_good > self.cam.stall_timeout_s:
+                    return f"no usable frame for {self.cam.stall_timeout_s:g} s"
+                continue
+            last_good = mono
+            self._set_state("streaming")
+            self.opened.set()
+            frame = Frame(camera=self.cam.name, seq=self._seq, image=image, captured_mono=mono,
+                          captured_at=wall, source_name=name)
+            self._seq += 1
+            self.stats.frame_captured(mono, wall)
+            if drop_oldest:
+                self.frames.put(frame, drop_oldest=True)
+            else:
+                while not self.frames.put(frame, drop_oldest=False, timeout=0.25):
+                    self._beat()
+                    if self.stop_event.is_set():
+                        return "stopped"
+        return "stopped"
+
+    def _bad(self, why: str) -> None:
+        self.stats.bad_frames += 1
+        now = time.monotonic()
+        if now - self._last_bad_log > 5.0:  # a broken cable must not flood the journal
+            log.warning("%s: bad frame skipped: %s (%d so far)", self.cam.name, why, self.stats.bad_frames)
+            self._last_bad_log = now
+
+    def _validate(self, image: np.ndarray) -> np.ndarray | None:
+        """Skip frames that are empty, oddly typed or of a different size than the stream's."""
+        if image is None or not isinstance(image, np.ndarray) or image.size == 0:
+            self._bad("empty frame")
+            return None
+        if image.dtype not in (np.uint8, np.uint16):
+            self._bad(f"pixel type {image.dtype}")
+            return None
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+            self._bad(f"shape {image.shape}")
+            return None
+        shape = image.shape
+        if self._shape is None:
+            self._shape = shape
+        elif shape != self._shape:
+            if shape == self._new_shape:
+                self._new_shape_count += 1
+            else:
+                self._new_shape, self._new_shape_count = shape, 1
+            if self._new_shape_count < SHAPE_SETTLE_FRAMES:
+                self._bad(f"frame size changed from {self._shape} to {shape}")
+                return None
+            log.warning("%s: frame size is now %s (was %s); accepting it", self.cam.name, shape, self._shape)
+            self._shape, self._new_shape, self._new_shape_count = shape, None, 0
+        if self.cam.roi is not None:
+            x, y, w, h = self.cam.roi
+            crop = image[y:y + h, x:x + w]
+            if crop.size == 0:
+                self._bad(f"roi {self.cam.roi} is outside the frame {shape}")
+                return None
+            image = crop
+        return image
+
+
+def _default_factory(cam: CameraConfig) -> Source:
+    return open_source(cam.source, watch=cam.watch, loop=cam.loop, open_timeout_s=cam.open_timeout_s,
+                       read_timeout_s=cam.read_timeout_s, width=cam.width, height=cam.height, fps=cam.fps)

@@ -1,0 +1,195 @@
+"""The `edged` command: run, check-config, replay, status.
+
+Exit codes: 0 success; 1 the daemon failed at run time (systemd restarts it); 2 a bad config, model
+bundle or argument (systemd's RestartPreventExitStatus=2: restarting cannot fix it). A user error is
+one clear line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from edged import __version__
+from edged.bundle import BundleError
+from edged.config import Config, ConfigError, load_config
+from edged.logsetup import setup_logging
+from edged.store import StoreError
+
+log = logging.getLogger("edged")
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+DEFAULT_CONFIG = os.environ.get("EDGED_CONFIG", "/etc/edged/edged.yaml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edged", description="Find defective parts on a production line.")
+    p.add_argument("--version", action="version", version=f"edged {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+        sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    sp = sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
+    common(sp)
+    sp = sub.add_parser("check-config", help="validate the config, load the model, print what will run")
+    common(sp)
+    sp = sub.add_parser("replay", help="run the pipeline over a video file or image folder, as fast as it goes")
+    sp.add_argument("source", help="video file or image folder")
+    common(sp)
+    sp.add_argument("--json", type=Path, help="write one JSON line per frame here")
+    sp.add_argument("--db", type=Path, help="SQLite database to log to (default: a temporary one)")
+    sp.add_argument("--mqtt", action="store_true", help="also publish to the configured broker (off by default:"
+                    " a replay must not move a live line's actuators)")
+    sp = sub.add_parser("status", help="health of the running daemon, for the technician at the box")
+    common(sp)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"edged: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    setup_logging(config.logging.level, verbose=args.verbose)
+    try:
+        if args.command == "run":
+            return cmd_run(config)
+        if args.command == "check-config":
+            return cmd_check_config(config, sys.stdout)
+        if args.command == "replay":
+            return cmd_replay(config, args.source, args.json, args.db, args.mqtt, sys.stdout)
+        if args.command == "status":
+            from edged.status import main as status_main
+
+            return status_main(config)
+    except (BundleError, ConfigError) as exc:
+        print(f"edged: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except StoreError as exc:
+        print(f"edged: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_BAD_INPUT
+
+
+def cmd_run(config: Config) -> int:
+    from edged.service import Service
+
+    return Service(config).run()
+
+
+def cmd_check_config(config: Config, out: TextIO) -> int:
+    """Load everything that can be loaded without starting cameras, and say what will run."""
+    from edged.detector import Detector
+    from edged.sources import source_kind
+
+    m = config.model
+    det = Detector(m.bundle, m.precision, m.runtime, m.providers, m.intra_op_threads, m.verify_sha256)
+    man = det.manifest
+    w = out.write
+    w(f"config OK: station {config.station}\n")
+    w(f"model:    {man.bundle_id} ({man.method}, {det.precision}) from {m.bundle}\n")
+    w(f"          input {man.input.width}x{man.input.height} {man.input.color_order}, threshold "
+      f"{det.threshold:.6g} ({man.model(det.precision).threshold.method}"
+      f"{_pct(man.model(det.precision).threshold.percentile)})\n")
+    w(f"runtime:  {det.runtime}, provider {det.provider}, {m.intra_op_threads} thread(s) x {m.workers} worker(s),"
+      f" batch {m.batch_size}\n")
+    for cam in config.cameras:
+        thr = f"threshold {cam.threshold:.6g} (camera override)" if cam.threshold is not None else "bundle threshold"
+        trig = cam.trigger.mode + (f", gap {cam.trigger.gap_ms:g} ms" if cam.trigger.mode == "free_run" else
+                                   f", delay {cam.trigger.delay_ms:g} ms, timeout {cam.trigger.timeout_ms:g} ms, "
+                                   f"fail-safe {cam.trigger.fail_safe}")
+        w(f"camera:   {cam.name}: {source_kind(cam.source)} {_redact(cam.source)}; queue {cam.queue_size}; "
+          f"{thr}; {trig}\n")
+    mq = config.mqtt
+    if mq.enabled:
+        w(f"mqtt:     {mq.host}:{mq.port} (MQTT {mq.protocol}{', TLS' if mq.tls.enabled else ''}"
+          f"{', user ' + mq.username if mq.username else ''}), topics {mq.prefix}/{config.station}/..., "
+          f"reject TTL {mq.reject_ttl_ms:g} ms\n")
+    else:
+        w("mqtt:     disabled (rejects are only logged)\n")
+    st = config.storage
+    w(f"storage:  {st.resolve(st.database)}; images: {st.images.save} -> {st.resolve(st.images.dir)} "
+      f"(quota {st.images.quota_mb:g} MB)\n")
+    return EXIT_OK
+
+
+def _pct(p: float | None) -> str:
+    return f" {p:g}th percentile" if p is not None else ""
+
+
+def _redact(source: str) -> str:
+    if "://" in source and "@" in source:
+        scheme, rest = source.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return source
+
+
+def cmd_replay(config: Config, source: str, json_out: Path | None, db: Path | None, mqtt: bool,
+               out: TextIO) -> int:
+    """The production pipeline over a file or folder: nothing dropped, a summary at the end."""
+    from edged.service import Service
+    from edged.sources import source_kind
+
+    if source_kind(source) not in ("file", "folder") or not Path(source).exists():
+        raise ConfigError(f"replay: {source} is not a video file or an image folder")
+    tmp = None
+    if db is None:
+        tmp = tempfile.TemporaryDirectory(prefix="edged-replay-")
+        db = Path(tmp.name) / "replay.db"
+    cam = config.cameras[0].model_copy(update={"source": str(Path(source).resolve()), "loop": False,
+                                               "realtime": False, "watch": False})
+    storage = config.storage.model_copy(update={
+        "database": db.resolve(), "state_dir": db.resolve().parent,
+        "images": config.storage.images.model_copy(update={"save": "none"})})
+    cfg = config.model_copy(update={"cameras": (cam,), "storage": storage})
+    scores: list[float] = []
+    fh = json_out.open("w", encoding="utf-8") if json_out else None
+
+    def on_verdict(v: Any, uid: str) -> None:
+        scores.append(v.score)
+        if fh is not None:
+            fh.write(json.dumps({"seq": v.frame.seq, "name": v.frame.source_name, "score": round(v.score, 6),
+                                 "threshold": v.threshold, "is_defective": v.is_defective,
+                                 "latency_ms": round(v.latency_ms, 3),
+                                 "regions": [r.to_dict() for r in v.regions]}) + "\n")
+
+    service = Service(cfg, mqtt_enabled=mqtt, on_verdict=on_verdict)
+    t0 = time.monotonic()
+    try:
+        service.run()
+    finally:
+        if fh is not None:
+            fh.close()
+    s = service.summary()
+    elapsed = time.monotonic() - t0
+    lat = s.latency
+    out.write(f"replay {source}: {s.frames} frames, {s.inspected} inspected, {s.rejects} rejects, "
+              f"{s.bad_frames} bad frames, {s.drops} dropped\n")
+    if scores:
+        out.write(f"scores: min {min(scores):.6g}, max {max(scores):.6g}; threshold "
+                  f"{service.detector.threshold if service.detector else float('nan'):.6g}\n")
+    out.write(f"latency: p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms; {s.inspected / max(elapsed, 1e-9):.1f} "
+              f"frames/s over {elapsed:.2f} s\n")
+    if tmp is not None:
+        tmp.cleanup()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

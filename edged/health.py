@@ -1,0 +1,91 @@
+"""Liveness and counters that the service loop reads for the watchdog, STATUS=, health file and stats.
+
+Each counter has exactly one writer thread (the capture thread of its camera, the recorder, ...);
+readers only take snapshots. Heartbeats are per thread: a thread stuck in a call stops beating, which
+stops the systemd watchdog pings, and systemd restarts the process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Heartbeats:
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def beat(self, name: str) -> None:
+        self._last[name] = time.monotonic()  # a single dict store: atomic in CPython
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._last.pop(name, None)
+
+    def ages(self, now: float | None = None) -> dict[str, float]:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return {name: max(0.0, now - t) for name, t in list(self._last.items())}
+
+    def stale(self, timeout_s: float) -> list[str]:
+        return [name for name, age in self.ages().items() if age > timeout_s]
+
+
+@dataclass
+class CameraStats:
+    """Written by the camera's capture thread only."""
+
+    name: str
+    source: str
+    state: str = "starting"  # starting | streaming | reconnecting | failed | finished
+    frames: int = 0
+    bad_frames: int = 0
+    reconnects: int = 0
+    last_frame_at: float | None = None
+    _times: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+
+    def frame_captured(self, mono: float, wall: float) -> None:
+        self.frames += 1
+        self.last_frame_at = wall
+        self._times.append(mono)
+
+    def fps(self, now: float | None = None) -> float:
+        times = list(self._times)
+        now = time.monotonic() if now is None else now
+        if len(times) < 2 or now - times[-1] > 5.0:
+            return 0.0
+        return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
+
+
+class LatencyWindow:
+    """Recent capture-to-verdict latencies for p50/p99 (bounded memory)."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+
+    def add(self, ms: float) -> None:
+        self._values.append(ms)
+
+    def percentiles(self) -> dict[str, float | None]:
+        values = list(self._values)
+        if not values:
+            return {"p50": None, "p99": None}
+        p50, p99 = np.percentile(np.asarray(values), [50, 99])
+        return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
+
+
+@dataclass
+class Counters:
+    """Pipeline-wide counts; each field has one writer (noted)."""
+
+    inspected: int = 0  # recorder
+    rejects: int = 0  # recorder
+    parts: int = 0  # recorder
+    last_reject_at: float | None = None  # recorder
+    dropped_at_shutdown: int = 0  # service
+    bad_frames_inference: int = 0  # workers (one per worker key would be stricter; tolerated: += is rare)

@@ -1,0 +1,338 @@
+"""The MQTT link: durable rejects from the outbox, plus status, camera states, results and stats.
+
+One thread of ours owns the connection and the outbox's database connection; paho's network thread
+only moves bytes and reports acknowledgements back through a queue. Each connection uses a FRESH
+paho client: paho re-sends its unacknowledged messages on reconnect, and a reject re-sent after its
+deadline could move an actuator for a part that has already gone. Instead, unacknowledged rows simply
+stay `pending` in the outbox, are checked against their deadline again and re-published (same `id`:
+consumers de-duplicate; delivery is at least once).
+
+Topics under <prefix>/<station>/: reject (QoS 1), status (retained: online / offline as last will /
+stopped), camera/<name> (retained state), result (QoS 0, optional), stats (QoS 0), audit (QoS 1:
+rejects that expired before delivery), trigger (subscribed, for triggered inspection).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import queue
+import sqlite3
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edged.config import Config
+from edged.health import Heartbeats
+from edged.store import Outbox, OutboxItem, connect
+
+log = logging.getLogger(__name__)
+
+WINDOW = 64  # rejects in flight (published, not yet acknowledged)
+
+
+class MqttLink(threading.Thread):
+    def __init__(self, config: Config, database: Path, heartbeats: Heartbeats, stop: threading.Event,
+                 on_trigger: Callable[[dict[str, Any], float], None] | None = None) -> None:
+        super().__init__(name="mqtt", daemon=True)
+        self.config = config
+        self.cfg = config.mqtt
+        self.base = f"{self.cfg.prefix}/{config.station}"
+        self.database = database
+        self.heartbeats = heartbeats
+        self.stop_event = stop
+        self.on_trigger = on_trigger
+        self.wake_event = threading.Event()
+        self.connected = False
+        self.delivered = 0
+        self.expired = 0
+        self.published = 0
+        self.dropped = 0
+        self.backlog = 0
+        self._client: mqtt.Client | None = None
+        self._lost = threading.Event()
+        self._acks: queue.Queue[tuple[int, bool]] = queue.Queue()
+        self._volatile: queue.Queue[tuple[str, str, int, bool]] = queue.Queue(maxsize=10000)
+        self._retained: dict[str, str] = {}  # topic -> last retained payload, re-sent on each connection
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        self._inflight_rows: set[int] = set()
+        self._tokens = float(self.cfg.outbox.rate_per_s)
+        self._last_refill = time.monotonic()
+        self._next_attempt = 0.0
+        self._attempt = 0
+        self._last_cap_check = 0.0
+        self.drained = threading.Event()  # set when shutting down and the outbox is empty or given up
+        self.done = threading.Event()
+
+    # --- called from other threads -----------------------------------------------------------------
+    def wake(self) -> None:
+        self.wake_event.set()
+
+    def send(self, subtopic: str, payload: dict[str, Any] | str, qos: int = 0, retain: bool = False) -> None:
+        """Publish a non-durable message (results, stats, states); dropped while disconnected."""
+        text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+        topic = f"{self.base}/{subtopic}"
+        if retain:
+            self._retained[topic] = text  # a single dict store
+        with contextlib.suppress(queue.Full):
+            self._volatile.put_nowait((topic, text, qos, retain))
+        self.wake_event.set()
+
+    def send_result(self, payload: dict[str, Any]) -> None:
+        self.send("result", payload, qos=0)
+
+    def publish_direct(self, topic: str, payload: dict[str, Any]) -> None:
+        """A reject that could not be stored (database failing): published once, QoS 1, not durable."""
+        try:
+            self._volatile.put_nowait((topic, json.dumps(payload, separators=(",", ":")), 1, False))
+        except queue.Full:
+            log.error("reject %s lost: database failing and send queue full", payload.get("id"))
+        self.wake_event.set()
+
+    def camera_state(self, camera: str, state: str) -> None:
+        self.send(f"camera/{camera}", state, qos=1, retain=True)
+
+    # --- the thread --------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.outbox = Outbox(connect(self.database))
+        try:
+            self._loop()
+        except Exception:
+            log.exception("MQTT link failed")
+            raise
+        finally:
+            self.heartbeats.forget(self.name)
+            self._close(clean=True)
+            self.done.set()
+
+    def _loop(self) -> None:
+        draining_since: float | None = None
+        while True:
+            self.heartbeats.beat(self.name)
+            now = time.monotonic()
+            if self._client is None and now >= self._next_attempt:
+                self._connect()
+            if self._lost.is_set():
+                self._on_lost()
+            self._handle_acks()
+            self._flush_volatile()
+            if self.connected:
+                self._pump()
+            if now - self._last_cap_check > 5.0:
+                self._last_cap_check = now
+                self.dropped += self.outbox.enforce_cap(self.cfg.outbox.max_rows)
+                self.backlog = self.outbox.backlog()
+            if self.stop_event.is_set():
+                if draining_since is None:
+                    draining_since = now
+                # on shutdown, give pending rejects a short chance to go out (bounded)
+                self.backlog = self.outbox.backlog()
+                if (self.backlog == 0 and not self._inflight) or not self.connected or now - draining_since > 2.0:
+                    self.drained.set()
+                    return
+            self.wake_event.wait(0.02 if self._inflight else 0.2)
+            self.wake_event.clear()
+
+    # --- connection --------------------------------------------------------------------------------
+    def _new_client(self) -> mqtt.Client:
+        v5 = self.cfg.protocol == "5"
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=self.cfg.client_id or f"edged-{self.config.station}",
+                             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+        client.will_set(f"{self.base}/status", "offline", qos=1, retain=True)
+        if self.cfg.username:
+            client.username_pw_set(self.cfg.username, self.cfg.read_password())
+        tls = self.cfg.tls
+        if tls.enabled:
+            client.tls_set(ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                           certfile=str(tls.cert_file) if tls.cert_file else None,
+                           keyfile=str(tls.key_file) if tls.key_file else None,
+                           cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_insecure_set(tls.insecure)
+        client.max_inflight_messages_set(WINDOW + 16)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def _connect(self) -> None:
+        client = self._new_client()
+        self._lost.clear()
+        try:
+            if self.cfg.protocol == "5":
+                client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=True)
+            else:
+                client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
+        except (OSError, ValueError) as exc:
+            self._attempt += 1
+            delay = min(30.0, 0.5 * 2 ** min(self._attempt, 6))
+            if self._attempt == 1 or self._attempt % 10 == 0:
+                log.warning("MQTT broker %s:%d unreachable (%s); retrying (every %.0f s at most)",
+                            self.cfg.host, self.cfg.port, exc, delay)
+            self._next_attempt = time.monotonic() + delay
+            return
+        self._client = client
+        client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.error("MQTT broker refused the connection: %s", reason)
+            self._lost.set()
+            return
+        self.connected = True
+        self._attempt = 0
+        client.publish(f"{self.base}/status", "online", qos=1, retain=True)
+        for topic, text in list(self._retained.items()):
+            client.publish(topic, text, qos=1, retain=True)
+        client.subscribe(f"{self.base}/trigger", qos=1)
+        log.info("MQTT connected to %s:%d", self.cfg.host, self.cfg.port)
+        self.wake_event.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        client.loop_stop()  # from paho's own thread: stops its automatic reconnect; we reconnect fresh
+        self._lost.set()
+        self.wake_event.set()
+
+    def _on_lost(self) -> None:
+        self._lost.clear()
+        if self.connected:
+            log.warning("MQTT connection lost; %d reject(s) in flight stay pending", len(self._inflight))
+        self.connected = False
+        if self._client is not None:
+            self._client.loop_stop()
+        self._client = None
+        self._inflight.clear()
+        self._inflight_rows.clear()
+        while not self._acks.empty():
+            self._acks.get_nowait()
+        self._attempt += 1
+        self._next_attempt = time.monotonic() + min(5.0, 0.2 * 2 ** min(self._attempt, 5))
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        self._acks.put((mid, not getattr(reason, "is_failure", False)))
+        self.wake_event.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        arrived = time.time()
+        if self.on_trigger is None:
+            return
+        try:
+            data = json.loads(msg.payload.decode("utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except (UnicodeDecodeError, ValueError) as exc:
+            log.warning("ignored a bad trigger message on %s: %s", msg.topic, exc)
+            return
+        self.on_trigger(data, arrived)
+
+    # --- outbox ------------------------------------------------------------------------------------
+    def _handle_acks(self) -> None:
+        ok: list[int] = []
+        while True:
+            try:
+                mid, success = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            row = self._inflight.pop(mid, None)
+            if row is None:
+                continue
+            self._inflight_rows.discard(row)
+            if success:
+                ok.append(row)
+        if ok:
+            self.outbox.mark(ok, "delivered")
+            self.delivered += len(ok)
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        rate = self.cfg.outbox.rate_per_s
+        self._tokens = min(rate, self._tokens + (now - self._last_refill) * rate)
+        self._last_refill = now
+
+    def _pump(self) -> None:
+        room = WINDOW - len(self._inflight)
+        if room <= 0 or self._client is None:
+            return
+        self._refill()
+        room = min(room, int(self._tokens))
+        if room <= 0:
+            return
+        after = 0
+        items: list[OutboxItem] = []
+        while len(items) < room:
+            batch = self.outbox.pending(room * 2, after)
+            if not batch:
+                break
+            after = batch[-1].id
+            items.extend(i for i in batch if i.id not in self._inflight_rows)
+        items = items[:room]
+        now = time.time()
+        expired = [i for i in items if i.kind == "reject" and i.expires_at is not None and now >= i.expires_at]
+        if expired:
+            self._expire(expired)
+        sent: list[int] = []
+        for item in items:
+            if item in expired:
+                continue
+            props = None
+            if self.cfg.protocol == "5" and item.expires_at is not None:
+                props = Properties(PacketTypes.PUBLISH)
+                props.MessageExpiryInterval = max(1, math.ceil(item.expires_at - now))
+            info = self._client.publish(item.topic, item.payload, qos=1, properties=props)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                break  # connection going down; the row stays pending
+            self._inflight[info.mid] = item.id
+            self._inflight_rows.add(item.id)
+            self._tokens -= 1
+            sent.append(item.id)
+        if sent:
+            self.published += len(sent)
+            self.outbox.attempted(sent)
+
+    def _expire(self, items: list[OutboxItem]) -> None:
+        """Past its deadline: never actuate. Counted, logged, and told to the MES on /audit."""
+        self.outbox.mark([i.id for i in items], "expired")
+        self.expired += len(items)
+        log.warning("%d reject(s) expired before delivery (broker down or slow); not published to /reject",
+                    len(items))
+        if self.cfg.outbox.audit_expired:
+            for i in items:
+                payload = json.loads(i.payload)
+                payload["expired"] = True
+                self.outbox.add("audit", f"{self.base}/audit", json.dumps(payload, separators=(",", ":")), None)
+
+    def _flush_volatile(self) -> None:
+        while True:
+            try:
+                topic, text, qos, retain = self._volatile.get_nowait()
+            except queue.Empty:
+                return
+            if self.connected and self._client is not None:
+                self._client.publish(topic, text, qos=qos, retain=retain)
+
+    def _close(self, clean: bool) -> None:
+        client = self._client
+        if client is None:
+            return
+        if clean and self.connected:
+            info = client.publish(f"{self.base}/status", "stopped", qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=1.0)
+            client.disconnect()
+        client.loop_stop()
+        self._client = None
+        self.connected = False
+
+    def close_db(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.outbox.conn.close()

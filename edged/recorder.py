@@ -1,0 +1,223 @@
+"""The recorder thread: verdicts -> capture order -> part events -> SQLite (+ outbox) -> images.
+
+It is the only writer of inspection rows. Verdicts from several workers are put back in capture
+order per camera (by dispatch number), grouped into part events, and committed in groups: whatever
+has arrived is written in one transaction, with the reject messages of the parts it closes, and the
+MQTT link is woken to publish them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+
+from edged.archive import ImageArchive
+from edged.config import CameraConfig, Config
+from edged.frames import Verdict
+from edged.health import Counters, Heartbeats, LatencyWindow
+from edged.parts import FreeRunGrouper, PartEvent
+from edged.store import InspectionRow, InspectionWriter, OutboxMessage
+from edged.worker import Decided
+
+log = logging.getLogger(__name__)
+
+RETENTION_EVERY_S = 3600.0
+
+
+def reject_payload(event: PartEvent, uid: str, station: str, ttl_ms: float,
+                   image_path: str | None) -> dict[str, object]:
+    """The reject message: the contract with the controls engineers (see README, 'MQTT contract')."""
+    best = event.best
+    return {
+        "id": uid,
+        "station": station,
+        "camera": event.camera,
+        "part_id": event.part_id,
+        "seq": best.frame.seq,
+        "reason": "defect",
+        "captured_at": round(best.frame.captured_at, 6),
+        "decided_at": round(best.decided_at, 6),
+        "expires_at": round(event.first.frame.captured_at + ttl_ms / 1000.0, 6),
+        "score": round(best.score, 6),
+        "threshold": round(best.threshold, 6),
+        "confidence": round(best.confidence, 4),
+        "regions": [r.to_dict() for r in best.regions],
+        "model": best.model,
+        "frames": event.frames,
+        "image": image_path,
+    }
+
+
+def result_payload(v: Verdict, uid: str, station: str) -> dict[str, object]:
+    return {
+        "id": uid, "station": station, "camera": v.frame.camera, "seq": v.frame.seq,
+        "part_id": v.frame.part_id, "reason": v.reason, "is_defective": v.is_defective,
+        "captured_at": round(v.frame.captured_at, 6), "decided_at": round(v.decided_at, 6),
+        "score": round(v.score, 6), "threshold": round(v.threshold, 6), "confidence": round(v.confidence, 4),
+        "regions": [r.to_dict() for r in v.regions], "model": v.model,
+    }
+
+
+class RecorderThread(threading.Thread):
+    def __init__(self, config: Config, decided: queue.Queue[Decided], writer: InspectionWriter,
+                 archive: ImageArchive | None, counters: Counters, latency: LatencyWindow,
+                 heartbeats: Heartbeats, stop: threading.Event, wake_sender: Callable[[], None],
+                 send_result: Callable[[dict[str, object]], None] | None = None,
+                 on_verdict: Callable[[Verdict, str], None] | None = None,
+                 publish_direct: Callable[[str, dict[str, object]], None] | None = None) -> None:
+        super().__init__(name="recorder", daemon=True)
+        self.config = config
+        self.decided = decided
+        self.writer = writer
+        self.archive = archive
+        self.counters = counters
+        self.latency = latency
+        self.heartbeats = heartbeats
+        self.stop_event = stop
+        self.wake_sender = wake_sender
+        self.send_result = send_result
+        self.on_verdict = on_verdict  # replay's per-frame output
+        self.publish_direct = publish_direct  # when the database cannot be written
+        self.cameras: Mapping[str, CameraConfig] = {c.name: c for c in config.cameras}
+        self.groupers = {c.name: FreeRunGrouper(c.name, c.trigger.gap_ms) for c in config.cameras}
+        self._next: dict[str, int] = {c.name: 0 for c in config.cameras}
+        self._waiting: dict[str, dict[int, Decided]] = {c.name: {} for c in config.cameras}
+        self._defect_rows: dict[tuple[str, int], tuple[int, str, str | None]] = {}  # -> (id, uid, image)
+        self._last_retention = 0.0
+        self.db_errors = 0
+        self.workers_done = threading.Event()  # set by the service when no verdict can arrive any more
+
+    def run(self) -> None:
+        try:
+            while True:
+                self.heartbeats.beat(self.name)
+                items = self._collect()
+                ordered = [d for item in items for d in self._reorder(item)]
+                self._process(ordered, time.monotonic())
+                if not items and self.workers_done.is_set() and self.decided.empty():
+                    self._process([], time.monotonic(), final=True)
+                    return
+                self._maintain()
+        except Exception:
+            log.exception("recorder failed")
+            raise
+        finally:
+            self.heartbeats.forget(self.name)
+
+    def _collect(self) -> list[Decided]:
+        """Everything available now (group commit), waiting briefly when nothing is."""
+        items: list[Decided] = []
+        try:
+            items.append(self.decided.get(timeout=0.05))
+        except queue.Empty:
+            return items
+        deadline = time.monotonic() + self.config.storage.commit_interval_ms / 1000.0
+        while len(items) < 512:
+            try:
+                items.append(self.decided.get_nowait())
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.001)
+        return items
+
+    def _reorder(self, item: Decided) -> list[Decided]:
+        waiting = self._waiting[item.camera]
+        waiting[item.dispatch] = item
+        out = []
+        while self._next[item.camera] in waiting:
+            out.append(waiting.pop(self._next[item.camera]))
+            self._next[item.camera] += 1
+        return out
+
+    def _process(self, ordered: list[Decided], now_mono: float, final: bool = False) -> None:
+        rows: list[InspectionRow] = []
+        verdict_rows: dict[tuple[str, int], int] = {}
+        events: list[PartEvent] = []
+        station = self.config.station
+        for d in ordered:
+            if d.verdict is None:
+                self.counters.bad_frames_inference += 1
+                log.warning("%s: frame %s not inspected: %s", d.camera, d.frame.seq if d.frame else "?", d.error)
+                continue
+            v = d.verdict
+            uid = uuid.uuid4().hex
+            image_path = self._save_image(v)
+            rows.append(InspectionRow(
+                uid=uid, seq=v.frame.seq, camera=v.frame.camera, part_id=v.frame.part_id,
+                captured_at=v.frame.captured_at, decided_at=v.decided_at, score=v.score, threshold=v.threshold,
+                is_defective=v.is_defective, confidence=v.confidence, latency_ms=round(v.latency_ms, 3),
+                model=v.model, regions=[r.to_dict() for r in v.regions], image_path=image_path, reason=v.reason))
+            if v.is_defective:
+                verdict_rows[(v.frame.camera, v.frame.seq)] = len(rows) - 1
+                self._defect_rows[(v.frame.camera, v.frame.seq)] = (-1, uid, image_path)
+            self.latency.add(v.latency_ms)
+            self.counters.inspected += 1
+            if self.send_result is not None:
+                self.send_result(result_payload(v, uid, station))
+            if self.on_verdict is not None:
+                self.on_verdict(v, uid)
+            events.extend(self.groupers[v.frame.camera].feed(v))
+        for grouper in self.groupers.values():
+            events.extend(grouper.flush() if final else grouper.tick(now_mono))
+        messages = [self._reject_message(e, verdict_rows) for e in events]
+        if not rows and not messages:
+            return
+        try:
+            ids = self.writer.record(rows, messages)
+        except sqlite3.Error as exc:
+            self.db_errors += 1
+            log.error("cannot write %d inspection rows to the database: %s", len(rows), exc)
+            if messages and self.publish_direct is not None:  # rejects still reach the line, not durably
+                for m in messages:
+                    self.publish_direct(m.topic, m.payload)
+            return
+        for key, index in verdict_rows.items():
+            _, uid, image = self._defect_rows[key]
+            self._defect_rows[key] = (ids[index], uid, image)
+        for camera, grouper in self.groupers.items():  # forget rows no open part can refer to any more
+            keep_from = grouper.open.first.frame.seq if grouper.open is not None else None
+            for key in [k for k in self._defect_rows if k[0] == camera]:
+                if keep_from is None or key[1] < keep_from:
+                    del self._defect_rows[key]
+        if messages:
+            self.counters.rejects += len(messages)
+            self.counters.parts += len(messages)
+            self.counters.last_reject_at = time.time()
+            self.wake_sender()
+
+    def _reject_message(self, event: PartEvent, verdict_rows: dict[tuple[str, int], int]) -> OutboxMessage:
+        key = (event.camera, event.best.frame.seq)
+        inspection_id, uid, image = self._defect_rows.get(key, (-1, uuid.uuid4().hex, None))
+        mqtt = self.config.mqtt
+        payload = reject_payload(event, uid, self.config.station, mqtt.reject_ttl_ms, image)
+        topic = f"{mqtt.prefix}/{self.config.station}/reject"
+        expires_at = float(payload["expires_at"])  # type: ignore[arg-type]
+        if key in verdict_rows:
+            return OutboxMessage("reject", topic, payload, expires_at, row_index=verdict_rows[key])
+        return OutboxMessage("reject", topic, payload, expires_at,
+                             inspection_id=inspection_id if inspection_id >= 0 else None)
+
+    def _save_image(self, v: Verdict) -> str | None:
+        policy = self.config.storage.images.save
+        if self.archive is None or policy == "none" or (policy == "rejects" and not v.is_defective):
+            return None
+        return self.archive.save(v, self.config.station)
+
+    def _maintain(self) -> None:
+        now = time.monotonic()
+        if now - self._last_retention < RETENTION_EVERY_S:
+            return
+        self._last_retention = now
+        r = self.config.storage.retention
+        try:
+            deleted = self.writer.retention(r.max_age_days, r.max_rows)
+            if deleted:
+                log.info("retention: deleted %d old inspection rows", deleted)
+        except sqlite3.Error as exc:
+            log.warning("retention failed: %s", exc)

@@ -1,0 +1,289 @@
+"""Service wiring: build the pipeline from the config, run it, report health, stop it cleanly.
+
+    capture threads --FrameQueue--> inference workers --queue--> recorder --SQLite outbox--> MQTT link
+                                                                    \\-> image archive
+
+The main thread only supervises: it sends systemd READY/STATUS/WATCHDOG (the watchdog ping only
+while every thread's heartbeat is fresh, so a hung thread gets the process restarted), writes the
+health file for `edged status`, publishes stats, and on SIGTERM/SIGINT stops the stages in order
+so nothing committed is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from edged import __version__
+from edged.archive import ImageArchive
+from edged.capture import CaptureThread
+from edged.config import Config
+from edged.detector import Detector
+from edged.frame_queue import FrameQueue
+from edged.frames import Verdict
+from edged.health import CameraStats, Counters, Heartbeats, LatencyWindow
+from edged.mqtt_link import MqttLink
+from edged.recorder import RecorderThread
+from edged.sdnotify import Notifier
+from edged.store import InspectionWriter, open_database
+from edged.worker import Decided, InferenceWorker
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 20.0  # READY=1 even without a camera after this, so systemd does not loop on a dead cable
+WORKER_DRAIN_S = 3.0  # at shutdown, queued frames get this long to be inspected; the rest are dropped (counted)
+
+
+@dataclass
+class RunSummary:
+    frames: int = 0
+    inspected: int = 0
+    rejects: int = 0
+    drops: int = 0
+    bad_frames: int = 0
+    dropped_at_shutdown: int = 0
+    seconds: float = 0.0
+    latency: dict[str, float | None] = field(default_factory=dict)
+    scores: list[float] = field(default_factory=list)
+
+
+class Service:
+    def __init__(self, config: Config, *, detector: Detector | None = None, mqtt_enabled: bool | None = None,
+                 on_verdict: Callable[[Verdict, str], None] | None = None, notifier: Notifier | None = None,
+                 handle_signals: bool = True) -> None:
+        self.config = config
+        self.detector = detector
+        self.mqtt_enabled = config.mqtt.enabled if mqtt_enabled is None else mqtt_enabled
+        self.on_verdict = on_verdict
+        self.notifier = notifier or Notifier()
+        self.handle_signals = handle_signals
+        self.heartbeats = Heartbeats()
+        self.counters = Counters()
+        self.latency = LatencyWindow()
+        self.frames = FrameQueue()
+        self.capture_stop = threading.Event()
+        self.worker_stop = threading.Event()
+        self.link_stop = threading.Event()
+        self.stop_requested = threading.Event()
+        self.camera_events: queue.Queue[tuple[str, str, str]] = queue.Queue()
+        self.decided: queue.Queue[Decided] = queue.Queue()
+        self.stats = {c.name: CameraStats(c.name, c.source) for c in config.cameras}
+        self.captures: list[CaptureThread] = []
+        self.workers: list[InferenceWorker] = []
+        self.recorder: RecorderThread | None = None
+        self.link: MqttLink | None = None
+        self.archive: ImageArchive | None = None
+        self.started_at = time.time()
+        self._started_mono = time.monotonic()
+        self._ready_sent = False
+        self._process = psutil.Process()
+
+    # --- start -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        if self.detector is None:
+            m = cfg.model
+            self.detector = Detector(m.bundle, m.precision, m.runtime, m.providers, m.intra_op_threads,
+                                     m.verify_sha256)
+        db_path = cfg.storage.resolve(cfg.storage.database)
+        self.db = open_database(db_path)
+        self.writer = InspectionWriter(self.db)
+        images = cfg.storage.images
+        if images.save != "none":
+            self.archive = ImageArchive(cfg.storage.resolve(images.dir), images.quota_mb, images.overlay,
+                                        images.format)
+        if self.mqtt_enabled:
+            self.link = MqttLink(cfg, db_path, self.heartbeats, self.link_stop)
+            self.link.start()
+        self.recorder = RecorderThread(
+            cfg, self.decided, self.writer, self.archive, self.counters, self.latency, self.heartbeats,
+            self.worker_stop, wake_sender=self.link.wake if self.link else (lambda: None),
+            send_result=self.link.send_result if (self.link and cfg.mqtt.publish_results) else None,
+            on_verdict=self.on_verdict, publish_direct=self.link.publish_direct if self.link else None)
+        self.recorder.start()
+        cameras = {c.name: c for c in cfg.cameras}
+        for i in range(cfg.model.workers):
+            w = InferenceWorker(i, self.detector, self.frames, self.decided, cameras, cfg.model, self.heartbeats,
+                                self.worker_stop)
+            self.workers.append(w)
+            w.start()
+        for cam in cfg.cameras:
+            self.frames.add_lane(cam.name, cam.queue_size)
+            t = CaptureThread(cam, self.frames, self.stats[cam.name], self.heartbeats, self.capture_stop,
+                              self.camera_events)
+            self.captures.append(t)
+            t.start()
+        log.info("edged %s started: station %s, %d camera(s), model %s, %d worker(s)", __version__, cfg.station,
+                 len(cfg.cameras), self.detector.bundle_id, len(self.workers))
+
+    # --- supervise ---------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Supervise until a signal, or until every file/folder source has ended. Returns the exit code."""
+        if self.handle_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self.start()
+        interval = self.config.health.status_interval_s
+        watchdog = self.notifier.watchdog_interval_s
+        tick = min(0.25, watchdog or 0.25)
+        next_status = 0.0
+        next_stats = time.monotonic() + self.config.mqtt.stats_interval_s
+        while not self.stop_requested.is_set():
+            now = time.monotonic()
+            self._camera_events()
+            self._maybe_ready(now)
+            if watchdog and self._healthy():
+                self.notifier.watchdog()
+            if now >= next_status:
+                next_status = now + interval
+                self.notifier.status(self.status_line())
+                self.write_health()
+            if self.link is not None and now >= next_stats:
+                next_stats = now + self.config.mqtt.stats_interval_s
+                self.link.send("stats", self.stats_message())
+            if all(t.finished.is_set() for t in self.captures):
+                log.info("all sources have ended")
+                break
+            self.stop_requested.wait(tick)
+        self.shutdown()
+        return 0
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        self.stop_requested.set()
+
+    def _maybe_ready(self, now: float) -> None:
+        if self._ready_sent:
+            return
+        opened = any(t.opened.is_set() for t in self.captures)
+        if opened or now - self._started_mono > READY_TIMEOUT_S:
+            if not opened:
+                log.warning("no camera delivered a frame within %.0f s; running anyway (see edged status)",
+                            READY_TIMEOUT_S)
+            self.notifier.ready()
+            self._ready_sent = True
+
+    def _camera_events(self) -> None:
+        while True:
+            try:
+                _, name, state = self.camera_events.get_nowait()
+            except queue.Empty:
+                return
+            if self.link is not None:
+                self.link.camera_state(name, state)
+
+    def _healthy(self) -> bool:
+        stale = self.heartbeats.stale(self.config.health.heartbeat_timeout_s)
+        if stale:
+            log.error("thread(s) %s silent for over %.0f s: withholding the watchdog ping", ", ".join(stale),
+                      self.config.health.heartbeat_timeout_s)
+        return not stale
+
+    # --- reporting ---------------------------------------------------------------------------------
+    def status_line(self) -> str:
+        fps = sum(s.fps() for s in self.stats.values())
+        last = self.counters.last_reject_at
+        last_text = time.strftime("%H:%M:%S", time.localtime(last)) if last else "never"
+        broker = self._broker_state()
+        lat = self.latency.percentiles()
+        p99 = f"{lat['p99']:.1f} ms" if lat["p99"] is not None else "-"
+        return (f"{fps:.1f} fps, {self.counters.inspected} inspected, {self.counters.rejects} rejects "
+                f"(last {last_text}), p99 {p99}, broker {broker}")
+
+    def _broker_state(self) -> str:
+        if self.link is None:
+            return "disabled"
+        return "connected" if self.link.connected else "disconnected"
+
+    def health(self) -> dict[str, Any]:
+        det = self.detector
+        assert det is not None
+        cams = {}
+        for name, s in self.stats.items():
+            cams[name] = {"state": s.state, "source": s.source, "last_frame_at": s.last_frame_at,
+                          "fps": round(s.fps(), 2), "frames": s.frames, "drops": self.frames.drops(name),
+                          "bad_frames": s.bad_frames, "reconnects": s.reconnects,
+                          "queue_depth": self.frames.depth(name)}
+        link = self.link
+        return {
+            "version": __version__, "pid": os.getpid(), "station": self.config.station,
+            "started_at": self.started_at, "updated_at": time.time(), "model": det.bundle_id,
+            "method": det.manifest.method, "precision": det.precision, "runtime": det.runtime,
+            "provider": det.provider, "threshold": det.threshold, "broker": self._broker_state(),
+            "outbox_backlog": link.backlog if link else 0, "expired": link.expired if link else 0,
+            "delivered": link.delivered if link else 0, "inspected": self.counters.inspected,
+            "rejects": self.counters.rejects, "last_reject_at": self.counters.last_reject_at,
+            "latency_ms": self.latency.percentiles(),
+            "threads": {k: round(v, 3) for k, v in self.heartbeats.ages().items()},
+            "cameras": cams,
+            "disk": {"images_paused": bool(self.archive and self.archive.paused)},
+        }
+
+    def write_health(self) -> None:
+        path = self.config.storage.state_dir / "health.json"
+        tmp = path.with_name(".health.json.tmp")
+        try:
+            tmp.write_text(json.dumps(self.health(), indent=1))
+            tmp.replace(path)
+        except OSError as exc:
+            log.debug("cannot write %s: %s", path, exc)
+
+    def stats_message(self) -> dict[str, Any]:
+        h = self.health()
+        with self._process.oneshot():
+            cpu = self._process.cpu_percent(None)
+            rss = self._process.memory_info().rss
+        return {"station": h["station"], "at": h["updated_at"], "inspected": h["inspected"],
+                "rejects": h["rejects"], "cameras": h["cameras"], "latency_ms": h["latency_ms"],
+                "outbox_backlog": h["outbox_backlog"], "expired": h["expired"], "broker": h["broker"],
+                "cpu_percent": cpu, "rss_mb": round(rss / 1e6, 1)}
+
+    # --- stop --------------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop in pipeline order, each stage bounded in time, so a stop takes a few seconds at most."""
+        self.notifier.stopping()
+        self.capture_stop.set()
+        for t in self.captures:
+            t.join(timeout=2.0)
+        self.frames.close()
+        deadline = time.monotonic() + WORKER_DRAIN_S
+        for w in self.workers:
+            w.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.worker_stop.set()
+        left = self.frames.drain()
+        if left:
+            self.counters.dropped_at_shutdown += len(left)
+            log.warning("%d queued frame(s) dropped at shutdown", len(left))
+        for w in self.workers:
+            w.join(timeout=1.0)
+        if self.recorder is not None:
+            self.recorder.workers_done.set()
+            self.recorder.join(timeout=5.0)
+        self._camera_events()
+        if self.link is not None:
+            self.link_stop.set()
+            self.link.wake()
+            self.link.join(timeout=5.0)
+        self.write_health()
+        with contextlib.suppress(Exception):  # closing must never turn a clean stop into a crash
+            self.db.close()
+        log.info("stopped: %d inspected, %d rejects", self.counters.inspected, self.counters.rejects)
+
+    def summary(self) -> RunSummary:
+        return RunSummary(
+            frames=sum(s.frames for s in self.stats.values()), inspected=self.counters.inspected,
+            rejects=self.counters.rejects, drops=sum(self.frames.drops(n) for n in self.stats),
+            bad_frames=sum(s.bad_frames for s in self.stats.values()) + self.counters.bad_frames_inference,
+            dropped_at_shutdown=self.counters.dropped_at_shutdown,
+            seconds=time.monotonic() - self._started_mono, latency=self.latency.percentiles())

@@ -1,0 +1,256 @@
+"""The local SQLite database: every verdict, and the durable outbox of MQTT messages.
+
+WAL mode with synchronous=NORMAL: a commit survives a process crash (SIGKILL) and the database is
+never corrupt after power loss; at worst the last few hundred milliseconds are missing. A reject is
+written to the outbox in the same transaction as its inspection row, before anything is published,
+so a reject is either fully recorded and going to be sent, or did not happen.
+
+Two connections exist: the recorder thread's (inspections + new outbox rows) and the MQTT sender's
+(outbox state). SQLite serializes their short write transactions (busy_timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS inspections (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid          TEXT NOT NULL,              -- the message id on MQTT; unique
+    seq          INTEGER NOT NULL,           -- frame number of the camera in this run
+    camera       TEXT NOT NULL,
+    part_id      TEXT,                       -- from a trigger, or the part event in free_run
+    captured_at  REAL NOT NULL,              -- Unix seconds
+    decided_at   REAL NOT NULL,
+    score        REAL,
+    threshold    REAL,
+    is_defective INTEGER NOT NULL,
+    confidence   REAL,                       -- score / threshold, capped at 2.0
+    latency_ms   REAL,                       -- capture to verdict
+    model        TEXT,                       -- bundle id
+    regions      TEXT NOT NULL DEFAULT '[]', -- JSON list of {x, y, w, h, area, peak} in frame pixels
+    image_path   TEXT,
+    reason       TEXT NOT NULL DEFAULT 'ok'  -- ok | defect | not_inspected
+);
+CREATE INDEX IF NOT EXISTS inspections_time ON inspections(captured_at);
+CREATE INDEX IF NOT EXISTS inspections_camera_time ON inspections(camera, captured_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    inspection_id INTEGER,
+    kind          TEXT NOT NULL,             -- reject | audit
+    topic         TEXT NOT NULL,
+    payload       TEXT NOT NULL,             -- JSON, exactly what is published
+    created_at    REAL NOT NULL,
+    expires_at    REAL,                      -- Unix seconds; never published to /reject after this
+    state         TEXT NOT NULL DEFAULT 'pending', -- pending | delivered | expired | dropped
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    delivered_at  REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_state ON outbox(state, id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class StoreError(Exception):
+    """The database cannot be used at all (permissions, path); the message says why."""
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) after `PRAGMA quick_check`; a corrupt file is moved aside, loudly."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the folder of the database {path}: {exc}") from None
+    if path.exists():
+        problem = _check(path)
+        if problem:
+            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            log.error("DATABASE %s IS CORRUPT (%s): moved aside to %s, starting a fresh one", path, problem,
+                      aside)
+            path.rename(aside)
+            for suffix in ("-wal", "-shm"):
+                side = path.with_name(path.name + suffix)
+                if side.exists():
+                    side.rename(aside.with_name(aside.name + suffix))
+    try:
+        conn = connect(path)
+        conn.executescript(SCHEMA)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the database {path}: {exc}") from None
+    return conn
+
+
+def _check(path: Path) -> str:
+    try:
+        conn = sqlite3.connect(str(path), timeout=10.0)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    if rows and rows[0][0] == "ok":
+        return ""
+    return "; ".join(str(r[0]) for r in rows[:3])
+
+
+@dataclass(frozen=True, slots=True)
+class InspectionRow:
+    uid: str
+    seq: int
+    camera: str
+    part_id: str | None
+    captured_at: float
+    decided_at: float
+    score: float | None
+    threshold: float | None
+    is_defective: bool
+    confidence: float | None
+    latency_ms: float | None
+    model: str
+    regions: list[dict[str, float | int]]
+    image_path: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message to publish; `row_index` ties it to an InspectionRow of the same transaction."""
+
+    kind: str
+    topic: str
+    payload: dict[str, object]
+    expires_at: float | None
+    row_index: int | None = None  # an InspectionRow of the same transaction
+    inspection_id: int | None = None  # or an inspection committed earlier
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    kind: str
+    topic: str
+    payload: str
+    expires_at: float | None
+    attempts: int
+
+
+class InspectionWriter:
+    """The recorder thread's side of the database: inspections and new outbox rows."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def record(self, rows: list[InspectionRow], messages: list[OutboxMessage]) -> list[int]:
+        """Insert rows and their messages in ONE transaction; returns the inspection ids."""
+        now = time.time()
+        ids: list[int] = []
+        cur = self.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for r in rows:
+                cur.execute(
+                    "INSERT INTO inspections (uid, seq, camera, part_id, captured_at, decided_at, score, "
+                    "threshold, is_defective, confidence, latency_ms, model, regions, image_path, reason) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (r.uid, r.seq, r.camera, r.part_id, r.captured_at, r.decided_at, r.score, r.threshold,
+                     int(r.is_defective), r.confidence, r.latency_ms, r.model,
+                     json.dumps(r.regions, separators=(",", ":")), r.image_path, r.reason))
+                ids.append(int(cur.lastrowid or 0))
+            for m in messages:
+                inspection_id = ids[m.row_index] if m.row_index is not None else m.inspection_id
+                cur.execute(
+                    "INSERT INTO outbox (inspection_id, kind, topic, payload, created_at, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (inspection_id, m.kind, m.topic, json.dumps(m.payload, separators=(",", ":")), now,
+                     m.expires_at))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return ids
+
+    def retention(self, max_age_days: float, max_rows: int) -> int:
+        """Delete old inspections (by age, then by count) and settled outbox rows; returns rows deleted."""
+        cutoff = time.time() - max_age_days * 86400.0
+        deleted = self.conn.execute("DELETE FROM inspections WHERE captured_at < ?", (cutoff,)).rowcount
+        row = self.conn.execute("SELECT MAX(id) FROM inspections").fetchone()
+        if row and row[0] is not None:
+            deleted += self.conn.execute("DELETE FROM inspections WHERE id <= ?",
+                                         (int(row[0]) - max_rows,)).rowcount
+        self.conn.execute("DELETE FROM outbox WHERE state != 'pending' AND created_at < ?", (cutoff,))
+        return int(deleted)
+
+
+class Outbox:
+    """The MQTT sender's side: pending messages in order, and their fate."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def pending(self, limit: int, after_id: int = 0) -> list[OutboxItem]:
+        rows = self.conn.execute(
+            "SELECT id, kind, topic, payload, expires_at, attempts FROM outbox "
+            "WHERE state = 'pending' AND id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+        return [OutboxItem(*row) for row in rows]
+
+    def mark(self, ids: list[int], state: str) -> None:
+        if not ids:
+            return
+        now = time.time()
+        with self.conn:  # one transaction for the whole batch
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany(
+                "UPDATE outbox SET state = ?, delivered_at = ? WHERE id = ? AND state = 'pending'",
+                [(state, now, i) for i in ids])
+
+    def attempted(self, ids: list[int]) -> None:
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", [(i,) for i in ids])
+
+    def add(self, kind: str, topic: str, payload: str, expires_at: float | None) -> None:
+        self.conn.execute("INSERT INTO outbox (kind, topic, payload, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                          (kind, topic, payload, time.time(), expires_at))
+
+    def backlog(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0])
+
+    def count(self, state: str) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM outbox WHERE state = ?", (state,)).fetchone()[0])
+
+    def enforce_cap(self, max_rows: int) -> int:
+        """Keep at most max_rows pending; audit-only rows go first, then the oldest rejects. Logged."""
+        excess = self.backlog() - max_rows
+        if excess <= 0:
+            return 0
+        dropped = 0
+        for kind_clause in ("kind = 'audit'", "1 = 1"):
+            if dropped >= excess:
+                break
+            ids = [r[0] for r in self.conn.execute(
+                f"SELECT id FROM outbox WHERE state = 'pending' AND {kind_clause} ORDER BY id LIMIT ?",
+                (excess - dropped,)).fetchall()]
+            self.mark(ids, "dropped")
+            dropped += len(ids)
+        log.error("outbox full (%d pending > cap %d): dropped the %d oldest messages (audit first)",
+                  max_rows + excess, max_rows, dropped)
+        return dropped

@@ -1,0 +1,107 @@
+"""Inference workers: frames from the queue -> detector -> verdicts for the recorder.
+
+Several workers may share one `Detector` (ONNX Runtime sessions allow concurrent runs): on a small
+CPU two single-threaded inferences side by side beat one two-threaded inference. Each verdict carries
+its dispatch number so the recorder can restore capture order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from edged.config import CameraConfig, ModelConfig
+from edged.detector import Detector
+from edged.frame_queue import Dispatched, FrameQueue
+from edged.frames import Frame, Verdict
+from edged.health import Heartbeats
+from edged.preprocess import FrameError
+from edged.regions import find_regions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """What a worker hands to the recorder: a verdict, or a frame it could not inspect."""
+
+    dispatch: int
+    camera: str
+    verdict: Verdict | None
+    error: str = ""
+    frame: Frame | None = None
+
+
+class InferenceWorker(threading.Thread):
+    def __init__(self, index: int, detector: Detector, frames: FrameQueue, out: queue.Queue[Decided],
+                 cameras: Mapping[str, CameraConfig], model_cfg: ModelConfig, heartbeats: Heartbeats,
+                 stop: threading.Event) -> None:
+        super().__init__(name=f"inference:{index}", daemon=True)
+        self.detector = detector
+        self.frames = frames
+        self.out = out
+        self.cameras = cameras
+        self.model_cfg = model_cfg
+        self.heartbeats = heartbeats
+        self.stop_event = stop
+        self.map_threshold = (model_cfg.map_threshold if model_cfg.map_threshold is not None
+                              else detector.map_threshold)
+        self._freeze_file = os.environ.get("EDGED_TEST_FREEZE_FILE")  # test hook: hang while it exists
+
+    def run(self) -> None:
+        try:
+            while True:
+                self.heartbeats.beat(self.name)
+                batch = self.frames.get_batch(self.model_cfg.batch_size, timeout=0.25)
+                if not batch:
+                    if self.frames.closed or self.stop_event.is_set():
+                        return
+                    continue
+                self._frozen()
+                for decided in self.decide(batch):
+                    self.out.put(decided)
+        except Exception:
+            log.exception("%s: inference worker failed", self.name)
+            raise
+        finally:
+            self.heartbeats.forget(self.name)
+
+    def _frozen(self) -> None:
+        while self._freeze_file and os.path.exists(self._freeze_file) and not self.stop_event.is_set():
+            time.sleep(0.05)  # deliberately no heartbeat: this simulates a hung inference
+
+    def decide(self, batch: list[Dispatched]) -> list[Decided]:
+        good: list[tuple[Dispatched, np.ndarray]] = []
+        results: list[Decided] = []
+        for item in batch:
+            try:
+                good.append((item, self.detector.prepare(item.frame.image)))
+            except FrameError as exc:
+                results.append(Decided(item.dispatch, item.frame.camera, None, str(exc), item.frame))
+        if good:
+            outputs = self.detector.infer_tensor(np.stack([row for _, row in good]))
+            mono, wall = time.monotonic(), time.time()
+            for (item, _), output in zip(good, outputs, strict=True):
+                results.append(Decided(item.dispatch, item.frame.camera,
+                                       self._verdict(item.frame, output.score, output.anomaly_map, mono, wall)))
+        return results
+
+    def _verdict(self, frame: Frame, score: float, amap: np.ndarray | None, mono: float, wall: float) -> Verdict:
+        cam = self.cameras[frame.camera]
+        threshold = cam.threshold if cam.threshold is not None else self.detector.threshold
+        defective = bool(score > threshold)
+        regions: tuple = ()
+        if defective and amap is not None and self.map_threshold is not None:
+            offset = (cam.roi[0], cam.roi[1]) if cam.roi else (0, 0)
+            regions = tuple(find_regions(amap, self.map_threshold, frame.image.shape[:2], offset,
+                                         self.model_cfg.min_region_area))
+        return Verdict(frame=frame, score=float(score), threshold=float(threshold), is_defective=defective,
+                       decided_mono=mono, decided_at=wall, model=self.detector.bundle_id, regions=regions,
+                       anomaly_map=amap, reason="defect" if defective else "ok")
