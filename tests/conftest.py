@@ -119,3 +119,88 @@ def spot_frame(defective: bool, size: tuple[int, int] = (80, 60), seed: int = 0,
         x, y = spot
         img[max(0, y - 4):y + 5, max(0, x - 4):x + 5] = 255
     return img
+
+
+def write_spot_video(path: Path, n_frames: int, defective: set[int], fps: float = 30.0,
+                     size: tuple[int, int] = (80, 60)) -> list[bool]:
+    """An MJPG video of spot frames (readable by OpenCV's FFmpeg backend); returns the labels."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    assert writer.isOpened()
+    labels = []
+    for i in range(n_frames):
+        writer.write(spot_frame(i in defective, size=size, seed=i))
+        labels.append(i in defective)
+    writer.release()
+    return labels
+
+
+def write_config(path: Path, bundle: Path, source: str | Path, state_dir: Path, broker_port: int | None = None,
+                 extra_camera: str = "", extra: str = "") -> Path:
+    """A small daemon config for tests (YAML text, as a technician would write it)."""
+    mqtt = (f"mqtt: {{host: 127.0.0.1, port: {broker_port}, stats_interval_s: 1}}" if broker_port
+            else "mqtt: {enabled: false}")
+    path.write_text(f"""
+station: test
+model: {{bundle: {bundle}}}
+cameras:
+  - name: cam1
+    source: "{source}"
+    trigger: {{gap_ms: 0}}
+{extra_camera}
+storage: {{state_dir: {state_dir}}}
+health: {{status_interval_s: 0.5}}
+{mqtt}
+{extra}
+""")
+    return path
+
+
+class Subscriber:
+    """A real paho subscriber collecting messages per topic."""
+
+    def __init__(self, port: int, topics: list[str]) -> None:
+        import json as _json
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, object, bool]] = []
+        self._lock = threading.Lock()
+        self._json = _json
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{free_port()}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.connected = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe([(t, 1) for t in topics]), self.connected.set())
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.connected.wait(5)
+        time.sleep(0.2)
+
+    def _on_message(self, client: object, userdata: object, msg: object) -> None:
+        text = msg.payload.decode()  # type: ignore[attr-defined]
+        try:
+            payload = self._json.loads(text)
+        except ValueError:
+            payload = text
+        with self._lock:
+            self.messages.append((msg.topic, payload, bool(msg.retain)))  # type: ignore[attr-defined]
+
+    def on(self, topic: str) -> list[object]:
+        with self._lock:
+            return [p for t, p, _ in self.messages if t == topic]
+
+    def wait_for(self, topic: str, count: int, timeout: float = 10.0) -> list[object]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.on(topic)
+            if len(got) >= count:
+                return got
+            time.sleep(0.05)
+        return self.on(topic)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
