@@ -167,7 +167,7 @@ def read_database(path: Path, now: float) -> tuple[dict[float, dict[str, CameraS
     """Per window (seconds) and camera: inspected, rejects, latencies. Read-only; WAL readers never block
     the daemon's writer."""
     if not path.exists():
-        return {}, f"database {path} does not exist yet"
+        return {}, f"{path} does not exist yet"
     uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=2.0)
@@ -204,6 +204,12 @@ def read_database(path: Path, now: float) -> tuple[dict[float, dict[str, CameraS
 
 def _line(out: TextIO, label: str, text: str) -> None:
     out.write(clip(f"{label:<{LABEL}}{text}", WIDTH).rstrip() + "\n")
+
+
+def _wrapped(out: TextIO, label: str, text: str) -> None:
+    """Long messages wrap under the value column instead of being cut (paths stay whole)."""
+    out.write(textwrap.fill(text, WIDTH, initial_indent=f"{label:<{LABEL}}", subsequent_indent=" " * LABEL,
+                            break_long_words=False, break_on_hyphens=False) + "\n")
 
 
 def _rate(stats: CameraStats | None) -> str:
@@ -276,7 +282,7 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
         _line(out, "inspected", f"{_int(h.get('inspected'))}   rejects {_int(h.get('rejects'))}   (since start)")
         _line(out, "last reject", fmt_time(_num(h.get("last_reject_at")), now))
     if db_note:
-        _line(out, "database", db_note)
+        _wrapped(out, "database", db_note)
 
     cameras = h.get("cameras") if isinstance(h.get("cameras"), dict) else {}
     names = list(cameras) + [c.name for c in config.cameras if c.name not in cameras]
@@ -300,9 +306,7 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
     threads = h.get("threads") if isinstance(h.get("threads"), dict) else {}
     if threads:
         out.write("\n")
-        beats = "   ".join(f"{n} {fmt_duration(_num(a))}" for n, a in sorted(threads.items()))
-        out.write(textwrap.fill(beats, WIDTH, initial_indent=f"{'heartbeats':<{LABEL}}",
-                                subsequent_indent=" " * LABEL, break_long_words=False) + "\n")
+        _wrapped(out, "heartbeats", "   ".join(f"{n} {fmt_duration(_num(a))}" for n, a in sorted(threads.items())))
 
 
 def _age(epoch: Any, now: float) -> float | None:
@@ -328,8 +332,7 @@ def main(config: Config, out: TextIO = sys.stdout, now: float | None = None) -> 
         problems, warnings = check_health(health, config, now)
     out.write("\n")
     for warning in warnings:
-        out.write(textwrap.fill(warning, WIDTH, initial_indent=f"{'warning':<{LABEL}}",
-                                subsequent_indent=" " * LABEL) + "\n")
+        _wrapped(out, "warning", warning)
     if problems:
         _line(out, "health", "UNHEALTHY")
         for problem in problems:
