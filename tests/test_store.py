@@ -1,0 +1,79 @@
+"""The SQLite log and outbox: one transaction per group, corrupt files moved aside, the outbox cap."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from edged.store import InspectionRow, InspectionWriter, Outbox, OutboxMessage, connect, open_database
+
+
+def row(seq: int, defective: bool = False, t: float | None = None) -> InspectionRow:
+    t = time.time() if t is None else t
+    return InspectionRow(f"u{seq}", seq, "cam1", None, t, t + 0.01, 1.0, 0.5, defective, 2.0, 10.0, "m", [],
+                         None, "defect" if defective else "ok")
+
+
+def test_rows_and_their_rejects_are_written_together(tmp_path: Path) -> None:
+    conn = open_database(tmp_path / "e.db")
+    w = InspectionWriter(conn)
+    ids = w.record([row(0), row(1, True)], [OutboxMessage("reject", "t/reject", {"id": "u1"}, time.time() + 2,
+                                                          row_index=1)])
+    assert len(ids) == 2
+    (inspection_id, state) = conn.execute("SELECT inspection_id, state FROM outbox").fetchone()
+    assert inspection_id == ids[1] and state == "pending"
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
+    conn = open_database(tmp_path / "e.db")
+    w = InspectionWriter(conn)
+    bad = OutboxMessage("reject", "t", {"x": object()}, None, row_index=0)  # not JSON-serializable
+    try:
+        w.record([row(0)], [bad])
+    except TypeError:
+        pass
+    assert conn.execute("SELECT COUNT(*) FROM inspections").fetchone()[0] == 0
+
+
+def test_corrupt_database_is_moved_aside(tmp_path: Path, caplog: object) -> None:
+    path = tmp_path / "e.db"
+    path.write_bytes(b"SQLite format 3\x00" + b"\x13" * 4096)
+    conn = open_database(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert list(tmp_path.glob("e.db.corrupt-*"))
+
+
+def test_outbox_order_marks_and_cap(tmp_path: Path) -> None:
+    conn = open_database(tmp_path / "e.db")
+    w = InspectionWriter(conn)
+    msgs = [OutboxMessage("audit" if i % 2 else "reject", "t", {"i": i}, None) for i in range(10)]
+    w.record([], msgs)
+    ob = Outbox(connect(tmp_path / "e.db"))
+    items = ob.pending(100)
+    assert [i.id for i in items] == sorted(i.id for i in items)
+    ob.mark([items[0].id], "delivered")
+    assert ob.backlog() == 9
+    assert ob.enforce_cap(5) == 4
+    kinds = [r[0] for r in conn.execute("SELECT kind FROM outbox WHERE state = 'dropped'")]
+    assert kinds == ["audit"] * 4  # audit-only rows go first
+
+
+def test_retention_by_age_and_count(tmp_path: Path) -> None:
+    conn = open_database(tmp_path / "e.db")
+    w = InspectionWriter(conn)
+    old = time.time() - 10 * 86400
+    w.record([row(i, t=old) for i in range(5)] + [row(i) for i in range(5, 2005)], [])
+    assert w.retention(max_age_days=5, max_rows=1000) == 5 + 1000
+    assert conn.execute("SELECT COUNT(*) FROM inspections").fetchone()[0] == 1000
+
+
+def test_readonly_connection_cannot_write(tmp_path: Path) -> None:
+    open_database(tmp_path / "e.db").close()
+    ro = connect(tmp_path / "e.db", readonly=True)
+    try:
+        ro.execute("DELETE FROM inspections")
+        raise AssertionError("read-only connection wrote")
+    except sqlite3.OperationalError:
+        pass
