@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian machine (run as root), idempotently:
+# system packages (mosquitto broker, ffmpeg, libsystemd headers, GStreamer RTSP server for the stream
+# tests), then a virtual environment in .venv with edged, the training tools and the test tools.
+# Usage: scripts/setup.sh [runtime|train|dev]   (default dev = everything)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+level="${1:-dev}"
+
+apt_packages=(mosquitto ffmpeg libsystemd-dev pkg-config gcc python3-venv python3-dev systemd
+              python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base
+              gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing system packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: missing system packages (install them as root): ${missing[*]}" >&2
+  fi
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip >/dev/null
+case "$level" in
+  runtime) extras="systemd" ;;
+  train)   extras="systemd,train" ;;
+  *)       extras="systemd,train,dev" ;;
+esac
+stamp=".venv/.edged-installed-$level-$(cat pyproject.toml | sha256sum | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  echo "setup: installing edged[$extras] into .venv (first run takes a few minutes)"
+  python -m pip install -q -e ".[$extras]"
+  touch "$stamp"
+fi
