@@ -1,0 +1,122 @@
+"""The autoencoder methods: both variants train, export one ONNX graph (map + score) that matches torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from tools.methods.base import FitOptions
+from tools.methods.cae import METHOD, METHODS, CaeConfig, ErrorHead
+
+SIZE = 32
+TINY = {"widths": "4/8/8/8/8", "batch_size": "4"}
+
+
+def _images(n: int, channels: int, seed: int = 0) -> list[np.ndarray]:
+    """Smooth noisy gradients: a texture an autoencoder can learn a little in two epochs."""
+    rng = np.random.default_rng(seed)
+    xx = np.mgrid[0:SIZE, 0:SIZE][1]
+    out = []
+    for _ in range(n):
+        base = 100 + 60 * np.sin(xx / 5 + rng.uniform(0, 6)) + rng.normal(0, 8, (SIZE, SIZE))
+        img = np.clip(base, 0, 255).astype(np.uint8)
+        out.append(np.repeat(img[:, :, None], 3, axis=2) if channels == 3 else img)
+    return out
+
+
+def _fit(name: str, **extra: str) -> tuple[object, FitOptions]:
+    opts = FitOptions(size=SIZE, seed=0, epochs=2, extra={**TINY, **extra}, progress=False)
+    method = METHODS[name]
+    spec = method.input_spec(opts)
+    return method.fit(_images(12, spec.channels), opts), opts
+
+
+def _batch(trained: object, n: int) -> np.ndarray:
+    from edged.preprocess import to_tensor
+
+    spec = trained.spec  # type: ignore[attr-defined]
+    return np.stack([to_tensor(im, spec) for im in _images(n, spec.channels, seed=1)])
+
+
+@pytest.mark.parametrize("name", ["cae", "cae-reference"])
+def test_export_matches_torch_and_has_dynamic_batch(name: str, tmp_path: Path) -> None:
+    trained, _ = _fit(name)
+    path = tmp_path / "model.onnx"
+    trained.export_onnx(path)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch axis
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        batch = _batch(trained, n)
+        amap, score = sess.run(["anomaly_map", "score"], {"input": batch})
+        assert amap.shape == (n, 1, SIZE, SIZE)
+        assert score.shape == (n,)
+        tmap, tscore = trained.score(batch)
+        np.testing.assert_allclose(score, tscore, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(amap, tmap, rtol=1e-3, atol=1e-5)
+    ops = {node.op_type for node in model.graph.node}
+    assert ("ConvTranspose" in ops) == (name == "cae-reference")
+    assert "BatchNormalization" not in ops  # folded into the convolutions before export
+
+
+def test_variants_differ_as_documented() -> None:
+    ref = METHODS["cae-reference"].config(FitOptions())
+    default = METHOD.config(FitOptions())
+    assert METHOD.name == "cae"
+    assert ref.widths == (32, 64, 128, 256, 512) and ref.decoder == "convT" and ref.score == "mean"
+    assert ref.loss == "mse" and ref.channels == 3
+    assert default.decoder == "resize" and default.score != "mean"
+
+
+def test_quantize_options_keep_the_error_head_fp32(tmp_path: Path) -> None:
+    trained, _ = _fit("cae")
+    trained.export_onnx(tmp_path / "m.onnx")
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    excluded = set(trained.quantize.nodes_to_exclude)
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert excluded and excluded <= {n.name for n in graph.node}
+    assert any(n.name not in excluded for n in convs)  # the autoencoder's convolutions get quantized
+    assert all(n.name in excluded for n in graph.node if n.op_type == "TopK")
+
+
+def test_training_is_reproducible_with_a_seed() -> None:
+    a, _ = _fit("cae", epochs="1")
+    b, _ = _fit("cae", epochs="1")
+    batch = _batch(a, 2)
+    np.testing.assert_array_equal(a.score(batch)[1], b.score(batch)[1])
+    assert a.params["final_loss"] == b.params["final_loss"]
+
+
+def test_options_are_parsed_and_checked() -> None:
+    opts = FitOptions(extra={"channels": "1", "flip": "yes", "topk": "0.02", "widths": "8/16"})
+    cfg = METHOD.config(opts)
+    assert (cfg.channels, cfg.flip, cfg.topk, cfg.widths) == (1, True, 0.02, (8, 16))
+    assert METHOD.input_spec(opts).color_order == "gray"
+    with pytest.raises(ValueError, match="unknown cae option"):
+        METHOD.config(FitOptions(extra={"colour": "1"}))
+    with pytest.raises(ValueError, match="score"):
+        METHOD.config(FitOptions(extra={"score": "median"}))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        METHOD.input_spec(FitOptions(size=100))
+
+
+@pytest.mark.parametrize("error", ["l2", "l1", "ssim", "ssim+l1"])
+def test_error_head_scores_a_local_defect_higher(error: str) -> None:
+    """A small spot that the reconstruction misses must raise the top-k score more than the mean."""
+    cfg = CaeConfig(error=error, blur=1.0, score="topk", topk=0.01)
+    head = ErrorHead(cfg, SIZE, SIZE)
+    gen = torch.Generator().manual_seed(0)
+    x = 0.5 + 0.05 * torch.rand(2, 3, SIZE, SIZE, generator=gen)
+    recon = x.clone()
+    x[1, :, 10:13, 10:13] = 0.0  # a dark blowhole in image 1 only
+    amap, score = head(x, recon)
+    assert amap.shape == (2, 1, SIZE, SIZE)
+    assert score[1] > score[0] + 1e-3
+    assert amap[1, 0, 11, 11] > amap[1, 0, 25, 25]
