@@ -21,6 +21,7 @@ from edged.config import CameraConfig
 from edged.frame_queue import FrameQueue, QueueClosed
 from edged.frames import Frame
 from edged.health import CameraStats, Heartbeats
+from edged.parts import TriggerGate
 from edged.sources import BadFrame, NoFrameYet, Source, SourceEnded, SourceFailed, open_source
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float, jitter: float, r
 class CaptureThread(threading.Thread):
     def __init__(self, cam: CameraConfig, frames: FrameQueue, stats: CameraStats, heartbeats: Heartbeats,
                  stop: threading.Event, events: queue.Queue[tuple[str, str, str]] | None = None,
-                 source_factory: Callable[[CameraConfig], Source] | None = None) -> None:
+                 source_factory: Callable[[CameraConfig], Source] | None = None,
+                 gate: TriggerGate | None = None) -> None:
         super().__init__(name=f"capture:{cam.name}", daemon=True)
         self.cam = cam
         self.frames = frames
@@ -46,6 +48,7 @@ class CaptureThread(threading.Thread):
         self.stop_event = stop
         self.events = events
         self.source_factory = source_factory or _default_factory
+        self.gate = gate  # trigger mode mqtt: only frames chosen for a triggered part are inspected
         self.opened = threading.Event()  # set once the camera delivered its first frame
         self.finished = threading.Event()  # set when the thread ends for good
         self._rng = random.Random()
@@ -150,6 +153,9 @@ class CaptureThread(threading.Thread):
             except NoFrameYet:
                 last_good = time.monotonic()  # a quiet watched folder is not a stalled camera
                 self._set_state("streaming")
+                if self.gate is not None:
+                    for item in self.gate.offer(None):
+                        self._enqueue(item, drop_oldest)
                 continue
             except SourceEnded:
                 return "ended"
@@ -173,14 +179,22 @@ class CaptureThread(threading.Thread):
                           captured_at=wall, source_name=name)
             self._seq += 1
             self.stats.frame_captured(mono, wall)
-            if drop_oldest:
-                self.frames.put(frame, drop_oldest=True)
-            else:
-                while not self.frames.put(frame, drop_oldest=False, timeout=0.25):
-                    self._beat()
-                    if self.stop_event.is_set():
-                        return "stopped"
+            selected = [frame] if self.gate is None else self.gate.offer(frame)
+            for item in selected:
+                if not self._enqueue(item, drop_oldest):
+                    return "stopped"
         return "stopped"
+
+    def _enqueue(self, frame: Frame, drop_oldest: bool) -> bool:
+        """Hand a frame to inspection; False when asked to stop while waiting for room."""
+        if drop_oldest:
+            self.frames.put(frame, drop_oldest=True)
+            return True
+        while not self.frames.put(frame, drop_oldest=False, timeout=0.25):
+            self._beat()
+            if self.stop_event.is_set():
+                return False
+        return True
 
     def _bad(self, why: str) -> None:
         self.stats.bad_frames += 1

@@ -85,6 +85,10 @@ class Counters:
 
     inspected: int = 0  # recorder
     rejects: int = 0  # recorder
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)  # recorder
+    triggers: int = 0  # recorder: trigger messages accepted (one per camera they name)
+    not_inspected: int = 0  # recorder: triggered parts without a verdict in time
+    late_verdicts: int = 0  # recorder: verdicts that came after their part's deadline
     parts: int = 0  # recorder
     last_reject_at: float | None = None  # recorder
     dropped_at_shutdown: int = 0  # service

@@ -8,9 +8,11 @@ carrying its best (highest-scoring) frame.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+import queue
+from dataclasses import dataclass
 
-from edged.frames import Verdict
+from edged.frames import Frame, Verdict
 
 
 @dataclass
@@ -20,11 +22,11 @@ class PartEvent:
     best: Verdict
     last_defect_mono: float
     frames: int = 1
-    verdicts: list[Verdict] = field(default_factory=list)
+    given_id: str | None = None  # from a trigger; else the event is named after its first frame
 
     @property
     def part_id(self) -> str:
-        return f"{self.camera}-{self.first.frame.seq}"
+        return self.given_id or f"{self.camera}-{self.first.frame.seq}"
 
 
 class FreeRunGrouper:
@@ -63,3 +65,110 @@ class FreeRunGrouper:
     def flush(self) -> list[PartEvent]:
         event, self.open = self.open, None
         return [event] if event is not None else []
+
+
+# --- triggered inspection (`trigger.mode: mqtt`) ------------------------------------------------------
+
+class TriggerError(ValueError):
+    """A trigger message that cannot be used; logged and ignored."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """One part announced by the line: inspect `camera`'s first frame captured at or after `due_at`."""
+
+    part_id: str
+    camera: str
+    due_at: float  # Unix seconds: trigger time + delay
+    deadline_at: float  # Unix seconds: no verdict by then -> not_inspected
+    received_at: float
+
+
+def parse_trigger(data: dict[str, object], arrived_at: float, cameras: dict[str, tuple[float, float]]) -> list[Trigger]:
+    """Validate a trigger message. `cameras` maps each mqtt-mode camera to (delay_ms, timeout_ms).
+
+    A message names one camera, or none to trigger every camera in mqtt mode (one result each).
+    """
+    part_id = data.get("part_id")
+    if not isinstance(part_id, str | int) or isinstance(part_id, bool) or str(part_id) == "":
+        raise TriggerError("trigger needs a non-empty 'part_id' (string or integer)")
+    t = data.get("t", arrived_at)
+    if not isinstance(t, int | float) or isinstance(t, bool) or t <= 0:
+        raise TriggerError(f"trigger {part_id}: 't' must be Unix seconds (got {t!r})")
+    camera = data.get("camera")
+    if camera is not None and camera not in cameras:
+        raise TriggerError(f"trigger {part_id}: camera {camera!r} is not a camera in trigger mode mqtt")
+    names = [str(camera)] if camera is not None else list(cameras)
+    out = []
+    for name in names:
+        delay_ms, timeout_ms = cameras[name]
+        due = float(t) + delay_ms / 1000.0
+        out.append(Trigger(str(part_id), name, due, max(due, arrived_at) + timeout_ms / 1000.0, arrived_at))
+    return out
+
+
+class TriggerGate:
+    """Capture side: picks the frame for each trigger. Triggers arrive on a queue from the MQTT thread.
+
+    Recent frames are kept for a moment, because a trigger stamped with the sensor's time may arrive
+    after the frame that shows the part was captured.
+    """
+
+    def __init__(self, keep_s: float = 2.0) -> None:
+        self.inbox: queue.Queue[Trigger] = queue.Queue()
+        self.keep_s = keep_s
+        self._pending: list[Trigger] = []
+        self._recent: list[Frame] = []
+
+    def offer(self, frame: Frame | None) -> list[Frame]:
+        """Call for every captured frame (or None when idle); returns frames to inspect, with part ids."""
+        while not self.inbox.empty():
+            self._pending.append(self.inbox.get_nowait())
+        if frame is not None:
+            self._recent.append(frame)
+            cutoff = frame.captured_at - self.keep_s
+            while self._recent and self._recent[0].captured_at < cutoff:
+                self._recent.pop(0)
+        out: list[Frame] = []
+        still: list[Trigger] = []
+        newest = self._recent[-1].captured_at if self._recent else 0.0
+        for trig in sorted(self._pending, key=lambda x: x.due_at):
+            if newest > trig.deadline_at:
+                continue  # too late to be useful: the recorder reports it not_inspected
+            match = next((f for f in self._recent if f.captured_at >= trig.due_at), None)
+            if match is None:
+                still.append(trig)
+            else:
+                out.append(dataclasses.replace(match, part_id=trig.part_id))
+        self._pending = still
+        return out
+
+
+class TriggerBook:
+    """Recorder side: every trigger gets exactly one result, a verdict or `not_inspected` at its deadline."""
+
+    def __init__(self) -> None:
+        self.outstanding: dict[tuple[str, str], Trigger] = {}
+        self.received = 0
+        self.not_inspected = 0
+        self.late = 0
+
+    def add(self, trig: Trigger) -> None:
+        self.received += 1
+        self.outstanding[(trig.camera, trig.part_id)] = trig
+
+    def settle(self, verdict: Verdict) -> bool:
+        """True when this verdict answers an outstanding trigger (and so gets the result)."""
+        key = (verdict.frame.camera, verdict.frame.part_id or "")
+        if key in self.outstanding:
+            del self.outstanding[key]
+            return True
+        self.late += 1  # its deadline passed already: not_inspected went out, this verdict is only logged
+        return False
+
+    def expire(self, now: float) -> list[Trigger]:
+        gone = [t for t in self.outstanding.values() if now >= t.deadline_at]
+        for t in gone:
+            del self.outstanding[(t.camera, t.part_id)]
+        self.not_inspected += len(gone)
+        return gone

@@ -20,7 +20,7 @@ from edged.archive import ImageArchive
 from edged.config import CameraConfig, Config
 from edged.frames import Verdict
 from edged.health import Counters, Heartbeats, LatencyWindow
-from edged.parts import FreeRunGrouper, PartEvent
+from edged.parts import FreeRunGrouper, PartEvent, Trigger, TriggerBook
 from edged.store import InspectionRow, InspectionWriter, OutboxMessage
 from edged.worker import Decided
 
@@ -50,6 +50,17 @@ def reject_payload(event: PartEvent, uid: str, station: str, ttl_ms: float,
         "model": best.model,
         "frames": event.frames,
         "image": image_path,
+    }
+
+
+def not_inspected_payload(trig: Trigger, uid: str, station: str, ttl_ms: float) -> dict[str, object]:
+    """A triggered part that got no verdict in time: the line must not ship it as inspected."""
+    return {
+        "id": uid, "station": station, "camera": trig.camera, "part_id": trig.part_id, "seq": None,
+        "reason": "not_inspected", "is_defective": None, "captured_at": None,
+        "decided_at": round(time.time(), 6), "triggered_at": round(trig.due_at, 6),
+        "expires_at": round(trig.deadline_at + ttl_ms / 1000.0, 6), "score": None, "threshold": None,
+        "confidence": None, "regions": [], "model": None,
     }
 
 
@@ -84,7 +95,11 @@ class RecorderThread(threading.Thread):
         self.on_verdict = on_verdict  # replay's per-frame output
         self.publish_direct = publish_direct  # when the database cannot be written
         self.cameras: Mapping[str, CameraConfig] = {c.name: c for c in config.cameras}
-        self.groupers = {c.name: FreeRunGrouper(c.name, c.trigger.gap_ms) for c in config.cameras}
+        self.groupers = {c.name: FreeRunGrouper(c.name, c.trigger.gap_ms) for c in config.cameras
+                         if c.trigger.mode == "free_run"}
+        self.triggered = {c.name for c in config.cameras if c.trigger.mode == "mqtt"}
+        self.triggers: queue.Queue[Trigger] = queue.Queue()  # from the MQTT thread
+        self.book = TriggerBook()
         self._next: dict[str, int] = {c.name: 0 for c in config.cameras}
         self._waiting: dict[str, dict[int, Decided]] = {c.name: {} for c in config.cameras}
         self._defect_rows: dict[tuple[str, int], tuple[int, str, str | None]] = {}  # -> (id, uid, image)
@@ -139,7 +154,11 @@ class RecorderThread(threading.Thread):
         rows: list[InspectionRow] = []
         verdict_rows: dict[tuple[str, int], int] = {}
         events: list[PartEvent] = []
+        triggered: list[OutboxMessage] = []
         station = self.config.station
+        while not self.triggers.empty():
+            self.book.add(self.triggers.get_nowait())
+            self.counters.triggers += 1
         for d in ordered:
             if d.verdict is None:
                 self.counters.bad_frames_inference += 1
@@ -162,10 +181,14 @@ class RecorderThread(threading.Thread):
                 self.send_result(result_payload(v, uid, station))
             if self.on_verdict is not None:
                 self.on_verdict(v, uid)
-            events.extend(self.groupers[v.frame.camera].feed(v))
+            if v.frame.camera in self.triggered:
+                triggered.extend(self._triggered_verdict(v, uid, image_path, len(rows) - 1))
+            else:
+                events.extend(self.groupers[v.frame.camera].feed(v))
         for grouper in self.groupers.values():
             events.extend(grouper.flush() if final else grouper.tick(now_mono))
-        messages = [self._reject_message(e, verdict_rows) for e in events]
+        messages = [self._reject_message(e, verdict_rows) for e in events] + triggered
+        messages += self._expired_triggers(rows, final)
         if not rows and not messages:
             return
         try:
@@ -185,11 +208,55 @@ class RecorderThread(threading.Thread):
             for key in [k for k in self._defect_rows if k[0] == camera]:
                 if keep_from is None or key[1] < keep_from:
                     del self._defect_rows[key]
-        if messages:
-            self.counters.rejects += len(messages)
-            self.counters.parts += len(messages)
+        rejects = [m for m in messages if m.kind == "reject"]
+        for m in rejects:
+            reason = str(m.payload.get("reason", "defect"))
+            self.counters.rejects_by_reason[reason] = self.counters.rejects_by_reason.get(reason, 0) + 1
+        self.counters.parts += len(events) + sum(1 for m in messages if m.kind == "result")
+        if rejects:
+            self.counters.rejects += len(rejects)
             self.counters.last_reject_at = time.time()
+        if messages:
             self.wake_sender()
+
+    def _triggered_verdict(self, v: Verdict, uid: str, image: str | None, row_index: int) -> list[OutboxMessage]:
+        """A verdict for a triggered part: exactly one durable result, and a reject when defective."""
+        if not self.book.settle(v):
+            self.counters.late_verdicts += 1
+            log.warning("%s: verdict for part %s came after its deadline: logged only (not_inspected was sent)",
+                        v.frame.camera, v.frame.part_id)
+            return []
+        mqtt, station = self.config.mqtt, self.config.station
+        out = [OutboxMessage("result", f"{mqtt.prefix}/{station}/result", result_payload(v, uid, station), None,
+                             row_index=row_index)]
+        if v.is_defective:
+            event = PartEvent(v.frame.camera, v, v, v.frame.captured_mono, given_id=v.frame.part_id)
+            payload = reject_payload(event, uid, station, mqtt.reject_ttl_ms, image)
+            out.append(OutboxMessage("reject", f"{mqtt.prefix}/{station}/reject", payload,
+                                     float(payload["expires_at"]), row_index=row_index))  # type: ignore[arg-type]
+        return out
+
+    def _expired_triggers(self, rows: list[InspectionRow], final: bool) -> list[OutboxMessage]:
+        """Triggered parts past their deadline: a not_inspected row and result, and a reject if fail-safe."""
+        now = time.time()
+        gone = self.book.expire(float("inf") if final else now)
+        out: list[OutboxMessage] = []
+        mqtt, station = self.config.mqtt, self.config.station
+        for trig in gone:
+            self.counters.not_inspected += 1
+            uid = uuid.uuid4().hex
+            log.warning("%s: part %s NOT INSPECTED (no verdict within its timeout)", trig.camera, trig.part_id)
+            rows.append(InspectionRow(
+                uid=uid, seq=-1, camera=trig.camera, part_id=trig.part_id, captured_at=trig.due_at, decided_at=now,
+                score=None, threshold=None, is_defective=False, confidence=None, latency_ms=None, model="",
+                regions=[], image_path=None, reason="not_inspected"))
+            payload = not_inspected_payload(trig, uid, station, mqtt.reject_ttl_ms)
+            out.append(OutboxMessage("result", f"{mqtt.prefix}/{station}/result", payload, None,
+                                     row_index=len(rows) - 1))
+            if self.cameras[trig.camera].trigger.fail_safe == "reject":
+                out.append(OutboxMessage("reject", f"{mqtt.prefix}/{station}/reject", payload,
+                                         float(payload["expires_at"]), row_index=len(rows) - 1))  # type: ignore[arg-type]
+        return out
 
     def _reject_message(self, event: PartEvent, verdict_rows: dict[tuple[str, int], int]) -> OutboxMessage:
         key = (event.camera, event.best.frame.seq)

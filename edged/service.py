@@ -28,12 +28,13 @@ import psutil
 from edged import __version__
 from edged.archive import ImageArchive
 from edged.capture import CaptureThread
-from edged.config import Config
+from edged.config import Config, ConfigError
 from edged.detector import Detector
 from edged.frame_queue import FrameQueue
 from edged.frames import Verdict
 from edged.health import CameraStats, Counters, Heartbeats, LatencyWindow
 from edged.mqtt_link import MqttLink
+from edged.parts import TriggerError, TriggerGate, parse_trigger
 from edged.recorder import RecorderThread
 from edged.sdnotify import Notifier
 from edged.store import InspectionWriter, open_database
@@ -88,6 +89,11 @@ class Service:
         self._started_mono = time.monotonic()
         self._ready_sent = False
         self._process = psutil.Process()
+        self.gates = {c.name: TriggerGate() for c in config.cameras if c.trigger.mode == "mqtt"}
+        self._trigger_timing = {c.name: (c.trigger.delay_ms, c.trigger.timeout_ms) for c in config.cameras
+                                if c.trigger.mode == "mqtt"}
+        if self.gates and not self.mqtt_enabled:
+            raise ConfigError("cameras with trigger mode mqtt need mqtt.enabled: true (triggers come over MQTT)")
 
     # --- start -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -104,14 +110,15 @@ class Service:
             self.archive = ImageArchive(cfg.storage.resolve(images.dir), images.quota_mb, images.overlay,
                                         images.format)
         if self.mqtt_enabled:
-            self.link = MqttLink(cfg, db_path, self.heartbeats, self.link_stop)
-            self.link.start()
+            self.link = MqttLink(cfg, db_path, self.heartbeats, self.link_stop, on_trigger=self._on_trigger)
         self.recorder = RecorderThread(
             cfg, self.decided, self.writer, self.archive, self.counters, self.latency, self.heartbeats,
             self.worker_stop, wake_sender=self.link.wake if self.link else (lambda: None),
             send_result=self.link.send_result if (self.link and cfg.mqtt.publish_results) else None,
             on_verdict=self.on_verdict, publish_direct=self.link.publish_direct if self.link else None)
         self.recorder.start()
+        if self.link is not None:
+            self.link.start()
         cameras = {c.name: c for c in cfg.cameras}
         for i in range(cfg.model.workers):
             w = InferenceWorker(i, self.detector, self.frames, self.decided, cameras, cfg.model, self.heartbeats,
@@ -121,7 +128,7 @@ class Service:
         for cam in cfg.cameras:
             self.frames.add_lane(cam.name, cam.queue_size)
             t = CaptureThread(cam, self.frames, self.stats[cam.name], self.heartbeats, self.capture_stop,
-                              self.camera_events)
+                              self.camera_events, gate=self.gates.get(cam.name))
             self.captures.append(t)
             t.start()
         log.info("edged %s started: station %s, %d camera(s), model %s, %d worker(s)", __version__, cfg.station,
@@ -158,6 +165,20 @@ class Service:
             self.stop_requested.wait(tick)
         self.shutdown()
         return 0
+
+    def _on_trigger(self, data: dict[str, Any], arrived_at: float) -> None:
+        """A trigger message from the line (called on the MQTT thread): to the recorder, then the cameras."""
+        if not self._trigger_timing or self.recorder is None:
+            log.warning("trigger ignored: no camera is in trigger mode mqtt")
+            return
+        try:
+            triggers = parse_trigger(data, arrived_at, self._trigger_timing)
+        except TriggerError as exc:
+            log.warning("bad trigger ignored: %s", exc)
+            return
+        for trig in triggers:
+            self.recorder.triggers.put(trig)  # first: the verdict must find its trigger registered
+            self.gates[trig.camera].inbox.put(trig)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -224,6 +245,9 @@ class Service:
             "outbox_backlog": link.backlog if link else 0, "expired": link.expired if link else 0,
             "delivered": link.delivered if link else 0, "inspected": self.counters.inspected,
             "rejects": self.counters.rejects, "last_reject_at": self.counters.last_reject_at,
+            "parts": self.counters.parts, "rejects_by_reason": dict(self.counters.rejects_by_reason),
+            "triggers": {"received": self.counters.triggers, "not_inspected": self.counters.not_inspected,
+                         "late_verdicts": self.counters.late_verdicts},
             "latency_ms": self.latency.percentiles(),
             "threads": {k: round(v, 3) for k, v in self.heartbeats.ages().items()},
             "cameras": cams,

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,27 @@ def test_replay_prints_summary_and_json(tmp_path: Path, tiny_bundle: Path) -> No
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [x["seq"] for x in lines] == list(range(40))
     assert [x["seq"] for x in lines if x["is_defective"]] == [3, 30]
+
+
+def test_free_run_one_reject_per_defective_part(tmp_path: Path, tiny_bundle: Path, broker: Broker) -> None:
+    video = tmp_path / "parts.avi"
+    part_a, part_b = set(range(10, 15)), set(range(40, 44))  # two parts, each seen in several frames
+    write_spot_video(video, 60, part_a | part_b)
+    cfg = write_config(tmp_path / "edged.yaml", tiny_bundle, video, tmp_path / "state", broker.port,
+                       extra_camera="    realtime: true\n    fps: 30")
+    cfg.write_text(cfg.read_text().replace("trigger: {gap_ms: 0}", "trigger: {gap_ms: 300}"))
+    sub = Subscriber(broker.port, ["edged/test/reject"])
+    try:
+        proc = run_edged(["run", "-c", str(cfg)])
+        assert proc.returncode == 0, proc.stderr
+        rejects = sub.wait_for("edged/test/reject", 2)
+        time.sleep(0.5)
+        rejects = sub.on("edged/test/reject")
+    finally:
+        sub.close()
+    assert len(rejects) == 2, rejects
+    a, b = sorted(rejects, key=lambda r: r["seq"])  # type: ignore[index]
+    assert a["part_id"] == "cam1-10" and a["frames"] == 5 and a["seq"] in part_a  # type: ignore[index]
+    assert b["part_id"] == "cam1-40" and b["frames"] == 4 and b["seq"] in part_b  # type: ignore[index]
+    db = sqlite3.connect(tmp_path / "state" / "edged.db")
+    assert db.execute("SELECT COUNT(*) FROM inspections WHERE is_defective = 1").fetchone()[0] == 9
