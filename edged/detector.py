@@ -28,6 +28,14 @@ PROVIDER_NAMES = {
 }
 
 
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class Output:
     score: float
@@ -42,6 +50,9 @@ class Detector:
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = load_manifest(self.bundle_dir)
         self.precision = precision or self.manifest.default
+        if runtime == "onnxruntime" and not onnxruntime_available():
+            log.warning("onnxruntime is not installed: running the model with OpenCV DNN instead")
+            runtime = "opencv"
         if runtime == "opencv" and self.precision == "int8":
             # cv2.dnn cannot run QDQ int8 graphs reliably; the fp32 file carries the same model.
             log.info("runtime opencv: using the fp32 model of the bundle")
