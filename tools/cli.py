@@ -1,0 +1,217 @@
+"""`edged-train`: fit, calibrate, evaluate model bundles; write a synthetic dataset.
+
+Exit codes: 0 done, 2 bad input (no images, bad bundle, bad option), 1 an unexpected failure (with a
+traceback, since that is a bug). User errors print one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("edged-train")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """A user error detected by the CLI itself."""
+
+
+def parse_opt(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (key, value) with VALUE read as bool, int, float or string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--opt expects KEY=VALUE, got {text!r}")
+    low = raw.strip().lower()
+    if low in ("true", "yes", "on"):
+        return key, True
+    if low in ("false", "no", "off"):
+        return key, False
+    if low in ("none", "null"):
+        return key, None
+    for cast in (int, float):
+        try:
+            return key, cast(raw)
+        except ValueError:
+            continue
+    return key, raw
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _percentile(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"must be in (0, 100], got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _add_threshold_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--percentile", type=_percentile, default=None,
+                   help="threshold = this percentile of good images' scores (default 99.5)")
+    g.add_argument("--target-frr", type=_fraction, default=None,
+                   help="threshold that rejects at most this fraction of the good calibration images")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="warnings only, no progress bars")
+    parser = argparse.ArgumentParser(prog="edged-train", description=__doc__.split("\n")[0], parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", parents=[common], help="train a detector on good images and write a model bundle")
+    p.add_argument("data", type=Path, help="dataset folder (MVTec AD layout or a folder of good images)")
+    p.add_argument("--method", "-m", required=True, help="detector: classic, cae, cae-reference, patchcore, ...")
+    p.add_argument("--out", "-o", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--size", type=_positive_int, default=None, help="model input side in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same model)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (method default)")
+    p.add_argument("--holdout", type=_fraction, default=0.15,
+                   help="fraction of train/good held out for the threshold (default 0.15)")
+    _add_threshold_args(p)
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="method option (repeatable)")
+    p.add_argument("--int8-tolerance", type=float, default=None,
+                   help="largest image AUROC loss accepted for int8 to be the default (0.02)")
+    p.add_argument("--no-test-check", action="store_true",
+                   help="do not score the data's test split to measure the int8 AUROC loss")
+
+    p = sub.add_parser("calibrate", parents=[common], help="re-derive a bundle's thresholds from new good images")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("good_dir", type=Path, help="folder of good images (or an MVTec folder: its test/good)")
+    _add_threshold_args(p)
+
+    p = sub.add_parser("evaluate", parents=[common], help="measure a bundle on a test set and write a report")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("data", type=Path, help="MVTec AD layout (its test/ split) or a folder of good images")
+    p.add_argument("--report", type=Path, required=True, help="folder for report.json, report.html and plots")
+    p.add_argument("--fp32", action="store_true", help="evaluate the fp32 model instead of the bundle's default")
+    p.add_argument("--robustness", action="store_true",
+                   help="also test under brightness, gamma, blur, noise and occlusion perturbations")
+    p.add_argument("--timing-images", type=int, default=30, help="images timed per precision (default 30)")
+
+    p = sub.add_parser("synth", parents=[common], help="write a synthetic MVTec-layout dataset (demo, tests)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--train", type=int, default=40)
+    p.add_argument("--test-good", type=int, default=10)
+    p.add_argument("--test-defect", type=int, default=12)
+    p.add_argument("--size", type=_positive_int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gray", action="store_true", help="gray images instead of color")
+    return parser
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from tools.fit import FitConfig, fit_bundle
+    from tools.methods.base import FitOptions
+
+    extra = dict(parse_opt(o) for o in args.opt)
+    opts = FitOptions(size=args.size or 128, seed=args.seed, epochs=args.epochs, extra=extra, progress=not args.quiet)
+    cfg = FitConfig(data=args.data, method=args.method, out=args.out, options=opts, holdout=args.holdout,
+                    percentile=args.percentile, target_frr=args.target_frr, check_test=not args.no_test_check)
+    if args.int8_tolerance is not None:
+        cfg.int8_auroc_tolerance = args.int8_tolerance
+    result = fit_bundle(cfg)
+    m = result.manifest
+    print(f"bundle {m.bundle_id} -> {result.bundle} ({result.seconds:.1f} s)")
+    for precision, entry in m.models.items():
+        t = entry.threshold
+        print(f"  {precision}: {entry.file}  threshold {t.value:.6g} ({t.method} {t.percentile or t.target_frr}, "
+              f"{t.n_images} hold-out images, false rejects on them {100 * (t.expected_frr or 0):.1f}%)")
+    print(f"  default: {m.default}  ({m.quantization.get('default_reason', '')})")
+    for w in result.warnings:
+        print(f"WARNING: {w}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from tools.calibrate import recalibrate
+
+    m = recalibrate(args.bundle, args.good_dir, args.percentile, args.target_frr)
+    for precision, entry in m.models.items():
+        t = entry.threshold
+        print(f"{precision}: threshold {t.value:.6g} ({t.n_images} images, false rejects on them "
+              f"{100 * (t.expected_frr or 0):.1f}%)" + (f", map {entry.map_threshold:.6g}" if entry.map_threshold
+                                                         is not None else ""))
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tools.evaluate import evaluate_bundle
+
+    report = evaluate_bundle(args.bundle, args.data, args.report, precision="fp32" if args.fp32 else None,
+                             robustness=args.robustness, timing_images=args.timing_images,
+                             progress=not args.quiet)
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    print(f"{report['bundle_id']} ({report['precision']}) on {args.data}: image AUROC {fmt(report['image_auroc'])}, "
+          f"pixel AUROC {fmt(report['pixel_auroc'])}, AUPRO {fmt(report['aupro'])}, FRR {fmt(report['frr'])}, "
+          f"recall {fmt(report['recall'])}, recall@1%FRR {fmt(report['recall_at_1pct_frr'])}, "
+          f"ms/image fp32 {fmt(report['ms_per_image_fp32'])} int8 {fmt(report['ms_per_image_int8'])}")
+    print(f"report: {Path(args.report) / 'report.html'}")
+    return EXIT_OK
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from tools.synth import write_dataset
+
+    root = write_dataset(args.out, n_train=args.train, n_test_good=args.test_good, n_test_defect=args.test_defect,
+                         size=(args.size, args.size), seed=args.seed, color=not args.gray)
+    print(f"synthetic dataset written to {root}")
+    return EXIT_OK
+
+
+COMMANDS = {"fit": cmd_fit, "calibrate": cmd_calibrate, "evaluate": cmd_evaluate, "synth": cmd_synth}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse exits 2 on bad usage
+    args.verbose = getattr(args, "verbose", False)
+    args.quiet = getattr(args, "quiet", False)
+    _setup_logging(args.verbose, args.quiet)
+    from edged.bundle import BundleError
+    from tools.calibrate import CalibrationError
+    from tools.dataset import DatasetError
+    from tools.fit import FitError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, BundleError, DatasetError, FitError, CalibrationError) as exc:
+        print(f"edged-train {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"edged-train {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Image folders -> typed records: the MVTec AD layout or a plain folder of good images.
+
+MVTec AD layout::
+
+    DATA/train/good/*.png            good images to learn from
+    DATA/test/good/*.png             optional: good test images
+    DATA/test/<defect>/*.png         optional: defective test images, one folder per defect type
+    DATA/ground_truth/<defect>/<name>_mask.png   optional: defect masks (255 on defect pixels)
+
+Anything else is a plain folder: every image under it (recursively) is a good training image.
+Images may differ in size and be gray or color; a file that cannot be decoded is reported by name
+and skipped, so one bad file never stops a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"})
+GOOD = "good"
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used (missing folder, no images); the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image: where it is, what it shows ("good" or a defect type) and its mask when known."""
+
+    path: Path
+    label: str = GOOD
+    mask: Path | None = None
+    split: str = "train"  # "train" | "test"
+
+    @property
+    def is_good(self) -> bool:
+        return self.label == GOOD
+
+
+@dataclass
+class Dataset:
+    root: Path
+    layout: str  # "mvtec" | "folder"
+    train: list[Record] = field(default_factory=list)
+    test: list[Record] = field(default_factory=list)
+
+    @property
+    def defect_types(self) -> list[str]:
+        return sorted({r.label for r in self.test if not r.is_good})
+
+    def describe(self) -> str:
+        counts = {GOOD: sum(r.is_good for r in self.test)}
+        for t in self.defect_types:
+            counts[t] = sum(r.label == t for r in self.test)
+        test = ", ".join(f"{k} {v}" for k, v in counts.items()) if self.test else "none"
+        return f"{self.root} ({self.layout}): train/good {len(self.train)}, test: {test}"
+
+
+def is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _images_in(folder: Path, recursive: bool) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    pattern = folder.rglob("*") if recursive else folder.iterdir()
+    found = [p for p in pattern if is_image(p) and not any(part.startswith(".") for part in
+                                                             p.relative_to(folder).parts)]
+    return sorted(found)
+
+
+def _mask_for(root: Path, label: str, image: Path) -> Path | None:
+    folder = root / "ground_truth" / label
+    for name in (f"{image.stem}_mask.png", f"{image.stem}.png", f"{image.stem}_mask{image.suffix}"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    """Index a dataset folder (no pixel is read here). Raises `DatasetError` when it holds no image."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"{root}: no such folder")
+    if root.is_file():
+        raise DatasetError(f"{root}: is a file, expected a folder of images")
+    if (root / "train" / GOOD).is_dir() or (root / "test").is_dir():
+        ds = Dataset(root, "mvtec")
+        ds.train = [Record(p) for p in _images_in(root / "train" / GOOD, recursive=True)]
+        test_root = root / "test"
+        if test_root.is_dir():
+            for folder in sorted(p for p in test_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                label = folder.name
+                for p in _images_in(folder, recursive=True):
+                    mask = None if label == GOOD else _mask_for(root, label, p)
+                    ds.test.append(Record(p, label, mask, "test"))
+        if not ds.train and not ds.test:
+            raise DatasetError(f"{root}: MVTec layout but no image in train/good or test/")
+        missing = sum(1 for r in ds.test if not r.is_good and r.mask is None)
+        if missing and (root / "ground_truth").is_dir():
+            log.warning("%s: %d defective test image(s) have no mask in ground_truth/", root, missing)
+        return ds
+    ds = Dataset(root, "folder", train=[Record(p) for p in _images_in(root, recursive=True)])
+    if not ds.train:
+        raise DatasetError(f"{root}: no image found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return ds
+
+
+def read_image(path: Path) -> np.ndarray | None:
+    """Decode an image as stored (gray, BGR, BGRA, 8 or 16 bit); None when it cannot be decoded."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)  # not cv2.imread: it fails silently on some paths
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        return None
+    return image
+
+
+def read_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
+    """Binary mask (bool HxW) resized to ``shape`` (rows, cols); all False when there is none."""
+    if path is None:
+        return np.zeros(shape, bool)
+    mask = read_image(path)
+    if mask is None:
+        log.warning("%s: unreadable mask, taken as empty", path)
+        return np.zeros(shape, bool)
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
+    if mask.shape[:2] != shape:
+        mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return mask > 0
+
+
+def load_images(records: Sequence[Record], progress: bool = False, desc: str = "reading images",
+                ) -> tuple[list[np.ndarray], list[Record]]:
+    """Decode the records' images; unreadable files are logged by name and left out of both lists."""
+    images: list[np.ndarray] = []
+    kept: list[Record] = []
+    iterable: Iterable[Record] = records
+    if progress:
+        from tqdm import tqdm
+
+        iterable = tqdm(records, desc=desc, unit="img", leave=False)
+    for rec in iterable:
+        image = read_image(rec.path)
+        if image is None:
+            log.warning("skipping %s: not a readable image", rec.path)
+            continue
+        images.append(image)
+        kept.append(rec)
+    return images, kept
+
+
+def holdout_split(records: Sequence[Record], fraction: float = 0.15, seed: int = 0,
+                  ) -> tuple[list[Record], list[Record]]:
+    """Seeded split of good training images into (train, holdout); the holdout is never trained on.
+
+    At least one image is held out when ``fraction > 0`` and at least one is kept for training.
+    """
+    if not 0 <= fraction < 1:
+        raise DatasetError(f"hold-out fraction must be in [0, 1), not {fraction}")
+    n = len(records)
+    n_hold = 0 if fraction == 0 else max(1, round(n * fraction))
+    if n - n_hold < 1:
+        raise DatasetError(f"{n} good image(s) are too few to train on and hold some out for calibration")
+    order = np.random.default_rng(seed).permutation(n)
+    hold = set(order[:n_hold].tolist())
+    train = [r for i, r in enumerate(records) if i not in hold]
+    held = [r for i, r in enumerate(records) if i in hold]
+    return train, held
+
+
+def file_list_sha256(records: Iterable[Record], root: Path) -> str:
+    """sha256 of the sorted relative paths: which files a model was trained on, without their pixels."""
+    names = sorted(_relative(r.path, root) for r in records)
+    return hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()

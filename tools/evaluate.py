@@ -1,0 +1,290 @@
+"""How good is a bundle on a test set: image/pixel AUROC, AUPRO, false rejects and recall, speed.
+
+Everything is scored through `edged.detector.Detector`, the daemon's code, at the bundle's own
+threshold. Pixel metrics compare the anomaly map (at the model's input size) with the ground-truth mask
+resized to it (nearest neighbour). AUPRO follows the MVTec AD definition: the per-region overlap
+averaged over all ground-truth regions (8-connected components), integrated over the false-positive
+rate of good pixels from 0 to 30% and divided by 0.3, so 1.0 is perfect.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edged.bundle import load_manifest
+from edged.detector import Detector
+from tools.calibrate import score_images
+from tools.dataset import DatasetError, Record, load_dataset, load_images, read_mask
+
+log = logging.getLogger(__name__)
+
+AUPRO_MAX_FPR = 0.3
+PIXEL_AUROC_MAX_PIXELS = 30_000_000  # above this the pixels are subsampled (seeded) to bound memory/time
+
+
+# --- metrics ------------------------------------------------------------------------------------------------------
+
+def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(labels)) < 2:
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def recall_at_frr(labels: np.ndarray, scores: np.ndarray, max_frr: float = 0.01) -> float | None:
+    """Best recall on defects with at most `max_frr` of the good images rejected (ROC read at that FPR)."""
+    from sklearn.metrics import roc_curve
+
+    if len(np.unique(labels)) < 2:
+        return None
+    fpr, tpr, _ = roc_curve(labels, scores)
+    ok = fpr <= max_frr + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], seed: int = 0) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    y = np.concatenate([m.ravel() for m in masks])
+    s = np.concatenate([a.ravel() for a in maps]).astype(np.float32)
+    if y.all() or not y.any():
+        return None
+    if y.size > PIXEL_AUROC_MAX_PIXELS:
+        idx = np.random.default_rng(seed).choice(y.size, PIXEL_AUROC_MAX_PIXELS, replace=False)
+        y, s = y[idx], s[idx]
+    return float(roc_auc_score(y, s))
+
+
+def pro_curve(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(FPR, PRO) over all thresholds: PRO = mean over ground-truth regions of the fraction of the region found."""
+    weights_pos: list[np.ndarray] = []
+    n_regions = 0
+    for m in masks:
+        n, labels = cv2.connectedComponents(m.astype(np.uint8), connectivity=8)
+        w = np.zeros(m.shape, np.float64)
+        if n > 1:
+            sizes = np.bincount(labels.ravel())
+            w = np.where(labels > 0, 1.0 / sizes[labels], 0.0)
+            n_regions += n - 1
+        weights_pos.append(w.ravel())
+    y = np.concatenate([m.ravel() for m in masks])
+    n_neg = int((~y).sum())
+    if n_regions == 0 or n_neg == 0:
+        return None
+    pos = np.concatenate(weights_pos) / n_regions
+    neg = (~y).astype(np.float64) / n_neg
+    s = np.concatenate([a.ravel() for a in maps]).astype(np.float64)
+    order = np.argsort(-s, kind="stable")
+    s, pos, neg = s[order], pos[order], neg[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # one point per distinct threshold (ties together)
+    fpr = np.r_[0.0, np.cumsum(neg)[last]]
+    pro = np.r_[0.0, np.cumsum(pos)[last]]
+    return fpr, pro
+
+
+def aupro(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], max_fpr: float = AUPRO_MAX_FPR) -> float | None:
+    curve = pro_curve(masks, maps)
+    if curve is None:
+        return None
+    fpr, pro = curve
+    end = int(np.searchsorted(fpr, max_fpr, side="right"))
+    x = fpr[:end]
+    y = pro[:end]
+    if end < fpr.size:  # close the curve exactly at max_fpr
+        x = np.r_[x, max_fpr]
+        y = np.r_[y, np.interp(max_fpr, fpr, pro)]
+    return float(np.trapezoid(y, x) / max_fpr)
+
+
+def rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float | None, float | None]:
+    """(false-reject rate on good, recall on defects) at the verdict ``score > threshold``."""
+    rejected = scores > threshold
+    good, bad = labels == 0, labels == 1
+    frr = float(rejected[good].mean()) if good.any() else None
+    recall = float(rejected[bad].mean()) if bad.any() else None
+    return frr, recall
+
+
+# --- robustness ---------------------------------------------------------------------------------------------------
+
+def _lut(fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    return np.clip(fn(np.arange(256, dtype=np.float64)), 0, 255).astype(np.uint8)
+
+
+def perturbations(seed: int = 0) -> dict[str, Callable[[np.ndarray, int], np.ndarray]]:
+    """Named image perturbations (image, index) -> image, as a camera on a line may see them."""
+
+    def brightness(factor: float) -> Callable[[np.ndarray, int], np.ndarray]:
+        lut = _lut(lambda v: v * factor)
+        return lambda im, i: cv2.LUT(im, lut)
+
+    def gamma(g: float) -> Callable[[np.ndarray, int], np.ndarray]:
+        lut = _lut(lambda v: 255.0 * (v / 255.0) ** g)
+        return lambda im, i: cv2.LUT(im, lut)
+
+    def blur(im: np.ndarray, i: int) -> np.ndarray:
+        sigma = max(0.8, 0.006 * min(im.shape[:2]))  # ~1.5 px at 256 px: a slightly defocused lens
+        return cv2.GaussianBlur(im, (0, 0), sigma)
+
+    def noise(im: np.ndarray, i: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, i, 1])
+        return np.clip(im.astype(np.float32) + rng.normal(0, 8.0, im.shape), 0, 255).astype(np.uint8)
+
+    def occlusion(im: np.ndarray, i: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, i, 2])
+        h, w = im.shape[:2]
+        ow, oh = int(w * rng.uniform(0.2, 0.35)), int(h * rng.uniform(0.2, 0.35))
+        # from an image border, like a glove or a cable entering the field of view
+        side = int(rng.integers(4))
+        x = 0 if side == 0 else w - ow if side == 1 else int(rng.integers(0, w - ow + 1))
+        y = 0 if side == 2 else h - oh if side == 3 else int(rng.integers(0, h - oh + 1))
+        out = im.copy()
+        out[y:y + oh, x:x + ow] = 20
+        return out
+
+    return {
+        "strong light (x1.4)": brightness(1.4), "low light (x0.6)": brightness(0.6),
+        "gamma 0.7": gamma(0.7), "gamma 1.5": gamma(1.5), "blur": blur, "noise (sigma 8)": noise,
+        "occlusion (20-35% from a border)": occlusion,
+    }
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return (image >> 8).astype(np.uint8) if image.dtype == np.uint16 else image
+
+
+# --- timing -------------------------------------------------------------------------------------------------------
+
+def time_per_image(bundle: Path, precision: str, images: Sequence[np.ndarray], warmup: int = 3) -> float | None:
+    """Median ms per image through Detector (preprocessing + inference), batch 1, 1 intra-op thread."""
+    if not images:
+        return None
+    detector = Detector(bundle, precision=precision, intra_op_threads=1)
+    for image in images[:warmup]:
+        detector.infer([image])
+    times = []
+    for image in images:
+        t = time.perf_counter()
+        detector.infer([image])
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000.0)
+
+
+# --- the evaluation -----------------------------------------------------------------------------------------------
+
+def _test_records(data: Path) -> tuple[list[Record], str]:
+    ds = load_dataset(data)
+    if ds.test:
+        return ds.test, f"{ds.layout}: test split"
+    if ds.layout == "mvtec":
+        log.warning("%s has no test/ split: evaluating on train/good only (false rejects; no recall), and "
+                    "if the bundle was trained on them the figures are optimistic", data)
+        return ds.train, "mvtec: train/good (no test split)"
+    return ds.train, "folder of good images"
+
+
+def evaluate_bundle(bundle: str | Path, data: str | Path, report_dir: str | Path, precision: str | None = None,
+                    robustness: bool = False, timing_images: int = 30, progress: bool = True,
+                    write_html: bool = True) -> dict[str, Any]:
+    """Score the test set with the bundle, write DIR/report.json (+ html and plots); return the report."""
+    from tools import report as report_mod
+    from tools.export import jsonable
+
+    t0 = time.perf_counter()
+    bundle = Path(bundle)
+    report_dir = Path(report_dir)
+    manifest = load_manifest(bundle)
+    precision = precision or manifest.default
+    detector = Detector(bundle, precision=precision, intra_op_threads=1)
+    records, what = _test_records(Path(data))
+    images, records = load_images(records, progress=progress, desc="reading test images")
+    if not images:
+        raise DatasetError(f"{data}: no readable test image")
+    images = [_to_uint8(im) for im in images]
+    labels = np.asarray([0 if r.is_good else 1 for r in records])
+    scores, maps = score_images(detector, images, progress=progress, desc=f"scoring ({precision})")
+    threshold = detector.threshold
+    frr, recall = rates(labels, scores, threshold)
+    per_defect = {}
+    for t in sorted({r.label for r in records if not r.is_good}):
+        sel = np.asarray([r.label == t for r in records])
+        per_defect[t] = {"n": int(sel.sum()), "recall": float((scores[sel] > threshold).mean())}
+
+    pixel = {"pixel_auroc": None, "aupro": None, "n_masks": 0}
+    masks: list[np.ndarray] | None = None
+    if maps is not None and len(maps) == len(images):
+        with_masks = [r.mask is not None for r in records]
+        pixel["n_masks"] = int(sum(with_masks))
+        if any(with_masks):
+            # images without a mask: good ones count as all-good pixels, defective ones are left out
+            keep = [i for i, r in enumerate(records) if r.is_good or r.mask is not None]
+            masks = [read_mask(records[i].mask, maps[i].shape) for i in keep]
+            kept_maps = [maps[i] for i in keep]
+            pixel["pixel_auroc"] = pixel_auroc(masks, kept_maps)
+            pixel["aupro"] = aupro(masks, kept_maps)
+            masks_by_index = dict(zip(keep, masks, strict=True))
+            masks = [masks_by_index.get(i, np.zeros(maps[i].shape, bool)) for i in range(len(images))]
+
+    timing_set = images[:timing_images]
+    ms = {}
+    for p in ("fp32", "int8"):
+        entry = manifest.models.get(p)  # type: ignore[call-overload]
+        if entry is None:
+            ms[p] = None
+            continue
+        other = "int8" if p == "fp32" else "fp32"
+        if other in ms and ms[other] is not None and manifest.models[other].file == entry.file:  # type: ignore[index]
+            ms[p] = ms[other]  # the same file: no need to time it twice
+            continue
+        ms[p] = time_per_image(bundle, p, timing_set)
+
+    result: dict[str, Any] = {
+        "bundle": str(bundle), "bundle_id": manifest.bundle_id, "method": manifest.method, "precision": precision,
+        "model_file": manifest.models[precision].file,  # type: ignore[index]
+        "data": str(data), "evaluated_on": what, "n_good": int((labels == 0).sum()),
+        "n_defect": int((labels == 1).sum()),
+        "image_auroc": image_auroc(labels, scores),
+        "pixel_auroc": pixel["pixel_auroc"], "aupro": pixel["aupro"], "n_masks": pixel["n_masks"],
+        "threshold": threshold, "map_threshold": detector.map_threshold,
+        "threshold_info": manifest.models[precision].threshold.model_dump(),  # type: ignore[index]
+        "frr": frr, "recall": recall, "recall_per_defect": per_defect,
+        "recall_at_1pct_frr": recall_at_frr(labels, scores, 0.01),
+        "ms_per_image": ms.get(precision), "ms_per_image_fp32": ms.get("fp32"), "ms_per_image_int8": ms.get("int8"),
+        "timing": {"images": len(timing_set), "statistic": "median", "intra_op_threads": 1,
+                   "includes": "preprocessing + inference via edged.detector.Detector, batch 1"},
+        "input": f"{manifest.input.width}x{manifest.input.height} {manifest.input.color_order}",
+        "robustness": None,
+    }
+    if robustness:
+        result["robustness"] = _robustness(detector, images, labels, threshold, progress)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    result = jsonable(result)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    report_mod.write_json(report_dir / "report.json", result)
+    if write_html:
+        report_mod.write_report(report_dir, result, images, records, scores, maps, masks, detector)
+    return result
+
+
+def _robustness(detector: Detector, images: list[np.ndarray], labels: np.ndarray, threshold: float,
+                progress: bool) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for name, fn in perturbations().items():
+        perturbed = [fn(im, i) for i, im in enumerate(images)]
+        s, _ = score_images(detector, perturbed, progress=progress, desc=f"robustness: {name}", keep_maps=False)
+        frr, recall = rates(labels, s, threshold)
+        out[name] = {"frr": frr, "recall": recall, "image_auroc": image_auroc(labels, s)}
+        log.info("robustness %-34s FRR %s recall %s", name, _pct(frr), _pct(recall))
+    return out
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"

@@ -1,0 +1,102 @@
+"""The bundle's manifest: identity, hashes, thresholds, provenance and library versions.
+
+Everything the daemon and an auditor need to trust a bundle: which file is which precision and its
+sha256, how each threshold was set, what data the model saw (count and a hash of the file list, not the
+images), and which versions of onnx/onnxruntime/torch/scikit-learn produced it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edged.bundle import (
+    InputSpec,
+    Manifest,
+    ModelFile,
+    OutputSpec,
+    Threshold,
+    TrainingSummary,
+    sha256_file,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+FP32_FILE = "model.fp32.onnx"
+INT8_FILE = "model.onnx"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def make_bundle_id(method: str, created: datetime, fp32_sha256: str) -> str:
+    """``<method>-<UTC yyyymmddHHMMSS>-<first 8 hex of the fp32 model's sha256>``."""
+    return f"{method}-{created.strftime('%Y%m%d%H%M%S')}-{fp32_sha256[:8]}"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that shaped the model (torch only when it was imported)."""
+    out = {"python": sys.version.split()[0]}
+    for dist in ("onnx", "onnxruntime", "numpy", "opencv-python-headless", "scikit-learn", "scikit-image",
+                 "skl2onnx"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if "torch" in sys.modules:
+        out["torch"] = str(sys.modules["torch"].__version__)
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        out["edged"] = importlib.metadata.version("edged")
+    return out
+
+
+def model_entry(bundle_dir: Path, file: str, precision: str, threshold: Threshold,
+                map_threshold: float | None) -> ModelFile:
+    return ModelFile(file=file, sha256=sha256_file(bundle_dir / file), precision=precision,  # type: ignore[arg-type]
+                     threshold=threshold, map_threshold=map_threshold)
+
+
+def build_manifest(bundle_dir: Path, method: str, spec: InputSpec, outputs: OutputSpec,
+                   entries: dict[str, tuple[str, Threshold, float | None]], default: str,
+                   training: TrainingSummary, quantization: dict[str, Any], created: datetime | None = None,
+                   ) -> Manifest:
+    """Hash the ONNX files and assemble the manifest. ``entries``: precision -> (file, threshold, map thr)."""
+    created = created or utc_now()
+    models = {p: model_entry(bundle_dir, f, p, thr, mthr) for p, (f, thr, mthr) in entries.items()}
+    bundle_id = make_bundle_id(method, created, models["fp32"].sha256)
+    return Manifest(
+        bundle_id=bundle_id, method=method, created=created.strftime("%Y-%m-%dT%H:%M:%SZ"), input=spec,
+        outputs=outputs, models=models, default=default,  # type: ignore[arg-type]
+        training=training, quantization=_jsonable(quantization), versions=versions(),
+    )
+
+
+def write(bundle_dir: Path, manifest: Manifest) -> Path:
+    return write_manifest(bundle_dir, manifest)
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars and paths -> plain JSON types (the manifest is JSON)."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return value.as_posix()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+jsonable = _jsonable

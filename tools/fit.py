@@ -1,0 +1,356 @@
+"""The shared training pipeline: folder of good images -> model bundle the daemon runs.
+
+load -> seeded hold-out split -> prepare with the daemon's own `edged.preprocess` -> `Method.fit` ->
+fp32 ONNX -> int8 QDQ ONNX -> score the hold-out (and the test split, when the data has one) with both
+models through `edged.detector.Detector` -> thresholds -> int8 vs fp32 parity -> manifest.
+
+Every method module in `tools/methods/` that exposes ``METHOD`` (or a dict ``METHODS``) can be run with
+``--method NAME``. The bundle is assembled in a sibling temporary folder and moved into place at the end,
+so an interrupted run never leaves a half-written bundle where the daemon looks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edged import features as feature_extractors
+from edged.bundle import MANIFEST_NAME, InputSpec, Manifest, Threshold, TrainingSummary
+from edged.detector import Detector
+from edged.preprocess import prepare_uint8, to_tensor
+from tools import calibrate, export
+from tools.dataset import Dataset, DatasetError, Record, file_list_sha256, holdout_split, load_dataset, read_image
+from tools.methods.base import FitOptions, Method
+
+log = logging.getLogger(__name__)
+
+INT8_AUROC_TOLERANCE = 0.02  # int8 may lose at most this much image AUROC on the test split
+INT8_MIN_CORRELATION = 0.90  # without test data: int8 vs fp32 score correlation on the hold-out
+CALIBRATION_IMAGES = 64  # training images fed to the int8 calibrator (MinMax needs few; more only costs time)
+
+
+class FitError(ValueError):
+    """Bad input to fit (unknown method, no images, output path in the way); exit code 2."""
+
+
+# --- method registry ----------------------------------------------------------------------------------------------
+
+def _methods_of(module: Any) -> dict[str, Method]:
+    found: dict[str, Method] = {}
+    table = getattr(module, "METHODS", None)
+    if isinstance(table, dict):
+        found.update({str(k): v for k, v in table.items()})
+    method = getattr(module, "METHOD", None)
+    if method is not None:
+        found.setdefault(str(getattr(method, "name", module.__name__.rsplit(".", 1)[-1])), method)
+    return found
+
+
+def _method_modules() -> list[str]:
+    import tools.methods as pkg
+
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name != "base" and not m.name.startswith("_"))
+
+
+def available_methods() -> dict[str, Method]:
+    """Every method of every importable module in tools/methods (a module that fails to import is logged)."""
+    found: dict[str, Method] = {}
+    for name in _method_modules():
+        try:
+            module = importlib.import_module(f"tools.methods.{name}")
+        except Exception as exc:  # one broken method must not hide the others
+            log.warning("tools.methods.%s cannot be imported: %s", name, exc)
+            continue
+        for key, method in _methods_of(module).items():
+            found.setdefault(key, method)
+    return found
+
+
+def get_method(name: str) -> Method:
+    """The method registered as `name`; tries the module of that name first (imports nothing else)."""
+    modules = _method_modules()
+    for candidate in dict.fromkeys([name.replace("-", "_"), name.split("-")[0]]):
+        if candidate in modules:
+            module = importlib.import_module(f"tools.methods.{candidate}")
+            found = _methods_of(module)
+            if name in found:
+                return found[name]
+    methods = available_methods()
+    if name not in methods:
+        raise FitError(f"unknown method {name!r}; available: {', '.join(sorted(methods)) or 'none'}")
+    return methods[name]
+
+
+# --- the pipeline -------------------------------------------------------------------------------------------------
+
+@dataclass
+class FitConfig:
+    data: Path
+    method: str
+    out: Path
+    options: FitOptions = field(default_factory=FitOptions)
+    holdout: float = 0.15
+    percentile: float | None = None
+    target_frr: float | None = None
+    int8_auroc_tolerance: float = INT8_AUROC_TOLERANCE
+    int8_min_correlation: float = INT8_MIN_CORRELATION
+    check_test: bool = True  # score the data's test split (if any) with both models to measure the int8 loss
+
+
+@dataclass
+class FitResult:
+    bundle: Path
+    manifest: Manifest
+    seconds: float
+    parity: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+
+
+def _prepare_out(out: Path) -> Path:
+    """Check the output path and return the temporary folder the bundle is built in."""
+    if out.exists() and not out.is_dir():
+        raise FitError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise FitError(f"{out}: folder is not empty and is not a model bundle; refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def _read(records: list[Record], progress: bool, desc: str, spec: InputSpec | None = None,
+          ) -> tuple[list[np.ndarray], list[Record]]:
+    """Decode (and prepare, when `spec` is given) images; unreadable files are logged and skipped."""
+    out: list[np.ndarray] = []
+    kept: list[Record] = []
+    iterable: Any = records
+    if progress:
+        from tqdm import tqdm
+
+        iterable = tqdm(records, desc=desc, unit="img", leave=False)
+    for rec in iterable:
+        image = read_image(rec.path)
+        if image is None:
+            log.warning("skipping %s: not a readable image", rec.path)
+            continue
+        try:
+            out.append(prepare_uint8(image, spec) if spec is not None else image)
+        except ValueError as exc:  # FrameError: e.g. a 2-channel or float image
+            log.warning("skipping %s: %s", rec.path, exc)
+            continue
+        kept.append(rec)
+    return out, kept
+
+
+def _model_rows(prepared: list[np.ndarray], spec: InputSpec, n: int, seed: int) -> np.ndarray:
+    """Model inputs for int8 calibration, from a seeded sample of prepared training images."""
+    idx = np.random.default_rng(seed).permutation(len(prepared))[:n]
+    if spec.kind == "features":
+        extractor = feature_extractors.get(spec.features or "")
+        return np.stack([extractor(prepared[i]) for i in sorted(idx)]).astype(np.float32)
+    return np.stack([to_tensor(prepared[i], spec) for i in sorted(idx)])
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    if len(set(labels.tolist())) < 2:
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> dict[str, float | None]:
+    from scipy.stats import pearsonr, spearmanr
+
+    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return {"pearson": None, "spearman": None}
+    return {"pearson": float(pearsonr(a, b)[0]), "spearman": float(spearmanr(a, b)[0])}
+
+
+def _threshold_source(n_holdout: int, fraction: float) -> str:
+    return f"held-out train/good ({fraction:.0%}, {n_holdout} images, never trained on)"
+
+
+def fit_bundle(cfg: FitConfig) -> FitResult:
+    """Run the whole pipeline; returns the written bundle's manifest and the int8 parity figures."""
+    t_start = time.perf_counter()
+    opts = cfg.options
+    method = get_method(cfg.method)
+    ds: Dataset = load_dataset(cfg.data)
+    if not ds.train:
+        raise DatasetError(f"{cfg.data}: no good training images (train/good is empty)")
+    log.info("data: %s", ds.describe())
+    spec = method.input_spec(opts)
+    if spec.kind == "features":
+        try:
+            feature_extractors.get(spec.features or "")
+        except KeyError:
+            raise FitError(f"method {cfg.method}: feature extractor {spec.features!r} is not registered in "
+                           f"edged.features (the daemon could not run this bundle)") from None
+    train_recs, hold_recs = holdout_split(ds.train, cfg.holdout, opts.seed)
+    prepared, train_recs = _read(train_recs, opts.progress, "reading train", spec)
+    hold_images, hold_recs = _read(hold_recs, opts.progress, "reading hold-out")
+    if len(prepared) < 2:
+        raise FitError(f"{cfg.data}: only {len(prepared)} readable training image(s); need at least 2")
+    if not hold_images:
+        raise FitError(f"{cfg.data}: no readable hold-out image to set the threshold on (use more images)")
+    test_images: list[np.ndarray] = []
+    test_recs: list[Record] = []
+    if cfg.check_test and ds.test:
+        test_images, test_recs = _read(ds.test, opts.progress, "reading test")
+    log.info("method %s: training on %d images (%s), %d held out for calibration", cfg.method, len(prepared),
+             f"{spec.width}x{spec.height} {spec.color_order}", len(hold_images))
+
+    out = Path(cfg.out)
+    tmp = _prepare_out(out)
+    warnings: list[str] = []
+    try:
+        seed_everything(opts.seed)
+        t_train = time.perf_counter()
+        trained = method.fit(prepared, opts)
+        train_seconds = time.perf_counter() - t_train
+        if trained.spec != spec:
+            log.info("method %s changed its input spec while fitting; using the trained one", cfg.method)
+            spec = trained.spec
+        fp32_path = tmp / export.FP32_FILE
+        trained.export_onnx(fp32_path)
+
+        # int8
+        quant: dict[str, Any]
+        int8_file = export.INT8_FILE
+        if trained.quantize.enabled:
+            from tools.quantize import quantize
+
+            rows = _model_rows(prepared, spec, CALIBRATION_IMAGES, opts.seed)
+            try:
+                quant = quantize(fp32_path, tmp / int8_file, rows, spec.name, trained.quantize)
+            except Exception as exc:  # keep a working bundle: fp32 only, and say why
+                msg = f"int8 quantization failed ({type(exc).__name__}: {exc}); the bundle runs fp32"
+                log.error("!!! %s", msg)
+                warnings.append(msg)
+                quant = {"enabled": False, "error": msg}
+                int8_file = export.FP32_FILE
+        else:
+            note = str(trained.params.get("quantization_note", f"disabled by method {cfg.method}"))
+            quant = {"enabled": False, "note": note + f"; the int8 entry points to {export.FP32_FILE}"}
+            int8_file = export.FP32_FILE
+        del prepared  # the training pixels are no longer needed
+
+        # Provisional manifest so that Detector (the daemon's code) can score with each model.
+        placeholder = Threshold(value=0.0, method="manual", source="provisional")
+        entries = {"fp32": (export.FP32_FILE, placeholder, None), "int8": (int8_file, placeholder, None)}
+        training = TrainingSummary(count=len(train_recs), holdout=len(hold_recs), data=str(cfg.data),
+                                   file_list_sha256=file_list_sha256(train_recs, ds.root))
+        provisional = export.build_manifest(tmp, cfg.method, spec, trained.outputs, entries, "fp32", training, quant)
+        export.write(tmp, provisional)
+
+        scores: dict[str, dict[str, Any]] = {}
+        for precision in ("fp32", "int8"):
+            if precision == "int8" and int8_file == export.FP32_FILE:
+                scores["int8"] = scores["fp32"]
+                continue
+            detector = Detector(tmp, precision=precision, intra_op_threads=1)
+            hold_scores, hold_maps = calibrate.score_images(detector, hold_images, progress=opts.progress,
+                                                            desc=f"scoring hold-out ({precision})")
+            test_scores, _ = calibrate.score_images(detector, test_images, progress=opts.progress,
+                                                    desc=f"scoring test ({precision})", keep_maps=False)
+            scores[precision] = {"hold": hold_scores, "maps": hold_maps, "test": test_scores}
+
+        source = _threshold_source(len(hold_recs), cfg.holdout)
+        final_entries: dict[str, tuple[str, Threshold, float | None]] = {}
+        for precision, file in (("fp32", export.FP32_FILE), ("int8", int8_file)):
+            s = scores[precision]
+            thr = calibrate.image_threshold(s["hold"], cfg.percentile, cfg.target_frr, source)
+            mthr = calibrate.map_threshold(s["maps"], cfg.percentile, cfg.target_frr) if trained.outputs.map else None
+            final_entries[precision] = (file, thr, mthr)
+
+        parity, default = _parity(scores, test_recs, int8_file != export.FP32_FILE, cfg)
+        if parity.get("warning"):
+            warnings.append(parity["warning"])
+        quant["parity"] = parity
+        quant["default_reason"] = parity.get("decision", "")
+
+        training = training.model_copy(update={"params": export.jsonable({
+            **trained.params,
+            "size": opts.size, "seed": opts.seed, "epochs": opts.epochs, "options": dict(opts.extra),
+            "holdout_fraction": cfg.holdout,
+            "holdout_file_list_sha256": file_list_sha256(hold_recs, ds.root),
+            "skipped_unreadable": len(ds.train) - len(train_recs) - len(hold_recs),
+            "train_seconds": round(train_seconds, 1),
+        })})
+        manifest = export.build_manifest(tmp, cfg.method, spec, trained.outputs, final_entries, default, training,
+                                         quant)
+        export.write(tmp, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - t_start
+    log.info("bundle %s written to %s in %.1f s (default %s)", manifest.bundle_id, out, seconds, manifest.default)
+    return FitResult(out, manifest, seconds, parity, warnings)
+
+
+def _parity(scores: dict[str, dict[str, Any]], test_recs: list[Record], quantized: bool, cfg: FitConfig,
+            ) -> tuple[dict[str, Any], str]:
+    """int8 vs fp32 on the same images, and which model the manifest makes the default."""
+    if not quantized:
+        return {"decision": "fp32: no separate int8 model"}, "fp32"
+    f, q = scores["fp32"], scores["int8"]
+    parity: dict[str, Any] = {
+        "hold_out": {"n": len(f["hold"]), **_correlation(f["hold"], q["hold"])},
+        "auroc_tolerance": cfg.int8_auroc_tolerance, "min_correlation": cfg.int8_min_correlation,
+    }
+    labels = np.asarray([0 if r.is_good else 1 for r in test_recs])
+    auroc_f = _auroc(labels, f["test"]) if len(labels) else None
+    auroc_q = _auroc(labels, q["test"]) if len(labels) else None
+    if len(labels):
+        parity["test"] = {"n": len(labels), **_correlation(f["test"], q["test"]),
+                          "auroc_fp32": auroc_f, "auroc_int8": auroc_q,
+                          "auroc_change": None if auroc_f is None or auroc_q is None else auroc_q - auroc_f}
+    if auroc_f is not None and auroc_q is not None:
+        loss = auroc_f - auroc_q
+        if loss > cfg.int8_auroc_tolerance:
+            parity["warning"] = (f"int8 loses {loss:.3f} image AUROC on the test split ({auroc_f:.3f} -> "
+                                 f"{auroc_q:.3f}), more than the tolerance {cfg.int8_auroc_tolerance}: the "
+                                 f"manifest keeps fp32 as the default")
+            parity["decision"] = "fp32: " + parity["warning"]
+        else:
+            parity["decision"] = f"int8: image AUROC change {auroc_q - auroc_f:+.4f} within {cfg.int8_auroc_tolerance}"
+    else:
+        r = parity["hold_out"]["pearson"]
+        if r is None or r < cfg.int8_min_correlation:
+            parity["warning"] = (f"int8 vs fp32 score correlation on the hold-out is {r if r is None else f'{r:.3f}'}"
+                                 f" (< {cfg.int8_min_correlation}) and there is no test split to measure AUROC: "
+                                 f"the manifest keeps fp32 as the default")
+            parity["decision"] = "fp32: " + parity["warning"]
+        else:
+            parity["decision"] = (f"int8: hold-out score correlation {r:.3f} >= {cfg.int8_min_correlation} "
+                                  f"(no test split with defects to measure AUROC)")
+    if parity.get("warning"):
+        bar = "!" * 100
+        log.warning("\n%s\n!!! %s\n%s", bar, parity["warning"], bar)
+        return parity, "fp32"
+    log.info("int8 parity: %s", parity["decision"])
+    return parity, "int8"

@@ -1,0 +1,129 @@
+"""fp32 ONNX -> int8 ONNX: static QDQ quantization with onnxruntime.quantization.
+
+Static (not dynamic) so activations get fixed scales from real data: a calibration reader feeds prepared
+training images (the same pixels the daemon computes). QDQ format, per-channel weights, what the method's
+`QuantizeOptions` asks for. ``quant_pre_process`` (shape inference + graph optimization) runs first
+because the quantizer needs shapes to choose what it can quantize; when it fails on a graph, the
+quantizer runs on the plain graph instead and the summary says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tools.methods.base import QuantizeOptions
+
+log = logging.getLogger(__name__)
+
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
+class CalibrationReader:
+    """Feeds calibration batches to onnxruntime's calibrator (a `CalibrationDataReader`)."""
+
+    def __init__(self, input_name: str, data: np.ndarray, batch_size: int) -> None:
+        self.input_name = input_name
+        self.batches = [np.ascontiguousarray(data[i:i + batch_size], dtype=np.float32)
+                        for i in range(0, len(data), batch_size)]
+        self._next = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= len(self.batches):
+            return None
+        batch = self.batches[self._next]
+        self._next += 1
+        return {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self._next = 0
+
+
+def _fixed_batch(model_path: Path, input_name: str) -> int | None:
+    """The graph's batch size when it is a fixed number (the reader must then feed exactly that many)."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    for inp in model.graph.input:
+        if inp.name == input_name:
+            dims = inp.type.tensor_type.shape.dim
+            if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+                return int(dims[0].dim_value)
+    return None
+
+
+def op_summary(model_path: Path) -> dict[str, dict[str, int]]:
+    """Which op types run on int8 inputs (fed by DequantizeLinear) and which stay fp32."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    produced_by = {out: node.op_type for node in model.graph.node for out in node.output}
+    quantized: Counter[str] = Counter()
+    floating: Counter[str] = Counter()
+    for node in model.graph.node:
+        if node.op_type in QDQ_OPS:
+            continue
+        if any(produced_by.get(i) == "DequantizeLinear" for i in node.input):
+            quantized[node.op_type] += 1
+        else:
+            floating[node.op_type] += 1
+    return {"int8": dict(sorted(quantized.items())), "fp32": dict(sorted(floating.items()))}
+
+
+def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, input_name: str,
+             options: QuantizeOptions, batch_size: int = 8) -> dict[str, Any]:
+    """Write the int8 (QDQ) model of `fp32_path` calibrated on `calibration` (N x model input, float32).
+
+    Returns what was done, for the manifest's ``quantization`` field.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if len(calibration) == 0:
+        raise ValueError("no calibration data for quantization")
+    fixed = _fixed_batch(fp32_path, input_name)
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    try:
+        calibrate_method = methods[options.calibrate_method.lower()]
+    except KeyError:
+        raise ValueError(f"unknown calibrate_method {options.calibrate_method!r} "
+                         f"(use {', '.join(m for m in ('MinMax', 'Entropy', 'Percentile'))})") from None
+    extra = dict(options.extra_options)
+    activation_type = QuantType[str(extra.pop("ActivationType", "QInt8"))]
+    weight_type = QuantType[str(extra.pop("WeightType", "QInt8"))]
+    summary: dict[str, Any] = {
+        "enabled": True, "format": "QDQ", "per_channel": options.per_channel,
+        "calibrate_method": options.calibrate_method, "calibration_images": len(calibration),
+        "activation_type": activation_type.name, "weight_type": weight_type.name,
+        "op_types": options.op_types, "nodes_to_exclude": list(options.nodes_to_exclude),
+    }
+    with tempfile.TemporaryDirectory(prefix="edged-quant-") as tmp:
+        source = fp32_path
+        try:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            pre = Path(tmp) / "pre.onnx"
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+            source = pre
+            summary["pre_process"] = "quant_pre_process"
+        except Exception as exc:  # the pre-processing is an optimization; quantize the plain graph instead
+            log.warning("quant_pre_process failed (%s); quantizing the graph as exported", exc)
+            summary["pre_process"] = f"skipped: {type(exc).__name__}"
+        reader = CalibrationReader(input_name, calibration, fixed or batch_size)
+        if fixed:  # drop a short last batch the graph cannot take
+            reader.batches = [b for b in reader.batches if len(b) == fixed] or reader.batches[:1]
+        quantize_static(
+            str(source), str(int8_path), reader, quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
+            activation_type=activation_type, weight_type=weight_type, op_types_to_quantize=options.op_types,
+            nodes_to_exclude=list(options.nodes_to_exclude) or None, calibrate_method=calibrate_method,
+            extra_options=extra or None,
+        )
+    summary["ops"] = op_summary(int8_path)
+    log.info("int8 model: quantized ops %s; left in fp32: %s", summary["ops"]["int8"] or "none",
+             summary["ops"]["fp32"] or "none")
+    return summary

@@ -1,0 +1,283 @@
+"""The evaluation report: report.json for machines, report.html / report.md with plots for people.
+
+Plots (matplotlib, Agg backend, PNG next to the report): ROC curve with the bundle's operating point,
+score histograms of good vs defective parts with the threshold line, a grid of example images (the
+strongest detections, the misses, the false rejects, typical good parts) with their anomaly maps, and
+for ``--robustness`` the false-reject rate and recall under each perturbation.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+GOOD_COLOR = "#2e7d32"
+BAD_COLOR = "#c62828"
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "figure.dpi": 100})
+    return plt
+
+
+def plot_roc(path: Path, labels: np.ndarray, scores: np.ndarray, report: dict[str, Any]) -> bool:
+    from sklearn.metrics import roc_curve
+
+    if len(np.unique(labels)) < 2:
+        return False
+    plt = _plt()
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    ax.plot(fpr, tpr, color="#1565c0", lw=2, label=f"ROC (image AUROC {report['image_auroc']:.3f})")
+    ax.plot([0, 1], [0, 1], color="#999", lw=1, ls=":", label="chance")
+    ax.axvline(0.01, color="#777", lw=1, ls="--", label=f"1% false rejects: recall {report['recall_at_1pct_frr']:.2f}")
+    if report["frr"] is not None and report["recall"] is not None:
+        ax.plot([report["frr"]], [report["recall"]], "o", color=BAD_COLOR, ms=8,
+                label=f"bundle threshold: FRR {100 * report['frr']:.1f}%, recall {100 * report['recall']:.1f}%")
+    ax.set_xlabel("false-reject rate (good parts rejected)")
+    ax.set_ylabel("recall (defective parts rejected)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{report['method']} ({report['precision']})")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_histograms(path: Path, labels: np.ndarray, scores: np.ndarray, records: Sequence[Any],
+                    report: dict[str, Any]) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    lo, hi = float(np.min(scores)), float(np.max(scores))
+    thr = float(report["threshold"])
+    lo, hi = min(lo, thr), max(hi, thr)
+    pad = 0.03 * (hi - lo or 1.0)
+    bins = np.linspace(lo - pad, hi + pad, int(np.clip(2 * np.sqrt(len(scores)), 10, 60)) + 1)
+    good = scores[labels == 0]
+    ax.hist(good, bins=bins, color=GOOD_COLOR, alpha=0.55, label=f"good (n={len(good)})")
+    defect_types = sorted({r.label for r in records if not r.is_good})
+    if defect_types:
+        bad = scores[labels == 1]
+        ax.hist(bad, bins=bins, color=BAD_COLOR, alpha=0.45, label=f"defective, all types (n={len(bad)})")
+        if len(defect_types) > 1:
+            cmap = plt.get_cmap("tab10")
+            for k, t in enumerate(defect_types):
+                sel = np.asarray([r.label == t for r in records])
+                ax.hist(scores[sel], bins=bins, histtype="step", lw=1.2, color=cmap(k % 10), label=t)
+    ax.axvline(thr, color="black", ls="--", lw=1.5, label=f"threshold {thr:.4g}")
+    ax.set_xlabel("anomaly score (higher = more anomalous); rejected when score > threshold")
+    ax.set_ylabel("images")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("score distribution: good vs defective")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def pick_examples(labels: np.ndarray, scores: np.ndarray, threshold: float, n: int = 12) -> list[tuple[int, str]]:
+    """(index, why) of instructive images: detections, misses, false rejects, typical good parts."""
+    picks: list[tuple[int, str]] = []
+    seen: set[int] = set()
+
+    def take(indices: Sequence[int], why: str, k: int) -> None:
+        for i in indices:
+            if len([p for p in picks if p[1] == why]) >= k or len(picks) >= n:
+                return
+            if int(i) not in seen:
+                seen.add(int(i))
+                picks.append((int(i), why))
+
+    bad = np.nonzero(labels == 1)[0]
+    good = np.nonzero(labels == 0)[0]
+    detected = [i for i in bad[np.argsort(-scores[bad])] if scores[i] > threshold]
+    missed = [i for i in bad[np.argsort(scores[bad])] if scores[i] <= threshold]
+    false_rejects = [i for i in good[np.argsort(-scores[good])] if scores[i] > threshold]
+    typical = good[np.argsort(np.abs(scores[good] - np.median(scores[good])))] if len(good) else []
+    take(detected[::max(1, len(detected) // 4)] if detected else [], "detected", 4)
+    take(missed, "missed", 3)
+    take(false_rejects, "false reject", 2)
+    take(list(typical), "good", 3)
+    take(detected, "detected", n)
+    return picks
+
+
+def plot_examples(path: Path, picks: list[tuple[int, str]], images: Sequence[np.ndarray], records: Sequence[Any],
+                  scores: np.ndarray, maps: Sequence[np.ndarray] | None, masks: Sequence[np.ndarray] | None,
+                  threshold: float, map_threshold: float | None) -> None:
+    plt = _plt()
+    per_row = 4
+    panels = 2 if maps is not None else 1
+    rows = max(1, int(np.ceil(len(picks) / per_row)))
+    fig, axes = plt.subplots(rows, per_row * panels, figsize=(2.15 * per_row * panels, 2.55 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    vmin = vmax = None
+    if maps is not None:
+        shown = np.concatenate([maps[i].ravel() for i, _ in picks]) if picks else np.zeros(1)
+        vmin = float(np.percentile(shown, 1))
+        vmax = float(max(np.percentile(shown, 99.9), map_threshold or -np.inf))
+    for k, (i, why) in enumerate(picks):
+        r, c = divmod(k, per_row)
+        image = images[i]
+        target = maps[i].shape[::-1] if maps is not None else (160, int(160 * image.shape[0] / image.shape[1]))
+        shown_image = cv2.resize(image, target, interpolation=cv2.INTER_AREA)
+        if shown_image.ndim == 3:
+            shown_image = cv2.cvtColor(shown_image[:, :, :3], cv2.COLOR_BGR2RGB)
+        verdict = "REJECT" if scores[i] > threshold else "pass"
+        correct = (scores[i] > threshold) == (not records[i].is_good)
+        ax = axes[r, c * panels]
+        ax.imshow(shown_image, cmap="gray" if shown_image.ndim == 2 else None, vmin=0, vmax=255)
+        ax.set_title(f"{records[i].label} · {why}\nscore {scores[i]:.4g} → {verdict}", fontsize=8,
+                     color=GOOD_COLOR if correct else BAD_COLOR)
+        if maps is not None:
+            ax = axes[r, c * panels + 1]
+            ax.imshow(shown_image, cmap="gray" if shown_image.ndim == 2 else None, vmin=0, vmax=255)
+            ax.imshow(maps[i], cmap="inferno", alpha=0.6, vmin=vmin, vmax=vmax)
+            if masks is not None and masks[i].any():
+                ax.contour(masks[i].astype(float), levels=[0.5], colors=["lime"], linewidths=0.8)
+            if map_threshold is not None and (maps[i] > map_threshold).any():
+                ax.contour((maps[i] > map_threshold).astype(float), levels=[0.5], colors=["cyan"], linewidths=0.8)
+            ax.set_title("anomaly map", fontsize=8)
+    legend = "green titles: correct verdict, red: wrong"
+    if maps is not None:
+        legend += " · map: lime = true defect, cyan = region above map threshold"
+    fig.suptitle(legend, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_robustness(path: Path, report: dict[str, Any]) -> None:
+    plt = _plt()
+    rob = report["robustness"]
+    names = ["none", *rob.keys()]
+    frr = [report["frr"], *[v["frr"] for v in rob.values()]]
+    rec = [report["recall"], *[v["recall"] for v in rob.values()]]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
+    ax.bar(x - 0.2, [np.nan if v is None else 100 * v for v in frr], 0.4, color=BAD_COLOR, label="false rejects (good)")
+    ax.bar(x + 0.2, [np.nan if v is None else 100 * v for v in rec], 0.4, color="#1565c0", label="recall (defects)")
+    ax.set_xticks(x, names, rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    ax.set_title("robustness at the bundle threshold")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{100 * v:.1f}%" if pct else f"{v:.3f}" if abs(v) >= 0.001 or v == 0 else f"{v:.3g}"
+    return html.escape(str(v))
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    t = report["threshold_info"]
+    how = (f"{t['method']} {t['percentile'] if t['method'] == 'percentile' else t['target_frr']} of "
+           f"{t['n_images']} good images ({t['source']})")
+    return [
+        ("bundle", f"{report['bundle_id']} ({report['method']}, {report['precision']}: {report['model_file']}, "
+                   f"input {report['input']})"),
+        ("data", f"{report['data']} ({report['evaluated_on']}): {report['n_good']} good, "
+                 f"{report['n_defect']} defective"),
+        ("image AUROC", _fmt(report["image_auroc"])),
+        ("pixel AUROC", _fmt(report["pixel_auroc"])),
+        ("AUPRO (FPR ≤ 30%)", _fmt(report["aupro"])),
+        ("threshold", f"{_fmt(report['threshold'])} — {how}"),
+        ("false-reject rate (good)", _fmt(report["frr"], pct=True)),
+        ("recall (defective)", _fmt(report["recall"], pct=True)),
+        ("recall at 1% false rejects", _fmt(report["recall_at_1pct_frr"], pct=True)),
+        ("ms / image fp32 · int8", f"{_fmt(report['ms_per_image_fp32'])} · {_fmt(report['ms_per_image_int8'])} "
+                                   f"(median over {report['timing']['images']} images, 1 thread, preprocessing "
+                                   f"included)"),
+    ]
+
+
+def write_report(report_dir: Path, report: dict[str, Any], images: Sequence[np.ndarray], records: Sequence[Any],
+                 scores: np.ndarray, maps: Sequence[np.ndarray] | None, masks: Sequence[np.ndarray] | None,
+                 detector: Any) -> Path:
+    labels = np.asarray([0 if r.is_good else 1 for r in records])
+    plots: list[tuple[str, str]] = []
+    if plot_roc(report_dir / "roc.png", labels, scores, report):
+        plots.append(("roc.png", "ROC curve"))
+    plot_histograms(report_dir / "histogram.png", labels, scores, records, report)
+    plots.append(("histogram.png", "Score histograms"))
+    picks = pick_examples(labels, scores, report["threshold"])
+    plot_examples(report_dir / "examples.png", picks, images, records, scores, maps, masks, report["threshold"],
+                  report["map_threshold"])
+    plots.append(("examples.png", "Examples"))
+    if report.get("robustness"):
+        plot_robustness(report_dir / "robustness.png", report)
+        plots.append(("robustness.png", "Robustness"))
+    rows = summary_rows(report)
+    defects = report["recall_per_defect"]
+    rob = report.get("robustness") or {}
+
+    # Markdown (reads well in a terminal or a repository)
+    md = [f"# Evaluation of {report['bundle_id']}", "", "| | |", "|---|---|"]
+    md += [f"| {k} | {html.unescape(v)} |" for k, v in rows]
+    if defects:
+        md += ["", "## Recall per defect type at the bundle threshold", "", "| defect | images | recall |",
+               "|---|---|---|"]
+        md += [f"| {t} | {v['n']} | {_fmt(v['recall'], pct=True)} |" for t, v in defects.items()]
+    if rob:
+        md += ["", "## Robustness (at the bundle threshold)", "",
+               "| perturbation | false rejects | recall | image AUROC |", "|---|---|---|---|"]
+        md += [f"| {k} | {_fmt(v['frr'], True)} | {_fmt(v['recall'], True)} | {_fmt(v['image_auroc'])} |"
+               for k, v in [("none", report), *rob.items()]]
+    md += [""] + [f"## {title}\n\n![{title}]({file})\n" for file, title in plots]
+    (report_dir / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+
+    # HTML
+    css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
+           "th{background:#f3f3f3}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}")
+    body = [f"<h1>Evaluation of {html.escape(report['bundle_id'])}</h1>", "<table>"]
+    body += [f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows]
+    body.append("</table>")
+    if defects:
+        body.append("<h2>Recall per defect type at the bundle threshold</h2><table><tr><th>defect</th><th>images</th>"
+                    "<th>recall</th></tr>")
+        body += [f"<tr><td>{html.escape(t)}</td><td>{v['n']}</td><td>{_fmt(v['recall'], True)}</td></tr>"
+                 for t, v in defects.items()]
+        body.append("</table>")
+    if rob:
+        body.append("<h2>Robustness (at the bundle threshold)</h2><table><tr><th>perturbation</th>"
+                    "<th>false rejects</th><th>recall</th><th>image AUROC</th></tr>")
+        body.append(f"<tr><td>none</td><td>{_fmt(report['frr'], True)}</td><td>{_fmt(report['recall'], True)}</td>"
+                    f"<td>{_fmt(report['image_auroc'])}</td></tr>")
+        body += [f"<tr><td>{html.escape(k)}</td><td>{_fmt(v['frr'], True)}</td><td>{_fmt(v['recall'], True)}</td>"
+                 f"<td>{_fmt(v['image_auroc'])}</td></tr>" for k, v in rob.items()]
+        body.append("</table>")
+    for file, title in plots:
+        body.append(f"<h2>{html.escape(title)}</h2><img src='{file}' alt='{html.escape(title)}'>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report['bundle_id'])}</title>"
+            f"<style>{css}</style></head><body>{''.join(body)}</body></html>\n")
+    out = report_dir / "report.html"
+    out.write_text(page, encoding="utf-8")
+    return out
