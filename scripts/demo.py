@@ -1,0 +1,168 @@
+"""The demo line: sample data, a trained model, the daemon on a sample video, and what it found.
+
+Run through scripts/demo.sh (which installs everything first). Everything is written under
+demo-run/ (override with --out); nothing outside it is touched, and a local mosquitto is started on a
+free port when it is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tools import synth  # noqa: E402
+
+
+def step(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def run(cmd: list[str]) -> None:
+    print("$ " + " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_broker(out: Path) -> tuple[subprocess.Popen[bytes] | None, int | None]:
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if exe is None:
+        print("mosquitto is not installed: the demo runs without MQTT (rejects are only logged)")
+        return None, None
+    port = free_port()
+    conf = out / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            print(f"mosquitto listening on 127.0.0.1:{port}")
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    return None, None
+
+
+class RejectCounter:
+    """What a reject actuator's controller would see: a real MQTT subscriber."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.rejects: list[dict[str, object]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-plc")
+        self.client.on_message = self._on_message
+        ready = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe("edged/demo/reject", qos=1), ready.set())
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        ready.wait(5)
+
+    def _on_message(self, client: object, userdata: object, msg: object) -> None:
+        with self.lock:
+            self.rejects.append(json.loads(msg.payload))  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, default=REPO / "demo-run")
+    ap.add_argument("--method", default="cae")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--frames", type=int, default=300)
+    args = ap.parse_args()
+    out: Path = args.out.resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    t_start = time.monotonic()
+    bin_dir = Path(sys.executable).parent
+
+    step("1/5 a synthetic production line: good parts to learn from, a test set, and a video")
+    data = out / "data"
+    synth.write_dataset(data, n_train=80, n_test_good=20, n_test_defect=24, size=(128, 128), seed=1)
+    defective = set(range(7, args.frames, 10))  # one part in ten has a scratch, spot or crack
+    video = out / "line.avi"
+    synth.write_video(video, args.frames, defective, size=(160, 120), fps=30, seed=2)
+    print(f"{data}: 80 good training images, 44 test images; {video}: {args.frames} frames, "
+          f"{len(defective)} defective")
+
+    step(f"2/5 train a '{args.method}' model on the good images (edged-train fit)")
+    bundle = out / "bundle"
+    cmd = [str(bin_dir / "edged-train"), "fit", str(data), "--method", args.method, "--out", str(bundle)]
+    if args.epochs:
+        cmd += ["--epochs", str(args.epochs)]
+    run(cmd)
+
+    step("3/5 measure it on the test images (edged-train evaluate)")
+    run([str(bin_dir / "edged-train"), "evaluate", str(bundle), str(data), "--report", str(out / "report")])
+
+    step("4/5 run the daemon on the video, rejects published over MQTT (edged run)")
+    broker, port = start_broker(out)
+    mqtt = (f"mqtt: {{host: 127.0.0.1, port: {port}}}" if port else "mqtt: {enabled: false}")
+    config = out / "edged.yaml"
+    config.write_text(f"""# the demo line's config (see config/edged.yaml for every key)
+station: demo
+model: {{bundle: bundle}}
+cameras:
+  - name: cam1
+    source: line.avi
+    realtime: true       # play the video at its 30 fps, like a camera
+    trigger: {{gap_ms: 0}} # every frame is a different part here
+storage: {{state_dir: state}}
+{mqtt}
+""")
+    counter = RejectCounter(port) if port else None
+    try:
+        run([str(bin_dir / "edged"), "check-config", "-c", str(config)])
+        run([str(bin_dir / "edged"), "run", "-c", str(config)])
+        time.sleep(0.5)
+    finally:
+        if counter:
+            counter.close()
+        if broker:
+            broker.terminate()
+            broker.wait(5)
+
+    step("5/5 what it found")
+    db = sqlite3.connect(out / "state" / "edged.db")
+    rows = db.execute("SELECT seq, is_defective, latency_ms FROM inspections ORDER BY seq").fetchall()
+    flagged = {seq for seq, bad, _ in rows if bad}
+    tp, fp, fn = len(flagged & defective), len(flagged - defective), len(defective - flagged)
+    health = json.loads((out / "state" / "health.json").read_text())
+    cam = health["cameras"]["cam1"]
+    lat = sorted(r[2] for r in rows)
+    print(f"frames inspected: {len(rows)} of {args.frames} (dropped {cam['drops']})")
+    print(f"defective frames: {len(defective)}; rejected: {len(flagged)} -> {tp} correct, {fp} false rejects, "
+          f"{fn} missed")
+    if counter:
+        print(f"rejects received over MQTT by the demo PLC: {len(counter.rejects)}")
+    if lat:
+        print(f"latency capture->verdict: p50 {lat[len(lat) // 2]:.1f} ms, p99 {lat[int(len(lat) * 0.99)]:.1f} ms")
+    print(f"report: {out / 'report' / 'report.html'}; defect images: {out / 'state' / 'images'}")
+    print(f"demo finished in {time.monotonic() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
