@@ -177,8 +177,20 @@ if [[ "$NO_VENV" != 1 ]]; then
   fi
   PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
   [[ ${#WHEELS[@]} -eq 0 ]] || "${PIP[@]}" "${WHEELS[@]}"
-  spec="$SRC"
-  [[ -z "$EXTRAS" ]] || spec="$SRC[$EXTRAS]"
+  # Build from a clean copy: pip builds in the source tree, and setuptools would leave build/ and
+  # *.egg-info in the checkout and reuse a stale build/lib (files deleted from the source would
+  # still be installed on the next update).
+  BUILD_SRC="$(mktemp -d)"
+  trap 'rm -rf "$BUILD_SRC"' EXIT
+  if git -C "$SRC" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git -C "$SRC" ls-files -z --cached --others --exclude-standard \
+      | tar -C "$SRC" --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -C "$BUILD_SRC" -xf -
+  else
+    tar -C "$SRC" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' -cf - . \
+      | tar -C "$BUILD_SRC" -xf -
+  fi
+  spec="$BUILD_SRC"
+  [[ -z "$EXTRAS" ]] || spec="$BUILD_SRC[$EXTRAS]"
   if [[ ${#SKIP_DEPS[@]} -eq 0 ]]; then
     "${PIP[@]}" --upgrade "$spec"
   else

@@ -81,7 +81,7 @@ def fmt_time(epoch: float | None, now: float) -> str:
 
 def fmt_ms(value: Any) -> str:
     n = _num(value)
-    return "?" if n is None else f"{n:.1f} ms"
+    return "-" if n is None else f"{n:.1f} ms"
 
 
 def redact(source: str) -> str:
@@ -337,6 +337,7 @@ def main(config: Config, out: TextIO = sys.stdout, now: float | None = None) -> 
         _line(out, "health", "UNHEALTHY")
         for problem in problems:
             out.write(textwrap.fill(problem, WIDTH, initial_indent="  - ", subsequent_indent="    ") + "\n")
+        out.write("  more: systemctl status edged;  journalctl -u edged -n 50\n")
         return 1
     _line(out, "health", "OK")
     return 0
