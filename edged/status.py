@@ -163,29 +163,38 @@ def _first_id_after(conn: sqlite3.Connection, since: float) -> int:
     return lo
 
 
+def _recent_rows(uri: str, since: float) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(uri, uri=True, timeout=2.0)
+    try:
+        slack = 60.0  # rows are committed in small groups, not strictly in decided_at order
+        start_id = _first_id_after(conn, since - slack)
+        return conn.execute(
+            "SELECT camera, decided_at, is_defective, latency_ms FROM inspections "
+            "WHERE id >= ? AND decided_at >= ? AND reason != 'not_inspected'",
+            (start_id, since),
+        ).fetchall()
+    finally:
+        conn.close()
+
+
 def read_database(path: Path, now: float) -> tuple[dict[float, dict[str, CameraStats]], str | None]:
     """Per window (seconds) and camera: inspected, rejects, latencies. Read-only; WAL readers never block
     the daemon's writer."""
     if not path.exists():
         return {}, f"{path} does not exist yet"
-    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+    base = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+    since = now - max(WINDOWS_S)
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=2.0)
-    except sqlite3.Error as exc:
-        return {}, f"cannot open database {path}: {exc}"
+        rows = _recent_rows(base, since)
+    except sqlite3.Error as first:
+        # A WAL database whose daemon has stopped has no -shm file, and a reader without write access to
+        # the state directory (a technician in group edged) cannot create one. With no writer running,
+        # reading the main file as immutable is safe (at worst it misses rows still in an old -wal).
+        try:
+            rows = _recent_rows(base + "&immutable=1", since)
+        except sqlite3.Error:
+            return {}, f"cannot read database {path}: {first}"
     result: dict[float, dict[str, CameraStats]] = {}
-    try:
-        slack = 60.0  # rows are committed in small groups, not strictly in decided_at order
-        start_id = _first_id_after(conn, now - max(WINDOWS_S) - slack)
-        rows = conn.execute(
-            "SELECT camera, decided_at, is_defective, latency_ms FROM inspections "
-            "WHERE id >= ? AND decided_at >= ? AND reason != 'not_inspected'",
-            (start_id, now - max(WINDOWS_S)),
-        ).fetchall()
-    except sqlite3.Error as exc:
-        return {}, f"cannot read database {path}: {exc}"
-    finally:
-        conn.close()
     for window in WINDOWS_S:
         per_camera: dict[str, CameraStats] = {}
         for camera, decided_at, defective, latency in rows:

@@ -6,9 +6,11 @@ import io
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +240,32 @@ def test_helpers() -> None:
     assert status.redact("rtsp://u:p@h:554/x") == "rtsp://u:***@h:554/x"
     assert status.redact("rtsp://h/x") == "rtsp://h/x" and status.redact("0") == "0"
     assert status.pid_alive(os.getpid()) and not status.pid_alive(dead_pid()) and not status.pid_alive(0)
+
+
+def test_stopped_daemon_database_is_readable_without_write_access() -> None:
+    """After the daemon stops, a WAL database has no -shm file; a technician who may read but not write
+    the state directory must still get the figures (the reader falls back to an immutable open)."""
+    folder = Path(tempfile.mkdtemp(prefix="edged-ro-", dir="/tmp"))
+    try:
+        make_db(folder / "edged.db", [("cam1", NOW - 30, 1, 5.0), ("cam1", NOW - 20, 0, 5.0)]).close()
+        assert not (folder / "edged.db-shm").exists()
+        code = ("import sys; from pathlib import Path; from edged.status import read_database; "
+                f"got, note = read_database(Path('{folder}/edged.db'), {NOW}); "
+                "print(note or got[300.0]['cam1'].inspected)")
+        if os.geteuid() == 0:  # root ignores file modes: read as 'nobody' instead
+            if shutil.which("setpriv") is None:
+                pytest.skip("running as root without setpriv: cannot read as an unprivileged user")
+            folder.chmod(0o755)
+            (folder / "edged.db").chmod(0o644)
+            cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code]
+        else:
+            folder.chmod(0o555)
+            cmd = [sys.executable, "-c", code]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "2", proc.stdout
+        assert not (folder / "edged.db-shm").exists()
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder, ignore_errors=True)
