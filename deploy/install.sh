@@ -17,9 +17,21 @@
 #          /etc/systemd/system/edged.service
 #          /var/lib/edged/               database, health file, images; models/<bundle_id>, models/current
 #
-# --root DIR stages everything under DIR and never touches the machine: no user creation, no chown,
-# no systemctl. --no-venv (or EDGED_INSTALL_NO_VENV=1) skips creating the venv and pip, so a staging
-# run takes a second and needs no network (this is what the tests use).
+# Options:
+#   --bundle DIR          copy a model bundle to /var/lib/edged/models/<bundle_id>, point `current` at it
+#   --no-start            install and enable, but do not (re)start the service
+#   --extras NAME         pip extras, e.g. `systemd` (systemd-python; needs libsystemd-dev and a compiler)
+#   --wheel FILE          install this wheel first (repeatable), e.g. NVIDIA's onnxruntime_gpu for Jetson
+#   --skip-dep NAME       do not install this runtime dependency from PyPI (the system provides it)
+#   --system-site-packages  let the venv see the system's Python packages (JetPack's OpenCV)
+#   --jetson              = --system-site-packages --skip-dep opencv-python-headless --skip-dep onnxruntime
+#   --python PY           interpreter for the venv (default python3, >= 3.10)
+#   --src DIR             the edged checkout to install (default: the one this script is in)
+#   --uninstall [--purge] remove; --purge also deletes config, data and the user
+#   --root DIR            stage everything under DIR and never touch the machine: no user creation,
+#                         no chown, no systemctl
+#   --no-venv             skip the venv and pip (also EDGED_INSTALL_NO_VENV=1): a staging run then takes
+#                         a second and needs no network (this is what the tests use)
 set -euo pipefail
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,7 +49,7 @@ WHEELS=()
 SKIP_DEPS=()
 USER_NAME=edged
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 die() { echo "install.sh: $*" >&2; exit 1; }
 say() { echo "install.sh: $*"; }
 

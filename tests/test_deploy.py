@@ -245,3 +245,11 @@ def test_installer_syntax() -> None:
     subprocess.run(["bash", "-n", str(INSTALL)], check=True, timeout=30)
     if shutil.which("shellcheck"):
         subprocess.run(["shellcheck", "-S", "warning", str(INSTALL)], check=True, timeout=60)
+
+
+def test_help_lists_the_options() -> None:
+    proc = subprocess.run(["bash", str(INSTALL), "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0
+    for option in ("--root DIR", "--no-venv", "--uninstall", "--purge", "--bundle DIR", "--jetson", "--wheel"):
+        assert option in proc.stdout, option
+    assert "set -euo" not in proc.stdout  # the help ends with the header comment
