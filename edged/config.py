@@ -200,6 +200,9 @@ class Config(_Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"camera names must be unique; repeated: {', '.join(dupes)}")
+        triggered = [c.name for c in self.cameras if c.trigger.mode == "mqtt"]
+        if triggered and not self.mqtt.enabled:
+            raise ValueError(f"camera(s) {', '.join(triggered)} use trigger mode mqtt, which needs mqtt.enabled: true")
         return self
 
 

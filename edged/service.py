@@ -93,7 +93,7 @@ class Service:
         self._trigger_timing = {c.name: (c.trigger.delay_ms, c.trigger.timeout_ms) for c in config.cameras
                                 if c.trigger.mode == "mqtt"}
         if self.gates and not self.mqtt_enabled:
-            raise ConfigError("cameras with trigger mode mqtt need mqtt.enabled: true (triggers come over MQTT)")
+            raise ConfigError("cameras with trigger mode mqtt need MQTT (triggers come over MQTT)")
 
     # --- start -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -160,6 +160,11 @@ class Service:
                 next_stats = now + self.config.mqtt.stats_interval_s
                 self.link.send("stats", self.stats_message())
             if all(t.finished.is_set() for t in self.captures):
+                failed = [n for n, s in self.stats.items() if s.state == "failed"]
+                if failed:  # exit non-zero: systemd restarts the service, which retries the cameras
+                    log.error("every camera has stopped; failed: %s", ", ".join(failed))
+                    self.shutdown()
+                    return 1
                 log.info("all sources have ended")
                 break
             self.stop_requested.wait(tick)

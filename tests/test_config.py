@@ -123,3 +123,9 @@ def test_check_config_prints_what_will_run(tmp_path: Path, tiny_bundle: Path) ->
     assert "test-max" in out and "cam7" in out and "broker.local:1883" in out
     assert "0.7 (camera override)" in out and "CPUExecutionProvider" in out
     assert "u:p@" not in out  # credentials in a URL are never printed
+
+
+def test_trigger_mode_mqtt_needs_mqtt() -> None:
+    msg = errors_for({**MINIMAL, "cameras": [{"name": "c", "source": "0", "trigger": {"mode": "mqtt"}}],
+                      "mqtt": {"enabled": False}})
+    assert "trigger mode mqtt" in msg

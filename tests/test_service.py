@@ -70,3 +70,11 @@ def test_broker_down_never_stops_inspection(tmp_path: Path, tiny_bundle: Path) -
     assert db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0] == 2  # kept for later
     health = (tmp_path / "s" / "health.json").read_text()
     assert '"broker": "disconnected"' in health
+
+
+def test_cameras_that_give_up_make_the_daemon_exit_nonzero(tmp_path: Path, tiny_bundle: Path) -> None:
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_bundle, tmp_path / "no-such-video.avi", tmp_path / "s",
+                                   extra_camera="    reconnect: {initial_s: 0.05, max_s: 0.1, give_up_after: 2}"))
+    service = Service(cfg, notifier=Notifier({}), handle_signals=False)
+    assert service.run() == 1
+    assert service.stats["cam1"].state == "failed"
