@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import queue
+import random
 import sqlite3
 import ssl
 import threading
@@ -38,6 +39,19 @@ from edged.store import Outbox, OutboxItem, connect
 log = logging.getLogger(__name__)
 
 WINDOW = 64  # rejects in flight (published, not yet acknowledged)
+RECONNECT_FIRST_S = 0.2
+
+
+def reconnect_delay(attempt: int, reject_ttl_ms: float, rng: random.Random) -> float:
+    """Backoff before connection attempt `attempt` (1, 2, ...): exponential, +-20% jitter, capped.
+
+    The cap follows the reject TTL (half of it, within 0.5..5 s): after a broker restart the link must
+    be back while the rejects made during the outage can still move the actuator. A long cap (30 s)
+    would let every reject of the first half minute after the broker's return expire.
+    """
+    cap = min(5.0, max(0.5, reject_ttl_ms / 2000.0))
+    base = min(cap, RECONNECT_FIRST_S * 2 ** max(0, min(attempt, 16) - 1))
+    return base * (1.0 + rng.uniform(-0.2, 0.2))
 
 
 class MqttLink(threading.Thread):
@@ -70,6 +84,7 @@ class MqttLink(threading.Thread):
         self._next_attempt = 0.0
         self._attempt = 0
         self._last_cap_check = 0.0
+        self._rng = random.Random()
         self.drained = threading.Event()  # set when shutting down and the outbox is empty or given up
         self.done = threading.Event()
 
@@ -175,9 +190,9 @@ class MqttLink(threading.Thread):
                 client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
         except (OSError, ValueError) as exc:
             self._attempt += 1
-            delay = min(30.0, 0.5 * 2 ** min(self._attempt, 6))
-            if self._attempt == 1 or self._attempt % 10 == 0:
-                log.warning("MQTT broker %s:%d unreachable (%s); retrying (every %.0f s at most)",
+            delay = reconnect_delay(self._attempt, self.cfg.reject_ttl_ms, self._rng)
+            if self._attempt == 1 or self._attempt % 50 == 0:
+                log.warning("MQTT broker %s:%d unreachable (%s); retrying in %.1f s",
                             self.cfg.host, self.cfg.port, exc, delay)
             self._next_attempt = time.monotonic() + delay
             return
@@ -216,7 +231,7 @@ class MqttLink(threading.Thread):
         while not self._acks.empty():
             self._acks.get_nowait()
         self._attempt += 1
-        self._next_attempt = time.monotonic() + min(5.0, 0.2 * 2 ** min(self._attempt, 5))
+        self._next_attempt = time.monotonic() + reconnect_delay(self._attempt, self.cfg.reject_ttl_ms, self._rng)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         self._acks.put((mid, not getattr(reason, "is_failure", False)))
