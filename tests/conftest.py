@@ -28,11 +28,14 @@ def free_port() -> int:
 class Broker:
     """A real mosquitto on 127.0.0.1:<port>; can be stopped and started again on the same port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistence: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        # persistence: sessions and queued QoS 1 messages survive a stop/start (saved on SIGTERM), so a
+        # durable subscriber misses nothing across a broker outage
+        store = f"persistence true\npersistence_location {workdir}/\n" if persistence else "persistence false\n"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{store}"
                              "max_queued_messages 10000\n")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -137,9 +140,10 @@ def write_spot_video(path: Path, n_frames: int, defective: set[int], fps: float 
 
 
 def write_config(path: Path, bundle: Path, source: str | Path, state_dir: Path, broker_port: int | None = None,
-                 extra_camera: str = "", extra: str = "") -> Path:
+                 extra_camera: str = "", extra: str = "", mqtt_extra: str = "") -> Path:
     """A small daemon config for tests (YAML text, as a technician would write it)."""
-    mqtt = (f"mqtt: {{host: 127.0.0.1, port: {broker_port}, stats_interval_s: 1}}" if broker_port
+    more = f", {mqtt_extra}" if mqtt_extra else ""
+    mqtt = (f"mqtt: {{host: 127.0.0.1, port: {broker_port}, stats_interval_s: 1{more}}}" if broker_port
             else "mqtt: {enabled: false}")
     path.write_text(f"""
 station: test
@@ -204,3 +208,132 @@ class Subscriber:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+class DurableSubscriber:
+    """A paho MQTT 5 subscriber with a persistent session that reconnects quickly after a broker restart.
+
+    With `Broker(persistence=True)` it misses nothing across an outage: QoS 1 messages published while
+    it is away are queued by the broker (and saved over the restart). Keeps every raw message with its
+    arrival time and MQTT 5 properties, so tests can count duplicates and check message expiry.
+    """
+
+    def __init__(self, port: int, topics: list[str], client_id: str | None = None) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.raw: list[tuple[float, str, bytes, bool, dict[str, object]]] = []  # (time, topic, payload, retain, props)
+        self._lock = threading.Lock()
+        self.connects = 0
+        self.connected = threading.Event()
+        self.topics = topics
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"durable-{free_port()}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]
+        self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
+        self.client.loop_start()
+        assert self.connected.wait(5)
+        time.sleep(0.2)
+
+    def _on_connect(self, client: object, userdata: object, flags: object, rc: object, props: object) -> None:
+        self.connects += 1
+        self.client.subscribe([(t, 1) for t in self.topics])
+        self.connected.set()
+
+    def _on_message(self, client: object, userdata: object, msg: object) -> None:
+        props: dict[str, object] = {}
+        p = getattr(msg, "properties", None)
+        if p is not None and hasattr(p, "MessageExpiryInterval"):
+            props["MessageExpiryInterval"] = p.MessageExpiryInterval
+        with self._lock:
+            self.raw.append((time.time(), msg.topic, msg.payload, bool(msg.retain), props))  # type: ignore[attr-defined]
+
+    def on(self, topic: str) -> list[tuple[float, object, dict[str, object]]]:
+        """(arrival time, payload parsed as JSON when it is JSON, properties) for each raw message."""
+        import json
+
+        out = []
+        with self._lock:
+            raw = list(self.raw)
+        for t, top, payload, _, props in raw:
+            if top != topic:
+                continue
+            text = payload.decode()
+            try:
+                value: object = json.loads(text)
+            except ValueError:
+                value = text
+            out.append((t, value, props))
+        return out
+
+    def ids(self, topic: str) -> list[str]:
+        """The `id` of every message on topic, in arrival order, duplicates included."""
+        return [p["id"] for _, p, _ in self.on(topic) if isinstance(p, dict) and "id" in p]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class ServiceRunner:
+    """An in-process `Service` running in a background thread (no signal handlers), stopped on demand."""
+
+    def __init__(self, config: object, **kwargs: object) -> None:
+        import threading
+
+        from edged.sdnotify import Notifier
+        from edged.service import Service
+
+        kwargs.setdefault("notifier", Notifier({}))
+        self.service = Service(config, handle_signals=False, **kwargs)  # type: ignore[arg-type]
+        self.error: BaseException | None = None
+        self.exit_code: int | None = None
+        self.thread = threading.Thread(target=self._run, name="test-service", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.exit_code = self.service.run()
+        except BaseException as exc:  # surfaced by stop()
+            self.error = exc
+
+    def start(self) -> ServiceRunner:
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.service.stop_requested.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the service did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+def wait_until(condition: object, timeout: float, what: str, poll: float = 0.05) -> None:
+    """Poll `condition()` until it is true; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def report_figures(name: str, figures: dict[str, object]) -> None:
+    """Print measured figures (seen with `pytest -s`) and append them to $EDGED_FIGURES when set."""
+    import json
+    import os
+
+    line = json.dumps({"test": name, **figures}, default=str)
+    print(f"\n[figures] {line}")
+    out = os.environ.get("EDGED_FIGURES")
+    if out:
+        with open(out, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
