@@ -52,6 +52,7 @@ def main() -> None:
     t0 = time.time()
     model, hist = train_autoencoder(imgs(d["train"]), cfg, a.seed, progress=True, desc=a.name)
     fit_s = time.time() - t0
+    torch.save({"cfg": cfg, "state": model.state_dict()}, f"/tmp/cae_exp/{a.name}.pt")
     test = torch.from_numpy(np.stack(imgs(d["test"])).astype(np.float32) / 255)
     test = test[:, None] if test.ndim == 3 else test.permute(0, 3, 1, 2)
     with torch.no_grad():

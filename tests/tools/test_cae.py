@@ -99,6 +99,9 @@ def test_options_are_parsed_and_checked() -> None:
     cfg = METHOD.config(opts)
     assert (cfg.channels, cfg.flip, cfg.topk, cfg.widths) == (1, True, 0.02, (8, 16))
     assert METHOD.input_spec(opts).color_order == "gray"
+    typed = METHOD.config(FitOptions(extra={"channels": 1, "flip": True, "blur": 3, "augment": 0}))  # as the CLI parses
+    assert (typed.channels, typed.flip, typed.blur, typed.augment) == (1, True, 3.0, False)
+    assert isinstance(typed.blur, float)
     with pytest.raises(ValueError, match="unknown cae option"):
         METHOD.config(FitOptions(extra={"colour": "1"}))
     with pytest.raises(ValueError, match="score"):

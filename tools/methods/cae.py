@@ -21,6 +21,7 @@ import copy
 import math
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -98,8 +99,9 @@ class CaeConfig:
 
 
 def _coerce(raw: Any, current: Any, key: str) -> Any:
-    if not isinstance(raw, str):
-        return tuple(raw) if isinstance(current, tuple) else raw
+    if isinstance(raw, (list, tuple)):
+        raw = "/".join(str(v) for v in raw)
+    raw = str(raw)  # the CLI may already have turned "3" into 3 or "yes" into True: parse one way
     try:
         if isinstance(current, bool):
             if raw.lower() in ("1", "true", "yes", "on"):
@@ -131,6 +133,21 @@ def _act(kind: str) -> nn.Module:
     return nn.LeakyReLU(0.2) if kind == "leaky" else nn.ReLU()
 
 
+class Upsample2x(nn.Module):
+    """x2 resize by output size, not scale: ONNX Runtime's symbolic shape inference (run before int8
+    quantization) keeps the batch axis through a sized Resize but loses it through a scaled one."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = (x.shape[2] * 2, x.shape[3] * 2)
+        if self.mode == "bilinear":
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(x, size=size, mode="nearest")
+
+
 class Autoencoder(nn.Module):
     """Encoder of stride-2 4x4 convolutions; decoder mirrors it (ConvTranspose or resize+conv)."""
 
@@ -156,9 +173,7 @@ class Autoencoder(nn.Module):
                 conv: nn.Module = nn.ConvTranspose2d(cin, w, 4, stride=2, padding=1, bias=last)
                 layers = [conv]
             else:
-                mode = cfg.upsample
-                up = nn.Upsample(scale_factor=2, mode=mode, align_corners=False if mode == "bilinear" else None)
-                layers = [up, nn.Conv2d(cin, w, 3, padding=1, bias=last)]
+                layers = [Upsample2x(cfg.upsample), nn.Conv2d(cin, w, 3, padding=1, bias=last)]
             layers += [nn.Sigmoid()] if last else [nn.BatchNorm2d(w), _act(cfg.act)]
             dec.append(nn.Sequential(*layers))
             cin = w
@@ -178,19 +193,20 @@ def _gaussian_1d(sigma: float, size: int | None = None) -> torch.Tensor:
 class _Blur(nn.Module):
     """Separable Gaussian blur, same size out (reflect padding), one filter applied to every channel."""
 
-    def __init__(self, sigma: float, size: int | None = None) -> None:
+    def __init__(self, sigma: float, size: int | None, channels: int, height: int, width: int) -> None:
         super().__init__()
         g = _gaussian_1d(sigma, size)
         self.pad = (len(g) - 1) // 2
+        self.shape = (channels, height, width)  # static, so the exported graph has no shape arithmetic
         self.register_buffer("kh", g.view(1, 1, 1, -1).clone())
         self.register_buffer("kv", g.view(1, 1, -1, 1).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
+        c, h, w = self.shape
         p = self.pad
-        x = F.pad(x.reshape(-1, 1, shape[2], shape[3]), (p, p, p, p), mode="reflect")  # channels into batch
+        x = F.pad(x.reshape(-1, 1, h, w), (p, p, p, p), mode="reflect")  # channels into the batch axis
         x = F.conv2d(F.conv2d(x, self.kh), self.kv)
-        return x.reshape(shape)
+        return x.reshape(-1, c, h, w)
 
 
 class ErrorHead(nn.Module):
@@ -201,8 +217,8 @@ class ErrorHead(nn.Module):
         self.error = cfg.error
         self.score_kind = cfg.score
         self.k = max(1, round(cfg.topk * height * width))
-        self.window = _Blur(1.5, cfg.ssim_window) if "ssim" in cfg.error else None
-        self.blur = _Blur(cfg.blur) if cfg.blur > 0 else None
+        self.window = _Blur(1.5, cfg.ssim_window, cfg.channels, height, width) if "ssim" in cfg.error else None
+        self.blur = _Blur(cfg.blur, None, 1, height, width) if cfg.blur > 0 else None
 
     def error_map(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.error == "l2":
@@ -315,7 +331,7 @@ def train_autoencoder(images: list[np.ndarray], cfg: CaeConfig, seed: int, progr
     model = Autoencoder(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.05)
-    window = _Blur(1.5, cfg.ssim_window)
+    window = _Blur(1.5, cfg.ssim_window, cfg.channels, data.shape[2], data.shape[3])
     history: list[float] = []
     from tqdm import tqdm
 
@@ -382,9 +398,11 @@ class CaeTrained:
         model = self.scoring_model()
         dummy = torch.rand(2, self.spec.channels, self.spec.height, self.spec.width)
         names = [self.outputs.map or "anomaly_map", self.outputs.score]
-        torch.onnx.export(model, (dummy,), str(path), input_names=[self.spec.name], output_names=names,
-                          dynamic_axes={self.spec.name: {0: "N"}, names[0]: {0: "N"}, names[1]: {0: "N"}},
-                          opset_version=17, dynamo=False, do_constant_folding=True)
+        with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer chatter
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (dummy,), str(path), input_names=[self.spec.name], output_names=names,
+                              dynamic_axes={self.spec.name: {0: "N"}, names[0]: {0: "N"}, names[1]: {0: "N"}},
+                              opset_version=17, dynamo=False, do_constant_folding=True)
         graph = onnx.load(str(path)).graph
         self.quantize.nodes_to_exclude = [n.name for n in graph.node if n.name.startswith(HEAD_PREFIX)]
 
