@@ -54,6 +54,8 @@ class Verdict:
     regions: tuple[Region, ...] = ()
     anomaly_map: np.ndarray | None = field(default=None, repr=False)  # HxW float32 at model size
     reason: str = "ok"  # "ok", "defect", "not_inspected"
+    dequeued_mono: float = 0.0  # when a worker took the frame from the queue (stage timing; 0 = unknown)
+    prepared_mono: float = 0.0  # when its preprocessing ended, inference began
 
     @property
     def confidence(self) -> float:

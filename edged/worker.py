@@ -78,6 +78,7 @@ class InferenceWorker(threading.Thread):
             time.sleep(0.05)  # deliberately no heartbeat: this simulates a hung inference
 
     def decide(self, batch: list[Dispatched]) -> list[Decided]:
+        dequeued = time.monotonic()
         good: list[tuple[Dispatched, np.ndarray]] = []
         results: list[Decided] = []
         for item in batch:
@@ -86,14 +87,16 @@ class InferenceWorker(threading.Thread):
             except FrameError as exc:
                 results.append(Decided(item.dispatch, item.frame.camera, None, str(exc), item.frame))
         if good:
+            prepared = time.monotonic()
             outputs = self.detector.infer_tensor(np.stack([row for _, row in good]))
             mono, wall = time.monotonic(), time.time()
             for (item, _), output in zip(good, outputs, strict=True):
-                results.append(Decided(item.dispatch, item.frame.camera,
-                                       self._verdict(item.frame, output.score, output.anomaly_map, mono, wall)))
+                results.append(Decided(item.dispatch, item.frame.camera, self._verdict(
+                    item.frame, output.score, output.anomaly_map, mono, wall, (dequeued, prepared))))
         return results
 
-    def _verdict(self, frame: Frame, score: float, amap: np.ndarray | None, mono: float, wall: float) -> Verdict:
+    def _verdict(self, frame: Frame, score: float, amap: np.ndarray | None, mono: float, wall: float,
+                 stamps: tuple[float, float] = (0.0, 0.0)) -> Verdict:
         cam = self.cameras[frame.camera]
         threshold = cam.threshold if cam.threshold is not None else self.detector.threshold
         defective = bool(score > threshold)
@@ -104,4 +107,5 @@ class InferenceWorker(threading.Thread):
                                          self.model_cfg.min_region_area))
         return Verdict(frame=frame, score=float(score), threshold=float(threshold), is_defective=defective,
                        decided_mono=mono, decided_at=wall, model=self.detector.bundle_id, regions=regions,
-                       anomaly_map=amap, reason="defect" if defective else "ok")
+                       anomaly_map=amap, reason="defect" if defective else "ok", dequeued_mono=stamps[0],
+                       prepared_mono=stamps[1])
