@@ -58,20 +58,27 @@ def _fixed_batch(model_path: Path, input_name: str) -> int | None:
 
 
 def op_summary(model_path: Path) -> dict[str, dict[str, int]]:
-    """Which op types run on int8 inputs (fed by DequantizeLinear) and which stay fp32."""
+    """Which op types run in int8 and which stay fp32.
+
+    An op runs in int8 when it is a QDQ "node unit": its inputs come from DequantizeLinear and every
+    output goes into QuantizeLinear, which is what ONNX Runtime fuses into an integer kernel.
+    """
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
     produced_by = {out: node.op_type for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node.op_type)
     quantized: Counter[str] = Counter()
     floating: Counter[str] = Counter()
     for node in model.graph.node:
         if node.op_type in QDQ_OPS:
             continue
-        if any(produced_by.get(i) == "DequantizeLinear" for i in node.input):
-            quantized[node.op_type] += 1
-        else:
-            floating[node.op_type] += 1
+        fed = any(produced_by.get(i) == "DequantizeLinear" for i in node.input)
+        feeds = all(consumers.get(o) and all(c == "QuantizeLinear" for c in consumers[o]) for o in node.output)
+        (quantized if fed and feeds else floating)[node.op_type] += 1
     return {"int8": dict(sorted(quantized.items())), "fp32": dict(sorted(floating.items()))}
 
 

@@ -5,12 +5,16 @@ Sobel gradient magnitude (mean, std, 25th, 75th percentile), gray level (mean, s
 computes them with scikit-image/SciPy (the reference's libraries); the daemon computes them with
 numpy/OpenCV in `edged.features` and never needs either. ``tests/test_features.py`` proves the two agree.
 
-Model: StandardScaler -> PCA (95% of the variance) -> IsolationForest, or One-Class SVM with
-``--opt detector=ocsvm``. skl2onnx exports the pipeline; a Neg node turns ``decision_function``
-(higher = more normal) into the bundle's ``score`` (higher = more anomalous).
+Model: StandardScaler -> PCA -> IsolationForest, or One-Class SVM with ``--opt detector=ocsvm``.
+PCA keeps every component by default (a decorrelating rotation): a defect often shows in directions
+in which good parts barely vary, exactly the ones a "95% of the variance" cut throws away (measured on
+the magnetic tile set at 128 px, 5 seeds: image AUROC 0.61 with all components, 0.54 with 95%).
+The forest is exported as one ONNX tree-ensemble node, the scaler and PCA (and an OCSVM) by skl2onnx;
+the graph's ``score`` is ``-decision_function`` (higher = more anomalous).
 
-Options (``--opt KEY=VALUE``): ``detector`` (iforest | ocsvm), ``pca`` (kept variance in (0, 1] or a
-number of components), ``n_estimators`` (200), ``nu`` (0.05, OCSVM), ``gamma`` ("scale", OCSVM).
+Options (``--opt KEY=VALUE``): ``detector`` (iforest | ocsvm), ``pca`` (none = all components, the
+default; a variance fraction in (0, 1); or a number of components), ``n_estimators`` (200), ``nu``
+(0.05, OCSVM), ``gamma`` ("scale", OCSVM).
 
 int8 does not apply: the graph is a scaler, a small matrix product and a tree ensemble (or an SVM),
 which ONNX Runtime has no int8 kernels for, and its cost is negligible next to the features. The
@@ -66,10 +70,16 @@ def build_pipeline(extra: dict[str, Any], seed: int, n_samples: int) -> Any:
     from sklearn.svm import OneClassSVM
 
     detector = str(_option(extra, "detector", "iforest")).lower()
-    pca = float(_option(extra, "pca", 0.95))
-    n_components: float | int = pca if pca <= 1 else int(pca)
-    if isinstance(n_components, int):
-        n_components = min(n_components, N_FEATURES, max(1, n_samples - 1))
+    pca = _option(extra, "pca", "none")
+    n_components: float | int | None
+    if pca is None or str(pca).lower() in ("none", "all", "0"):
+        n_components = None  # keep every component (a rotation only)
+    elif 0 < float(pca) < 1:
+        n_components = float(pca)  # the fraction of the variance to keep
+    elif float(pca) >= 1:
+        n_components = min(int(pca), N_FEATURES, max(1, n_samples - 1))
+    else:
+        raise ValueError(f"classic: pca must be a variance fraction in (0, 1), a component count or none, not {pca!r}")
     if detector in ("iforest", "isolationforest", "isolation_forest"):
         model = IsolationForest(n_estimators=int(_option(extra, "n_estimators", 200)), random_state=seed)
     elif detector in ("ocsvm", "oneclasssvm", "svm"):
@@ -100,6 +110,7 @@ class TrainedClassic:
 
         detector = self.pipeline.named_steps["detector"]
         model = self._export_iforest() if type(detector).__name__ == "IsolationForest" else self._export_skl2onnx()
+        model.graph.name = "edged_classic"  # skl2onnx names graphs with a random uuid: keep builds reproducible
         model.doc_string = f"edged classic ({self.params.get('detector')}): features {FEATURES} -> score"
         onnx.checker.check_model(model)
         onnx.save(model, str(path))

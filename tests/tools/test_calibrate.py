@@ -1,0 +1,83 @@
+"""Threshold math and re-calibration of a bundle from new good images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edged.bundle import load_manifest, sha256_file
+from tests.conftest import build_max_bundle, spot_frame
+from tools.calibrate import (
+    DEFAULT_PERCENTILE,
+    CalibrationError,
+    image_threshold,
+    map_threshold,
+    recalibrate,
+)
+
+
+def test_default_percentile_is_nearest_rank() -> None:
+    scores = np.arange(1, 101, dtype=float)  # 1..100
+    t = image_threshold(scores)
+    assert t.percentile == DEFAULT_PERCENTILE == 99.5
+    assert t.value == 100.0  # with n <= 200 the 99.5th percentile is the highest good score seen
+    assert t.expected_frr == 0.0 and t.n_images == 100
+    many = np.arange(1, 1001, dtype=float)
+    t = image_threshold(many)
+    assert t.value == 996.0 and t.expected_frr == pytest.approx(0.004)  # at most 0.5% above
+    assert image_threshold(scores, percentile=95).value == 96.0
+    assert image_threshold(scores, percentile=95).expected_frr == pytest.approx(0.04)
+
+
+def test_target_frr() -> None:
+    scores = np.arange(1, 101, dtype=float)
+    t = image_threshold(scores, target_frr=0.05)
+    assert t.method == "target_frr" and t.value == 95.0 and t.expected_frr == pytest.approx(0.05)
+    assert image_threshold(scores, target_frr=0.0).value == 100.0
+    assert image_threshold(scores, target_frr=0.019).expected_frr == pytest.approx(0.01)  # never above target
+    ties = np.array([1.0] * 10 + [2.0] * 10)
+    assert image_threshold(ties, target_frr=0.05).expected_frr == 0.0  # ties are rejected together or not
+
+
+def test_errors() -> None:
+    with pytest.raises(CalibrationError, match="no good"):
+        image_threshold([])
+    with pytest.raises(CalibrationError, match="not finite"):
+        image_threshold([1.0, float("nan")])
+    with pytest.raises(CalibrationError, match="either"):
+        image_threshold([1.0], percentile=99, target_frr=0.1)
+    with pytest.raises(CalibrationError):
+        image_threshold([1.0], percentile=0)
+    with pytest.raises(CalibrationError):
+        image_threshold([1.0], target_frr=1.0)
+
+
+def test_map_threshold_uses_each_images_peak() -> None:
+    maps = [np.full((4, 4), float(i)) for i in range(10)]
+    maps[3][0, 0] = 50.0
+    assert map_threshold(maps) == 50.0
+    assert map_threshold(maps, percentile=50) == 6.0  # peaks 0 1 2 4 5 6 7 8 9 50: nearest rank above the middle
+    assert map_threshold(None) is None and map_threshold([]) is None
+
+
+def test_recalibrate_rewrites_thresholds_not_models(tmp_path: Path) -> None:
+    bundle = build_max_bundle(tmp_path / "b", size=32, threshold=0.01, map_threshold=0.01)
+    hashes = {p: e.sha256 for p, e in load_manifest(bundle).models.items()}
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(20):  # dark noisy frames: their max is the brightest pixel after resize
+        cv2.imwrite(str(good / f"{i:02d}.png"), spot_frame(False, seed=i))
+    m = recalibrate(bundle, good, progress=False)
+    for precision, entry in m.models.items():
+        assert entry.sha256 == hashes[precision] == sha256_file(bundle / entry.file)
+        assert entry.threshold.n_images == 20 and "edged-train calibrate" in entry.threshold.source
+        assert 0.1 < entry.threshold.value < 0.25  # gray <= 60/255 after area resize
+        assert entry.map_threshold == pytest.approx(entry.threshold.value)  # score = max of the map here
+    on_disk = load_manifest(bundle)
+    assert on_disk == m
+    m2 = recalibrate(bundle, good, target_frr=0.1, progress=False)
+    assert m2.models["fp32"].threshold.method == "target_frr"
+    assert m2.models["fp32"].threshold.value <= m.models["fp32"].threshold.value

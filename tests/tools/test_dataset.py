@@ -1,0 +1,86 @@
+"""Dataset loader: MVTec layout and plain folders, unreadable files skipped, mixed sizes and channels."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tools import synth
+from tools.dataset import (
+    DatasetError,
+    file_list_sha256,
+    holdout_split,
+    load_dataset,
+    load_images,
+    read_mask,
+)
+
+
+def test_mvtec_layout(tmp_path: Path) -> None:
+    root = synth.write_dataset(tmp_path / "d", n_train=6, n_test_good=2, n_test_defect=6, size=(48, 40))
+    ds = load_dataset(root)
+    assert ds.layout == "mvtec" and len(ds.train) == 6 and all(r.is_good for r in ds.train)
+    assert ds.defect_types == sorted(synth.DEFECTS)
+    assert sum(r.is_good for r in ds.test) == 2
+    for r in ds.test:
+        assert (r.mask is None) == r.is_good
+        if r.mask is not None:
+            assert r.mask.name == f"{r.path.stem}_mask.png" and r.mask.parent.name == r.label
+    assert "train/good 6" in ds.describe()
+    mask = read_mask(ds.test[-1].mask, (20, 24))  # resized to another shape, still binary
+    assert mask.shape == (20, 24) and mask.dtype == bool and mask.any()
+    assert not read_mask(None, (5, 5)).any()
+
+
+def test_plain_folder_recursive_mixed_images_and_unreadable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(0)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "a" / "color.png"), synth.make_part(rng, (50, 30))[0])
+    cv2.imwrite(str(tmp_path / "a" / "b" / "gray.jpg"), synth.make_part(rng, (64, 64), color=False)[0])
+    cv2.imwrite(str(tmp_path / "wide.bmp"), synth.make_part(rng, (120, 20))[0])
+    cv2.imwrite(str(tmp_path / "deep16.png"), (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / ".hidden").mkdir()
+    cv2.imwrite(str(tmp_path / ".hidden" / "x.png"), np.zeros((8, 8), np.uint8))
+    ds = load_dataset(tmp_path)
+    assert ds.layout == "folder" and not ds.test
+    assert len(ds.train) == 6  # 4 images + 2 unreadable ones with image extensions; no .txt, no hidden
+    with caplog.at_level(logging.WARNING):
+        images, kept = load_images(ds.train)
+    assert len(images) == len(kept) == 4
+    assert "broken.png" in caplog.text and "empty.jpg" in caplog.text
+    shapes = sorted(im.shape for im in images)
+    assert (64, 64) in shapes and (30, 50, 3) in shapes and (20, 120, 3) in shapes
+    assert any(im.dtype == np.uint16 for im in images)
+
+
+def test_errors(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no such folder"):
+        load_dataset(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no image"):
+        load_dataset(tmp_path / "empty")
+    (tmp_path / "f.png").write_bytes(b"x")
+    with pytest.raises(DatasetError, match="is a file"):
+        load_dataset(tmp_path / "f.png")
+
+
+def test_holdout_split_is_seeded_disjoint_and_sized(tmp_path: Path) -> None:
+    root = synth.write_dataset(tmp_path / "d", n_train=20, n_test_good=0, n_test_defect=0, size=(16, 16))
+    records = load_dataset(root).train
+    train, hold = holdout_split(records, 0.15, seed=4)
+    assert len(hold) == 3 and len(train) == 17
+    assert not {r.path for r in train} & {r.path for r in hold}
+    assert holdout_split(records, 0.15, seed=4) == (train, hold)
+    assert holdout_split(records, 0.15, seed=5)[1] != hold
+    assert len(holdout_split(records[:2], 0.15)[1]) == 1  # at least one image for the threshold
+    with pytest.raises(DatasetError):
+        holdout_split(records[:1], 0.15)
+    assert file_list_sha256(train, root) == file_list_sha256(list(reversed(train)), root)
+    assert file_list_sha256(train, root) != file_list_sha256(hold, root)

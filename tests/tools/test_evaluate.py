@@ -1,0 +1,108 @@
+"""Evaluation metrics on hand-checkable cases, and a full report on a tiny real bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import build_max_bundle, spot_frame
+from tools.evaluate import aupro, evaluate_bundle, perturbations, pixel_auroc, pro_curve, rates, recall_at_frr
+
+REPORT_KEYS = {"image_auroc", "pixel_auroc", "aupro", "threshold", "frr", "recall", "recall_at_1pct_frr",
+               "ms_per_image", "recall_per_defect"}
+
+
+def test_aupro_perfect_and_hand_computed() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[2:4, 2:4] = True  # region of 4 px
+    mask[7:9, 6:9] = True  # region of 6 px, not touching the first
+    perfect = mask.astype(float)
+    assert aupro([mask], [perfect]) == pytest.approx(1.0)
+    # region A found at the top score, region B only below every good pixel: PRO = 0.5 up to FPR 1
+    half = np.full((10, 10), 0.5)
+    half[2:4, 2:4] = 1.0
+    half[7:9, 6:9] = 0.0
+    assert aupro([mask], [half]) == pytest.approx(0.5)
+    fpr, pro = pro_curve([mask], [half])  # type: ignore[misc]
+    assert fpr[-1] == pytest.approx(1.0) and pro[-1] == pytest.approx(1.0)
+    # an inverted map finds nothing before every good pixel is flagged
+    assert aupro([mask], [1.0 - perfect]) == pytest.approx(0.0)
+    assert aupro([np.zeros((4, 4), bool)], [np.zeros((4, 4))]) is None
+
+
+def test_aupro_weights_regions_equally() -> None:
+    """A small region counts as much as a big one (unlike pixel AUROC)."""
+    mask = np.zeros((20, 20), bool)
+    mask[0:10, 0:10] = True  # 100 px
+    mask[15, 15] = True  # 1 px
+    found_big = np.where(mask, 0.0, 0.5)
+    found_big[0:10, 0:10] = 1.0
+    assert aupro([mask], [found_big]) == pytest.approx(0.5)
+    assert pixel_auroc([mask], [found_big]) > 0.99
+
+
+def test_rates_and_recall_at_frr() -> None:
+    labels = np.array([0] * 100 + [1] * 10)
+    scores = np.r_[np.arange(100) / 100, np.full(10, 0.995)]
+    frr, recall = rates(labels, scores, 0.985)
+    assert frr == pytest.approx(0.01) and recall == 1.0
+    assert recall_at_frr(labels, scores, 0.01) == 1.0
+    assert recall_at_frr(labels, np.r_[np.arange(100) / 100, np.full(10, 0.5)], 0.01) == 0.0
+    assert recall_at_frr(np.zeros(3), np.zeros(3)) is None
+
+
+def test_perturbations_keep_shape_and_are_deterministic() -> None:
+    image = spot_frame(False, (64, 48), seed=1)
+    for name, fn in perturbations().items():
+        out = fn(image, 3)
+        assert out.shape == image.shape and out.dtype == np.uint8, name
+        assert np.array_equal(out, fn(image, 3)), name
+        assert not np.array_equal(out, image), name
+
+
+@pytest.fixture
+def spot_dataset(tmp_path: Path) -> Path:
+    """MVTec layout of dark frames; defects are bright spots with their masks."""
+    root = tmp_path / "spots"
+    for d in ("train/good", "test/good", "test/spot", "ground_truth/spot"):
+        (root / d).mkdir(parents=True)
+    for i in range(6):
+        cv2.imwrite(str(root / "test/good" / f"{i}.png"), spot_frame(False, (64, 64), seed=i))
+        spot = (16 + 6 * i, 20 + 4 * i)
+        cv2.imwrite(str(root / "test/spot" / f"{i}.png"), spot_frame(True, (64, 64), seed=10 + i, spot=spot))
+        mask = np.zeros((64, 64), np.uint8)
+        mask[spot[1] - 4:spot[1] + 5, spot[0] - 4:spot[0] + 5] = 255
+        cv2.imwrite(str(root / "ground_truth/spot" / f"{i}_mask.png"), mask)
+    return root
+
+
+def test_evaluate_writes_report(spot_dataset: Path, tmp_path: Path) -> None:
+    bundle = build_max_bundle(tmp_path / "b", size=32, threshold=0.5, map_threshold=0.5)
+    report = evaluate_bundle(bundle, spot_dataset, tmp_path / "r", robustness=True, timing_images=3, progress=False)
+    on_disk = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert on_disk.keys() >= REPORT_KEYS and on_disk == report
+    assert report["image_auroc"] == 1.0 and report["frr"] == 0.0 and report["recall"] == 1.0
+    assert report["recall_per_defect"] == {"spot": {"n": 6, "recall": 1.0}}
+    assert report["recall_at_1pct_frr"] == 1.0
+    assert report["pixel_auroc"] > 0.95 and report["aupro"] > 0.8
+    assert report["ms_per_image"] > 0 and report["ms_per_image_fp32"] > 0 and report["ms_per_image_int8"] > 0
+    assert set(report["robustness"]) == set(perturbations())
+    assert report["robustness"]["strong light (x1.4)"]["recall"] == 1.0
+    for name in ("report.html", "report.md", "roc.png", "histogram.png", "examples.png", "robustness.png"):
+        assert (tmp_path / "r" / name).stat().st_size > 500, name
+    assert "image AUROC" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_evaluate_folder_of_good_images(tmp_path: Path) -> None:
+    bundle = build_max_bundle(tmp_path / "b", size=32, threshold=0.5)
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(good / f"{i}.png"), spot_frame(False, (40, 30), seed=i))
+    report = evaluate_bundle(bundle, good, tmp_path / "r", precision="fp32", timing_images=2, progress=False)
+    assert report["precision"] == "fp32" and report["frr"] == 0.0
+    assert report["image_auroc"] is None and report["recall"] is None and report["pixel_auroc"] is None
