@@ -2,13 +2,16 @@
 
 The oldest files are deleted when the quota is exceeded. When the disk is full or read-only, saving
 pauses (reported in the health file and the log) and is retried a minute later: inspecting and
-publishing rejects matters more than pictures.
+publishing rejects matters more than pictures. A full disk also lowers the quota below what the
+images hold (oldest deleted), so images that outgrew a small disk leave room for the database.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
 import time
 from collections import deque
 from pathlib import Path
@@ -21,16 +24,17 @@ from edged.frames import Verdict
 log = logging.getLogger(__name__)
 
 DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EIO}
+RETRY_AFTER_S = 60.0  # after a disk error, saving is tried again this much later
 
 
 class ImageArchive:
     def __init__(self, folder: Path, quota_mb: float, overlay: bool = True, fmt: str = "jpg",
-                 retry_after_s: float = 60.0) -> None:
+                 retry_after_s: float | None = None) -> None:
         self.folder = folder
         self.quota = int(quota_mb * 1024 * 1024)
         self.overlay = overlay
         self.ext = "." + fmt
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = RETRY_AFTER_S if retry_after_s is None else retry_after_s
         self.paused_until = 0.0
         self.saved = 0
         self.failed = 0
@@ -74,6 +78,8 @@ class ImageArchive:
                 self.paused_until = time.monotonic() + self.retry_after_s
                 log.error("cannot save defect images (%s): paused for %.0f s; inspection goes on",
                           exc.strerror or exc, self.retry_after_s)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self._shrink_quota()
             else:
                 log.warning("cannot save defect image: %s", exc)
             return None
@@ -86,12 +92,37 @@ class ImageArchive:
         if not ok:
             raise OSError(errno.EINVAL, f"cannot encode {path.name}")
         tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as fh:
-            fh.write(data.tobytes())
-        tmp.replace(path)
+        try:
+            with tmp.open("wb") as fh:
+                fh.write(data.tobytes())
+            tmp.replace(path)
+        except OSError:
+            # a partial file on a full disk would hold the space that saving needs to resume
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         size = path.stat().st_size
         self._files.append((path, size))
         self._total += size
+
+    def _shrink_quota(self) -> None:
+        """The disk filled up below our quota: hold 10% less than now, so images never starve the database.
+
+        Only while the images are a sizeable part (>= 10%) of the file system: when something else
+        filled the disk, deleting our few images would not help.
+        """
+        try:
+            st = os.statvfs(self.folder)
+        except OSError:
+            return
+        if self._total <= 0 or self._total < 0.1 * st.f_blocks * st.f_frsize:
+            return
+        new = int(self._total * 0.9)
+        if new < self.quota:
+            log.error("image quota lowered from %.1f MB to %.1f MB (the disk is smaller than the quota); "
+                      "oldest images deleted", self.quota / 2**20, new / 2**20)
+            self.quota = new
+            self._enforce_quota()
 
     def _enforce_quota(self) -> None:
         while self._total > self.quota and self._files:
