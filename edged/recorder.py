@@ -125,21 +125,34 @@ class RecorderThread(threading.Thread):
             self.heartbeats.forget(self.name)
 
     def _collect(self) -> list[Decided]:
-        """Everything available now (group commit), waiting briefly when nothing is."""
+        """A group to commit: everything available now, plus, while it holds only good verdicts, what
+        arrives within `commit_interval_ms`. A reject (or a triggered part's result) ends the wait at
+        once: its latency is the line's, while a good row can wait to share a transaction."""
         items: list[Decided] = []
         try:
             items.append(self.decided.get(timeout=0.05))
         except queue.Empty:
             return items
+        urgent = self._urgent(items[0])
         deadline = time.monotonic() + self.config.storage.commit_interval_ms / 1000.0
         while len(items) < 512:
             try:
-                items.append(self.decided.get_nowait())
+                item = self.decided.get_nowait()
             except queue.Empty:
-                if time.monotonic() >= deadline:
+                remaining = deadline - time.monotonic()
+                if urgent or remaining <= 0:
                     break
-                time.sleep(0.001)
+                try:
+                    item = self.decided.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            items.append(item)
+            urgent = urgent or self._urgent(item)
         return items
+
+    def _urgent(self, item: Decided) -> bool:
+        v = item.verdict
+        return v is not None and (v.is_defective or v.frame.camera in self.triggered)
 
     def _reorder(self, item: Decided) -> list[Decided]:
         waiting = self._waiting[item.camera]
