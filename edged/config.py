@@ -267,11 +267,28 @@ def parse_config(data: Any, origin: str = "config") -> Config:
         raise ConfigError(f"{origin}: the file is empty; see config/edged.yaml for a documented example")
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    nul = _nul_path(data)
+    if nul is not None:  # would pass validation, then crash the first os call that gets it as a path
+        raise ConfigError(f"{origin}: invalid config:\n  {_format_loc(nul)}: contains a NUL character")
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
         lines = [_format_error(e) for e in exc.errors()]
         raise ConfigError(f"{origin}: invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def _nul_path(data: Any, loc: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+    """The key path of the first string (key or value) with a NUL character in it, if any."""
+    if isinstance(data, str):
+        return loc if "\x00" in data else None
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for k, v in items:
+        if isinstance(k, str) and "\x00" in k:
+            return (*loc, k)
+        found = _nul_path(v, (*loc, k))
+        if found is not None:
+            return found
+    return None
 
 
 def load_config(path: str | Path, base_dir: Path | None = None) -> Config:
@@ -290,6 +307,8 @@ def load_config(path: str | Path, base_dir: Path | None = None) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     config = parse_config(data, origin=str(path))
     return _resolve_relative(config, base_dir or path.resolve().parent)
 
