@@ -1,0 +1,63 @@
+"""scripts/bench.py in a tiny configuration, so the benchmark cannot rot. Nothing here checks speed.
+
+A tiny real ONNX bundle, a 40-frame video, a real mosquitto: one fixed-rate run and one flat-out run
+through the real pipeline, the reference loop for a few images, one start-up; then the JSON and the
+markdown are checked for their shape and for counts that must hold on any machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MOSQUITTO, build_max_bundle, write_spot_video
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("edged_bench", ROOT / "scripts" / "bench.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(300)
+def test_tiny_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed (scripts/test.sh installs it)")
+    bench = load_bench()
+    bundles = tmp_path / "bundles"
+    build_max_bundle(bundles / "cae-128", size=32)
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 40, set(range(0, 40, 10)), size=(80, 60))
+    out_json, out_md = tmp_path / "perf.json", tmp_path / "perf.md"
+    rc = bench.main(["run", "--bundles", str(bundles), "--work", str(tmp_path / "work"), "--video", str(video),
+                     "--only", "cae-128-int8", "--rates", "30", "0", "--duration", "1.5", "--warmup", "0.3",
+                     "--baseline-images", "4", "--baseline-sizes", "32", "--startup-runs", "1",
+                     "--json", str(out_json), "--md", str(out_md)])
+    assert rc == 0
+    report = json.loads(out_json.read_text())
+    assert report["machine"]["cores"] >= 1 and report["machine"]["cpu_model"]
+    assert len(report["load_avg_start"]) == 3
+    assert [(b["size"], b["threads"]) for b in report["baseline"]] == [(32, 1), (32, 2)]
+    assert all(b["images"] == 4 and b["images_per_s"] > 0 for b in report["baseline"])
+    fixed, flat = report["results"]
+    assert (fixed["rate_fps"], flat["rate_fps"]) == (30.0, "max")
+    for r in (fixed, flat):
+        assert r["bundle"] == "cae-128-int8" and r["precision"] == "int8"
+        assert r["inspected"] > 0 and r["throughput_fps"] > 0 and r["peak_rss_mb"] > 0
+        assert r["stages_ms"]["infer"]["n"] > 0 and r["verdict_ms"]["p50"] is not None
+        assert set(r["stages_ms"]) == set(bench.STAGES)
+        assert "throughput_x" in r["vs_reference"]
+    assert flat["drops"] == 0  # a flat-out replay waits for room instead of dropping
+    assert fixed["rejects_received"] + flat["rejects_received"] > 0  # rejects went through MQTT
+    assert report["startup_s"]["runs"][0] > 0
+    md = out_md.read_text()
+    assert "| cae-128-int8 | 30.0 |" in md and "| cae-128-int8 | max |" in md
+    assert report["machine"]["cpu_model"] in md
