@@ -288,7 +288,15 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
         _line(out, "latency", f"p50 {fmt_ms(lat.get('p50'))}   p99 {fmt_ms(lat.get('p99'))}   (all cameras)")
         _line(out, "broker", f"{h.get('broker', '?')}   outbox backlog {_int(h.get('outbox_backlog'))}   "
                              f"expired {_int(h.get('expired'))}   delivered {_int(h.get('delivered'))}")
-        _line(out, "inspected", f"{_int(h.get('inspected'))}   rejects {_int(h.get('rejects'))}   (since start)")
+        _line(out, "inspected", f"{_int(h.get('inspected'))}   parts {_int(h.get('parts'))}   rejects "
+                                f"{_int(h.get('rejects'))}   (since start)")
+        by_reason = h.get("rejects_by_reason") if isinstance(h.get("rejects_by_reason"), dict) else {}
+        if by_reason:
+            _line(out, "rejects by", "   ".join(f"{k} {_int(v)}" for k, v in sorted(by_reason.items())))
+        trig = h.get("triggers") if isinstance(h.get("triggers"), dict) else {}
+        if _num(trig.get("received")):
+            _line(out, "triggers", f"{_int(trig.get('received'))}   not inspected in time "
+                                   f"{_int(trig.get('not_inspected'))}   late {_int(trig.get('late_verdicts'))}")
         _line(out, "last reject", fmt_time(_num(h.get("last_reject_at")), now))
     if db_note:
         _wrapped(out, "database", db_note)

@@ -269,3 +269,14 @@ def test_stopped_daemon_database_is_readable_without_write_access() -> None:
     finally:
         folder.chmod(0o755)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_parts_rejects_by_reason_and_triggers(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    write_health(tmp_path, make_health(parts=40, rejects_by_reason={"defect": 9, "not_inspected": 3},
+                                       triggers={"received": 40, "not_inspected": 3, "late_verdicts": 1}))
+    rc, text = run_status(config)
+    assert rc == 0, text
+    assert re.search(r"^inspected +5000 +parts 40 +rejects 12 ", text, re.M)
+    assert re.search(r"^rejects by +defect 9 +not_inspected 3$", text, re.M)
+    assert re.search(r"^triggers +40 +not inspected in time 3 +late 1$", text, re.M)
