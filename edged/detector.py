@@ -125,12 +125,13 @@ class _OrtBackend(_Backend):
         except ImportError:
             raise BundleError("onnxruntime is not installed; set model.runtime: opencv") from None
         available = ort.get_available_providers()
-        wanted = [PROVIDER_NAMES[p] for p in providers if PROVIDER_NAMES[p] in available]
+        wanted: list[str | tuple[str, dict[str, object]]] = [
+            _with_options(PROVIDER_NAMES[p]) for p in providers if PROVIDER_NAMES[p] in available]
         missing = [p for p in providers if PROVIDER_NAMES[p] not in available]
         if missing:
             log.warning("execution provider(s) %s not available here (available: %s)",
                         ", ".join(missing), ", ".join(available))
-        if "CPUExecutionProvider" not in wanted:
+        if not any(w == "CPUExecutionProvider" for w in wanted):
             wanted.append("CPUExecutionProvider")  # always a fallback rather than no inference
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -138,6 +139,9 @@ class _OrtBackend(_Backend):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # Idle intra-op threads spin by default, burning the core another worker (or the capture
+        # thread) needs on a small shared CPU; with one thread per session there is no pool at all.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
@@ -160,6 +164,17 @@ class _OrtBackend(_Backend):
         scores = np.asarray(result[0], dtype=np.float32).reshape(batch.shape[0], -1)[:, 0]
         maps = np.asarray(result[1], dtype=np.float32) if len(result) > 1 else None
         return scores, maps
+
+
+def _with_options(provider: str) -> str | tuple[str, dict[str, object]]:
+    """TensorRT builds its engine at session start (minutes on a Jetson): cache it between restarts."""
+    if provider != "TensorrtExecutionProvider":
+        return provider
+    import os
+    import tempfile
+
+    cache = os.environ.get("CACHE_DIRECTORY", "").split(":")[0] or os.path.join(tempfile.gettempdir(), "edged-trt")
+    return provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache, "trt_fp16_enable": True}
 
 
 class _OpenCVBackend(_Backend):

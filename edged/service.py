@@ -88,6 +88,7 @@ class Service:
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         self._ready_sent = False
+        self._stale: list[str] = []
         self._process = psutil.Process()
         self.gates = {c.name: TriggerGate() for c in config.cameras if c.trigger.mode == "mqtt"}
         self._trigger_timing = {c.name: (c.trigger.delay_ms, c.trigger.timeout_ms) for c in config.cameras
@@ -210,10 +211,14 @@ class Service:
                 self.link.camera_state(name, state)
 
     def _healthy(self) -> bool:
-        stale = self.heartbeats.stale(self.config.health.heartbeat_timeout_s)
-        if stale:
-            log.error("thread(s) %s silent for over %.0f s: withholding the watchdog ping", ", ".join(stale),
-                      self.config.health.heartbeat_timeout_s)
+        stale = sorted(self.heartbeats.stale(self.config.health.heartbeat_timeout_s))
+        if stale != self._stale:  # log the change, not every tick
+            if stale:
+                log.error("thread(s) %s silent for over %.0f s: withholding the watchdog ping (systemd will "
+                          "restart edged)", ", ".join(stale), self.config.health.heartbeat_timeout_s)
+            else:
+                log.warning("all threads alive again: watchdog pings resume")
+            self._stale = stale
         return not stale
 
     # --- reporting ---------------------------------------------------------------------------------
