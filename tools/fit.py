@@ -228,6 +228,29 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> dict[str, float | None]:
     return {"pearson": float(pearsonr(a, b)[0]), "spearman": float(spearmanr(a, b)[0])}
 
 
+def holdout_outliers(scores: np.ndarray, records: list[Record], root: Path, fence: float = 3.0,
+                     ) -> list[dict[str, Any]]:
+    """Hold-out images scoring far above the others (Tukey's far-out fence, Q3 + 3 IQR), highest first.
+
+    With the default percentile the threshold is the highest hold-out score whenever n <= 200, so one
+    odd "good" image (overexposed, mislabeled, another product) silently sets it; naming it lets the
+    quality engineer look at the image instead of trusting a threshold nothing else reaches.
+    """
+    if len(scores) < 8:
+        return []
+    q1, q3 = np.percentile(scores, [25, 75])
+    limit = q3 + fence * (q3 - q1)
+    far = [i for i in np.argsort(-scores) if scores[i] > limit]
+    return [{"file": _relative_name(records[i].path, root), "score": float(scores[i])} for i in far]
+
+
+def _relative_name(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 def _threshold_source(n_holdout: int, fraction: float) -> str:
     return f"held-out train/good ({fraction:.0%}, {n_holdout} images, never trained on)"
 
@@ -325,6 +348,15 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
             mthr = calibrate.map_threshold(s["maps"], cfg.percentile, cfg.target_frr) if trained.outputs.map else None
             final_entries[precision] = (file, thr, mthr)
 
+        outliers = holdout_outliers(scores["fp32"]["hold"], hold_recs, ds.root)
+        if outliers and outliers[0]["score"] >= final_entries["fp32"][1].value:
+            names = ", ".join(f"{o['file']} ({o['score']:.4g})" for o in outliers[:5])
+            msg = (f"the threshold is set by {len(outliers)} hold-out image(s) scoring far above the other good "
+                   f"images: {names}. Look at them (overexposed? mislabeled? another product?); remove them and "
+                   f"fit again, or use --target-frr, or re-run `edged-train calibrate` on more good images")
+            log.warning("!!! %s", msg)
+            warnings.append(msg)
+
         parity, default = _parity(scores, test_recs, int8_file != export.FP32_FILE, cfg)
         if parity.get("warning"):
             warnings.append(parity["warning"])
@@ -337,6 +369,7 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
             "holdout_fraction": cfg.holdout,
             "holdout_file_list_sha256": file_list_sha256(hold_recs, ds.root),
             "skipped_unreadable": len(ds.train) - len(train_recs) - len(hold_recs),
+            "holdout_outliers": outliers,
             "train_seconds": round(train_seconds, 1),
         })})
         manifest = export.build_manifest(tmp, cfg.method, spec, trained.outputs, final_entries, default, training,

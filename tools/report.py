@@ -94,8 +94,12 @@ def plot_histograms(path: Path, labels: np.ndarray, scores: np.ndarray, records:
     plt.close(fig)
 
 
-def pick_examples(labels: np.ndarray, scores: np.ndarray, threshold: float, n: int = 12) -> list[tuple[int, str]]:
-    """(index, why) of instructive images: detections, misses, false rejects, typical good parts."""
+SHOWN_AS = {"highest defect": "highest-scoring", "lowest defect": "lowest-scoring", "highest good": "highest-scoring",
+            "typical good": "typical"}
+
+
+def pick_examples(labels: np.ndarray, scores: np.ndarray, n: int = 12) -> list[tuple[int, str]]:
+    """(index, why) of instructive images: best and worst defects, closest good calls, typical good parts."""
     picks: list[tuple[int, str]] = []
     seen: set[int] = set()
 
@@ -109,15 +113,14 @@ def pick_examples(labels: np.ndarray, scores: np.ndarray, threshold: float, n: i
 
     bad = np.nonzero(labels == 1)[0]
     good = np.nonzero(labels == 0)[0]
-    detected = [i for i in bad[np.argsort(-scores[bad])] if scores[i] > threshold]
-    missed = [i for i in bad[np.argsort(scores[bad])] if scores[i] <= threshold]
-    false_rejects = [i for i in good[np.argsort(-scores[good])] if scores[i] > threshold]
-    typical = good[np.argsort(np.abs(scores[good] - np.median(scores[good])))] if len(good) else []
-    take(detected[::max(1, len(detected) // 4)] if detected else [], "detected", 4)
-    take(missed, "missed", 3)
-    take(false_rejects, "false reject", 2)
-    take(list(typical), "good", 3)
-    take(detected, "detected", n)
+    by_score_bad = list(bad[np.argsort(-scores[bad], kind="stable")])
+    by_score_good = list(good[np.argsort(-scores[good], kind="stable")])
+    typical = list(good[np.argsort(np.abs(scores[good] - np.median(scores[good])), kind="stable")]) if len(good) else []
+    take(by_score_bad, "highest defect", 4)  # what the model finds best (detected or not: see the title colour)
+    take(by_score_bad[::-1], "lowest defect", 3)  # what it misses first
+    take(by_score_good, "highest good", 2)  # the false rejects, or the closest calls
+    take(typical, "typical good", 3)
+    take(by_score_bad, "highest defect", n)
     return picks
 
 
@@ -147,7 +150,7 @@ def plot_examples(path: Path, picks: list[tuple[int, str]], images: Sequence[np.
         correct = (scores[i] > threshold) == (not records[i].is_good)
         ax = axes[r, c * panels]
         ax.imshow(shown_image, cmap="gray" if shown_image.ndim == 2 else None, vmin=0, vmax=255)
-        ax.set_title(f"{records[i].label} · {why}\nscore {scores[i]:.4g} → {verdict}", fontsize=8,
+        ax.set_title(f"{records[i].label} · {SHOWN_AS.get(why, why)}\nscore {scores[i]:.4g} → {verdict}", fontsize=8,
                      color=GOOD_COLOR if correct else BAD_COLOR)
         if maps is not None:
             ax = axes[r, c * panels + 1]
@@ -227,7 +230,7 @@ def write_report(report_dir: Path, report: dict[str, Any], images: Sequence[np.n
         plots.append(("roc.png", "ROC curve"))
     plot_histograms(report_dir / "histogram.png", labels, scores, records, report)
     plots.append(("histogram.png", "Score histograms"))
-    picks = pick_examples(labels, scores, report["threshold"])
+    picks = pick_examples(labels, scores)
     plot_examples(report_dir / "examples.png", picks, images, records, scores, maps, masks, report["threshold"],
                   report["map_threshold"])
     plots.append(("examples.png", "Examples"))

@@ -101,3 +101,13 @@ def test_holdout_never_trained_and_out_dir_safety(synth_data: Path, tmp_path: Pa
 def test_methods_are_discovered() -> None:
     names = available_methods()
     assert "classic" in names and "band-test" in names
+
+
+def test_holdout_outliers_are_named(tmp_path: Path) -> None:
+    from tools.dataset import Record
+    from tools.fit import holdout_outliers
+
+    records = [Record(tmp_path / f"{i}.png") for i in range(20)]
+    scores = np.r_[np.linspace(0.0, 1.0, 19), 25.0]
+    assert holdout_outliers(scores, records, tmp_path) == [{"file": "19.png", "score": 25.0}]
+    assert holdout_outliers(np.linspace(0.0, 1.0, 20), records, tmp_path) == []
