@@ -109,7 +109,9 @@ def _check(path: Path) -> str:
         return str(exc)
     if rows and rows[0][0] == "ok":
         return ""
-    return "; ".join(str(r[0]) for r in rows[:3])
+    # SQLite may put hundreds of findings in one row, one per line: the log line shows the first three
+    lines = [line for r in rows for line in str(r[0]).splitlines() if line and not line.startswith("***")]
+    return "; ".join(lines[:3]) + (f"; ... {len(lines) - 3} more" if len(lines) > 3 else "")
 
 
 @dataclass(frozen=True, slots=True)
