@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -142,3 +143,35 @@ def test_sigkill_in_a_loop_loses_no_committed_row_and_the_outbox_resumes(tmp_pat
         "pending_at_clean_stop (kept for the next start)": states.count("pending"),
         "received_raw": len(received), "received_unique": len(set(received)),
         "raw_duplicates": len(received) - len(set(received))})
+
+
+def test_corrupt_database_is_moved_aside_at_start_and_the_daemon_runs(tmp_path: Path, tiny_bundle: Path) -> None:
+    """A database damaged in the middle (as by a failing SD card): one loud log line, a fresh file, inspecting."""
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 300, {10, 200})
+    state = tmp_path / "state"
+    db_path = state / "edged.db"
+    cfg = write_config(tmp_path / "edged.yaml", tiny_bundle, video, state)
+    run = [sys.executable, "-m", "edged", "run", "-c", str(cfg)]
+    assert subprocess.run(run, capture_output=True, timeout=120).returncode == 0
+    db = sqlite3.connect(db_path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    assert pages > 6
+    data = bytearray(db_path.read_bytes())
+    for page in range(2, pages - 1, 2):  # damage every other b-tree page past the schema page
+        data[page * page_size + 16: page * page_size + 400] = b"\xab" * 384
+    db_path.write_bytes(bytes(data))
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loud = [line for line in proc.stderr.splitlines() if "IS CORRUPT" in line]
+    assert len(loud) == 1 and len(loud[0]) < 1000, loud  # one line, readable, even with hundreds of findings
+    stray = [line for line in proc.stderr.splitlines() if not re.match(r"\d{4}-\d\d-\d\d ", line)]
+    assert not stray, stray[:5]  # every line is a log record: no multi-line dump of SQLite's findings
+    assert list(state.glob("edged.db.corrupt-*")), "the damaged file is kept for inspection"
+    assert integrity(db_path) == "ok"
+    db = sqlite3.connect(db_path)
+    assert db.execute("SELECT COUNT(*) FROM inspections").fetchone()[0] == 300, "a fresh database, this run's rows"
+    db.close()
