@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, help="dataset folder (MVTec AD layout or a folder of good images)")
     p.add_argument("--method", "-m", required=True, help="detector: classic, cae, cae-reference, patchcore, ...")
     p.add_argument("--out", "-o", type=Path, required=True, help="bundle folder to write")
-    p.add_argument("--size", type=_positive_int, default=None, help="model input side in pixels (default 128)")
+    p.add_argument("--size", type=_positive_int, default=None,
+                   help="model input side in pixels (default: the method's, else 128)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same model)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (method default)")
     p.add_argument("--holdout", type=_fraction, default=0.15,
@@ -128,11 +129,12 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from tools.fit import FitConfig, fit_bundle
+    from tools.fit import FitConfig, fit_bundle, get_method
     from tools.methods.base import FitOptions
 
     extra = dict(parse_opt(o) for o in args.opt)
-    opts = FitOptions(size=args.size or 128, seed=args.seed, epochs=args.epochs, extra=extra, progress=not args.quiet)
+    size = args.size or int(getattr(get_method(args.method), "default_size", 128))  # a method may declare its own
+    opts = FitOptions(size=size, seed=args.seed, epochs=args.epochs, extra=extra, progress=not args.quiet)
     cfg = FitConfig(data=args.data, method=args.method, out=args.out, options=opts, holdout=args.holdout,
                     percentile=args.percentile, target_frr=args.target_frr, check_test=not args.no_test_check)
     if args.int8_tolerance is not None:
