@@ -52,7 +52,16 @@ def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def prepare_uint8(image: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Color conversion and resize: the uint8 HxW(xC) image the model sees (also used for overlays)."""
+    """Color conversion and resize: the uint8 HxW(xC) image the model sees (also used for overlays).
+
+    Channel swaps and copies (BGR->RGB, BGRA->BGR, gray->3 channels) commute exactly with resizing,
+    which treats each channel alone, so they run on the small image: a 640x480 frame is converted
+    after shrinking, not before. A conversion to gray (a rounded weighted sum) still runs first, so
+    the pixels are the same as ever for every color order.
+    """
+    if (spec.color_order != "gray" and isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.size
+            and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)))):
+        return to_color_order(resize(image, spec.width, spec.height), spec.color_order)
     return resize(to_color_order(image, spec.color_order), spec.width, spec.height)
 
 

@@ -1,0 +1,37 @@
+"""prepare_uint8 converts channel order after resizing (faster); the pixels must not change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edged.bundle import InputSpec
+from edged.preprocess import FrameError, prepare_uint8, resize, to_color_order
+
+
+def reference(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The original order: convert the whole frame, then resize."""
+    return resize(to_color_order(image, spec.color_order), spec.width, spec.height)
+
+
+@pytest.mark.parametrize("order", ["rgb", "bgr", "gray"])
+@pytest.mark.parametrize("shape", [(480, 640, 3), (480, 640, 4), (480, 640), (61, 83, 3), (50, 40, 3), (480, 640, 1)])
+@pytest.mark.parametrize("size", [(128, 128), (96, 64), (224, 224)])
+def test_same_pixels_as_convert_then_resize(order: str, shape: tuple[int, ...], size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(sum(shape) + size[0])
+    image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    channels = 1 if order == "gray" else 3
+    spec = InputSpec(width=size[0], height=size[1], channels=channels, color_order=order)  # type: ignore[arg-type]
+    got = prepare_uint8(image, spec)
+    np.testing.assert_array_equal(got, reference(image, spec))
+    assert got.shape == ((size[1], size[0]) if order == "gray" else (size[1], size[0], 3))
+
+
+def test_16_bit_and_empty_frames_keep_their_handling() -> None:
+    spec = InputSpec(width=32, height=32, channels=3, color_order="rgb")  # type: ignore[arg-type]
+    deep = (np.arange(64 * 48 * 3, dtype=np.uint16).reshape(48, 64, 3) * 7)
+    np.testing.assert_array_equal(prepare_uint8(deep, spec), reference(deep, spec))
+    with pytest.raises(FrameError):
+        prepare_uint8(np.zeros((0, 0, 3), np.uint8), spec)
+    with pytest.raises(FrameError):
+        prepare_uint8(np.zeros((8, 8, 3), np.float32), spec)
