@@ -5,6 +5,9 @@ stopped (SIGTERM), killed (SIGKILL) and frozen (SIGSTOP: the TCP connection stay
 arrives, the case that needs the read timeout) again and again. Each time the daemon must notice,
 report `reconnecting`, reopen with backoff, and inspect again soon after the stream is back; threads,
 OS tasks and file descriptors must not grow from cycle to cycle.
+
+The other kind of stuck read(), one that never returns (FFmpeg's timeout cannot reach it), is shown with
+a FIFO: the capture heartbeat stops and the service withholds the systemd watchdog ping.
 """
 
 from __future__ import annotations
@@ -12,15 +15,27 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 
+import cv2
 import pytest
-from conftest import Broker, ServiceRunner, Subscriber, free_port, report_figures, wait_until, write_config
+from conftest import (
+    Broker,
+    ServiceRunner,
+    Subscriber,
+    free_port,
+    report_figures,
+    spot_frame,
+    wait_until,
+    write_config,
+)
 
-from edged.config import load_config
+from edged.config import HealthConfig, load_config
+from edged.sdnotify import Notifier
 
 pytestmark = pytest.mark.slow
 
@@ -144,3 +159,74 @@ def test_rtsp_camera_lost_and_back_repeatedly(tmp_path: Path, tiny_bundle: Path,
         assert c["threads"] <= first["threads"], cycles  # type: ignore[operator]
         assert c["tasks"] <= first["tasks"] + 2, cycles  # type: ignore[operator]
         assert c["fds"] <= first["fds"] + 2, cycles  # type: ignore[operator]
+
+
+def test_a_read_that_never_returns_stops_the_watchdog_pings(tmp_path: Path, tiny_bundle: Path) -> None:
+    """The other half of "a stuck read()": a stream whose read() blocks in the kernel, where FFmpeg's read
+    timeout cannot reach (here a FIFO whose writer stops writing but keeps it open; on a device, a V4L2 or
+    GStreamer read that hangs in the driver). The capture thread stops beating, the service withholds
+    WATCHDOG=1 while STATUS= goes on, and systemd (WatchdogSec=) kills and restarts the process.
+    """
+    fifo = tmp_path / "cam.mjpeg"
+    os.mkfifo(fifo)
+    stall = threading.Event()
+    release = threading.Event()
+
+    def camera() -> None:  # MJPEG into the pipe: a burst for FFmpeg's probe, then live pace, then silence
+        fd = os.open(fifo, os.O_WRONLY)
+        try:
+            for i in range(400):
+                os.write(fd, cv2.imencode(".jpg", spot_frame(False, seed=i))[1].tobytes())
+                if i >= 300:
+                    time.sleep(0.05)
+            stall.set()
+            release.wait(120)
+        finally:
+            os.close(fd)
+
+    notify_path = str(tmp_path / "notify.sock")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(notify_path)
+    receiver.settimeout(0.2)
+    messages: list[tuple[float, str]] = []
+
+    def receive() -> None:
+        while not release.is_set():
+            try:
+                messages.append((time.monotonic(), receiver.recv(4096).decode()))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    writer = threading.Thread(target=camera, daemon=True)
+    listener = threading.Thread(target=receive, daemon=True)
+    writer.start()
+    listener.start()
+    cfg = load_config(write_config(tmp_path / "edged.yaml", tiny_bundle, f"file://{fifo}", tmp_path / "state",
+                                   extra_camera="    read_timeout_s: 1\n    stall_timeout_s: 2"))
+    cfg = cfg.model_copy(update={"health": HealthConfig(heartbeat_timeout_s=2.0, status_interval_s=0.5)})
+    runner = ServiceRunner(cfg, notifier=Notifier({"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "1000000"}))
+    runner.start()
+    try:
+        wait_until(lambda: stall.is_set(), 60, "the camera to go silent")
+        t_stall = time.monotonic()
+
+        def withheld() -> bool:
+            after = [m for t, m in messages if t > t_stall + 3.0]  # past the 2 s heartbeat timeout
+            return sum(m.startswith("STATUS=") for m in after) >= 4 and not any(m == "WATCHDOG=1" for m in after)
+
+        wait_until(withheld, 30, "STATUS= going on without WATCHDOG=1")
+        capture = runner.service.captures[0]
+        assert capture.is_alive(), "the capture thread is stuck in read(), not ended"
+        pings = [t for t, m in messages if m == "WATCHDOG=1"]
+        assert pings and pings[0] < t_stall, "the watchdog was fed while frames flowed"
+        last_ping_after_stall = pings[-1] - t_stall
+    finally:
+        runner.stop()  # the stuck capture thread is left behind after its join timeout, as designed
+        release.set()  # the writer closes the pipe: read() returns, the capture thread sees the stop and ends
+        writer.join(10)
+        receiver.close()
+    wait_until(lambda: not runner.service.captures[0].is_alive(), 10, "the capture thread to end")
+    report_figures("stuck_read_watchdog", {"heartbeat_timeout_s": 2.0, "watchdog_usec": 1_000_000,
+                                           "last_watchdog_ping_after_stall_s": round(last_ping_after_stall, 2)})
