@@ -109,7 +109,7 @@ def test_rtsp_camera_lost_and_back_repeatedly(tmp_path: Path, tiny_bundle: Path,
     server.start()
     cfg = load_config(write_config(
         tmp_path / "edged.yaml", tiny_bundle, server.url, tmp_path / "state", broker.port,
-        extra_camera=("    open_timeout_s: 3\n    read_timeout_s: 2\n    stall_timeout_s: 3\n"
+        extra_camera=("    open_timeout_s: 3\n    read_timeout_s: 1\n    stall_timeout_s: 3\n"
                       "    reconnect: {initial_s: 0.2, max_s: 1.0}")))
     sub = Subscriber(broker.port, ["edged/test/camera/cam1"])
     runner = ServiceRunner(cfg)
