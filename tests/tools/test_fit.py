@@ -111,3 +111,31 @@ def test_holdout_outliers_are_named(tmp_path: Path) -> None:
     scores = np.r_[np.linspace(0.0, 1.0, 19), 25.0]
     assert holdout_outliers(scores, records, tmp_path) == [{"file": "19.png", "score": 25.0}]
     assert holdout_outliers(np.linspace(0.0, 1.0, 20), records, tmp_path) == []
+
+
+def test_int8_parity_without_test_data_uses_synthetic_blemishes(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    synth.write_folder(good, 24, [], size=(64, 64), seed=2)  # a plain folder of good images
+    m = fit_bundle(FitConfig(data=good, method="band-test", out=tmp_path / "b",
+                             options=FitOptions(size=64, progress=False))).manifest
+    check = m.quantization["parity"]["synthetic"]
+    assert check["n"] == 2 * m.training.holdout and check["auroc_fp32"] > 0.9
+    assert m.default == "int8" and "synthetic" in str(m.quantization["default_reason"])
+
+
+def test_int8_that_loses_ranking_is_not_the_default() -> None:
+    from tools.dataset import Record
+    from tools.fit import _parity
+
+    rng = np.random.default_rng(0)
+    labels_good = [Record(Path(f"g{i}"), "good", None, "test") for i in range(20)]
+    labels_bad = [Record(Path(f"b{i}"), "spot", None, "test") for i in range(20)]
+    fp32_test = np.r_[rng.normal(0, 1, 20), rng.normal(3, 1, 20)]
+    cfg = FitConfig(data=Path("."), method="x", out=Path("."))
+    fine = {"hold": rng.normal(0, 1, 6), "test": fp32_test}
+    same = {k: v + 1e-3 for k, v in fine.items()}
+    parity, default = _parity({"fp32": fine, "int8": same}, labels_good + labels_bad, True, cfg)
+    assert default == "int8" and "warning" not in parity
+    broken = {"hold": fine["hold"], "test": rng.permutation(fp32_test)}
+    parity, default = _parity({"fp32": fine, "int8": broken}, labels_good + labels_bad, True, cfg)
+    assert default == "fp32" and "int8 loses" in parity["warning"]
