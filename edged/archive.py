@@ -58,20 +58,25 @@ class ImageArchive:
             self._files.append((p, size))
             self._total += size
 
-    def save(self, verdict: Verdict, station: str) -> str | None:
-        """Save the frame (and overlay); returns the frame's path, or None when paused or failed."""
+    def _base(self, verdict: Verdict, station: str) -> Path:
+        f = verdict.frame
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(f.captured_at))
+        return self.folder / stamp[:8] / f"{station}_{f.camera}_{stamp}_{f.seq:08d}"
+
+    def save(self, verdict: Verdict, station: str, overlay: bool = True) -> str | None:
+        """Save the frame (and overlay); returns the frame's path, or None when paused or failed.
+
+        overlay=False leaves the overlay to `save_overlay`, so a reject need not wait for it."""
         if self.paused:
             return None
         f = verdict.frame
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(f.captured_at))
-        base = self.folder / stamp[:8] / f"{station}_{f.camera}_{stamp}_{f.seq:08d}"
+        base = self._base(verdict, station)
         try:
             base.parent.mkdir(parents=True, exist_ok=True)
             path = base.with_suffix(self.ext)
             self._write(path, f.image)
-            if self.overlay and verdict.anomaly_map is not None:
-                self._write(base.with_name(base.name + "_map").with_suffix(self.ext),
-                            render_overlay(f.image, verdict.anomaly_map, verdict.threshold, verdict.regions))
+            if overlay:
+                self._write_overlay(base, verdict)
         except OSError as exc:
             self.failed += 1
             if exc.errno in DISK_ERRNOS:
@@ -86,6 +91,23 @@ class ImageArchive:
         self.saved += 1
         self._enforce_quota()
         return str(path)
+
+    def save_overlay(self, verdict: Verdict, station: str) -> None:
+        """The overlay of a frame saved with overlay=False (a failure is logged, the frame stays)."""
+        if self.paused:
+            return
+        try:
+            self._write_overlay(self._base(verdict, station), verdict)
+        except OSError as exc:
+            self.failed += 1
+            log.warning("cannot save defect overlay: %s", exc)
+            return
+        self._enforce_quota()
+
+    def _write_overlay(self, base: Path, verdict: Verdict) -> None:
+        if self.overlay and verdict.anomaly_map is not None:
+            self._write(base.with_name(base.name + "_map").with_suffix(self.ext),
+                        render_overlay(verdict.frame.image, verdict.anomaly_map, verdict.threshold, verdict.regions))
 
     def _write(self, path: Path, image: np.ndarray) -> None:
         ok, data = cv2.imencode(path.suffix, image)
