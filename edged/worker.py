@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from edged.config import CameraConfig, ModelConfig
@@ -56,6 +57,10 @@ class InferenceWorker(threading.Thread):
         self._freeze_file = os.environ.get("EDGED_TEST_FREEZE_FILE")  # test hook: hang while it exists
 
     def run(self) -> None:
+        if self.model_cfg.workers > 1:
+            # OpenCV's own pool (one thread per core) would fight the other workers for the cores in
+            # every resize and color conversion; each worker already has one to itself.
+            cv2.setNumThreads(1)
         try:
             while True:
                 self.heartbeats.beat(self.name)
