@@ -271,6 +271,8 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
         except KeyError:
             raise FitError(f"method {cfg.method}: feature extractor {spec.features!r} is not registered in "
                            f"edged.features (the daemon could not run this bundle)") from None
+    if cfg.holdout <= 0:
+        raise FitError("the hold-out fraction must be > 0: the threshold is set on good images the model never saw")
     train_recs, hold_recs = holdout_split(ds.train, cfg.holdout, opts.seed)
     prepared, train_recs = _read(train_recs, opts.progress, "reading train", spec)
     hold_images, hold_recs = _read(hold_recs, opts.progress, "reading hold-out")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import build_max_bundle
+from tools import synth
 from tools.cli import UsageError, main, parse_opt
 
 
@@ -37,6 +38,10 @@ def test_user_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Capture
     assert main(["calibrate", str(bundle), str(tmp_path / "empty")]) == 2  # no images
     assert main(["fit", str(bundle), "--method", "nope", "--out", str(tmp_path / "o2")]) == 2
     assert "unknown method" in capsys.readouterr().err
+    good = tmp_path / "good"
+    synth.write_folder(good, 3, [], size=(32, 32))
+    assert main(["fit", str(good), "--method", "classic", "--out", str(tmp_path / "o3"), "--holdout", "0"]) == 2
+    assert "hold-out fraction must be > 0" in capsys.readouterr().err
 
 
 def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
