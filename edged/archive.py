@@ -78,15 +78,7 @@ class ImageArchive:
             if overlay:
                 self._write_overlay(base, verdict)
         except OSError as exc:
-            self.failed += 1
-            if exc.errno in DISK_ERRNOS:
-                self.paused_until = time.monotonic() + self.retry_after_s
-                log.error("cannot save defect images (%s): paused for %.0f s; inspection goes on",
-                          exc.strerror or exc, self.retry_after_s)
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    self._shrink_quota()
-            else:
-                log.warning("cannot save defect image: %s", exc)
+            self._failed(exc, "image")
             return None
         self.saved += 1
         self._enforce_quota()
@@ -99,10 +91,21 @@ class ImageArchive:
         try:
             self._write_overlay(self._base(verdict, station), verdict)
         except OSError as exc:
-            self.failed += 1
-            log.warning("cannot save defect overlay: %s", exc)
+            self._failed(exc, "overlay")
             return
         self._enforce_quota()
+
+    def _failed(self, exc: OSError, what: str) -> None:
+        """A disk error pauses saving (and may lower the quota); anything else is just logged."""
+        self.failed += 1
+        if exc.errno in DISK_ERRNOS:
+            self.paused_until = time.monotonic() + self.retry_after_s
+            log.error("cannot save defect images (%s): paused for %.0f s; inspection goes on",
+                      exc.strerror or exc, self.retry_after_s)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._shrink_quota()
+        else:
+            log.warning("cannot save defect %s: %s", what, exc)
 
     def _write_overlay(self, base: Path, verdict: Verdict) -> None:
         if self.overlay and verdict.anomaly_map is not None:
