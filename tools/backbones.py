@@ -21,7 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# ImageNet statistics the converted weights expect on RGB in [0, 1].
+# The input normalization these ImageNet weights were trained with: TensorFlow's EfficientNet-Lite
+# preprocessing, (pixel - 127) / 128, i.e. on RGB in [0, 1]: (x - 127/255) / (128/255). The torchvision
+# statistics (below) also classify correctly, but give clearly worse anomaly features (docs/patchcore.md).
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BN_EPS = 1e-3  # TensorFlow's default for EfficientNet
@@ -163,9 +167,10 @@ def efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite0:
 
 
 class Normalize(nn.Module):
-    """RGB in [0, 1] -> ImageNet-normalized, as a graph op so the bundle's input spec stays plain /255."""
+    """RGB in [0, 1] -> the backbone's input normalization, as a graph op so the bundle's input spec
+    stays plain /255 (the same for every backbone; no per-channel constants in the manifest)."""
 
-    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+    def __init__(self, mean: tuple[float, ...] = LITE_MEAN, std: tuple[float, ...] = LITE_STD) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
