@@ -238,7 +238,8 @@ def reject_threshold(bundle: Path, precision: str | None, frames: list[np.ndarra
 
 
 def write_config(path: Path, *, station: str, bundle: Path, precision: str | None, video: Path, rate: float,
-                 threshold: float, state_dir: Path, port: int | None, model_extra: dict[str, Any]) -> Path:
+                 threshold: float, state_dir: Path, port: int | None, model_extra: dict[str, Any],
+                 images: str = "rejects") -> Path:
     model: dict[str, Any] = {"bundle": str(bundle), "verify_sha256": False, **model_extra}
     if precision:
         model["precision"] = precision
@@ -248,7 +249,7 @@ def write_config(path: Path, *, station: str, bundle: Path, precision: str | Non
         camera["fps"] = rate
     cfg: dict[str, Any] = {
         "station": station, "model": model, "cameras": [camera],
-        "storage": {"state_dir": str(state_dir)},
+        "storage": {"state_dir": str(state_dir), "images": {"save": images}},
         "health": {"status_interval_s": 1},
         "mqtt": {"host": "127.0.0.1", "port": port, "stats_interval_s": 10} if port else {"enabled": False},
         "logging": {"level": "warning"},
@@ -503,7 +504,7 @@ def startup_times(bundle: Path, precision: str | None, video: Path, work: Path, 
 
 
 def soak(bundle: Path, precision: str | None, video: Path, frames: list[np.ndarray], work: Path, minutes: float,
-         rate: float, sample_s: float = 5.0) -> dict[str, Any]:
+         rate: float, sample_s: float = 5.0, images: str = "rejects") -> dict[str, Any]:
     """`edged run` at a fixed rate for `minutes`, RSS sampled; the slope of RSS over the second half."""
     import psutil
 
@@ -513,7 +514,8 @@ def soak(bundle: Path, precision: str | None, video: Path, frames: list[np.ndarr
         run_dir.mkdir(parents=True, exist_ok=True)
         thr = reject_threshold(bundle, precision, frames, 0.2)
         cfg = write_config(run_dir / "edged.yaml", station="soak", bundle=bundle, precision=precision, video=video,
-                           rate=rate, threshold=thr, state_dir=run_dir, port=broker.port, model_extra={})
+                           rate=rate, threshold=thr, state_dir=run_dir, port=broker.port, model_extra={},
+                           images=images)
         proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(cfg)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ps = psutil.Process(proc.pid)
@@ -540,6 +542,7 @@ def soak(bundle: Path, precision: str | None, video: Path, frames: list[np.ndarr
     slope_all = float(np.polyfit(t / 60, rss, 1)[0]) if len(t) > 2 else None
     slope_half = float(np.polyfit(t[half] / 60, rss[half], 1)[0]) if half.sum() > 2 else None
     return {"minutes": minutes, "rate_fps": rate, "bundle": str(bundle.name), "precision": precision,
+            "images_saved": images,
             "rss_mb_first": round(float(rss[0]), 1), "rss_mb_last": round(float(rss[-1]), 1),
             "rss_mb_max": round(float(rss.max()), 1),
             "slope_mb_per_min_all": round(slope_all, 4) if slope_all is not None else None,
@@ -763,7 +766,8 @@ def startup_main(args: argparse.Namespace) -> int:
 def soak_main(args: argparse.Namespace) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="edged-bench-"))
     video, frames = prepare_inputs(args, work)
-    result = soak(Path(args.bundle), args.precision, video, frames, work, args.minutes, args.rate)
+    result = soak(Path(args.bundle), args.precision, video, frames, work, args.minutes, args.rate,
+                  images=args.images)
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n")
@@ -815,6 +819,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--precision")
     sp.add_argument("--minutes", type=float, default=10.0)
     sp.add_argument("--rate", type=float, default=30.0)
+    sp.add_argument("--images", choices=("none", "rejects", "all"), default="rejects", help="storage.images.save")
     sp.add_argument("--out", help="write the JSON result here too")
     sp.set_defaults(func=soak_main)
 
