@@ -12,6 +12,7 @@ a FIFO: the capture heartbeat stops and the service withholds the systemd watchd
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import signal
@@ -97,6 +98,7 @@ class RtspServer:
 
 def census() -> dict[str, int]:
     """Python threads, OS tasks (FFmpeg's native threads too) and open file descriptors of this process."""
+    gc.collect()  # descriptors of earlier tests' garbage would otherwise close mid-test and hide a leak
     return {"threads": threading.active_count(), "tasks": len(os.listdir("/proc/self/task")),
             "fds": len(os.listdir("/proc/self/fd"))}
 
