@@ -232,3 +232,63 @@ def test_full_then_read_only_image_disk_pauses_images_not_inspection(tmp_path: P
     finally:
         broker.stop()
         subprocess.run(["umount", "-l", str(images)], capture_output=True, timeout=10)
+
+
+@pytest.mark.slow
+def test_full_database_disk_keeps_rejects_flowing(tmp_path: Path, tiny_bundle: Path) -> None:
+    """The database's own disk fills up: rows cannot be committed, but rejects still reach the line
+    (published directly, not durably), and everything resumes when space returns."""
+    state = tmp_path / "state"
+    if not mount_tmpfs(state, 4096):
+        pytest.skip("cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)")
+    (tmp_path / "broker").mkdir()
+    broker = Broker(tmp_path / "broker")
+    try:
+        broker.start()
+        video = tmp_path / "line.avi"
+        write_spot_video(video, 40, set(range(2, 40, 5)))
+        cfg = load_config(write_config(tmp_path / "edged.yaml", tiny_bundle, video, state, broker.port,
+                                       extra_camera="    loop: true\n    realtime: true\n    fps: 20",
+                                       extra="", mqtt_extra="reject_ttl_ms: 60000"))
+        cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={
+            "images": cfg.storage.images.model_copy(update={"save": "none"})})})
+        sub = DurableSubscriber(broker.port, ["edged/test/reject"])
+        runner = ServiceRunner(cfg).start()
+        svc = runner.service
+        db_path = state / "edged.db"
+
+        def rows() -> int:
+            db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+            try:
+                return int(db.execute("SELECT COUNT(*) FROM inspections").fetchone()[0])
+            finally:
+                db.close()
+
+        filler = state / "filler.bin"
+        try:
+            wait_until(lambda: len(set(sub.ids("edged/test/reject"))) >= 3, 30, "rejects before the disk fills")
+            with filler.open("wb") as fh, pytest.raises(OSError):
+                fh.write(b"\0" * 100_000_000)
+            assert svc.recorder is not None and svc.link is not None
+            wait_until(lambda: svc.recorder.db_errors > 0, 30, "a failed commit on the full disk")
+            errors, received = svc.recorder.db_errors, len(sub.ids("edged/test/reject"))
+            wait_until(lambda: len(sub.ids("edged/test/reject")) >= received + 5, 30,
+                       "rejects while the database cannot be written")
+            assert svc.recorder.db_errors > errors, "still failing: the rejects above were published directly"
+            assert svc.link.is_alive() and svc.recorder.is_alive(), "no thread died of the full disk"
+            filler.unlink()
+            n = rows()
+            wait_until(lambda: rows() > n + 20, 30, "commits to resume after space returned")
+            received = len(sub.ids("edged/test/reject"))
+            wait_until(lambda: len(sub.ids("edged/test/reject")) >= received + 3, 30, "durable rejects again")
+            assert svc.link.is_alive()
+        finally:
+            runner.stop()
+            sub.close()
+        assert sqlite3.connect(db_path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        report_figures("database_disk_full", {"commit_errors": svc.recorder.db_errors,
+                                              "rejects_received": len(set(sub.ids("edged/test/reject"))),
+                                              "rows": rows(), "inspected": svc.counters.inspected})
+    finally:
+        broker.stop()
+        subprocess.run(["umount", "-l", str(state)], capture_output=True, timeout=10)
