@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import write_config, write_spot_video
+from conftest import free_port, write_config, write_spot_video
 
 from edged.config import load_config
 from edged.detector import Detector, Output
@@ -54,7 +54,6 @@ def test_replay_of_a_file_drops_nothing_even_when_slow(tmp_path: Path, tiny_bund
 
 
 def test_broker_down_never_stops_inspection(tmp_path: Path, tiny_bundle: Path) -> None:
-    from conftest import free_port
 
     video = tmp_path / "v.avi"
     write_spot_video(video, 40, {1, 20})
