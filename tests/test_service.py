@@ -54,7 +54,6 @@ def test_replay_of_a_file_drops_nothing_even_when_slow(tmp_path: Path, tiny_bund
 
 
 def test_broker_down_never_stops_inspection(tmp_path: Path, tiny_bundle: Path) -> None:
-
     video = tmp_path / "v.avi"
     write_spot_video(video, 40, {1, 20})
     cfg = load_config(write_config(tmp_path / "c.yaml", tiny_bundle, video, tmp_path / "s",
