@@ -77,13 +77,18 @@ def test_sigkill_in_a_loop_loses_no_committed_row_and_the_outbox_resumes(tmp_pat
                        extra_camera="    loop: true\n    realtime: true\n    fps: 20",
                        mqtt_extra="reject_ttl_ms: 600000, outbox: {rate_per_s: 3}")
     log = tmp_path / "edged.log"
-    sub = DurableSubscriber(broker.port, [f"{TOPIC}/reject"])
+    sub = DurableSubscriber(broker.port, [f"{TOPIC}/reject", f"{TOPIC}/status"])
+
+    def status_count(word: str) -> int:
+        return sum(1 for _, p, _ in sub.on(f"{TOPIC}/status") if p == word)
+
     kills: list[dict[str, object]] = []
     pending_at_kill: set[str] = set()
     resumed_after: list[int] = []  # pending rejects delivered after each restart
     proc: subprocess.Popen[bytes] | None = None
     try:
         for i in range(KILLS):
+            onlines = status_count("online")
             proc = start(cfg, log)
             t_start = time.monotonic()
             before, box = snapshot(db_path)
@@ -101,9 +106,13 @@ def test_sigkill_in_a_loop_loses_no_committed_row_and_the_outbox_resumes(tmp_pat
                 assert proc.poll() is None, log.read_text()[-3000:]
                 time.sleep(rng.uniform(0.0, 0.5))
                 wait_until(lambda: "pending" in snapshot(db_path)[1].values(), 60, "a reject in the outbox")
+                wait_until(lambda: status_count("online") > onlines, 30, "the daemon online on MQTT")  # noqa: B023
             seen, box = snapshot(db_path)  # committed just before the kill
+            offlines = status_count("offline")
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
+            if i != 1:  # the broker tells the line the daemon is gone (MQTT last will)
+                wait_until(lambda: status_count("offline") > offlines, 30, "the last will 'offline'")  # noqa: B023
             alive_s = time.monotonic() - t_start
             assert integrity(db_path) == "ok" if db_path.exists() else True
             after, box_after = snapshot(db_path)
