@@ -18,19 +18,18 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from tools.methods.cae import DEFAULT, REFERENCE, CaeConfig, ErrorHead, train_autoencoder
+from tools.methods.cae import DEFAULT, REFERENCE, CaeConfig, ErrorHead, position_stats, train_autoencoder
 
 HEADS = [
-    dict(error="l2", blur=0.0, score="mean"),
-    dict(error="l2", blur=2.0, score="topk", topk=0.01),
-    dict(error="l1", blur=2.0, score="topk", topk=0.01),
-    dict(error="l1", blur=4.0, score="max"),
-    dict(error="ssim", blur=2.0, score="topk", topk=0.01),
-    dict(error="ssim", blur=4.0, score="max"),
-    dict(error="ssim", blur=2.0, score="topk", topk=0.05),
-    dict(error="ssim+l1", blur=2.0, score="topk", topk=0.01),
-    dict(error="ssim+l1", blur=4.0, score="topk", topk=0.01),
-    dict(error="ssim+l1", blur=2.0, score="mean"),
+    dict(error="l2", blur=0.0, score="mean", position_norm=False),
+    dict(error="l1", blur=2.0, score="topk", topk=0.01, position_norm=False),
+    dict(error="l1", blur=2.0, score="topk", topk=0.01, position_norm=True),
+    dict(error="ssim", blur=2.0, score="topk", topk=0.01, position_norm=False),
+    dict(error="ssim", blur=2.0, score="topk", topk=0.01, position_norm=True),
+    dict(error="ssim+l1", blur=2.0, score="topk", topk=0.01, position_norm=False),
+    dict(error="ssim+l1", blur=2.0, score="topk", topk=0.01, position_norm=True),
+    dict(error="ssim+l1", blur=4.0, score="topk", topk=0.01, position_norm=True),
+    dict(error="ssim+l1", blur=2.0, score="max", position_norm=True),
 ]
 
 
@@ -59,10 +58,13 @@ def main() -> None:
         recon = torch.cat([model(test[i:i + 64]) for i in range(0, len(test), 64)])
     label, mask = d["label"], d["mask"]
     out = Path("/tmp/cae_exp/results.jsonl")
-    heads = [*HEADS, dict(error=cfg.error, blur=cfg.blur, score=cfg.score, topk=cfg.topk)]
-    for h in heads:
+    train = torch.from_numpy(np.stack(imgs(d["train"])).astype(np.float32) / 255)
+    train = train[:, None] if train.ndim == 3 else train.permute(0, 3, 1, 2)
+    for h in HEADS:
         hc = replace(cfg, **h)
         head = ErrorHead(hc, 128, 128)
+        if hc.position_norm:
+            head.set_position_stats(*position_stats(model, ErrorHead(hc, 128, 128), train))
         with torch.no_grad():
             amap, score = head(test, recon)
         amap = amap[:, 0].numpy()

@@ -123,3 +123,26 @@ def test_error_head_scores_a_local_defect_higher(error: str) -> None:
     assert amap.shape == (2, 1, SIZE, SIZE)
     assert score[1] > score[0] + 1e-3
     assert amap[1, 0, 11, 11] > amap[1, 0, 25, 25]
+
+
+def test_position_norm_discounts_places_where_good_parts_always_differ() -> None:
+    """An error every good image has at one place (e.g. a rim) must score lower than a new one elsewhere."""
+    from tools.methods.cae import position_stats
+
+    class Rim(torch.nn.Module):  # "reconstruction" that always misses the top-left corner
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.full_like(x, 0.325)  # the mean good image
+            y[:, :, 2:6, 2:6] = 1.0
+            return y
+
+    cfg = CaeConfig(channels=1, error="l1", blur=1.0, score="topk", topk=0.01)
+    gen = torch.Generator().manual_seed(0)
+    good = 0.3 + 0.05 * torch.rand(16, 1, SIZE, SIZE, generator=gen)
+    head = ErrorHead(cfg, SIZE, SIZE)
+    head.set_position_stats(*position_stats(Rim(), ErrorHead(cfg, SIZE, SIZE), good))
+    test = 0.3 + 0.05 * torch.rand(2, 1, SIZE, SIZE, generator=gen)
+    test[1, :, 20:23, 20:23] = 0.9  # a new defect far from the rim
+    _, plain = ErrorHead(cfg, SIZE, SIZE)(test, Rim()(test))
+    _, normed = head(test, Rim()(test))
+    assert plain[0] > 0.1  # without the statistics the rim alone gives a large score
+    assert normed[1] > normed[0] + 1.0

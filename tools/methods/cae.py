@@ -45,7 +45,7 @@ class CaeConfig:
     """All knobs of the autoencoder; `--opt KEY=VALUE` sets any of them."""
 
     channels: int = 3  # 3: rgb (color defects visible; gray images are replicated), 1: gray
-    widths: tuple[int, ...] = (32, 64, 128, 256, 512)  # encoder channels, one stride-2 stage each
+    widths: tuple[int, ...] = (16, 32, 64, 128, 256)  # encoder channels, one stride-2 stage each
     latent: int = 0  # >0: 1x1 convolution to this many channels at the bottleneck (a narrower code)
     decoder: str = "resize"  # "resize" (upsample + 3x3 conv) | "convT" (4x4 stride-2 transposed conv)
     upsample: str = "nearest"  # "nearest" | "bilinear" (decoder "resize" only)
@@ -55,12 +55,13 @@ class CaeConfig:
     blur: float = 2.0  # Gaussian sigma (px) applied to the error map; 0: none
     score: str = "topk"  # "mean" (whole-image) | "max" | "topk" (mean of the top-k fraction of pixels)
     topk: float = 0.01  # fraction of pixels for score "topk"
+    position_norm: bool = True  # standardize the map per pixel with its mean/std over the training images
     ssim_window: int = 11
     augment: bool = True  # random brightness/contrast per training image
     brightness: float = 0.1  # +- added to [0,1] pixels
     contrast: float = 0.2  # +- relative gain
     flip: bool = False  # random flips (only for parts without an orientation)
-    epochs: int = 60
+    epochs: int = 40
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -121,8 +122,9 @@ def _coerce(raw: Any, current: Any, key: str) -> Any:
 
 
 # Variants: the reference design as published, and the default that works.
-REFERENCE = CaeConfig(channels=3, decoder="convT", act="relu", loss="mse", error="l2", blur=0.0, score="mean",
-                      augment=False, epochs=113, batch_size=16, lr=1e-3)
+REFERENCE = CaeConfig(channels=3, widths=(32, 64, 128, 256, 512), decoder="convT", act="relu", loss="mse",
+                      error="l2", blur=0.0, score="mean", position_norm=False, augment=False, epochs=113,
+                      batch_size=16, lr=1e-3)
 DEFAULT = CaeConfig()
 
 
@@ -219,6 +221,13 @@ class ErrorHead(nn.Module):
         self.k = max(1, round(cfg.topk * height * width))
         self.window = _Blur(1.5, cfg.ssim_window, cfg.channels, height, width) if "ssim" in cfg.error else None
         self.blur = _Blur(cfg.blur, None, 1, height, width) if cfg.blur > 0 else None
+        self.register_buffer("mu", None)
+        self.register_buffer("sd", None)
+
+    def set_position_stats(self, mu: np.ndarray, sd: np.ndarray) -> None:
+        """Per-pixel mean/std ([H, W]) of the smoothed error on good images; the map becomes a z-score."""
+        self.mu = torch.as_tensor(mu, dtype=torch.float32).reshape(1, 1, *mu.shape[-2:])
+        self.sd = torch.as_tensor(sd, dtype=torch.float32).reshape(1, 1, *sd.shape[-2:])
 
     def error_map(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.error == "l2":
@@ -234,6 +243,8 @@ class ErrorHead(nn.Module):
         amap = self.error_map(x, y)
         if self.blur is not None:
             amap = self.blur(amap)
+        if self.mu is not None and self.sd is not None:
+            amap = (amap - self.mu) / self.sd
         flat = amap.flatten(1)
         if self.score_kind == "mean":
             score = flat.mean(1)
@@ -369,6 +380,26 @@ def _deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(prev)
 
 
+@torch.no_grad()
+def position_stats(model: nn.Module, head: ErrorHead, data: torch.Tensor, batch: int = 32,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the smoothed error at each pixel over good images.
+
+    A fixed camera sees every part in the same place, and the autoencoder errs more at some places
+    (part edges, a bright rim, the frame border) than at others on every good part. Standardizing each
+    pixel by its own spread on good images makes a defect stand out where good parts are steady. For
+    a uniform texture the statistics are flat and this is a plain rescaling. The std has a floor (10% of
+    its mean) so a pixel that never varies cannot blow up.
+    """
+    model.eval()
+    maps = [head(x, model(x))[0] for x in data.split(batch)]
+    stack = torch.cat(maps)[:, 0].double()
+    mu = stack.mean(0)
+    sd = stack.std(0)
+    sd = sd.clamp(min=0.1 * float(sd.mean()) + 1e-6)
+    return mu.float().numpy(), sd.float().numpy()
+
+
 # -------------------------------------------------------------------------------------------- methods
 
 
@@ -382,9 +413,13 @@ class CaeTrained:
     outputs: OutputSpec = field(default_factory=lambda: OutputSpec(score="score", map="anomaly_map"))
     params: dict[str, Any] = field(default_factory=dict)
     quantize: QuantizeOptions = field(default_factory=QuantizeOptions)
+    position_stats: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) of the error map per pixel
 
     def scoring_model(self) -> ScoringModel:
-        return ScoringModel(_fuse_batchnorm(self.model), ErrorHead(self.cfg, self.spec.height, self.spec.width)).eval()
+        head = ErrorHead(self.cfg, self.spec.height, self.spec.width)
+        if self.position_stats is not None:
+            head.set_position_stats(*self.position_stats)
+        return ScoringModel(_fuse_batchnorm(self.model), head).eval()
 
     @torch.no_grad()
     def score(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -442,6 +477,9 @@ class CaeMethod:
         params.update(variant=self.name, seed=opts.seed, final_loss=round(history[-1], 6),
                       train_seconds=round(time.monotonic() - started, 1), images=len(images))
         trained = CaeTrained(spec=spec, cfg=cfg, model=model, params=params, quantize=_quantize_options(cfg))
+        if cfg.position_norm:
+            trained.position_stats = position_stats(model, ErrorHead(cfg, spec.height, spec.width),
+                                                    _to_batch(images, cfg.channels))
         with tempfile.TemporaryDirectory() as tmp:  # fills quantize.nodes_to_exclude before anyone asks
             trained.export_onnx(Path(tmp) / "probe.onnx")
         return trained
