@@ -598,6 +598,7 @@ video instead of the synthetic one. Check `uptime` first: on a shared machine th
 
 
 def markdown(report: dict[str, Any]) -> str:
+    """The report as markdown: machine, baseline table, pipeline table, start-up, soak, notes."""
     m = report["machine"]
     lines = [
         "# Performance of the hot path",
@@ -661,6 +662,8 @@ def markdown(report: dict[str, Any]) -> str:
                   f"{k['rss_mb_max']} MB; slope {k['slope_mb_per_min_all']} MB/min over the run, "
                   f"{k['slope_mb_per_min_second_half']} MB/min over the second half; {k['inspected']} frames "
                   f"inspected; load average max {k['load_avg_max_1min']}."]
+    if report.get("notes"):
+        lines += ["", report["notes"].strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -743,6 +746,8 @@ def run_main(args: argparse.Namespace) -> int:
         print(f"startup ({args.startup_bundle}): {runs} s", flush=True)
     if args.soak_json and Path(args.soak_json).exists():
         report["soak"] = json.loads(Path(args.soak_json).read_text())
+    if args.notes:
+        report["notes"] = Path(args.notes).read_text()
     report["load_avg_end"] = loadavg()
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -802,6 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--startup-runs", type=int, default=3)
     sp.add_argument("--startup-bundle", default="cae-128")
     sp.add_argument("--soak-json", help="a soak result to include in the report")
+    sp.add_argument("--notes", help="a markdown file appended to the report (findings, caveats)")
     sp.add_argument("--json", default=str(ROOT / "docs" / "performance.json"))
     sp.add_argument("--md", default=str(ROOT / "docs" / "performance.md"))
     sp.set_defaults(func=run_main)
