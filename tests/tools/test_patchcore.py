@@ -96,7 +96,8 @@ def _parts(n: int, seed: int, defect: str | None = None) -> tuple[list[np.ndarra
 def trained() -> PatchCoreTrained:
     torch.set_num_threads(1)
     good, _ = _parts(12, seed=1)
-    return METHOD.fit(good, FitOptions(size=SIZE, extra={"coreset": "0.05", "batch": "6"}, progress=False))
+    extra = {"layers": "s3,s5", "coreset": "0.05", "batch": "6"}  # two stages: upsample + concat are exercised
+    return METHOD.fit(good, FitOptions(size=SIZE, extra=extra, progress=False))
 
 
 def test_input_spec_keeps_normalization_in_the_graph() -> None:

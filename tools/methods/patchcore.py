@@ -5,13 +5,13 @@ are usually a big backbone plus a Python/faiss kNN. Here the backbone is the edg
 the nearest-neighbour search is two matrix ops inside the graph (||a||^2 - 2ab + ||b||^2, then min),
 so a bundle is one int8 file with no extra runtime dependency.
 
-Graph: RGB/255 -> ImageNet normalization -> Lite0 stages -> 3x3 local average -> upsample to the
+Graph: RGB/255 -> Lite0's input normalization ((x-127)/128) -> Lite0 stages -> 3x3 local average -> upsample to the
 finest grid -> concat (-> optional linear projection) -> squared distance to every memory-bank
 patch -> min -> sqrt -> light Gaussian smoothing on the patch grid -> bilinear upsample to the input
 size = anomaly map; image score = max of the map.
 
-Options (`--opt KEY=VALUE`): layers (default "s3,s5": stride 8 and 16), coreset (fraction of the
-training patches kept in the memory bank, default 0.01), proj (0 = none, else PCA to that many
+Options (`--opt KEY=VALUE`): layers (default "s5": stride 16, 112 channels; e.g. "s4,s5"), coreset
+(fraction of the training patches kept in the memory bank, default 0.1), proj (0 = none, else PCA to that many
 dims), max_patches (random cap on training patches before the coreset, default 200000),
 coreset_dims (random projection for the coreset distances, default 64), sigma (smoothing in input
 pixels, default 4), batch (feature extraction batch, default 16).
@@ -38,8 +38,8 @@ from tools.methods.base import FitOptions, QuantizeOptions
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
-    "layers": "s3,s5",
-    "coreset": 0.01,
+    "layers": "s5",
+    "coreset": 0.1,
     "proj": 0,
     "max_patches": 200_000,
     "sigma": 4.0,
@@ -251,9 +251,10 @@ def tail_nodes(model: Any) -> list[str]:
 
 class PatchCoreMethod:
     name = "patchcore"
+    default_size = 224  # the backbone's native resolution; a pipeline without --size may use it
 
     def input_spec(self, opts: FitOptions) -> InputSpec:
-        # The ImageNet normalization is inside the graph, so the input stays plain RGB / 255.
+        # The backbone's normalization is inside the graph, so the input stays plain RGB / 255.
         return InputSpec(width=opts.size, height=opts.size, channels=3, color_order="rgb",
                          scale=1.0 / 255.0, mean=(0.0,), std=(1.0,))
 
