@@ -79,6 +79,10 @@ class MqttLink(threading.Thread):
         self._retained: dict[str, str] = {}  # topic -> last retained payload, re-sent on each connection
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
         self._inflight_rows: set[int] = set()
+        self._acked: list[int] = []  # acknowledged, not yet marked delivered in the database
+        self.db_errors = 0
+        self._last_db_error_log = 0.0
+        self._draining_since: float | None = None
         self._tokens = float(self.cfg.outbox.rate_per_s)
         self._last_refill = time.monotonic()
         self._next_attempt = 0.0
@@ -130,32 +134,50 @@ class MqttLink(threading.Thread):
             self.done.set()
 
     def _loop(self) -> None:
-        draining_since: float | None = None
         while True:
-            self.heartbeats.beat(self.name)
-            now = time.monotonic()
-            if self._client is None and now >= self._next_attempt:
-                self._connect()
-            if self._lost.is_set():
-                self._on_lost()
-            self._handle_acks()
-            self._flush_volatile()
-            if self.connected:
-                self._pump()
-            if now - self._last_cap_check > 5.0:
-                self._last_cap_check = now
-                self.dropped += self.outbox.enforce_cap(self.cfg.outbox.max_rows)
-                self.backlog = self.outbox.backlog()
-            if self.stop_event.is_set():
-                if draining_since is None:
-                    draining_since = now
-                # on shutdown, give pending rejects a short chance to go out (bounded)
-                self.backlog = self.outbox.backlog()
-                if (self.backlog == 0 and not self._inflight) or not self.connected or now - draining_since > 2.0:
+            try:
+                if self._step():
+                    return
+            except sqlite3.Error as exc:
+                # a locked or full database must not end the link for the rest of the process: rejects
+                # that cannot be stored are published directly meanwhile (recorder), and this retries
+                self.db_errors += 1
+                now = time.monotonic()
+                if now - self._last_db_error_log > 30.0:
+                    self._last_db_error_log = now
+                    log.error("outbox database error: %s (%d so far); retrying", exc, self.db_errors)
+                if self.stop_event.is_set():
                     self.drained.set()
                     return
-            self.wake_event.wait(0.02 if self._inflight else 0.2)
-            self.wake_event.clear()
+                self.stop_event.wait(0.5)
+
+    def _step(self) -> bool:
+        """One pass of the link's work; True when it is time to end (stopped, and drained or given up)."""
+        self.heartbeats.beat(self.name)
+        now = time.monotonic()
+        if self._client is None and now >= self._next_attempt:
+            self._connect()
+        if self._lost.is_set():
+            self._on_lost()
+        self._handle_acks()
+        self._flush_volatile()
+        if self.connected:
+            self._pump()
+        if now - self._last_cap_check > 5.0:
+            self._last_cap_check = now
+            self.dropped += self.outbox.enforce_cap(self.cfg.outbox.max_rows)
+            self.backlog = self.outbox.backlog()
+        if self.stop_event.is_set():
+            if self._draining_since is None:
+                self._draining_since = now
+            # on shutdown, give pending rejects a short chance to go out (bounded)
+            self.backlog = self.outbox.backlog()
+            if (self.backlog == 0 and not self._inflight) or not self.connected or now - self._draining_since > 2.0:
+                self.drained.set()
+                return True
+        self.wake_event.wait(0.02 if self._inflight else 0.2)
+        self.wake_event.clear()
+        return False
 
     # --- connection --------------------------------------------------------------------------------
     def _new_client(self) -> mqtt.Client:
@@ -227,7 +249,7 @@ class MqttLink(threading.Thread):
             self._client.loop_stop()
         self._client = None
         self._inflight.clear()
-        self._inflight_rows.clear()
+        self._inflight_rows = set(self._acked)
         while not self._acks.empty():
             self._acks.get_nowait()
         self._attempt += 1
@@ -252,7 +274,6 @@ class MqttLink(threading.Thread):
 
     # --- outbox ------------------------------------------------------------------------------------
     def _handle_acks(self) -> None:
-        ok: list[int] = []
         while True:
             try:
                 mid, success = self._acks.get_nowait()
@@ -261,12 +282,16 @@ class MqttLink(threading.Thread):
             row = self._inflight.pop(mid, None)
             if row is None:
                 continue
-            self._inflight_rows.discard(row)
             if success:
-                ok.append(row)
-        if ok:
-            self.outbox.mark(ok, "delivered")
-            self.delivered += len(ok)
+                self._acked.append(row)  # stays in _inflight_rows (not re-sent) until marked
+            else:
+                self._inflight_rows.discard(row)
+        if self._acked:
+            rows = self._acked
+            self.outbox.mark(rows, "delivered")  # a database error keeps them for the next try
+            self._acked = []
+            self._inflight_rows.difference_update(rows)
+            self.delivered += len(rows)
 
     def _refill(self) -> None:
         now = time.monotonic()
@@ -316,15 +341,16 @@ class MqttLink(threading.Thread):
 
     def _expire(self, items: list[OutboxItem]) -> None:
         """Past its deadline: never actuate. Counted, logged, and told to the MES on /audit."""
-        self.outbox.mark([i.id for i in items], "expired")
-        self.expired += len(items)
-        log.warning("%d reject(s) expired before delivery (broker down or slow); not published to /reject",
-                    len(items))
+        audit: list[tuple[str, str]] = []
         if self.cfg.outbox.audit_expired:
             for i in items:
                 payload = json.loads(i.payload)
                 payload["expired"] = True
-                self.outbox.add("audit", f"{self.base}/audit", json.dumps(payload, separators=(",", ":")), None)
+                audit.append((f"{self.base}/audit", json.dumps(payload, separators=(",", ":"))))
+        self.outbox.expire([i.id for i in items], audit)
+        self.expired += len(items)
+        log.warning("%d reject(s) expired before delivery (broker down or slow); not published to /reject",
+                    len(items))
 
     def _flush_volatile(self) -> None:
         while True:

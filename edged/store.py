@@ -224,6 +224,19 @@ class Outbox:
                 "UPDATE outbox SET state = ?, delivered_at = ? WHERE id = ? AND state = 'pending'",
                 [(state, now, i) for i in ids])
 
+    def expire(self, ids: list[int], audit: list[tuple[str, str]]) -> None:
+        """Mark rejects expired and queue their (topic, payload) audit messages in ONE transaction, so an
+        expired reject is never left without its audit message."""
+        now = time.time()
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany(
+                "UPDATE outbox SET state = 'expired', delivered_at = ? WHERE id = ? AND state = 'pending'",
+                [(now, i) for i in ids])
+            self.conn.executemany(
+                "INSERT INTO outbox (kind, topic, payload, created_at, expires_at) VALUES ('audit', ?, ?, ?, NULL)",
+                [(topic, payload, now) for topic, payload in audit])
+
     def attempted(self, ids: list[int]) -> None:
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
