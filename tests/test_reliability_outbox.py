@@ -266,3 +266,43 @@ def test_reconnect_backoff_is_capped_by_the_reject_ttl() -> None:
     assert delays[10] >= 1.0 * 0.8, "but back off up to the cap"
     assert max(reconnect_delay(a, 600_000.0, rng) for a in range(1, 40)) <= 5.0 * 1.2
     assert min(reconnect_delay(a, 10.0, rng) for a in range(5, 40)) >= 0.5 * 0.8
+
+
+@pytest.mark.slow
+def test_database_locked_for_longer_than_the_busy_timeout(tmp_path: Path, tiny_bundle: Path, broker: Broker) -> None:
+    """Another process holds the database (a backup, a technician's sqlite3 shell) past the 10 s busy timeout:
+    commits fail and rejects go out directly; no thread dies; the durable outbox works again afterwards."""
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 40, set(range(2, 40, 5)))
+    cfg = load_config(write_config(tmp_path / "edged.yaml", tiny_bundle, video, tmp_path / "state", broker.port,
+                                   extra_camera="    loop: true\n    realtime: true\n    fps: 20",
+                                   mqtt_extra="reject_ttl_ms: 60000, outbox: {rate_per_s: 2}"))
+    db_path = tmp_path / "state" / "edged.db"
+    sub = DurableSubscriber(broker.port, [f"{TOPIC}/reject"])
+    runner = ServiceRunner(cfg).start()
+    svc = runner.service  # 4 rejects/s against 2/s sent: a backlog, so the link writes to the outbox all along
+    try:
+        wait_until(lambda: len(set(sub.ids(f"{TOPIC}/reject"))) >= 3
+                   and any(r["state"] == "pending" for r in rejects(outbox_rows(db_path))), 30, "a backlog")
+        assert svc.recorder is not None and svc.link is not None
+        holder = sqlite3.connect(db_path, timeout=30, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            received = len(sub.ids(f"{TOPIC}/reject"))
+            wait_until(lambda: svc.recorder.db_errors > 0, 60, "a commit to fail on the lock")  # type: ignore[union-attr]
+            wait_until(lambda: len(sub.ids(f"{TOPIC}/reject")) > received, 30, "rejects published directly")
+            time.sleep(11.0)  # past the link's 10 s busy timeout: its outbox writes fail too
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        rows = len(rejects(outbox_rows(db_path)))
+        wait_until(lambda: len(rejects(outbox_rows(db_path))) >= rows + 3, 30, "durable rejects again")
+        first = [r["id"] for r in rejects(outbox_rows(db_path))[rows: rows + 3]]
+        wait_until(lambda: all(r["state"] != "pending" for r in rejects(outbox_rows(db_path)) if r["id"] in first),
+                   60, "the outbox to be sent again")
+        assert svc.link.is_alive() and svc.recorder.is_alive(), "no thread died of the lock"
+    finally:
+        runner.stop()
+        sub.close()
+    report_figures("database_locked", {"commit_errors": svc.recorder.db_errors if svc.recorder else None,
+                                       "rejects_received_unique": len(set(sub.ids(f"{TOPIC}/reject")))})
