@@ -20,8 +20,10 @@ import logging
 import math
 import queue
 import random
+import socket
 import sqlite3
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 WINDOW = 64  # rejects in flight (published, not yet acknowledged)
 RECONNECT_FIRST_S = 0.2
+ACK_GRACE_S = 1.0  # a reject unacknowledged past its deadline (and at least this long) resets the connection
+ACK_STALL_S = 0.5  # nothing more is published while the oldest message in flight waits longer than this
 
 
 def reconnect_delay(attempt: int, reject_ttl_ms: float, rng: random.Random) -> float:
@@ -78,6 +82,8 @@ class MqttLink(threading.Thread):
         self._volatile: queue.Queue[tuple[str, str, int, bool]] = queue.Queue(maxsize=10000)
         self._retained: dict[str, str] = {}  # topic -> last retained payload, re-sent on each connection
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        self._inflight_deadline: dict[int, float] = {}  # paho mid -> when a reject in flight is overdue
+        self._inflight_since: dict[int, float] = {}  # paho mid -> time.monotonic() it was published
         self._inflight_rows: set[int] = set()
         self._acked: list[int] = []  # acknowledged, not yet marked delivered in the database
         self.db_errors = 0
@@ -161,6 +167,8 @@ class MqttLink(threading.Thread):
             self._on_lost()
         self._handle_acks()
         self._flush_volatile()
+        if self.connected and self._inflight_deadline and min(self._inflight_deadline.values()) <= time.time():
+            self._abort()
         if self.connected:
             self._pump()
         if now - self._last_cap_check > 5.0:
@@ -249,11 +257,32 @@ class MqttLink(threading.Thread):
             self._client.loop_stop()
         self._client = None
         self._inflight.clear()
+        self._inflight_deadline.clear()
+        self._inflight_since.clear()
         self._inflight_rows = set(self._acked)
         while not self._acks.empty():
             self._acks.get_nowait()
         self._attempt += 1
         self._next_attempt = time.monotonic() + reconnect_delay(self._attempt, self.cfg.reject_ttl_ms, self._rng)
+
+    def _abort(self) -> None:
+        """A reject in flight reached its deadline unacknowledged: the broker or the path to it is stuck
+        (frozen broker, silent network partition; keepalive would take 1.5 x keepalive_s to notice).
+        Reset the connection (RST, so data still queued in our socket is discarded rather than delivered
+        late); the rows stay pending, are found expired on the next connection and go to /audit."""
+        client = self._client
+        log.warning("MQTT broker did not acknowledge a reject before its deadline: resetting the connection "
+                    "(%d message(s) in flight stay pending)", len(self._inflight))
+        sock = client.socket() if client is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                # linger 0: paho's close (on the read error that shutdown causes) sends RST
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RD)
+        # paho's thread sees the read fail, closes the socket and calls _on_disconnect (loop_stop would
+        # wait for unacknowledged messages forever); _on_lost then forgets this client
+        self._lost.set()
+        self._on_lost()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         self._acks.put((mid, not getattr(reason, "is_failure", False)))
@@ -280,6 +309,8 @@ class MqttLink(threading.Thread):
             except queue.Empty:
                 break
             row = self._inflight.pop(mid, None)
+            self._inflight_deadline.pop(mid, None)
+            self._inflight_since.pop(mid, None)
             if row is None:
                 continue
             if success:
@@ -303,6 +334,8 @@ class MqttLink(threading.Thread):
         room = WINDOW - len(self._inflight)
         if room <= 0 or self._client is None:
             return
+        if self._inflight_since and time.monotonic() - min(self._inflight_since.values()) > ACK_STALL_S:
+            return  # the broker stopped acknowledging: hold the rest back rather than queue them behind
         self._refill()
         room = min(room, int(self._tokens))
         if room <= 0:
@@ -332,6 +365,11 @@ class MqttLink(threading.Thread):
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 break  # connection going down; the row stays pending
             self._inflight[info.mid] = item.id
+            self._inflight_since[info.mid] = time.monotonic()
+            if item.kind == "reject" and item.expires_at is not None:
+                # not before ACK_GRACE_S: one slow acknowledgement of a reject sent just before its
+                # deadline must not reset a healthy connection
+                self._inflight_deadline[info.mid] = max(item.expires_at, now + ACK_GRACE_S)
             self._inflight_rows.add(item.id)
             self._tokens -= 1
             sent.append(item.id)
