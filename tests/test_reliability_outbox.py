@@ -306,3 +306,68 @@ def test_database_locked_for_longer_than_the_busy_timeout(tmp_path: Path, tiny_b
         sub.close()
     report_figures("database_locked", {"commit_errors": svc.recorder.db_errors if svc.recorder else None,
                                        "rejects_received_unique": len(set(sub.ids(f"{TOPIC}/reject")))})
+
+
+@pytest.mark.slow
+def test_frozen_broker_is_reset_and_its_rejects_expire(tmp_path: Path, tiny_bundle: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A broker that stops answering without closing the connection (SIGSTOP here; a silent network
+    partition in a plant): keepalive would notice only after 1.5 x keepalive_s. Instead the link stops
+    publishing once acknowledgements stall (ACK_STALL_S), and resets the connection when a reject in flight
+    passes its deadline; what was held back expires into /audit. Only the few rejects already handed to
+    the broker's host before the stall showed can arrive late (consumers must check `expires_at`)."""
+    import signal
+
+    from edged.mqtt_link import ACK_STALL_S
+
+    ttl_s = 2.0
+    (tmp_path / "broker").mkdir()
+    broker = Broker(tmp_path / "broker", persistence=True)
+    broker.start()
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 40, set(range(2, 40, 5)))  # 4 rejects/s
+    cfg = load_config(write_config(
+        tmp_path / "edged.yaml", tiny_bundle, video, tmp_path / "state", broker.port,
+        extra_camera="    loop: true\n    realtime: true\n    fps: 20", mqtt_extra=f"reject_ttl_ms: {ttl_s * 1000:g}"))
+    db_path = tmp_path / "state" / "edged.db"
+    sub = DurableSubscriber(broker.port, [f"{TOPIC}/reject", f"{TOPIC}/audit"])
+    runner = ServiceRunner(cfg).start()
+    try:
+        with caplog.at_level("WARNING"):
+            wait_until(lambda: len(set(sub.ids(f"{TOPIC}/reject"))) >= 3, 30, "rejects before the freeze")
+            link = runner.service.link
+            assert link is not None and broker.proc is not None
+            t_freeze = time.time()
+            broker.proc.send_signal(signal.SIGSTOP)
+            try:
+                wait_until(lambda: not link.connected, 30, "the link to give up on the frozen broker")
+                t_reset = time.time()
+                wait_until(lambda: time.time() - t_freeze >= 6.0, 10, "the freeze to last")
+            finally:
+                broker.proc.send_signal(signal.SIGCONT)
+            t_thaw = time.time()
+            wait_until(lambda: link.connected, 30, "the link to reconnect")
+            wait_until(lambda: all(r["state"] != "pending" for r in rejects(outbox_rows(db_path))
+                                   if float(r["created_at"]) < t_thaw), 30, "the backlog to be settled")
+            rows = outbox_rows(db_path)
+            expired = {uid(r) for r in rejects(rows) if r["state"] == "expired"}
+            wait_until(lambda: expired <= set(sub.ids(f"{TOPIC}/audit")), 30, "the audit messages")
+    finally:
+        runner.stop()
+        sub.close()
+        broker.stop()
+    rj = rejects(outbox_rows(db_path))
+    arrivals = sub.on(f"{TOPIC}/reject")
+    late = [p["id"] for t, p, _ in arrivals if isinstance(p, dict) and t > float(p["expires_at"])]
+    during = [r for r in rj if t_freeze < float(r["created_at"]) < t_thaw]
+    report_figures("frozen_broker", {
+        "freeze_s": round(t_thaw - t_freeze, 2), "reset_after_s": round(t_reset - t_freeze, 2), "ttl_s": ttl_s,
+        "rejects_during_freeze": len(during), "expired": len(expired),
+        "delivered": sum(r["state"] == "delivered" for r in rj), "arrived_after_deadline": len(late),
+        "raw_duplicates": len(sub.ids(f"{TOPIC}/reject")) - len(set(sub.ids(f"{TOPIC}/reject")))})
+    assert "did not acknowledge a reject before its deadline" in caplog.text
+    assert expired and expired <= set(sub.ids(f"{TOPIC}/audit"))
+    # late arrivals are only rejects published before the stall showed: those created in the last
+    # ACK_STALL_S (+ one link pass) before the freeze or just after it, at 4 rejects/s
+    assert len(late) <= 4 * (ACK_STALL_S + 0.5) + 2, late
+    assert not set(late) & {uid(r) for r in rj if r["state"] == "expired" and int(r["attempts"]) == 0}  # type: ignore[arg-type]
