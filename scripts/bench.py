@@ -560,6 +560,9 @@ def ratios(results: list[dict[str, Any]], base: list[dict[str, Any]]) -> None:
     for b in base:
         by_size.setdefault(b["size"], {})[b["threads"]] = b
     for r in results:
+        if r["rate_fps"] != "max":  # at a fixed input rate, throughput is the input rate
+            r.pop("vs_reference", None)
+            continue
         size = next((s for s in (96, 128, 224) if f"-{s}-" in r["bundle"] + "-"), 128)
         ref = by_size.get(size) or by_size.get(128) or (next(iter(by_size.values())) if by_size else None)
         if not ref:
@@ -655,13 +658,15 @@ def markdown(report: dict[str, Any]) -> str:
         s = report["startup_s"]
         lines += ["", f"## Start-up\n\n`edged run` with the {s['bundle']} bundle, process start to READY=1 on "
                   f"NOTIFY_SOCKET: {', '.join(f'{x:.2f}' for x in s['runs'])} s (median {s['median']:.2f} s)."]
-    if report.get("soak"):
-        k = report["soak"]
-        lines += ["", f"## Soak\n\n`edged run`, {k['bundle']} {k['precision'] or ''}, {k['rate_fps']} fps for "
-                  f"{k['minutes']} min: RSS {k['rss_mb_first']} MB after 5 s, {k['rss_mb_last']} MB at the end, max "
-                  f"{k['rss_mb_max']} MB; slope {k['slope_mb_per_min_all']} MB/min over the run, "
-                  f"{k['slope_mb_per_min_second_half']} MB/min over the second half; {k['inspected']} frames "
-                  f"inspected; load average max {k['load_avg_max_1min']}."]
+    soaks = report.get("soaks") or ([report["soak"]] if report.get("soak") else [])
+    if soaks:
+        lines += ["", "## Soak", ""]
+    for k in soaks:
+        lines += [f"- `edged run`, {k['bundle']} {k['precision'] or ''}, {k['rate_fps']} fps for {k['minutes']} min, "
+                  f"`images.save: {k.get('images_saved', 'rejects')}`: RSS {k['rss_mb_first']} MB after 5 s, "
+                  f"{k['rss_mb_last']} MB at the end, max {k['rss_mb_max']} MB; slope {k['slope_mb_per_min_all']} "
+                  f"MB/min over the run, {k['slope_mb_per_min_second_half']} MB/min over the second half; "
+                  f"{k['inspected']} frames inspected; load average max {k['load_avg_max_1min']}."]
     if report.get("notes"):
         lines += ["", report["notes"].strip()]
     return "\n".join(lines) + "\n"
@@ -744,8 +749,7 @@ def run_main(args: argparse.Namespace) -> int:
         runs = startup_times(sb, None, video, work, args.startup_runs)
         report["startup_s"] = {"bundle": args.startup_bundle, "runs": runs, "median": statistics.median(runs)}
         print(f"startup ({args.startup_bundle}): {runs} s", flush=True)
-    if args.soak_json and Path(args.soak_json).exists():
-        report["soak"] = json.loads(Path(args.soak_json).read_text())
+    report["soaks"] = [json.loads(Path(f).read_text()) for f in args.soak_json or [] if Path(f).exists()]
     if args.notes:
         report["notes"] = Path(args.notes).read_text()
     report["load_avg_end"] = loadavg()
@@ -756,6 +760,17 @@ def run_main(args: argparse.Namespace) -> int:
         Path(args.md).parent.mkdir(parents=True, exist_ok=True)
         Path(args.md).write_text(markdown(report))
     print(f"bench: wrote {args.json or '-'} and {args.md or '-'}")
+    return 0
+
+
+def render_main(args: argparse.Namespace) -> int:
+    """Rewrite the markdown from a JSON report (e.g. after editing the notes)."""
+    report = json.loads(Path(args.json).read_text())
+    if args.notes:
+        report["notes"] = Path(args.notes).read_text()
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    ratios(report["results"], report["baseline"])
+    Path(args.md).write_text(markdown(report))
     return 0
 
 
@@ -806,11 +821,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--baseline-sizes", nargs="*", default=["96", "128", "224"])
     sp.add_argument("--startup-runs", type=int, default=3)
     sp.add_argument("--startup-bundle", default="cae-128")
-    sp.add_argument("--soak-json", help="a soak result to include in the report")
+    sp.add_argument("--soak-json", nargs="*", help="soak results to include in the report")
     sp.add_argument("--notes", help="a markdown file appended to the report (findings, caveats)")
     sp.add_argument("--json", default=str(ROOT / "docs" / "performance.json"))
     sp.add_argument("--md", default=str(ROOT / "docs" / "performance.md"))
     sp.set_defaults(func=run_main)
+
+    sp = sub.add_parser("render", help="rewrite the markdown report from its JSON")
+    sp.add_argument("--json", default=str(ROOT / "docs" / "performance.json"))
+    sp.add_argument("--md", default=str(ROOT / "docs" / "performance.md"))
+    sp.add_argument("--notes", help="a markdown file to put in the report (replaces its notes)")
+    sp.set_defaults(func=render_main)
 
     sp = sub.add_parser("startup", help="edged run: process start to READY=1")
     inputs(sp)
