@@ -54,7 +54,7 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
         assert r["inspected"] > 0 and r["throughput_fps"] > 0 and r["peak_rss_mb"] > 0
         assert r["stages_ms"]["infer"]["n"] > 0 and r["verdict_ms"]["p50"] is not None
         assert set(r["stages_ms"]) == set(bench.STAGES)
-        assert "throughput_x" in r["vs_reference"]
+    assert "vs_reference" not in fixed and flat["vs_reference"]["throughput_x"] > 0  # flat out only
     assert flat["drops"] == 0  # a flat-out replay waits for room instead of dropping
     assert fixed["rejects_received"] + flat["rejects_received"] > 0  # rejects went through MQTT
     assert report["startup_s"]["runs"][0] > 0
