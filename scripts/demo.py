@@ -59,6 +59,22 @@ def start_broker(out: Path) -> tuple[subprocess.Popen[bytes] | None, int | None]
     return None, None
 
 
+def extract_frames(video: Path, folder: Path) -> int:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cap = cv2.VideoCapture(str(video))
+    n = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        cv2.imwrite(str(folder / f"good_{n:04d}.png"), frame)
+        n += 1
+    cap.release()
+    return n
+
+
 class RejectCounter:
     """What a reject actuator's controller would see: a real MQTT subscriber."""
 
@@ -87,7 +103,7 @@ class RejectCounter:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=REPO / "demo-run")
-    ap.add_argument("--method", default="cae")
+    ap.add_argument("--method", default="patchcore")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--frames", type=int, default=300)
     args = ap.parse_args()
@@ -100,11 +116,17 @@ def main() -> int:
 
     step("1/5 a synthetic production line: good parts to learn from, a test set, and a video")
     data = out / "data"
-    synth.write_dataset(data, n_train=80, n_test_good=20, n_test_defect=24, size=(128, 128), seed=1)
+    size = (160, 120)
+    synth.write_dataset(data, n_train=1, n_test_good=20, n_test_defect=24, size=size, seed=1)
+    # Train on what the camera really delivers: frames of good parts recorded from the line (MJPG).
+    good_video = out / "good_parts.avi"
+    synth.write_video(good_video, 100, set(), size=size, fps=30, seed=3)
+    shutil.rmtree(data / "train" / "good")
+    n_train = extract_frames(good_video, data / "train" / "good")
     defective = set(range(7, args.frames, 10))  # one part in ten has a scratch, spot or crack
     video = out / "line.avi"
-    synth.write_video(video, args.frames, defective, size=(160, 120), fps=30, seed=2)
-    print(f"{data}: 80 good training images, 44 test images; {video}: {args.frames} frames, "
+    synth.write_video(video, args.frames, defective, size=size, fps=30, seed=2)
+    print(f"{data}: {n_train} good training frames, 44 test images; {video}: {args.frames} frames, "
           f"{len(defective)} defective")
 
     step(f"2/5 train a '{args.method}' model on the good images (edged-train fit)")
