@@ -59,6 +59,13 @@ def start_broker(out: Path) -> tuple[subprocess.Popen[bytes] | None, int | None]
     return None, None
 
 
+def jpeg_round_trip(path: Path, quality: int = 95) -> None:
+    import cv2
+
+    _, data = cv2.imencode(".jpg", cv2.imread(str(path)), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    cv2.imwrite(str(path), cv2.imdecode(data, cv2.IMREAD_COLOR))
+
+
 def extract_frames(video: Path, folder: Path) -> int:
     import cv2
 
@@ -123,6 +130,8 @@ def main() -> int:
     synth.write_video(good_video, 100, set(), size=size, fps=30, seed=3)
     shutil.rmtree(data / "train" / "good")
     n_train = extract_frames(good_video, data / "train" / "good")
+    for png in (data / "test").rglob("*.png"):  # test images through the same MJPG compression as the camera
+        jpeg_round_trip(png)
     defective = set(range(7, args.frames, 10))  # one part in ten has a scratch, spot or crack
     video = out / "line.avi"
     synth.write_video(video, args.frames, defective, size=size, fps=30, seed=2)
