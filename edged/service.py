@@ -261,7 +261,8 @@ class Service:
             "latency_ms": self.latency.percentiles(),
             "threads": {k: round(v, 3) for k, v in self.heartbeats.ages().items()},
             "cameras": cams,
-            "disk": {"images_paused": bool(self.archive and self.archive.paused)},
+            "disk": {"images_paused": bool(self.archive and self.archive.paused),
+                     "db_errors": self.recorder.db_errors if self.recorder else 0},
         }
 
     def write_health(self) -> None:
@@ -281,6 +282,7 @@ class Service:
         return {"station": h["station"], "at": h["updated_at"], "inspected": h["inspected"],
                 "rejects": h["rejects"], "cameras": h["cameras"], "latency_ms": h["latency_ms"],
                 "outbox_backlog": h["outbox_backlog"], "expired": h["expired"], "broker": h["broker"],
+                "db_errors": h["disk"]["db_errors"], "images_paused": h["disk"]["images_paused"],
                 "cpu_percent": cpu, "rss_mb": round(rss / 1e6, 1)}
 
     # --- stop --------------------------------------------------------------------------------------
