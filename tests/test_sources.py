@@ -1,0 +1,110 @@
+"""Camera sources by one string: an HTTP MJPEG stream (a real HTTP server), watched folders, kinds."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import pytest
+from conftest import spot_frame, write_config
+
+from edged.config import load_config
+from edged.sdnotify import Notifier
+from edged.service import Service
+from edged.sources import BadFrame, FolderSource, NoFrameYet, SourceEnded, source_kind
+
+N_STREAM_FRAMES = 60
+
+
+class MjpegHandler(BaseHTTPRequestHandler):
+    """An IP camera's MJPEG-over-HTTP stream: every 10th frame shows a defect, then the stream ends."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        try:
+            for i in range(N_STREAM_FRAMES):
+                _, jpg = cv2.imencode(".jpg", spot_frame(i % 10 == 3, seed=i))
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg))
+                self.wfile.write(jpg.tobytes() + b"\r\n")
+                time.sleep(0.02)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def mjpeg_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), MjpegHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg"
+    server.shutdown()
+    server.server_close()
+
+
+def test_source_kinds(tmp_path: Path) -> None:
+    assert source_kind("0") == "device" and source_kind("/dev/video2") == "device"
+    assert source_kind("rtsp://cam/1") == "stream" and source_kind("https://cam/x.mjpg") == "stream"
+    assert source_kind("gst:nvarguscamerasrc ! appsink") == "gstreamer"
+    assert source_kind(str(tmp_path)) == "folder" and source_kind(str(tmp_path / "v.mp4")) == "file"
+
+
+@pytest.mark.slow
+def test_http_mjpeg_stream_is_inspected(tmp_path: Path, tiny_bundle: Path, mjpeg_url: str) -> None:
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_bundle, mjpeg_url, tmp_path / "s",
+                                   extra_camera="    queue_size: 64\n    reconnect: {initial_s: 5}"))
+    service = Service(cfg, notifier=Notifier({}), handle_signals=False)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and service.stats["cam1"].state != "reconnecting":
+        time.sleep(0.05)  # the stream ends after its frames: the camera goes to 'reconnecting'
+    service.stop_requested.set()
+    runner.join(20)
+    assert not runner.is_alive()
+    db = sqlite3.connect(tmp_path / "s" / "edged.db")
+    inspected, rejects = db.execute("SELECT COUNT(*), SUM(is_defective) FROM inspections").fetchone()
+    assert inspected >= N_STREAM_FRAMES // 2  # live: some frames may be dropped on a busy machine, not most
+    assert rejects >= 1
+    assert service.stats["cam1"].reconnects == 0 and service.stats["cam1"].frames >= inspected
+
+
+def test_watched_folder_picks_up_new_files(tmp_path: Path) -> None:
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), spot_frame(False))
+    src = FolderSource(str(folder), watch=True, poll_s=0.01)
+    src.open()
+    with pytest.raises(NoFrameYet):
+        src.read()  # a file written this instant may still be growing: wait until it settles
+    old = time.time() - 5
+    os.utime(folder / "a.png", (old, old))
+    assert src.read()[1] == "a.png"
+    with pytest.raises(NoFrameYet):
+        src.read()
+    cv2.imwrite(str(folder / "b.png"), spot_frame(True))
+    (folder / "c.png").write_bytes(b"not a png")
+    for name in ("b.png", "c.png"):
+        os.utime(folder / name, (old, old))  # settled: not being written any more
+    assert src.read()[1] == "b.png"
+    with pytest.raises(BadFrame):
+        src.read()
+
+
+def test_folder_without_watch_ends(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "a.png"), spot_frame(False))
+    (tmp_path / "notes.txt").write_text("ignored: not an image extension")
+    src = FolderSource(str(tmp_path))
+    src.open()
+    src.read()
+    with pytest.raises(SourceEnded):
+        src.read()
