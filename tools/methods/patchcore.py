@@ -148,7 +148,8 @@ def reference_patch_distances(graph: PatchCoreGraph, x: torch.Tensor) -> torch.T
         return dist.view(n, 1, h, w).float()
 
 
-def greedy_coreset(x: torch.Tensor, k: int, dims: int = 128, seed: int = 0, chunk: int = 65536) -> torch.Tensor:
+def greedy_coreset(x: torch.Tensor, k: int, dims: int = 128, seed: int = 0, chunk: int = 65536,
+                   progress: bool = False) -> torch.Tensor:
     """Approximate greedy k-center subsampling (PatchCore): distances on a random projection to `dims`.
 
     Each pick costs one matrix-vector product over all patches, so k picks over N patches are
@@ -166,7 +167,12 @@ def greedy_coreset(x: torch.Tensor, k: int, dims: int = 128, seed: int = 0, chun
     mind = torch.full((n,), float("inf"))
     picked = torch.empty(k, dtype=torch.long)
     cur = int(torch.randint(n, (1,), generator=g))
-    for i in range(k):
+    steps: Any = range(k)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc="patchcore coreset", unit="pick", mininterval=1.0)
+    for i in steps:
         picked[i] = cur
         dist = torch.addmv(sq + sq[cur], z, z[cur], alpha=-2.0)
         torch.minimum(mind, dist, out=mind)
@@ -281,7 +287,7 @@ class PatchCoreMethod:
             features = PatchFeatures(features.backbone, layers, proj).eval()
         k = max(1, round(o["coreset"] * total))
         t1 = time.perf_counter()
-        idx = greedy_coreset(patches, k, dims=o["coreset_dims"], seed=opts.seed)
+        idx = greedy_coreset(patches, k, dims=o["coreset_dims"], seed=opts.seed, progress=opts.progress)
         bank = patches[idx].clone()
         t_core = time.perf_counter() - t1
         stride = min(STAGE_OUTPUTS[s][1] for s in layers)
