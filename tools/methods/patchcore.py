@@ -217,7 +217,10 @@ class PatchCoreTrained:
     graph: PatchCoreGraph
     params: dict[str, Any]
     outputs: OutputSpec = field(default_factory=lambda: OutputSpec(score="score", map="anomaly_map"))
-    quantize: QuantizeOptions = field(default_factory=QuantizeOptions)
+    # uint8 activations (U8S8): on x86 CPUs without VNNI int8 activations (S8S8) ran this graph at half the
+    # speed (23 vs 10 ms at 224 px); accuracy is the same. The kNN tail is excluded at export (tail_nodes).
+    quantize: QuantizeOptions = field(default_factory=lambda: QuantizeOptions(
+        extra_options={"ActivationType": "QUInt8"}))
 
     def export_onnx(self, path: Path) -> None:
         """fp32 graph with a dynamic batch; also records which tail nodes int8 must leave alone."""
