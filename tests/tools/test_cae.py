@@ -146,3 +146,24 @@ def test_position_norm_discounts_places_where_good_parts_always_differ() -> None
     _, normed = head(test, Rim()(test))
     assert plain[0] > 0.1  # without the statistics the rim alone gives a large score
     assert normed[1] > normed[0] + 1.0
+
+
+def test_int8_model_runs_the_autoencoder_in_int8(tmp_path: Path) -> None:
+    """After the shared quantizer, ONNX Runtime's optimized graph has no float Conv outside the error head."""
+    from tools.quantize import quantize
+
+    trained, _ = _fit("cae")
+    fp32, int8, optimized = tmp_path / "m.fp32.onnx", tmp_path / "m.onnx", tmp_path / "opt.onnx"
+    trained.export_onnx(fp32)
+    quantize(fp32, int8, _batch(trained, 8), "input", trained.quantize)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(optimized)
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(int8), so, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(str(optimized)).graph.node
+    ae = [n for n in nodes if not n.name.startswith("/head/")]
+    assert sum(n.op_type == "QLinearConv" for n in ae) == 10  # 5 encoder + 5 decoder convolutions
+    assert not [n.name for n in ae if n.op_type in ("Conv", "ConvTranspose")]
+    batch = _batch(trained, 8)
+    q_score = sess.run(["score"], {"input": batch})[0]
+    assert np.corrcoef(q_score, trained.score(batch)[1])[0, 1] > 0.9
