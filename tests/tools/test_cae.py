@@ -167,3 +167,14 @@ def test_int8_model_runs_the_autoencoder_in_int8(tmp_path: Path) -> None:
     batch = _batch(trained, 8)
     q_score = sess.run(["score"], {"input": batch})[0]
     assert np.corrcoef(q_score, trained.score(batch)[1])[0, 1] > 0.9
+
+
+def test_relative_error_does_not_depend_on_the_light() -> None:
+    cfg = CaeConfig(error="l1", blur=1.0, score="topk", relative=True)
+    head = ErrorHead(cfg, SIZE, SIZE)
+    gen = torch.Generator().manual_seed(0)
+    x = 0.2 + 0.1 * torch.rand(1, 3, SIZE, SIZE, generator=gen)
+    y = x + 0.05 * torch.rand(1, 3, SIZE, SIZE, generator=gen)
+    _, dim = head(x, y)
+    _, bright = head(2 * x, 2 * y)  # twice the light: twice the absolute error, the same relative one
+    torch.testing.assert_close(dim, bright, rtol=1e-5, atol=1e-6)

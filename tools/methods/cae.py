@@ -56,6 +56,7 @@ class CaeConfig:
     score: str = "topk"  # "mean" (whole-image) | "max" | "topk" (mean of the top-k fraction of pixels)
     topk: float = 0.01  # fraction of pixels for score "topk"
     position_norm: bool = True  # standardize the map per pixel with its mean/std over the training images
+    relative: bool = False  # divide the error by the image's mean intensity (brighter image, larger error)
     ssim_window: int = 11
     augment: bool = True  # random brightness/contrast per training image
     brightness: float = 0.1  # +- added to [0,1] pixels
@@ -217,6 +218,7 @@ class ErrorHead(nn.Module):
     def __init__(self, cfg: CaeConfig, height: int, width: int) -> None:
         super().__init__()
         self.error = cfg.error
+        self.relative = cfg.relative
         self.score_kind = cfg.score
         self.k = max(1, round(cfg.topk * height * width))
         self.window = _Blur(1.5, cfg.ssim_window, cfg.channels, height, width) if "ssim" in cfg.error else None
@@ -241,6 +243,8 @@ class ErrorHead(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         amap = self.error_map(x, y)
+        if self.relative:  # texture and noise amplitude grow with the light: compare errors relative to it
+            amap = amap / x.mean(dim=(1, 2, 3), keepdim=True).clamp(min=0.02)
         if self.blur is not None:
             amap = self.blur(amap)
         if self.mu is not None and self.sd is not None:
