@@ -178,3 +178,22 @@ def test_relative_error_does_not_depend_on_the_light() -> None:
     _, dim = head(x, y)
     _, bright = head(2 * x, 2 * y)  # twice the light: twice the absolute error, the same relative one
     torch.testing.assert_close(dim, bright, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_bundle_round_trip_through_the_daemon_detector(tmp_path: Path) -> None:
+    """`edged-train fit --method cae` on generated parts -> bundle the daemon's Detector loads and scores."""
+    from edged.detector import Detector
+    from tools import synth
+    from tools.fit import FitConfig, fit_bundle
+
+    data = tmp_path / "data"
+    synth.write_dataset(data, n_train=16, n_test_good=3, n_test_defect=3, size=(SIZE, SIZE), seed=0)
+    opts = FitOptions(size=SIZE, seed=0, epochs=1, extra=dict(TINY), progress=False)
+    fit_bundle(FitConfig(data=data, method="cae", out=tmp_path / "bundle", options=opts))
+    for precision in ("int8", "fp32"):
+        det = Detector(tmp_path / "bundle", precision=precision)
+        frames = [synth.make_part(np.random.default_rng(i), (48, 40))[0] for i in range(2)]
+        outs = det.infer(frames)
+        assert len(outs) == 2 and all(np.isfinite(o.score) for o in outs)
+        assert outs[0].anomaly_map is not None and outs[0].anomaly_map.shape == (SIZE, SIZE)
+    assert det.manifest.method == "cae" and det.manifest.outputs.map == "anomaly_map"
