@@ -255,7 +255,7 @@ def tail_nodes(model: Any) -> list[str]:
     for i, node in enumerate(nodes):  # name unnamed nodes so they can be excluded
         if not node.name:
             node.name = f"patchcore_{node.op_type}_{i}"
-    return [n.name for n in nodes[start + 1:]]
+    return [n.name for n in nodes[start + 1:] if n.op_type != "Constant"]
 
 
 class PatchCoreMethod:
