@@ -176,3 +176,23 @@ def test_options_are_checked() -> None:
         parse_options({"layers": "s9"})
     with pytest.raises(ValueError, match="coreset"):
         parse_options({"coreset": "0"})
+
+
+def test_pipeline_bundle_runs_in_the_daemon_detector(synth_data: Path, tmp_path: Path) -> None:
+    """`edged-train fit --method patchcore` end to end on generated parts: the int8 bundle loads in the
+    daemon's Detector, keeps the kNN tail in fp32, and its scores follow the fp32 model's."""
+    from edged.detector import Detector
+    from tools.fit import FitConfig, fit_bundle
+
+    result = fit_bundle(FitConfig(data=synth_data, method="patchcore", out=tmp_path / "b",
+                                  options=FitOptions(size=SIZE, extra={"coreset": "0.05"}, progress=False)))
+    m = result.manifest
+    assert m.method == "patchcore" and set(m.models) == {"int8", "fp32"}
+    assert (m.input.color_order, m.input.mean, m.input.std) == ("rgb", (0.0,), (1.0,))
+    ops = m.quantization["ops"]
+    assert "MatMul" in ops["int8"] and {"Sqrt", "ReduceMax"} <= set(ops["fp32"])
+    frames = [cv2.imread(str(p)) for p in sorted((synth_data / "test").rglob("*.png"))]
+    fp32 = [o.score for o in Detector(result.bundle, precision="fp32").infer(frames)]
+    int8 = Detector(result.bundle).infer(frames)
+    assert int8[0].anomaly_map is not None and int8[0].anomaly_map.shape == (SIZE, SIZE)
+    assert np.corrcoef(fp32, [o.score for o in int8])[0, 1] > 0.9
