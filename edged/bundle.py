@@ -112,6 +112,9 @@ class Manifest(_Strict):
     outputs: OutputSpec = OutputSpec()
     models: dict[Literal["int8", "fp32"], ModelFile]
     default: Literal["int8", "fp32"] = "int8"
+    # runtimes the fp32 model was checked to give the same scores in (tools/fit.py); cv2.dnn imports some
+    # graphs it then runs wrongly, so OpenCV is allowed only where that check passed
+    runtimes: tuple[Literal["onnxruntime", "opencv"], ...] = ("onnxruntime",)
     training: TrainingSummary = TrainingSummary()
     quantization: dict[str, object] = Field(default_factory=dict)  # parity figures, what was quantized
     versions: dict[str, str] = Field(default_factory=dict)  # onnx, onnxruntime, torch, ...

@@ -53,6 +53,10 @@ class Detector:
         if runtime == "onnxruntime" and not onnxruntime_available():
             log.warning("onnxruntime is not installed: running the model with OpenCV DNN instead")
             runtime = "opencv"
+        if runtime == "opencv" and "opencv" not in self.manifest.runtimes:
+            raise BundleError(f"model bundle {bundle_dir}: this model was not verified to run correctly under "
+                              f"OpenCV DNN (manifest runtimes: {', '.join(self.manifest.runtimes)}); use "
+                              "model.runtime: onnxruntime")
         if runtime == "opencv" and self.precision == "int8":
             # cv2.dnn cannot run QDQ int8 graphs reliably; the fp32 file carries the same model.
             log.info("runtime opencv: using the fp32 model of the bundle")
@@ -195,6 +199,16 @@ class _OpenCVBackend(_Backend):
         self.outputs = [manifest.outputs.score] + ([manifest.outputs.map] if manifest.outputs.map else [])
         self.input_name = manifest.input.name
         self._lock = threading.Lock()
+        # cv2.dnn imports graphs it cannot run and fails only at the first forward: try one now, so a
+        # bundle that needs ONNX Runtime is refused at start (exit 2), not at the first part.
+        spec = manifest.input
+        if spec.kind == "features":
+            return  # the feature width belongs to the extractor; the first frame checks it
+        try:
+            self.run(np.zeros((1, spec.channels, spec.height, spec.width), np.float32))
+        except cv2.error as exc:
+            raise BundleError(f"model {path}: OpenCV DNN cannot run this graph ({str(exc).strip().splitlines()[-1]}); "
+                              "use model.runtime: onnxruntime") from None
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         with self._lock:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_max_bundle, spot_frame
+from support import build_max_bundle, spot_frame
 
 from edged.bundle import BundleError
 from edged.detector import Detector

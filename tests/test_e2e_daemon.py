@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Broker, Subscriber, write_config, write_spot_video
+from support import Broker, Subscriber, write_config, write_spot_video
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import (
+from support import (
     Broker,
     DurableSubscriber,
     ServiceRunner,

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import (
+from support import (
     Broker,
     DurableSubscriber,
     ServiceRunner,

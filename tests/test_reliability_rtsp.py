@@ -24,7 +24,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import (
+from support import (
     Broker,
     ServiceRunner,
     Subscriber,

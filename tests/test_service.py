@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import free_port, write_config, write_spot_video
+from support import free_port, write_config, write_spot_video
 
 from edged.config import load_config
 from edged.detector import Detector, Output

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import write_spot_video
+from support import write_spot_video
 
 from edged import status
 from edged.config import load_config

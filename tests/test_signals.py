@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Broker, Subscriber, report_figures, wait_until, write_config, write_spot_video
+from support import Broker, Subscriber, report_figures, wait_until, write_config, write_spot_video
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import spot_frame, write_config
+from support import spot_frame, write_config
 
 from edged.config import load_config
 from edged.sdnotify import Notifier

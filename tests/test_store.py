@@ -6,6 +6,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from edged.store import InspectionRow, InspectionWriter, Outbox, OutboxMessage, connect, open_database
 
 
@@ -30,10 +32,8 @@ def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
     conn = open_database(tmp_path / "e.db")
     w = InspectionWriter(conn)
     bad = OutboxMessage("reject", "t", {"x": object()}, None, row_index=0)  # not JSON-serializable
-    try:
+    with pytest.raises(TypeError):
         w.record([row(0)], [bad])
-    except TypeError:
-        pass
     assert conn.execute("SELECT COUNT(*) FROM inspections").fetchone()[0] == 0
 
 

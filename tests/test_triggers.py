@@ -12,7 +12,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import Broker, Subscriber, free_port, write_spot_video
+from support import Broker, Subscriber, free_port, write_spot_video
 
 pytestmark = pytest.mark.slow
 

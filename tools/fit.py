@@ -327,7 +327,8 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
         entries = {"fp32": (export.FP32_FILE, placeholder, None), "int8": (int8_file, placeholder, None)}
         training = TrainingSummary(count=len(train_recs), holdout=len(hold_recs), data=str(cfg.data),
                                    file_list_sha256=file_list_sha256(train_recs, ds.root))
-        provisional = export.build_manifest(tmp, cfg.method, spec, trained.outputs, entries, "fp32", training, quant)
+        provisional = export.build_manifest(tmp, cfg.method, spec, trained.outputs, entries, "fp32", training, quant,
+                                            runtimes=("onnxruntime", "opencv"))
         export.write(tmp, provisional)
 
         has_both = len({r.is_good for r in test_recs}) == 2
@@ -350,6 +351,7 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
             scores[precision] = {"hold": hold_scores, "maps": hold_maps, "test": test_scores,
                                  "synthetic": synth_scores}
 
+        runtimes = opencv_parity(tmp, hold_images[:OPENCV_CHECK_IMAGES], scores["fp32"]["hold"])
         source = _threshold_source(len(hold_recs), cfg.holdout)
         final_entries: dict[str, tuple[str, Threshold, float | None]] = {}
         for precision, file in (("fp32", export.FP32_FILE), ("int8", int8_file)):
@@ -383,7 +385,7 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
             "train_seconds": round(train_seconds, 1),
         })})
         manifest = export.build_manifest(tmp, cfg.method, spec, trained.outputs, final_entries, default, training,
-                                         quant)
+                                         quant, runtimes=runtimes)
         export.write(tmp, manifest)
         if out.exists():
             shutil.rmtree(out)
@@ -394,6 +396,31 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
     seconds = time.perf_counter() - t_start
     log.info("bundle %s written to %s in %.1f s (default %s)", manifest.bundle_id, out, seconds, manifest.default)
     return FitResult(out, manifest, seconds, parity, warnings)
+
+
+OPENCV_CHECK_IMAGES = 8
+OPENCV_TOLERANCE = 1e-3  # relative score difference allowed between cv2.dnn and ONNX Runtime (fp32)
+
+
+def opencv_parity(bundle: Path, images: list[np.ndarray], ort_scores: np.ndarray) -> tuple[str, ...]:
+    """Runtimes the bundle may declare: OpenCV DNN only when it reproduces ONNX Runtime's fp32 scores."""
+    if not images:
+        return ("onnxruntime",)
+    try:
+        detector = Detector(bundle, precision="fp32", runtime="opencv")
+        cv_scores = np.array([detector.infer([image])[0].score for image in images])
+    except Exception as exc:  # cv2.dnn rejects many graphs, each with its own error
+        log.info("OpenCV DNN cannot run this model (%s): the bundle is for ONNX Runtime only",
+                 str(exc).strip().splitlines()[-1][:200])
+        return ("onnxruntime",)
+    ref = np.asarray(ort_scores[: len(images)], dtype=np.float64)
+    err = float(np.max(np.abs(cv_scores - ref) / np.maximum(np.abs(ref), 1e-6)))
+    if err <= OPENCV_TOLERANCE:
+        log.info("OpenCV DNN reproduces the fp32 scores (max relative difference %.2g): runtime opencv allowed", err)
+        return ("onnxruntime", "opencv")
+    log.info("OpenCV DNN gives different scores (max relative difference %.2g): the bundle is for ONNX Runtime "
+             "only", err)
+    return ("onnxruntime",)
 
 
 def _parity(scores: dict[str, dict[str, Any]], test_recs: list[Record], quantized: bool, cfg: FitConfig,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edged.bundle import load_manifest, sha256_file
-from tests.conftest import build_max_bundle, spot_frame
+from tests.support import build_max_bundle, spot_frame
 from tools.calibrate import (
     DEFAULT_PERCENTILE,
     CalibrationError,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import build_max_bundle
+from tests.support import build_max_bundle
 from tools import synth
 from tools.cli import UsageError, main, parse_opt
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import build_max_bundle, spot_frame
+from tests.support import build_max_bundle, spot_frame
 from tools.evaluate import aupro, evaluate_bundle, perturbations, pixel_auroc, pro_curve, rates, recall_at_frr
 
 REPORT_KEYS = {"image_auroc", "pixel_auroc", "aupro", "threshold", "frr", "recall", "recall_at_1pct_frr",

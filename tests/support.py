@@ -1,0 +1,327 @@
+"""Shared test helpers (fixtures are in conftest.py): a real mosquitto broker on a free loopback port,
+tiny real model bundles, generated videos, configs and MQTT subscribers."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from edged.bundle import InputSpec, Manifest, ModelFile, OutputSpec, Threshold, sha256_file, write_manifest
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """A real mosquitto on 127.0.0.1:<port>; can be stopped and started again on the same port."""
+
+    def __init__(self, workdir: Path, persistence: bool = False) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        # persistence: sessions and queued QoS 1 messages survive a stop/start (saved on SIGTERM), so a
+        # durable subscriber misses nothing across a broker outage
+        store = f"persistence true\npersistence_location {workdir}/\n" if persistence else "persistence false\n"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{store}"
+                             "max_queued_messages 10000\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if not Path(MOSQUITTO).exists():
+            pytest.skip("mosquitto is not installed (scripts/test.sh installs it)")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+def build_max_bundle(out: Path, size: int = 32, threshold: float = 0.5, map_threshold: float = 0.5,
+                     channels: int = 1) -> Path:
+    """A real ONNX bundle whose anomaly map is the gray input itself and whose score is its maximum.
+
+    Frames that are dark everywhere are good; a bright spot is a defect at the spot. Both precisions
+    point at real files (identical graphs) so the daemon's whole loading path is exercised.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", channels, size, size])
+    amap = helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["N", 1, size, size])
+    score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["anomaly_map"], keepdims=1, axes=[1]),
+        helper.make_node("ReduceMax", ["anomaly_map"], ["score"], keepdims=0, axes=[1, 2, 3]),
+    ]
+    graph = helper.make_graph(nodes, "max", [x], [score, amap])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    models = {}
+    for precision, name in (("fp32", "model.fp32.onnx"), ("int8", "model.onnx")):
+        onnx.save(model, out / name)
+        models[precision] = ModelFile(
+            file=name, sha256=sha256_file(out / name), precision=precision,  # type: ignore[arg-type]
+            threshold=Threshold(value=threshold, method="manual"), map_threshold=map_threshold)
+    manifest = Manifest(
+        bundle_id="test-max", method="test-max", created="2026-11-27T00:00:00Z",
+        input=InputSpec(width=size, height=size, channels=channels,  # type: ignore[arg-type]
+                        color_order="gray" if channels == 1 else "rgb"),
+        outputs=OutputSpec(score="score", map="anomaly_map"), models=models,  # type: ignore[arg-type]
+        runtimes=("onnxruntime", "opencv"),
+    )
+    write_manifest(out, manifest)
+    return out
+
+
+def spot_frame(defective: bool, size: tuple[int, int] = (80, 60), seed: int = 0,
+               spot: tuple[int, int] = (40, 30)) -> np.ndarray:
+    """A dark noisy BGR frame; with a bright 9x9 spot at `spot` (x, y) when defective."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    img = rng.integers(10, 60, size=(h, w, 3), dtype=np.uint8)
+    if defective:
+        x, y = spot
+        img[max(0, y - 4):y + 5, max(0, x - 4):x + 5] = 255
+    return img
+
+
+def write_spot_video(path: Path, n_frames: int, defective: set[int], fps: float = 30.0,
+                     size: tuple[int, int] = (80, 60)) -> list[bool]:
+    """An MJPG video of spot frames (readable by OpenCV's FFmpeg backend); returns the labels."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    assert writer.isOpened()
+    labels = []
+    for i in range(n_frames):
+        writer.write(spot_frame(i in defective, size=size, seed=i))
+        labels.append(i in defective)
+    writer.release()
+    return labels
+
+
+def write_config(path: Path, bundle: Path, source: str | Path, state_dir: Path, broker_port: int | None = None,
+                 extra_camera: str = "", extra: str = "", mqtt_extra: str = "") -> Path:
+    """A small daemon config for tests (YAML text, as a technician would write it)."""
+    more = f", {mqtt_extra}" if mqtt_extra else ""
+    mqtt = (f"mqtt: {{host: 127.0.0.1, port: {broker_port}, stats_interval_s: 1{more}}}" if broker_port
+            else "mqtt: {enabled: false}")
+    path.write_text(f"""
+station: test
+model: {{bundle: {bundle}}}
+cameras:
+  - name: cam1
+    source: "{source}"
+    trigger: {{gap_ms: 0}}
+{extra_camera}
+storage: {{state_dir: {state_dir}}}
+health: {{status_interval_s: 0.5}}
+{mqtt}
+{extra}
+""")
+    return path
+
+
+class Subscriber:
+    """A real paho subscriber collecting messages per topic."""
+
+    def __init__(self, port: int, topics: list[str]) -> None:
+        import json as _json
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, object, bool]] = []
+        self._lock = threading.Lock()
+        self._json = _json
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{free_port()}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.connected = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe([(t, 1) for t in topics]), self.connected.set())
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.connected.wait(5)
+        time.sleep(0.2)
+
+    def _on_message(self, client: object, userdata: object, msg: object) -> None:
+        text = msg.payload.decode()  # type: ignore[attr-defined]
+        try:
+            payload = self._json.loads(text)
+        except ValueError:
+            payload = text
+        with self._lock:
+            self.messages.append((msg.topic, payload, bool(msg.retain)))  # type: ignore[attr-defined]
+
+    def on(self, topic: str) -> list[object]:
+        with self._lock:
+            return [p for t, p, _ in self.messages if t == topic]
+
+    def wait_for(self, topic: str, count: int, timeout: float = 10.0) -> list[object]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.on(topic)
+            if len(got) >= count:
+                return got
+            time.sleep(0.05)
+        return self.on(topic)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class DurableSubscriber:
+    """A paho MQTT 5 subscriber with a persistent session that reconnects quickly after a broker restart.
+
+    With `Broker(persistence=True)` it misses nothing across an outage: QoS 1 messages published while
+    it is away are queued by the broker (and saved over the restart). Keeps every raw message with its
+    arrival time and MQTT 5 properties, so tests can count duplicates and check message expiry.
+    """
+
+    def __init__(self, port: int, topics: list[str], client_id: str | None = None) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.raw: list[tuple[float, str, bytes, bool, dict[str, object]]] = []  # (time, topic, payload, retain, props)
+        self._lock = threading.Lock()
+        self.connects = 0
+        self.connected = threading.Event()
+        self.topics = topics
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"durable-{free_port()}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]
+        self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
+        self.client.loop_start()
+        assert self.connected.wait(5)
+        time.sleep(0.2)
+
+    def _on_connect(self, client: object, userdata: object, flags: object, rc: object, props: object) -> None:
+        self.connects += 1
+        self.client.subscribe([(t, 1) for t in self.topics])
+        self.connected.set()
+
+    def _on_message(self, client: object, userdata: object, msg: object) -> None:
+        props: dict[str, object] = {}
+        p = getattr(msg, "properties", None)
+        if p is not None and hasattr(p, "MessageExpiryInterval"):
+            props["MessageExpiryInterval"] = p.MessageExpiryInterval
+        with self._lock:
+            self.raw.append((time.time(), msg.topic, msg.payload, bool(msg.retain), props))  # type: ignore[attr-defined]
+
+    def on(self, topic: str) -> list[tuple[float, object, dict[str, object]]]:
+        """(arrival time, payload parsed as JSON when it is JSON, properties) for each raw message."""
+        import json
+
+        out = []
+        with self._lock:
+            raw = list(self.raw)
+        for t, top, payload, _, props in raw:
+            if top != topic:
+                continue
+            text = payload.decode()
+            try:
+                value: object = json.loads(text)
+            except ValueError:
+                value = text
+            out.append((t, value, props))
+        return out
+
+    def ids(self, topic: str) -> list[str]:
+        """The `id` of every message on topic, in arrival order, duplicates included."""
+        return [p["id"] for _, p, _ in self.on(topic) if isinstance(p, dict) and "id" in p]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class ServiceRunner:
+    """An in-process `Service` running in a background thread (no signal handlers), stopped on demand."""
+
+    def __init__(self, config: object, **kwargs: object) -> None:
+        import threading
+
+        from edged.sdnotify import Notifier
+        from edged.service import Service
+
+        kwargs.setdefault("notifier", Notifier({}))
+        self.service = Service(config, handle_signals=False, **kwargs)  # type: ignore[arg-type]
+        self.error: BaseException | None = None
+        self.exit_code: int | None = None
+        self.thread = threading.Thread(target=self._run, name="test-service", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.exit_code = self.service.run()
+        except BaseException as exc:  # surfaced by stop()
+            self.error = exc
+
+    def start(self) -> ServiceRunner:
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.service.stop_requested.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the service did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+def wait_until(condition: object, timeout: float, what: str, poll: float = 0.05) -> None:
+    """Poll `condition()` until it is true; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def report_figures(name: str, figures: dict[str, object]) -> None:
+    """Print measured figures (seen with `pytest -s`) and append them to $EDGED_FIGURES when set."""
+    import json
+    import os
+
+    line = json.dumps({"test": name, **figures}, default=str)
+    print(f"\n[figures] {line}")
+    out = os.environ.get("EDGED_FIGURES")
+    if out:
+        with open(out, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
