@@ -72,7 +72,8 @@ def test_variants_differ_as_documented() -> None:
     assert METHOD.name == "cae"
     assert ref.widths == (32, 64, 128, 256, 512) and ref.decoder == "convT" and ref.score == "mean"
     assert ref.loss == "mse" and ref.channels == 3
-    assert default.decoder == "resize" and default.score != "mean"
+    assert default.decoder == "resize" and default.score != "mean" and default.relative and default.position_norm
+    assert not ref.relative and not ref.position_norm
 
 
 def test_quantize_options_keep_the_error_head_fp32(tmp_path: Path) -> None:

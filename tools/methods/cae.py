@@ -7,9 +7,10 @@ Two variants share one implementation:
   output, MSE loss, and the whole-image MSE as the score (MTD, 128 px: image AUROC about 0.57).
 * ``cae`` (default): the same encoder at half the width (16..256), a resize+3x3-convolution decoder
   (quantizes fully to int8; ONNX Runtime's CPU int8 kernels leave ConvTranspose in fp32), an SSIM+L1
-  loss with brightness/contrast augmentation, and a score taken from a smoothed per-pixel error map,
-  standardized per pixel by its spread on the training images, and scored by its top-1% mean instead of
-  the global MSE, which dilutes a small defect in thousands of well-reconstructed pixels.
+  loss with brightness/contrast augmentation, and a score taken from a smoothed per-pixel error map
+  (relative to the image's brightness, standardized per pixel by its spread on the training images),
+  scored by its top-1% mean instead of the global MSE, which dilutes a small defect in thousands of
+  well-reconstructed pixels.
 
 docs/cae.md has the measurements behind these choices.
 
@@ -59,7 +60,7 @@ class CaeConfig:
     score: str = "topk"  # "mean" (whole-image) | "max" | "topk" (mean of the top-k fraction of pixels)
     topk: float = 0.01  # fraction of pixels for score "topk"
     position_norm: bool = True  # standardize the map per pixel with its mean/std over the training images
-    relative: bool = False  # divide the error by the image's mean intensity (brighter image, larger error)
+    relative: bool = True  # divide the error by the image's mean intensity (brighter image, larger error)
     ssim_window: int = 11
     augment: bool = True  # random brightness/contrast per training image
     brightness: float = 0.1  # +- added to [0,1] pixels
@@ -127,7 +128,8 @@ def _coerce(raw: Any, current: Any, key: str) -> Any:
 
 # Variants: the reference design as published, and the default that works.
 REFERENCE = CaeConfig(channels=3, widths=(32, 64, 128, 256, 512), decoder="convT", act="relu", loss="mse",
-                      error="l2", blur=0.0, score="mean", position_norm=False, augment=False, epochs=113,
+                      error="l2", blur=0.0, score="mean", position_norm=False, relative=False, augment=False,
+                      epochs=113,
                       batch_size=16, lr=1e-3)
 DEFAULT = CaeConfig()
 
