@@ -249,7 +249,9 @@ class ErrorHead(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         amap = self.error_map(x, y)
         if self.relative:  # texture and noise amplitude grow with the light: compare errors relative to it
-            amap = amap / x.mean(dim=(1, 2, 3), keepdim=True).clamp(min=0.02)
+            # one axis at a time: OpenCV DNN reduces several axes at once differently from ONNX Runtime
+            level = x.mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
+            amap = amap / level.clamp(min=0.02)
         if self.blur is not None:
             amap = self.blur(amap)
         if self.mu is not None and self.sd is not None:
