@@ -4,7 +4,7 @@ Fits with `tools.methods.patchcore.METHOD`, exports the ONE-graph ONNX, quantize
 (QDQ, several `QuantizeOptions`), and reports image/pixel AUROC, latency (batch 1, 1 and 2 threads)
 and size for fp32 and each int8 variant. Appends one JSON line per configuration to --out.
 
-    nice -n 10 python scripts/exp_patchcore.py --data /work/shared/datasets/mtd --size 224 \
+    nice -n 10 python scripts/experiments/exp_patchcore.py --data /work/shared/datasets/mtd --size 224 \
         --layers s3,s5 --coreset 0.01 --out /tmp/pc/sweep.jsonl
 """
 

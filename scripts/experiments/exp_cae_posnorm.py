@@ -1,6 +1,6 @@
 """Ablation of `position_norm` on a trained bundle: the same fp32 graph with mean 0 / std 1. Benchmark only.
 
-    PYTHONPATH=. python scripts/exp_cae_posnorm.py BUNDLE
+    PYTHONPATH=. python scripts/experiments/exp_cae_posnorm.py BUNDLE
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """fp32 vs int8 latency of a bundle on a busy machine: interleaved runs, 1 thread, min and median. Benchmark only.
 
-    PYTHONPATH=. python scripts/exp_cae_timing.py BUNDLE [RUNS]
+    PYTHONPATH=. python scripts/experiments/exp_cae_timing.py BUNDLE [RUNS]
 """
 
 from __future__ import annotations

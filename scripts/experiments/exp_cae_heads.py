@@ -1,6 +1,6 @@
 """Score a model saved by exp_cae.py with many error/score heads (no retraining). Benchmark only.
 
-    PYTHONPATH=. python scripts/exp_cae_heads.py NAME
+    PYTHONPATH=. python scripts/experiments/exp_cae_heads.py NAME
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Export a model saved by exp_cae.py, quantize it like the bundle does, and compare fp32/int8 in ONNX Runtime.
 
-    PYTHONPATH=. python scripts/exp_cae_onnx.py NAME
+    PYTHONPATH=. python scripts/experiments/exp_cae_onnx.py NAME
 
 Prints image/pixel AUROC for fp32 and int8, ms/image (1 thread), and which op types ONNX Runtime runs
 in the optimized int8 graph (QLinearConv etc.). Benchmark only.

@@ -6,7 +6,7 @@ it, quantizes it the way the pipeline does (tools/quantize.py, the method's Quan
 random calibration inputs, and times batch-1 inference: wall time and, for 1 thread, the CPU time of
 the calling thread (the latency on an idle core; this machine is shared).
 
-    nice -n 10 python scripts/exp_patchcore_latency.py --train 566
+    nice -n 10 python scripts/experiments/exp_patchcore_latency.py --train 566
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Fast torch-only diagnosis of PatchCore variants on cached features (no ONNX): which stages, coreset
-size and scoring work on a dataset. Benchmark aid only; the bundle path is scripts/exp_patchcore.py.
+size and scoring work on a dataset. Benchmark aid only; the bundle path is scripts/experiments/exp_patchcore.py.
 
-    nice -n 10 python scripts/exp_patchcore_diag.py --size 224 --combos s5 s3,s5 s4,s5 --ratios 0.01,0.1
+    nice -n 10 python scripts/experiments/exp_patchcore_diag.py --size 224 --combos s5 s3,s5 s4,s5 --ratios 0.01,0.1
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""CAE experiments on a cached MTD (scripts/exp_cae_cache.py): train one config, score many heads.
+"""CAE experiments on a cached MTD (scripts/experiments/exp_cae_cache.py): train one config, score many heads.
 
-    PYTHONPATH=. python scripts/exp_cae.py NAME [--base reference|default] [--onnx] KEY=VALUE ...
+    PYTHONPATH=. python scripts/experiments/exp_cae.py NAME [--base reference|default] [--onnx] KEY=VALUE ...
 
 Appends one JSON line per (config, scoring head) to /tmp/cae_exp/results.jsonl. Benchmark only: the
 shared pipeline (`edged-train fit/evaluate`) is what the reported figures come from.
