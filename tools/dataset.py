@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,8 +146,11 @@ def read_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
 
 
 def load_images(records: Sequence[Record], progress: bool = False, desc: str = "reading images",
+                transform: Callable[[np.ndarray], np.ndarray] | None = None,
                 ) -> tuple[list[np.ndarray], list[Record]]:
-    """Decode the records' images; unreadable files are logged by name and left out of both lists."""
+    """Decode the records' images (and `transform` each, e.g. to the model's size, as it is read, so a
+    large dataset is never held at full resolution); unreadable or unusable files are logged by name
+    and left out of both lists."""
     images: list[np.ndarray] = []
     kept: list[Record] = []
     iterable: Iterable[Record] = records
@@ -160,6 +163,12 @@ def load_images(records: Sequence[Record], progress: bool = False, desc: str = "
         if image is None:
             log.warning("skipping %s: not a readable image", rec.path)
             continue
+        if transform is not None:
+            try:
+                image = transform(image)
+            except ValueError as exc:  # edged.preprocess.FrameError: e.g. a 2-channel or float image
+                log.warning("skipping %s: %s", rec.path, exc)
+                continue
         images.append(image)
         kept.append(rec)
     return images, kept

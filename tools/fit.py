@@ -11,6 +11,7 @@ so an interrupted run never leaves a half-written bundle where the daemon looks.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import pkgutil
@@ -29,7 +30,7 @@ from edged.bundle import MANIFEST_NAME, InputSpec, Manifest, Threshold, Training
 from edged.detector import Detector
 from edged.preprocess import prepare_uint8, to_tensor
 from tools import calibrate, export
-from tools.dataset import Dataset, DatasetError, Record, file_list_sha256, holdout_split, load_dataset, read_image
+from tools.dataset import Dataset, DatasetError, Record, file_list_sha256, holdout_split, load_dataset, load_images
 from tools.methods.base import FitOptions, Method
 
 log = logging.getLogger(__name__)
@@ -151,25 +152,8 @@ def _prepare_out(out: Path) -> Path:
 def _read(records: list[Record], progress: bool, desc: str, spec: InputSpec | None = None,
           ) -> tuple[list[np.ndarray], list[Record]]:
     """Decode (and prepare, when `spec` is given) images; unreadable files are logged and skipped."""
-    out: list[np.ndarray] = []
-    kept: list[Record] = []
-    iterable: Any = records
-    if progress:
-        from tqdm import tqdm
-
-        iterable = tqdm(records, desc=desc, unit="img", leave=False)
-    for rec in iterable:
-        image = read_image(rec.path)
-        if image is None:
-            log.warning("skipping %s: not a readable image", rec.path)
-            continue
-        try:
-            out.append(prepare_uint8(image, spec) if spec is not None else image)
-        except ValueError as exc:  # FrameError: e.g. a 2-channel or float image
-            log.warning("skipping %s: %s", rec.path, exc)
-            continue
-        kept.append(rec)
-    return out, kept
+    transform = functools.partial(prepare_uint8, spec=spec) if spec is not None else None
+    return load_images(records, progress, desc, transform)
 
 
 def with_blemishes(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
