@@ -235,6 +235,8 @@ class Service:
     def _broker_state(self) -> str:
         if self.link is None:
             return "disabled"
+        if self.link.done.is_set():
+            return "stopped"  # after a clean stop: the retained status says 'stopped' too
         return "connected" if self.link.connected else "disconnected"
 
     def health(self) -> dict[str, Any]:

@@ -66,8 +66,9 @@ def test_broker_down_never_stops_inspection(tmp_path: Path, tiny_bundle: Path) -
     assert (s.inspected, s.rejects) == (40, 2)
     db = sqlite3.connect(tmp_path / "s" / "edged.db")
     assert db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0] == 2  # kept for later
+    assert service.link is not None and service.link.delivered == 0
     health = (tmp_path / "s" / "health.json").read_text()
-    assert '"broker": "disconnected"' in health
+    assert '"broker": "stopped"' in health  # the final health file, after a clean stop
 
 
 def test_cameras_that_give_up_make_the_daemon_exit_nonzero(tmp_path: Path, tiny_bundle: Path) -> None:
