@@ -44,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+from tools.localbroker import BrokerUnavailable, LocalBroker, free_port  # noqa: E402
+
 STAGES = ("queue", "preprocess", "infer", "handoff", "commit", "publish")
 
 
@@ -115,41 +116,15 @@ def summary(values: list[float]) -> dict[str, float | None]:
 
 # --- broker and subscriber ------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Broker:
-    """A local mosquitto on a free loopback port (as tests/conftest.py starts one)."""
+class Broker(LocalBroker):
+    """The local broker the benchmark publishes to (deep queue: flat-out runs publish fast)."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                        "max_queued_messages 100000\n")
-        if not Path(MOSQUITTO).exists():
-            raise SystemExit("bench: mosquitto is not installed (scripts/setup.sh installs it)")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
+        super().__init__(workdir, max_queued=100000)
         try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self.start()
+        except BrokerUnavailable as exc:
+            raise SystemExit(f"bench: {exc}") from None
 
 
 class RejectListener:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tools import synth  # noqa: E402
+from tools.localbroker import BrokerUnavailable, LocalBroker  # noqa: E402
 
 
 def step(text: str) -> None:
@@ -33,30 +33,16 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_broker(out: Path) -> tuple[subprocess.Popen[bytes] | None, int | None]:
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if exe is None:
+def start_broker(out: Path) -> LocalBroker | None:
+    """A local mosquitto for the demo line, or None (the demo then runs without MQTT)."""
+    broker = LocalBroker(out)
+    try:
+        broker.start()
+    except BrokerUnavailable:
         print("mosquitto is not installed: the demo runs without MQTT (rejects are only logged)")
-        return None, None
-    port = free_port()
-    conf = out / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            print(f"mosquitto listening on 127.0.0.1:{port}")
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    return None, None
+        return None
+    print(f"mosquitto listening on 127.0.0.1:{broker.port}")
+    return broker
 
 
 def jpeg_round_trip(path: Path, quality: int = 95) -> None:
@@ -149,7 +135,8 @@ def main() -> int:
     run([str(bin_dir / "edged-train"), "evaluate", str(bundle), str(data), "--report", str(out / "report")])
 
     step("4/5 run the daemon on the video, rejects published over MQTT (edged run)")
-    broker, port = start_broker(out)
+    broker = start_broker(out)
+    port = broker.port if broker else None
     mqtt = (f"mqtt: {{host: 127.0.0.1, port: {port}}}" if port else "mqtt: {enabled: false}")
     config = out / "edged.yaml"
     config.write_text(f"""# the demo line's config (see config/edged.yaml for every key)
@@ -172,8 +159,7 @@ storage: {{state_dir: state}}
         if counter:
             counter.close()
         if broker:
-            broker.terminate()
-            broker.wait(5)
+            broker.stop()
 
     step("5/5 what it found")
     db = sqlite3.connect(out / "state" / "edged.db")

@@ -3,9 +3,6 @@ tiny real model bundles, generated videos, configs and MQTT subscribers."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,53 +12,16 @@ import pytest
 from onnx import TensorProto, helper
 
 from edged.bundle import InputSpec, Manifest, ModelFile, OutputSpec, Threshold, sha256_file, write_manifest
-
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tools.localbroker import MOSQUITTO, LocalBroker, free_port  # noqa: F401 (re-exported)
 
 
-class Broker:
-    """A real mosquitto on 127.0.0.1:<port>; can be stopped and started again on the same port."""
+class Broker(LocalBroker):
+    """A real mosquitto for a test; the test is skipped where mosquitto is not installed."""
 
-    def __init__(self, workdir: Path, persistence: bool = False) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.conf = workdir / "mosquitto.conf"
-        # persistence: sessions and queued QoS 1 messages survive a stop/start (saved on SIGTERM), so a
-        # durable subscriber misses nothing across a broker outage
-        store = f"persistence true\npersistence_location {workdir}/\n" if persistence else "persistence false\n"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{store}"
-                             "max_queued_messages 10000\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        if not Path(MOSQUITTO).exists():
+    def start(self, timeout: float = 10.0) -> None:
+        if not self.available():
             pytest.skip("mosquitto is not installed (scripts/test.sh installs it)")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        super().start(timeout)
 
 
 def build_max_bundle(out: Path, size: int = 32, threshold: float = 0.5, map_threshold: float = 0.5,
