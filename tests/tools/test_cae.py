@@ -11,7 +11,17 @@ import pytest
 import torch
 
 from tools.methods.base import FitOptions
-from tools.methods.cae import METHOD, METHODS, CaeConfig, ErrorHead
+from tools.methods.cae import (
+    METHOD,
+    METHODS,
+    SSIM_C1,
+    SSIM_C2,
+    CaeConfig,
+    ErrorHead,
+    _gaussian_1d,
+    ssim_map,
+    ssim_window,
+)
 
 SIZE = 32
 TINY = {"widths": "4/8/8/8/8", "batch_size": "4"}
@@ -109,6 +119,28 @@ def test_options_are_parsed_and_checked() -> None:
         METHOD.config(FitOptions(extra={"score": "median"}))
     with pytest.raises(ValueError, match="multiple of 32"):
         METHOD.input_spec(FitOptions(size=100))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_stacked_ssim_equals_the_textbook_formula(channels: int) -> None:
+    """The head filters its five SSIM statistics in one depthwise convolution (for speed); the numbers
+    must be those of filtering each statistic of each channel on its own."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, channels, 24, 40, generator=gen)
+    y = (x + 0.2 * torch.rand(2, channels, 24, 40, generator=gen)).clamp(0, 1)
+    g = _gaussian_1d(1.5, 11)
+    k2 = (g[:, None] * g[None, :]).view(1, 1, 11, 11)
+
+    def win(t: torch.Tensor) -> torch.Tensor:
+        planes = [torch.nn.functional.pad(t[:, i:i + 1], (5, 5, 5, 5), mode="reflect") for i in range(channels)]
+        return torch.cat([torch.nn.functional.conv2d(p, k2) for p in planes], dim=1)
+
+    mx, my = win(x), win(y)
+    sxx, syy, sxy = win(x * x) - mx * mx, win(y * y) - my * my, win(x * y) - mx * my
+    want = ((2 * mx * my + SSIM_C1) * (2 * sxy + SSIM_C2)) / ((mx**2 + my**2 + SSIM_C1) * (sxx + syy + SSIM_C2))
+    got = ssim_map(x, y, ssim_window(CaeConfig(channels=channels), 24, 40), channels)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-5)
 
 
 @pytest.mark.parametrize("error", ["l2", "l1", "ssim", "ssim+l1"])

@@ -199,22 +199,25 @@ def _gaussian_1d(sigma: float, size: int | None = None) -> torch.Tensor:
 
 
 class _Blur(nn.Module):
-    """Separable Gaussian blur, same size out (reflect padding), one filter applied to every channel."""
+    """Separable Gaussian blur, same size out (reflect padding), one filter applied to every channel.
+
+    A depthwise convolution (groups = channels) rather than one single-channel convolution over the
+    channels folded into the batch: ONNX Runtime runs the depthwise form in its blocked-channel kernels,
+    which made the CAE's error head about twice as fast (same numbers; see `_ssim_planes`)."""
 
     def __init__(self, sigma: float, size: int | None, channels: int, height: int, width: int) -> None:
         super().__init__()
         g = _gaussian_1d(sigma, size)
         self.pad = (len(g) - 1) // 2
         self.shape = (channels, height, width)  # static, so the exported graph has no shape arithmetic
-        self.register_buffer("kh", g.view(1, 1, 1, -1).clone())
-        self.register_buffer("kv", g.view(1, 1, -1, 1).clone())
+        self.register_buffer("kh", g.view(1, 1, 1, -1).repeat(channels, 1, 1, 1))
+        self.register_buffer("kv", g.view(1, 1, -1, 1).repeat(channels, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c, h, w = self.shape
+        c = self.shape[0]
         p = self.pad
-        x = F.pad(x.reshape(-1, 1, h, w), (p, p, p, p), mode="reflect")  # channels into the batch axis
-        x = F.conv2d(F.conv2d(x, self.kh), self.kv)
-        return x.reshape(-1, c, h, w)
+        x = F.pad(x, (p, p, p, p), mode="reflect")
+        return F.conv2d(F.conv2d(x, self.kh, groups=c), self.kv, groups=c)
 
 
 class ErrorHead(nn.Module):
@@ -223,10 +226,11 @@ class ErrorHead(nn.Module):
     def __init__(self, cfg: CaeConfig, height: int, width: int) -> None:
         super().__init__()
         self.error = cfg.error
+        self.channels = cfg.channels
         self.relative = cfg.relative
         self.score_kind = cfg.score
         self.k = max(1, round(cfg.topk * height * width))
-        self.window = _Blur(1.5, cfg.ssim_window, cfg.channels, height, width) if "ssim" in cfg.error else None
+        self.window = ssim_window(cfg, height, width) if "ssim" in cfg.error else None
         self.blur = _Blur(cfg.blur, None, 1, height, width) if cfg.blur > 0 else None
         self.register_buffer("mu", None)
         self.register_buffer("sd", None)
@@ -243,7 +247,7 @@ class ErrorHead(nn.Module):
         if self.error == "l1":
             return l1
         assert self.window is not None
-        dssim = (1 - ssim_map(x, y, self.window)).mean(1, keepdim=True) / 2  # in [0, 1]
+        dssim = (1 - ssim_map(x, y, self.window, self.channels)).mean(1, keepdim=True) / 2  # in [0, 1]
         return dssim if self.error == "ssim" else 0.5 * (dssim + l1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,12 +270,30 @@ class ErrorHead(nn.Module):
         return amap, score
 
 
-def ssim_map(x: torch.Tensor, y: torch.Tensor, window: nn.Module) -> torch.Tensor:
-    """Per-pixel, per-channel SSIM of images in [0, 1] with a Gaussian window (Wang et al. 2004)."""
-    mx, my = window(x), window(y)
-    sxx = window(x * x) - mx * mx
-    syy = window(y * y) - my * my
-    sxy = window(x * y) - mx * my
+def ssim_window(cfg: CaeConfig, height: int, width: int) -> _Blur:
+    """The SSIM's Gaussian window, sized for the five statistics `ssim_map` filters in one go."""
+    return _Blur(1.5, cfg.ssim_window, _ssim_planes(cfg.channels), height, width)
+
+
+def _ssim_planes(channels: int) -> int:
+    """5 statistics per channel, rounded up to a multiple of 8 (ONNX Runtime's blocked-channel layout)."""
+    return -(-5 * channels // 8) * 8
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window: _Blur, c: int) -> torch.Tensor:
+    """Per-pixel, per-channel SSIM of images in [0, 1] with a Gaussian window (Wang et al. 2004).
+
+    The five local statistics are stacked and filtered by one pad + two convolutions: the same numbers
+    as five separate filterings (tested), in fewer, larger ops."""
+    planes = [x, y, x * x, y * y, x * y]
+    spare = window.shape[0] - 5 * c
+    if spare:
+        planes.append(x[:, :1].expand(-1, spare, -1, -1) * 0.0)
+    stats = window(torch.cat(planes, dim=1))
+    mx, my = stats[:, :c], stats[:, c:2 * c]
+    sxx = stats[:, 2 * c:3 * c] - mx * mx
+    syy = stats[:, 3 * c:4 * c] - my * my
+    sxy = stats[:, 4 * c:5 * c] - mx * my
     return ((2 * mx * my + SSIM_C1) * (2 * sxy + SSIM_C2)) / ((mx * mx + my * my + SSIM_C1) * (sxx + syy + SSIM_C2))
 
 
@@ -337,7 +359,7 @@ def _loss(x: torch.Tensor, y: torch.Tensor, cfg: CaeConfig, window: nn.Module) -
         return F.mse_loss(y, x)
     if cfg.loss == "l1":
         return F.l1_loss(y, x)
-    dssim = (1 - ssim_map(x, y, window).mean()) / 2
+    dssim = (1 - ssim_map(x, y, window, cfg.channels).mean()) / 2
     return dssim if cfg.loss == "ssim" else dssim + F.l1_loss(y, x)
 
 
@@ -373,7 +395,7 @@ def train_autoencoder(images: list[np.ndarray], cfg: CaeConfig, seed: int, progr
     model = Autoencoder(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.05)
-    window = _Blur(1.5, cfg.ssim_window, cfg.channels, data.shape[2], data.shape[3])
+    window = ssim_window(cfg, data.shape[2], data.shape[3])
     history: list[float] = []
     from tqdm import tqdm
 
