@@ -63,37 +63,32 @@ class ImageArchive:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(f.captured_at))
         return self.folder / stamp[:8] / f"{station}_{f.camera}_{stamp}_{f.seq:08d}"
 
-    def save(self, verdict: Verdict, station: str, overlay: bool = True) -> str | None:
-        """Save the frame (and overlay); returns the frame's path, or None when paused or failed.
-
-        overlay=False leaves the overlay to `save_overlay`, so a reject need not wait for it."""
+    def planned_path(self, verdict: Verdict, station: str) -> str | None:
+        """Where `save` will put this frame (None while saving is paused): the row and the reject carry
+        the path at once, and the JPEG is written after the commit, off the reject's path."""
         if self.paused:
             return None
-        f = verdict.frame
+        return str(self._base(verdict, station).with_suffix(self.ext))
+
+    def save(self, verdict: Verdict, station: str) -> str | None:
+        """Save the frame and its overlay; returns the frame's path, or None when paused or failed."""
+        if self.paused:
+            return None
         base = self._base(verdict, station)
         try:
             base.parent.mkdir(parents=True, exist_ok=True)
             path = base.with_suffix(self.ext)
-            self._write(path, f.image)
-            if overlay:
-                self._write_overlay(base, verdict)
+            self._write(path, verdict.frame.image)
         except OSError as exc:
             self._failed(exc, "image")
             return None
         self.saved += 1
+        try:
+            self._write_overlay(base, verdict)
+        except OSError as exc:  # the frame stays: the overlay is only a convenience
+            self._failed(exc, "overlay")
         self._enforce_quota()
         return str(path)
-
-    def save_overlay(self, verdict: Verdict, station: str) -> None:
-        """The overlay of a frame saved with overlay=False (a failure is logged, the frame stays)."""
-        if self.paused:
-            return
-        try:
-            self._write_overlay(self._base(verdict, station), verdict)
-        except OSError as exc:
-            self._failed(exc, "overlay")
-            return
-        self._enforce_quota()
 
     def _failed(self, exc: OSError, what: str) -> None:
         """A disk error pauses saving (and may lower the quota); anything else is just logged."""

@@ -168,7 +168,7 @@ class RecorderThread(threading.Thread):
         verdict_rows: dict[tuple[str, int], int] = {}
         events: list[PartEvent] = []
         triggered: list[OutboxMessage] = []
-        overlays: list[Verdict] = []  # written after the commit: a reject does not wait for them
+        images: list[tuple[Verdict, int]] = []  # (verdict, row index): written after the commit
         station = self.config.station
         while not self.triggers.empty():
             self.book.add(self.triggers.get_nowait())
@@ -180,7 +180,7 @@ class RecorderThread(threading.Thread):
                 continue
             v = d.verdict
             uid = uuid.uuid4().hex
-            image_path = self._save_image(v, overlays)
+            image_path = self._plan_image(v, images, len(rows))
             rows.append(InspectionRow(
                 uid=uid, seq=v.frame.seq, camera=v.frame.camera, part_id=v.frame.part_id,
                 captured_at=v.frame.captured_at, decided_at=v.decided_at, score=v.score, threshold=v.threshold,
@@ -213,7 +213,7 @@ class RecorderThread(threading.Thread):
             if messages and self.publish_direct is not None:  # rejects still reach the line, not durably
                 for m in messages:
                     self.publish_direct(m.topic, m.payload)
-            self._save_overlays(overlays)
+            self._save_images(images, None)
             return
         for key, index in verdict_rows.items():
             _, uid, image = self._defect_rows[key]
@@ -233,7 +233,7 @@ class RecorderThread(threading.Thread):
             self.counters.last_reject_at = time.time()
         if messages:
             self.wake_sender()
-        self._save_overlays(overlays)
+        self._save_images(images, ids)
 
     def _triggered_verdict(self, v: Verdict, uid: str, image: str | None, row_index: int) -> list[OutboxMessage]:
         """A verdict for a triggered part: exactly one durable result, and a reject when defective."""
@@ -286,20 +286,27 @@ class RecorderThread(threading.Thread):
         return OutboxMessage("reject", topic, payload, expires_at,
                              inspection_id=inspection_id if inspection_id >= 0 else None)
 
-    def _save_image(self, v: Verdict, overlays: list[Verdict]) -> str | None:
-        """The frame now (its path goes into the row and the reject); its overlay after the commit."""
+    def _plan_image(self, v: Verdict, images: list[tuple[Verdict, int]], row_index: int) -> str | None:
+        """The frame's future path, for the row and the reject; the JPEG is encoded after the commit so
+        that no reject waits for it (the file appears a few ms after the message)."""
         policy = self.config.storage.images.save
         if self.archive is None or policy == "none" or (policy == "rejects" and not v.is_defective):
             return None
-        path = self.archive.save(v, self.config.station, overlay=False)
+        path = self.archive.planned_path(v, self.config.station)
         if path is not None:
-            overlays.append(v)
+            images.append((v, row_index))
         return path
 
-    def _save_overlays(self, overlays: list[Verdict]) -> None:
-        if self.archive is not None:
-            for v in overlays:
-                self.archive.save_overlay(v, self.config.station)
+    def _save_images(self, images: list[tuple[Verdict, int]], ids: list[int] | None) -> None:
+        """Write the planned frames (and overlays); a row whose frame could not be written loses its path."""
+        if self.archive is None:
+            return
+        lost = [index for v, index in images if self.archive.save(v, self.config.station) is None]
+        if lost and ids is not None:
+            try:
+                self.writer.forget_images([ids[i] for i in lost])
+            except sqlite3.Error as exc:
+                log.warning("cannot clear the image path of %d rows: %s", len(lost), exc)
 
     def _maintain(self) -> None:
         now = time.monotonic()

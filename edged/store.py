@@ -190,6 +190,10 @@ class InspectionWriter:
             raise
         return ids
 
+    def forget_images(self, ids: list[int]) -> None:
+        """Rows whose planned image could not be written: no path to a file that does not exist."""
+        self.conn.executemany("UPDATE inspections SET image_path = NULL WHERE id = ?", [(i,) for i in ids])
+
     def retention(self, max_age_days: float, max_rows: int) -> int:
         """Delete old inspections (by age, then by count) and settled outbox rows; returns rows deleted."""
         cutoff = time.time() - max_age_days * 86400.0

@@ -1,0 +1,61 @@
+"""Defect images: written after the commit at the path the row and the reject already carry."""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import write_config, write_spot_video
+
+from edged.archive import ImageArchive
+from edged.config import load_config
+from edged.frames import Frame, Verdict
+from edged.sdnotify import Notifier
+from edged.service import Service
+
+
+def _verdict(seq: int) -> Verdict:
+    image = np.full((48, 64, 3), 120, np.uint8)
+    frame = Frame(camera="cam1", seq=seq, image=image, captured_mono=0.0, captured_at=1_795_766_400.0 + seq)
+    return Verdict(frame=frame, score=2.0, threshold=1.0, is_defective=True, decided_mono=0.0,
+                   decided_at=frame.captured_at, model="test", anomaly_map=np.zeros((16, 16), np.float32))
+
+
+def test_save_writes_the_planned_path_and_its_overlay(tmp_path: Path) -> None:
+    archive = ImageArchive(tmp_path / "images", quota_mb=10)
+    v = _verdict(7)
+    planned = archive.planned_path(v, "line1")
+    assert planned is not None and not Path(planned).exists()
+    assert archive.save(v, "line1") == planned
+    assert Path(planned).is_file()
+    assert Path(planned).with_name(Path(planned).stem + "_map.jpg").is_file()
+
+
+def test_a_failed_write_clears_the_rows_image_path(tmp_path: Path, tiny_bundle: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames are encoded after the commit; a frame that then cannot be written must not leave its row
+    pointing at a file that does not exist."""
+    original = ImageArchive._write
+
+    def flaky(self: ImageArchive, path: Path, image: np.ndarray) -> None:
+        if "_map" not in path.name and int(path.stem.rsplit("_", 1)[-1]) % 2:
+            raise OSError(errno.EINVAL, "simulated encoder failure")  # not a disk error: saving goes on
+        original(self, path, image)
+
+    monkeypatch.setattr(ImageArchive, "_write", flaky)
+    video = tmp_path / "v.avi"
+    write_spot_video(video, 12, set())
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_bundle, video, tmp_path / "s"))
+    cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={
+        "images": cfg.storage.images.model_copy(update={"save": "all"})})})
+    Service(cfg, notifier=Notifier({}), handle_signals=False).run()
+    rows = sqlite3.connect(tmp_path / "s" / "edged.db").execute("SELECT seq, image_path FROM inspections").fetchall()
+    assert len(rows) == 12
+    for seq, path in rows:
+        if seq % 2:
+            assert path is None, seq
+        else:
+            assert path is not None and Path(path).is_file(), seq
