@@ -176,6 +176,21 @@ def test_options_are_checked() -> None:
         parse_options({"layers": "s9"})
     with pytest.raises(ValueError, match="coreset"):
         parse_options({"coreset": "0"})
+    assert parse_options({"standardize": "false"})["standardize"] is False
+    assert parse_options({})["standardize"] is True
+    with pytest.raises(ValueError, match="standardize"):
+        parse_options({"standardize": "maybe"})
+
+
+def test_standardized_features_weigh_every_channel_evenly(trained: PatchCoreTrained) -> None:
+    """The graph divides each feature channel by its spread on the good training patches, so a deep
+    stage with large values cannot drown a shallow one in the distance."""
+    good, _ = _parts(12, seed=1)  # the fixture's training images
+    with torch.no_grad():
+        f = trained.graph.features(images_to_tensor(good))
+    spread = f.permute(1, 0, 2, 3).flatten(1).std(dim=1)
+    assert trained.graph.features.scale is not None
+    np.testing.assert_allclose(spread.numpy(), 1.0, rtol=0.02)
 
 
 def test_pipeline_bundle_runs_in_the_daemon_detector(synth_data: Path, tmp_path: Path) -> None:

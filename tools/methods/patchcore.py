@@ -10,11 +10,13 @@ finest grid -> concat (-> optional linear projection) -> squared distance to eve
 patch -> min -> sqrt -> light Gaussian smoothing on the patch grid -> bilinear upsample to the input
 size = anomaly map; image score = max of the map.
 
-Options (`--opt KEY=VALUE`): layers (default "s5": stride 16, 112 channels; e.g. "s4,s5"), coreset
-(fraction of the training patches kept in the memory bank, default 0.1), proj (0 = none, else PCA to that many
-dims), max_patches (random cap on training patches before the coreset, default 200000),
-coreset_dims (random projection for the coreset distances, default 64), sigma (smoothing in input
-pixels, default 4), batch (feature extraction batch, default 16).
+Options (`--opt KEY=VALUE`): layers (default "s5,s6": stride 16 + stride 32, 112 + 192 channels, on the
+stride-16 grid), standardize (default true: each feature channel divided by its spread on the good
+patches, so both stages count), coreset (fraction of the training patches kept in the memory bank,
+default 0.03), proj (0 = none, else PCA to that many dims), max_patches (random cap on training patches
+before the coreset, default 200000), coreset_dims (random projection for the coreset distances,
+default 64), sigma (smoothing in input pixels, default 4), batch (feature extraction batch, default 16).
+The choice of defaults and the sweep behind them: docs/patchcore.md.
 """
 
 from __future__ import annotations
@@ -38,13 +40,14 @@ from tools.methods.base import FitOptions, QuantizeOptions
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
-    "layers": "s5",
-    "coreset": 0.1,
+    "layers": "s5,s6",
+    "coreset": 0.03,
     "proj": 0,
     "max_patches": 200_000,
     "sigma": 4.0,
     "batch": 16,
     "coreset_dims": 64,
+    "standardize": True,
 }
 
 
@@ -56,7 +59,12 @@ def parse_options(extra: dict[str, Any]) -> dict[str, Any]:
                          f"(known: {', '.join(DEFAULTS)})")
     out = dict(DEFAULTS)
     for key, value in extra.items():
-        out[key] = type(DEFAULTS[key])(value)
+        if isinstance(DEFAULTS[key], bool) and isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"patchcore: {key} must be true or false (got {value!r})")
+            out[key] = value.lower() in ("true", "1", "yes")
+        else:
+            out[key] = type(DEFAULTS[key])(value)
     layers = [s.strip() for s in str(out["layers"]).split(",") if s.strip()]
     bad = [s for s in layers if s not in STAGE_OUTPUTS]
     if not layers or bad:
@@ -70,11 +78,13 @@ def parse_options(extra: dict[str, Any]) -> dict[str, Any]:
 class PatchFeatures(nn.Module):
     """Image batch in [0, 1] RGB -> locally aware patch features on the finest chosen grid (N, D, h, w)."""
 
-    def __init__(self, backbone: EfficientNetLite0, layers: list[str], proj: torch.Tensor | None = None) -> None:
+    def __init__(self, backbone: EfficientNetLite0, layers: list[str], proj: torch.Tensor | None = None,
+                 scale: torch.Tensor | None = None) -> None:
         super().__init__()
         self.norm = Normalize()
         self.backbone = backbone
         self.layers = layers
+        self.register_buffer("scale", None if scale is None else scale.view(1, -1, 1, 1).clone())
         self.proj: nn.Conv2d | None = None
         if proj is not None:  # (D_out, D_in) projection, centred data -> a 1x1 conv with bias
             w, b = proj[:, :-1], proj[:, -1]
@@ -92,7 +102,9 @@ class PatchFeatures(nn.Module):
                 f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
             out.append(f)
         y = torch.cat(out, dim=1)
-        return self.proj(y) if self.proj is not None else y
+        if self.proj is not None:
+            y = self.proj(y)
+        return y * self.scale if self.scale is not None else y
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -288,6 +300,13 @@ class PatchCoreMethod:
             proj = pca_projection(patches, o["proj"])
             patches = patches @ proj[:, :-1].t() + proj[:, -1]
             features = PatchFeatures(features.backbone, layers, proj).eval()
+        if o["standardize"]:
+            # Stages differ ~10x in scale: unscaled, the deepest stage alone decides the distance.
+            # Dividing each channel by its spread over the good patches weighs them evenly (a mean shift
+            # would not change any distance, so only the scale is applied).
+            scale = 1.0 / patches.std(dim=0).clamp_min(1e-3)
+            patches = patches * scale
+            features = PatchFeatures(features.backbone, layers, proj, scale).eval()
         k = max(1, round(o["coreset"] * total))
         t1 = time.perf_counter()
         idx = greedy_coreset(patches, k, dims=o["coreset_dims"], seed=opts.seed, progress=opts.progress)
