@@ -12,6 +12,8 @@ import contextlib
 import errno
 import logging
 import os
+import queue
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -154,6 +156,54 @@ class ImageArchive:
             except OSError as exc:
                 log.warning("cannot delete %s to keep the image quota: %s", path, exc)
             self._total -= size
+
+
+class ImageWriter(threading.Thread):
+    """Encodes and writes defect images behind the recorder, only when a core is otherwise idle.
+
+    On a 2-core box, a 640x480 JPEG encoded right after a reject's commit competed with the MQTT thread
+    for a core and added up to 5 ms to the reject's publish (p99). This thread runs in Linux's
+    SCHED_IDLE class, so it never delays inspection or publishing. When it falls behind (a CPU busy
+    with frames), `put` writes the image in the caller instead: the backlog, and the memory its frames
+    hold, stays at `maxsize` images. Rows whose frame could not be written come back on `lost` (row ids)
+    for the recorder, the only database writer, to clear their path.
+    """
+
+    def __init__(self, archive: ImageArchive, station: str, maxsize: int = 4) -> None:
+        super().__init__(name="images", daemon=True)
+        self.archive = archive
+        self.station = station
+        self.todo: queue.Queue[tuple[Verdict, int | None] | None] = queue.Queue(maxsize)
+        self.lost: queue.Queue[int] = queue.Queue()
+        self.inline = 0  # images written by the caller because the thread was behind
+
+    def put(self, verdict: Verdict, row_id: int | None) -> None:
+        try:
+            self.todo.put_nowait((verdict, row_id))
+        except queue.Full:
+            self.inline += 1
+            self._save(verdict, row_id)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued, then end."""
+        if self.is_alive():
+            self.todo.put(None)
+            self.join(timeout)
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # Linux: the scheduling class is per thread
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+        while (item := self.todo.get()) is not None:
+            self._save(*item)
+
+    def _save(self, verdict: Verdict, row_id: int | None) -> None:
+        try:
+            path = self.archive.save(verdict, self.station)
+        except Exception:  # an image must never stop the line; the row loses its path
+            log.exception("cannot save a defect image")
+            path = None
+        if path is None and row_id is not None:
+            self.lost.put(row_id)
 
 
 def render_overlay(image: np.ndarray, amap: np.ndarray, threshold: float, regions: tuple = ()) -> np.ndarray:

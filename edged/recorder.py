@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 
-from edged.archive import ImageArchive
+from edged.archive import ImageArchive, ImageWriter
 from edged.config import CameraConfig, Config
 from edged.frames import Verdict
 from edged.health import Counters, Heartbeats, LatencyWindow
@@ -86,6 +86,7 @@ class RecorderThread(threading.Thread):
         self.decided = decided
         self.writer = writer
         self.archive = archive
+        self.images = ImageWriter(archive, config.station) if archive is not None else None
         self.counters = counters
         self.latency = latency
         self.heartbeats = heartbeats
@@ -108,6 +109,8 @@ class RecorderThread(threading.Thread):
         self.workers_done = threading.Event()  # set by the service when no verdict can arrive any more
 
     def run(self) -> None:
+        if self.images is not None:
+            self.images.start()
         try:
             while True:
                 self.heartbeats.beat(self.name)
@@ -116,6 +119,9 @@ class RecorderThread(threading.Thread):
                 self._process(ordered, time.monotonic())
                 if not items and self.workers_done.is_set() and self.decided.empty():
                     self._process([], time.monotonic(), final=True)
+                    if self.images is not None:
+                        self.images.close()
+                    self._forget_lost_images()
                     return
                 self._maintain()
         except Exception:
@@ -298,17 +304,25 @@ class RecorderThread(threading.Thread):
         return path
 
     def _save_images(self, images: list[tuple[Verdict, int]], ids: list[int] | None) -> None:
-        """Write the planned frames (and overlays); a row whose frame could not be written loses its path."""
-        if self.archive is None:
+        """Hand the planned frames to the image thread (row ids, so a failed write can clear its path)."""
+        if self.images is not None:
+            for v, index in images:
+                self.images.put(v, ids[index] if ids is not None else None)
+
+    def _forget_lost_images(self) -> None:
+        """Rows whose frame could not be written lose their image path (no path to a missing file)."""
+        if self.images is None or self.images.lost.empty():
             return
-        lost = [index for v, index in images if self.archive.save(v, self.config.station) is None]
-        if lost and ids is not None:
-            try:
-                self.writer.forget_images([ids[i] for i in lost])
-            except sqlite3.Error as exc:
-                log.warning("cannot clear the image path of %d rows: %s", len(lost), exc)
+        lost = []
+        while not self.images.lost.empty():
+            lost.append(self.images.lost.get_nowait())
+        try:
+            self.writer.forget_images(lost)
+        except sqlite3.Error as exc:
+            log.warning("cannot clear the image path of %d rows: %s", len(lost), exc)
 
     def _maintain(self) -> None:
+        self._forget_lost_images()
         now = time.monotonic()
         if now - self._last_retention < RETENTION_EVERY_S:
             return

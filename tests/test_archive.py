@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from support import write_config, write_spot_video
 
-from edged.archive import ImageArchive
+from edged.archive import ImageArchive, ImageWriter
 from edged.config import load_config
 from edged.frames import Frame, Verdict
 from edged.sdnotify import Notifier
@@ -32,6 +32,30 @@ def test_save_writes_the_planned_path_and_its_overlay(tmp_path: Path) -> None:
     assert archive.save(v, "line1") == planned
     assert Path(planned).is_file()
     assert Path(planned).with_name(Path(planned).stem + "_map.jpg").is_file()
+
+
+def test_image_thread_writes_everything_and_never_holds_more_than_its_backlog(tmp_path: Path) -> None:
+    """Not started, the thread is 'behind': past its backlog of 2 the caller writes the image itself."""
+    archive = ImageArchive(tmp_path / "images", quota_mb=10)
+    writer = ImageWriter(archive, "line1", maxsize=2)
+    for seq in range(5):
+        writer.put(_verdict(seq), row_id=seq)
+    assert writer.todo.qsize() == 2 and writer.inline == 3 and archive.saved == 3
+    writer.start()
+    writer.close()
+    assert not writer.is_alive() and archive.saved == 5 and writer.lost.empty()
+
+
+def test_image_thread_reports_rows_whose_frame_was_not_written(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = ImageArchive(tmp_path / "images", quota_mb=10)
+    monkeypatch.setattr(archive, "save", lambda verdict, station: None)  # as after a disk error
+    writer = ImageWriter(archive, "line1")
+    writer.start()
+    writer.put(_verdict(1), row_id=41)
+    writer.put(_verdict(2), row_id=None)  # a row that was never committed: nothing to clear
+    writer.close()
+    assert [writer.lost.get_nowait() for _ in range(writer.lost.qsize())] == [41]
 
 
 def test_a_failed_write_clears_the_rows_image_path(tmp_path: Path, tiny_bundle: Path,
