@@ -176,6 +176,7 @@ class DurableSubscriber:
         self.raw: list[tuple[float, str, bytes, bool, dict[str, object]]] = []  # (time, topic, payload, retain, props)
         self._lock = threading.Lock()
         self.connects = 0
+        self.connected_at: list[float] = []  # time.time() of each (re)connect
         self.connected = threading.Event()
         self.topics = topics
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"durable-{free_port()}",
@@ -193,6 +194,7 @@ class DurableSubscriber:
 
     def _on_connect(self, client: object, userdata: object, flags: object, rc: object, props: object) -> None:
         self.connects += 1
+        self.connected_at.append(time.time())
         self.client.subscribe([(t, 1) for t in self.topics])
         self.connected.set()
 

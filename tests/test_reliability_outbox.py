@@ -55,6 +55,19 @@ def fd_count() -> int:
 
 
 @pytest.mark.slow
+def must_arrive(rows: list[dict[str, object]], sub: DurableSubscriber, t_down: float) -> set[str]:
+    """Delivered rejects the subscriber must get: all, except one the broker acknowledged around or after
+    the outage and had to hold while the subscriber reconnected (slower on a loaded machine), and whose
+    deadline passed before it was back: the broker drops that by its MQTT 5 message expiry, by design
+    (a stale reject is never actuated)."""
+    back = sub.connected_at[-1]
+
+    def excused(r: dict[str, object]) -> bool:
+        return float(r["expires_at"]) <= back and float(r["delivered_at"]) >= t_down - 1.0  # type: ignore[arg-type]
+
+    return {uid(r) for r in rows if r["state"] == "delivered" and not excused(r)}
+
+
 def test_broker_outage_delivers_live_rejects_and_expires_stale_ones(tmp_path: Path, tiny_bundle: Path) -> None:
     ttl_s, outage_s = 3.0, 7.0
     (tmp_path / "broker").mkdir()
@@ -94,7 +107,8 @@ def test_broker_outage_delivers_live_rejects_and_expires_stale_ones(tmp_path: Pa
                                if float(r["created_at"]) < t_up), 30, "the backlog to be sent")
         rows = outbox_rows(db_path)
         expired_ids = {uid(r) for r in rejects(rows) if r["state"] == "expired"}
-        delivered_ids = {uid(r) for r in rejects(rows) if r["state"] == "delivered"}
+        wait_until(lambda: sub.connected.is_set(), 30, "the subscriber to reconnect")
+        delivered_ids = must_arrive(rejects(rows), sub, t_down)
         wait_until(lambda: delivered_ids <= set(sub.ids(f"{TOPIC}/reject"))
                    and expired_ids <= set(sub.ids(f"{TOPIC}/audit")), 30, "the subscriber to receive them")
         wait_until(lambda: any(isinstance(p, dict) and p.get("expired", 0) > 0 for _, p, _ in sub.on(f"{TOPIC}/stats")),
@@ -116,6 +130,7 @@ def test_broker_outage_delivers_live_rejects_and_expires_stale_ones(tmp_path: Pa
     expired = {uid(r) for r in rj if r["state"] == "expired"}
     settled = [r for r in rj if float(r["created_at"]) < t_up]
 
+    delivered = {uid(r) for r in rj if r["state"] == "delivered"}
     late = [t for t, p, _ in sub.on(f"{TOPIC}/reject")
             if isinstance(p, dict) and t > float(p["expires_at"])]  # arrival after the deadline (clock skew: 0 here)
     report_figures("broker_outage", {
@@ -124,7 +139,9 @@ def test_broker_outage_delivers_live_rejects_and_expires_stale_ones(tmp_path: Pa
         "delivered": sum(r["state"] == "delivered" for r in rj), "expired": len(expired),
         "pending_at_end": sum(r["state"] == "pending" for r in rj),
         "received_raw": len(received), "received_unique": len(raw_counts),
-        "raw_duplicates": len(received) - len(raw_counts), "audit_received_unique": len(set(audit)),
+        "raw_duplicates": len(received) - len(raw_counts),
+        "delivered_expired_at_broker": len(delivered - must_arrive(rj, sub, t_down)),
+        "audit_received_unique": len(set(audit)),
         "arrived_after_deadline": len(late), "fds_before_after": [fds_before, fds_after]})
 
     # 1. nothing made before the broker returned is left pending
@@ -144,7 +161,7 @@ def test_broker_outage_delivers_live_rejects_and_expires_stale_ones(tmp_path: Pa
     # 4. at the subscriber: each delivered id at least once; an expired reject that was never published
     #    before its deadline never shows up on /reject (one published before the outage whose ack was
     #    lost may: it left in time)
-    assert {uid(r) for r in rj if r["state"] == "delivered"} <= set(received)
+    assert must_arrive(rj, sub, t_down) <= set(received)
     never_sent = {uid(r) for r in rj if r["state"] == "expired" and int(r["attempts"]) == 0}  # type: ignore[arg-type]
     assert not never_sent & set(received)
     assert set(received) <= set(by_uid), "no reject the daemon did not record"
