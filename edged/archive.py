@@ -40,7 +40,7 @@ class ImageArchive:
         self.paused_until = 0.0
         self.saved = 0
         self.failed = 0
-        self._files: deque[tuple[Path, int]] = deque()
+        self._files: deque[tuple[str, int]] = deque()  # oldest first; a str costs a third of a Path
         self._total = 0
         self._scan()
 
@@ -57,7 +57,7 @@ class ImageArchive:
             files = []
         for p in files:
             size = p.stat().st_size
-            self._files.append((p, size))
+            self._files.append((str(p), size))
             self._total += size
 
     def _base(self, verdict: Verdict, station: str) -> Path:
@@ -124,7 +124,7 @@ class ImageArchive:
                 tmp.unlink()
             raise
         size = path.stat().st_size
-        self._files.append((path, size))
+        self._files.append((str(path), size))
         self._total += size
 
     def _shrink_quota(self) -> None:
@@ -150,7 +150,7 @@ class ImageArchive:
         while self._total > self.quota and self._files:
             path, size = self._files.popleft()
             try:
-                path.unlink()
+                os.unlink(path)
             except FileNotFoundError:
                 pass
             except OSError as exc:
