@@ -71,6 +71,19 @@ def nn_dist(test: torch.Tensor, bank: torch.Tensor, chunk: int = 8192) -> torch.
     return torch.cat(out).view(n, 1, h, w)
 
 
+def evaluate_maps(dist: torch.Tensor, k1: torch.Tensor, size: int, labels: np.ndarray,
+                  masks: np.ndarray) -> tuple[float, float, float]:
+    """Patch distances (N, 1, h, w) -> smoothed, upsampled maps -> (image AUROC of the map max, image
+    AUROC of the raw patch max, pixel AUROC): what the bundle's graph does after the kNN."""
+    p = (k1.numel() - 1) // 2
+    m = F.conv2d(F.pad(dist, [p, p, 0, 0], mode="replicate"), k1.view(1, 1, 1, -1))
+    m = F.conv2d(F.pad(m, [0, 0, p, p], mode="replicate"), k1.view(1, 1, -1, 1))
+    amap = F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return (roc_auc_score(labels, amap.flatten(1).max(1).values.numpy()),
+            roc_auc_score(labels, dist.flatten(1).max(1).values.numpy()),
+            roc_auc_score(masks.ravel(), amap.numpy().ravel()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("/work/shared/datasets/mtd"))
@@ -111,14 +124,7 @@ def main() -> None:
             idx = (greedy_coreset(patches, round(r * total), dims=a.dims) if r < 1
                    else torch.arange(patches.shape[0]))
             tc = time.perf_counter() - t1
-            dist = nn_dist(te, patches[idx])
-            p = (k1.numel() - 1) // 2
-            m = F.conv2d(F.pad(dist, [p, p, 0, 0], mode="replicate"), k1.view(1, 1, 1, -1))
-            m = F.conv2d(F.pad(m, [0, 0, p, p], mode="replicate"), k1.view(1, 1, -1, 1))
-            amap = F.interpolate(m, size=(a.size, a.size), mode="bilinear", align_corners=False)[:, 0]
-            img_max = roc_auc_score(labels, amap.flatten(1).max(1).values.numpy())
-            img_raw = roc_auc_score(labels, dist.flatten(1).max(1).values.numpy())
-            pix = roc_auc_score(masks.ravel(), amap.numpy().ravel())
+            img_max, img_raw, pix = evaluate_maps(nn_dist(te, patches[idx]), k1, a.size, labels, masks)
             print(f"{combo_s:10s} d={d:4d} grid={tr.shape[-1]} ratio={r:.3f} bank={len(idx):6d} coreset {tc:5.0f}s  "
                   f"image(max map)={img_max:.4f} image(max raw)={img_raw:.4f} pixel={pix:.4f}", flush=True)
 

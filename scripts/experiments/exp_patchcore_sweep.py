@@ -21,13 +21,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import exp_patchcore_diag
-from exp_patchcore_diag import combine, nn_dist, stage_features
+from exp_patchcore_diag import combine, evaluate_maps, nn_dist, stage_features
 
 from tools.methods.patchcore import gaussian_kernel, greedy_coreset
 
@@ -108,14 +106,7 @@ def main() -> None:
             k1 = gaussian_kernel(a.sigma / stride)
             for r in [float(x) for x in a.ratios.split(",")]:
                 idx = greedy_coreset(patches, round(r * patches.shape[0]), dims=64)
-                dist = nn_dist(te, patches[idx])
-                p = (k1.numel() - 1) // 2
-                m = F.conv2d(F.pad(dist, [p, p, 0, 0], mode="replicate"), k1.view(1, 1, 1, -1))
-                m = F.conv2d(F.pad(m, [0, 0, p, p], mode="replicate"), k1.view(1, 1, -1, 1))
-                amap = F.interpolate(m, size=(a.size, a.size), mode="bilinear", align_corners=False)[:, 0]
-                img = roc_auc_score(labels, amap.flatten(1).max(1).values.numpy())
-                raw = roc_auc_score(labels, dist.flatten(1).max(1).values.numpy())
-                pix = roc_auc_score(masks.ravel(), amap.numpy().ravel())
+                img, raw, pix = evaluate_maps(nn_dist(te, patches[idx]), k1, a.size, labels, masks)
                 print(f"{how:8s} {a.size} {combo_s:12s} r={r:.2f} bank={len(idx):6d} image={img:.4f} raw={raw:.4f} "
                       f"pixel={pix:.4f}", flush=True)
 
