@@ -191,7 +191,9 @@ class ImageWriter(threading.Thread):
             self.join(timeout)
 
     def run(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # Linux: the scheduling class is per thread
+        # Linux: the scheduling class is per thread. Refused (a seccomp filter answers EPERM, not a kill:
+        # deploy/edged.service sets SystemCallErrorNumber=EPERM), the thread keeps normal priority.
+        with contextlib.suppress(OSError, AttributeError):
             os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
         while (item := self.todo.get()) is not None:
             self._save(*item)
