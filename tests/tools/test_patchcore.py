@@ -183,8 +183,8 @@ def test_options_are_checked() -> None:
 
 
 def test_standardized_features_weigh_every_channel_evenly(trained: PatchCoreTrained) -> None:
-    """The graph divides each feature channel by its spread on the good training patches, so a deep
-    stage with large values cannot drown a shallow one in the distance."""
+    """The graph divides each feature channel by its spread on the good training patches, so a few
+    wide channels cannot decide the distance alone."""
     good, _ = _parts(12, seed=1)  # the fixture's training images
     with torch.no_grad():
         f = trained.graph.features(images_to_tensor(good))
