@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from tools.methods.cae import DEFAULT, REFERENCE, CaeConfig, ErrorHead, position_stats, train_autoencoder
+from tools.methods.cae import DEFAULT, REFERENCE, Autoencoder, CaeConfig, ErrorHead, position_stats, train_autoencoder
 
 HEADS = [
     dict(error="l2", blur=0.0, score="mean", position_norm=False),
@@ -31,6 +31,14 @@ HEADS = [
     dict(error="ssim+l1", blur=4.0, score="topk", topk=0.01, position_norm=True),
     dict(error="ssim+l1", blur=2.0, score="max", position_norm=True),
 ]
+
+
+def load_saved(name: str) -> tuple[CaeConfig, Autoencoder]:
+    """A model this script saved under /tmp/cae_exp, in eval mode (for the other exp_cae_* scripts)."""
+    saved = torch.load(f"/tmp/cae_exp/{name}.pt", weights_only=False)
+    model = Autoencoder(saved["cfg"])
+    model.load_state_dict(saved["state"])
+    return saved["cfg"], model.eval()
 
 
 def main() -> None:

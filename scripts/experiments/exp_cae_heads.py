@@ -10,18 +10,15 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from exp_cae import load_saved
 from sklearn.metrics import roc_auc_score
 
-from tools.methods.cae import Autoencoder, ErrorHead, _Blur
+from tools.methods.cae import ErrorHead, _Blur
 
 
 def main(name: str) -> None:
     torch.set_num_threads(1)
-    saved = torch.load(f"/tmp/cae_exp/{name}.pt", weights_only=False)
-    cfg = saved["cfg"]
-    model = Autoencoder(cfg)
-    model.load_state_dict(saved["state"])
-    model.eval()
+    cfg, model = load_saved(name)
     d = np.load("/tmp/cae_exp/mtd128.npz")
     x = torch.from_numpy(d["test"].astype(np.float32)[:, None] / 255)
     if cfg.channels == 3:

@@ -17,12 +17,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from exp_cae import load_saved
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from sklearn.metrics import roc_auc_score
 
 from edged.bundle import InputSpec
-from tools.methods.cae import Autoencoder, CaeTrained, _quantize_options
+from tools.methods.cae import CaeTrained, _quantize_options
 
 
 class Reader(CalibrationDataReader):
@@ -44,11 +45,7 @@ def session(path: Path, optimized: Path | None = None) -> ort.InferenceSession:
 
 def main(name: str) -> None:
     torch.set_num_threads(1)
-    saved = torch.load(f"/tmp/cae_exp/{name}.pt", weights_only=False)
-    cfg = saved["cfg"]
-    model = Autoencoder(cfg)
-    model.load_state_dict(saved["state"])
-    model.eval()
+    cfg, model = load_saved(name)
     spec = (InputSpec(width=128, height=128, channels=1, color_order="gray") if cfg.channels == 1
             else InputSpec(width=128, height=128, channels=3, color_order="rgb"))
     trained = CaeTrained(spec=spec, cfg=cfg, model=model, quantize=_quantize_options(cfg))
