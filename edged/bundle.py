@@ -19,8 +19,10 @@ range is a ``BundleError`` (exit code 2), never a crash later.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -51,6 +53,8 @@ class InputSpec(_Strict):
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     features: str | None = None  # for kind == "features": name of the feature extractor in edged.features
+    # significant bits of 16-bit frames (a 12-bit camera writes 0..4095); see edged.preprocess.to_uint8
+    bit_depth: int = Field(16, ge=8, le=16)
 
     @model_validator(mode="after")
     def _consistent(self) -> InputSpec:
@@ -82,6 +86,8 @@ class Threshold(_Strict):
     target_frr: float | None = None
     n_images: int = 0
     expected_frr: float | None = None  # false-reject rate of the calibration images at this value
+    # 95% interval (Clopper-Pearson) of the false-reject rate on new good parts: what n images can promise
+    frr_interval: tuple[float, float] | None = None
     source: str = ""  # what images it was derived from (e.g. "held-out train/good (15%)")
 
 
@@ -118,6 +124,9 @@ class Manifest(_Strict):
     training: TrainingSummary = TrainingSummary()
     quantization: dict[str, object] = Field(default_factory=dict)  # parity figures, what was quantized
     versions: dict[str, str] = Field(default_factory=dict)  # onnx, onnxruntime, torch, ...
+    # False while edged-train is still writing the bundle (placeholder thresholds): never loaded to run
+    complete: bool = True
+    history: list[dict[str, object]] = Field(default_factory=list)  # earlier ids/thresholds (re-calibrations)
 
     @model_validator(mode="after")
     def _has_default(self) -> Manifest:
@@ -145,8 +154,22 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_UNFINISHED_ALLOWED: set[Path] = set()
+
+
+@contextlib.contextmanager
+def unfinished_allowed(bundle_dir: str | Path) -> Iterator[None]:
+    """Let edged-train score the bundle it is still writing (``complete: false``); nothing else may load one."""
+    key = Path(bundle_dir).resolve()
+    _UNFINISHED_ALLOWED.add(key)
+    try:
+        yield
+    finally:
+        _UNFINISHED_ALLOWED.discard(key)
+
+
 def load_manifest(bundle_dir: str | Path) -> Manifest:
-    """Read and validate BUNDLE/manifest.json (no ONNX file is opened)."""
+    """Read and validate BUNDLE/manifest.json (no ONNX file is opened); an unfinished bundle is refused."""
     path = Path(bundle_dir) / MANIFEST_NAME
     if not Path(bundle_dir).is_dir():
         raise BundleError(f"model bundle {bundle_dir}: not a directory")
@@ -159,11 +182,15 @@ def load_manifest(bundle_dir: str | Path) -> Manifest:
     except json.JSONDecodeError as exc:
         raise BundleError(f"model bundle {bundle_dir}: {MANIFEST_NAME} is not valid JSON: {exc}") from None
     try:
-        return Manifest.model_validate(raw)
+        manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
         raise BundleError(f"model bundle {bundle_dir}: {MANIFEST_NAME}: {where}: {first['msg']}") from None
+    if not manifest.complete and Path(bundle_dir).resolve() not in _UNFINISHED_ALLOWED:
+        raise BundleError(f"model bundle {bundle_dir}: unfinished (edged-train fit was interrupted or is still "
+                          f"writing it; its thresholds are placeholders): fit again")
+    return manifest
 
 
 def resolve_model(bundle_dir: str | Path, manifest: Manifest, precision: str | None = None,

@@ -16,15 +16,28 @@ class FrameError(ValueError):
     """A frame that cannot be inspected (empty, wrong dtype or channel count)."""
 
 
-def to_color_order(image: np.ndarray, color_order: str) -> np.ndarray:
-    """Convert an OpenCV image (gray, BGR or BGRA, uint8) to the model's color order, HxW or HxWx3."""
+def to_uint8(image: np.ndarray, bit_depth: int = 16) -> np.ndarray:
+    """8-bit pixels from an 8- or 16-bit image whose values use `bit_depth` bits (the manifest's).
+
+    The one place 16-bit data becomes 8-bit, for training and the daemon alike: a 12-bit camera writes
+    0..4095 into uint16, so keeping the top 8 of 16 bits would leave it nearly black; the top 8 of its
+    `bit_depth` bits are kept instead (values above 2**bit_depth - 1 saturate).
+    """
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype != np.uint16:
+        raise FrameError(f"unsupported pixel type {image.dtype} (use 8- or 16-bit integer images)")
+    shift = bit_depth - 8
+    if shift >= 8:
+        return (image >> 8).astype(np.uint8)
+    return np.minimum(image >> shift, 255).astype(np.uint8)
+
+
+def to_color_order(image: np.ndarray, color_order: str, bit_depth: int = 16) -> np.ndarray:
+    """Convert an OpenCV image (gray, BGR or BGRA, uint8 or uint16) to the model's color order, HxW or HxWx3."""
     if image is None or not isinstance(image, np.ndarray) or image.size == 0:
         raise FrameError("empty frame")
-    if image.dtype != np.uint8:
-        if image.dtype == np.uint16:  # 16-bit industrial cameras: keep the top 8 bits
-            image = (image >> 8).astype(np.uint8)
-        else:
-            raise FrameError(f"unsupported pixel type {image.dtype}")
+    image = to_uint8(image, bit_depth)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 2:
@@ -62,7 +75,7 @@ def prepare_uint8(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     if (spec.color_order != "gray" and isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.size
             and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)))):
         return to_color_order(resize(image, spec.width, spec.height), spec.color_order)
-    return resize(to_color_order(image, spec.color_order), spec.width, spec.height)
+    return resize(to_color_order(image, spec.color_order, spec.bit_depth), spec.width, spec.height)
 
 
 def to_tensor(prepared: np.ndarray, spec: InputSpec, out: np.ndarray | None = None) -> np.ndarray:

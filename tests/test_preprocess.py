@@ -35,3 +35,15 @@ def test_16_bit_and_empty_frames_keep_their_handling() -> None:
         prepare_uint8(np.zeros((0, 0, 3), np.uint8), spec)
     with pytest.raises(FrameError):
         prepare_uint8(np.zeros((8, 8, 3), np.float32), spec)
+
+
+def test_12_bit_frames_use_their_bit_depth() -> None:
+    """A 12-bit camera (0..4095 in uint16) keeps its brightness when the manifest says bit_depth 12."""
+    from edged.preprocess import to_uint8
+
+    twelve = np.array([[0, 16, 2048, 4095, 65535]], np.uint16)
+    np.testing.assert_array_equal(to_uint8(twelve, 12), [[0, 1, 128, 255, 255]])  # above 12 bits: saturated
+    np.testing.assert_array_equal(to_uint8(twelve, 16), [[0, 0, 8, 15, 255]])  # the old rule: nearly black
+    spec = InputSpec(width=4, height=4, channels=1, color_order="gray", bit_depth=12)  # type: ignore[arg-type]
+    assert int(prepare_uint8(np.full((8, 8), 4000, np.uint16), spec).min()) == 250
+    assert InputSpec(width=4, height=4).bit_depth == 16  # bundles written before the field keep their rule
