@@ -3,6 +3,7 @@ tiny real model bundles, generated videos, configs and MQTT subscribers."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -16,7 +17,18 @@ from tools.localbroker import MOSQUITTO, LocalBroker, free_port  # noqa: F401 (r
 
 
 class Broker(LocalBroker):
-    """A real mosquitto for a test; the test is skipped where mosquitto is not installed."""
+    """A real mosquitto for a test; the test is skipped where mosquitto is not installed.
+
+    Started as root (as the tests run here), mosquitto drops to the `mosquitto` user, which cannot enter
+    pytest's tmp_path (mode 0700): with `persistence` it then saves nothing on a stop ("Permission denied",
+    on its stderr) and a restart forgets every session. `user root` keeps it able to write its workdir.
+    """
+
+    def __init__(self, workdir: Path, persistence: bool = False, max_queued: int = 10000) -> None:
+        super().__init__(workdir, persistence=persistence, max_queued=max_queued)
+        if os.geteuid() == 0:
+            with self.conf.open("a") as fh:
+                fh.write("user root\n")
 
     def start(self, timeout: float = 10.0) -> None:
         if not self.available():
