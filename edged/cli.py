@@ -21,6 +21,7 @@ from edged import __version__
 from edged.bundle import BundleError
 from edged.config import Config, ConfigError, load_config
 from edged.logsetup import setup_logging
+from edged.safetext import redact_url
 from edged.store import StoreError
 
 log = logging.getLogger("edged")
@@ -114,7 +115,7 @@ def cmd_check_config(config: Config, out: TextIO) -> int:
         trig = cam.trigger.mode + (f", gap {cam.trigger.gap_ms:g} ms" if cam.trigger.mode == "free_run" else
                                    f", delay {cam.trigger.delay_ms:g} ms, timeout {cam.trigger.timeout_ms:g} ms, "
                                    f"fail-safe {cam.trigger.fail_safe}")
-        w(f"camera:   {cam.name}: {source_kind(cam.source)} {_redact(cam.source)}; queue {cam.queue_size}; "
+        w(f"camera:   {cam.name}: {source_kind(cam.source)} {redact_url(cam.source)}; queue {cam.queue_size}; "
           f"{thr}; {trig}\n")
     mq = config.mqtt
     if mq.enabled:
@@ -131,13 +132,6 @@ def cmd_check_config(config: Config, out: TextIO) -> int:
 
 def _pct(p: float | None) -> str:
     return f" {p:g}th percentile" if p is not None else ""
-
-
-def _redact(source: str) -> str:
-    if "://" in source and "@" in source:
-        scheme, rest = source.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return source
 
 
 def cmd_replay(config: Config, source: str, json_out: Path | None, db: Path | None, mqtt: bool,

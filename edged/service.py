@@ -37,6 +37,7 @@ from edged.health import CameraStats, Counters, Heartbeats, LatencyWindow
 from edged.mqtt_link import MqttLink
 from edged.parts import TriggerError, TriggerGate, parse_trigger
 from edged.recorder import RecorderThread
+from edged.safetext import redact_url
 from edged.sdnotify import Notifier
 from edged.store import InspectionWriter, open_database
 from edged.worker import Decided, InferenceWorker
@@ -85,7 +86,7 @@ class Service:
         self.stop_requested = threading.Event()
         self.camera_events: queue.Queue[tuple[str, str, str]] = queue.Queue()
         self.decided: queue.Queue[Decided] = queue.Queue()
-        self.stats = {c.name: CameraStats(c.name, c.source) for c in config.cameras}
+        self.stats = {c.name: CameraStats(c.name, redact_url(c.source)) for c in config.cameras}  # shown, never opened
         self.captures: list[CaptureThread] = []
         self.workers: list[InferenceWorker] = []
         self.recorder: RecorderThread | None = None

@@ -21,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edged.safetext import redact_url
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -75,7 +77,7 @@ class Source:
         pass
 
     def describe(self) -> str:
-        return self.spec
+        return redact_url(self.spec)
 
 
 class VideoSource(Source):
@@ -146,10 +148,7 @@ class VideoSource(Source):
             self.cap = None
 
     def describe(self) -> str:
-        if self.kind == "stream" and "@" in self.spec:  # never log credentials in a URL
-            scheme, rest = self.spec.split("://", 1)
-            return f"{scheme}://***@{rest.split('@', 1)[1]}"
-        return self.spec
+        return redact_url(self.spec)  # never log credentials in a URL (streams, GStreamer pipelines)
 
 
 class FolderSource(Source):

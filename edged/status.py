@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sqlite3
 import sys
 import textwrap
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edged.config import Config
+from edged.safetext import redact_url
 
 HEALTH_FILE = "health.json"
 WINDOWS_S = (300.0, 3600.0)  # reject counts and rates: last 5 and last 60 minutes
@@ -82,18 +82,6 @@ def fmt_time(epoch: float | None, now: float) -> str:
 def fmt_ms(value: Any) -> str:
     n = _num(value)
     return "-" if n is None else f"{n:.1f} ms"
-
-
-def redact(source: str) -> str:
-    """Hide a password in a camera URL (rtsp://user:secret@host -> rtsp://user:***@host)."""
-    try:
-        parts = urllib.parse.urlsplit(source)
-    except ValueError:
-        return source
-    if parts.password is None or not parts.netloc:
-        return source
-    netloc = re.sub(r":[^:@]*@", ":***@", parts.netloc, count=1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def clip(text: str, width: int) -> str:
@@ -308,7 +296,7 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
         out.write("\n")
         source = cam.get("source") or next((c.source for c in config.cameras if c.name == name), "?")
         state = cam.get("state", "unknown (not in the health file)")
-        _line(out, "camera", f"{name}: {state}   {redact(str(source))}")
+        _line(out, "camera", f"{name}: {state}   {redact_url(str(source))}")
         _line(out, "  last frame", fmt_time(_num(cam.get("last_frame_at")), now))
         _line(out, "  capture", f"fps {_fmt_float(cam.get('fps'), '.1f')}   frames {_int(cam.get('frames'))}   "
                                 f"queue {_int(cam.get('queue_depth'))}   drops {_int(cam.get('drops'))}")
