@@ -24,7 +24,9 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: every float key of every section refuses .inf and .nan ("Input should be a
+    # finite number", naming the key): a TTL of .inf never expires, a NaN threshold rejects nothing.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class ReconnectConfig(_Section):
@@ -41,6 +43,10 @@ class TriggerConfig(_Section):
 
     mode: Literal["free_run", "mqtt"] = "free_run"
     gap_ms: float = Field(500.0, ge=0)  # free_run: defective frames closer than this are one part
+    # free_run: a part still open this long after its first defective frame, or with this many defective
+    # frames, is closed and rejected anyway (defects closer than gap_ms without end would never give one)
+    max_part_ms: float = Field(5000.0, gt=0, le=3_600_000)
+    max_part_frames: int = Field(300, ge=1, le=100_000)
     delay_ms: float = Field(0.0, ge=0)  # mqtt: inspect the first frame captured this long after the trigger
     timeout_ms: float = Field(1000.0, gt=0)  # mqtt: no verdict by then -> not_inspected
     fail_safe: Literal["pass", "reject"] = "pass"  # what a not_inspected part gets on the reject topic
@@ -61,6 +67,9 @@ class CameraConfig(_Section):
     open_timeout_s: float = Field(10.0, gt=0, le=300)
     read_timeout_s: float = Field(5.0, gt=0, le=300)
     stall_timeout_s: float = Field(10.0, gt=0, le=3600)  # no frame for this long -> reopen
+    # folders: an image file larger than this (width x height from its header, checked before decoding)
+    # is skipped and counted as a bad frame: a 20000x20000 PNG would take GBs of memory to decode
+    max_image_megapixels: float = Field(50.0, gt=0, le=1000)
     reconnect: ReconnectConfig = ReconnectConfig()
     trigger: TriggerConfig = TriggerConfig()
 

@@ -129,3 +129,60 @@ def test_trigger_mode_mqtt_needs_mqtt() -> None:
     msg = errors_for({**MINIMAL, "cameras": [{"name": "c", "source": "0", "trigger": {"mode": "mqtt"}}],
                       "mqtt": {"enabled": False}})
     assert "trigger mode mqtt" in msg
+
+
+def float_keys(model: type, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """The key path of every float key in the config tree (cameras as cameras[0])."""
+    from pydantic import BaseModel
+
+    from edged.config import _section_type
+
+    out: list[tuple[object, ...]] = []
+    for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+        ann = info.annotation
+        args = getattr(ann, "__args__", ()) or ()
+        section = _section_type(ann)
+        if section is not None and issubclass(section, BaseModel):
+            out += float_keys(section, (*prefix, name, 0) if name == "cameras" else (*prefix, name))
+        elif ann is float or float in args:
+            out.append((*prefix, name))
+    return out
+
+
+def with_value(path: tuple[object, ...], value: object) -> dict[str, object]:
+    data: dict[str, object] = {"model": {"bundle": "/nonexistent"}, "cameras": [{"name": "cam1", "source": "0"}]}
+    node: object = data
+    for i, key in enumerate(path[:-1]):
+        nxt = path[i + 1]
+        if isinstance(node, list):
+            node = node[key]  # type: ignore[index]
+            continue
+        assert isinstance(node, dict)
+        node = node.setdefault(key, [] if isinstance(nxt, int) else {})
+    assert isinstance(node, dict)
+    node[path[-1]] = value
+    return data
+
+
+def test_every_float_key_refuses_inf_and_nan() -> None:
+    """One rule for all float keys (TTLs, rates, quotas, gaps, intervals, thresholds): finite or an error
+    that names the key. Walks the config tree, so a float key added later is covered too."""
+    from edged.config import Config, _format_loc
+
+    keys = float_keys(Config)
+    assert len(keys) > 20 and ("mqtt", "reject_ttl_ms") in keys and ("cameras", 0, "threshold") in keys
+    for path in keys:
+        for text in (".inf", "-.inf", ".nan"):
+            value = yaml.safe_load(text)
+            msg = errors_for(with_value(path, value))
+            assert f"{_format_loc(path)}: Input should be a finite number" in msg, (path, text, msg)
+
+
+def test_inf_in_a_config_file_exits_2_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "edged.yaml"
+    path.write_text("model: {bundle: b}\ncameras: [{name: c, source: '0', trigger: {gap_ms: .inf}}]\n"
+                    "mqtt: {reject_ttl_ms: .nan}\n")
+    proc = run_cli("check-config", "-c", str(path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "cameras[0].trigger.gap_ms: Input should be a finite number (got inf)" in proc.stderr
+    assert "mqtt.reject_ttl_ms: Input should be a finite number (got nan)" in proc.stderr
