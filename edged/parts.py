@@ -3,7 +3,10 @@
 `free_run`: a free-running camera sees a part in several consecutive frames. Defective frames closer
 than `gap_ms` (capture time) to the previous defective frame belong to the same part event; the event
 closes `gap_ms` after its last defective frame (or at once when `gap_ms` is 0) and yields ONE reject
-carrying its best (highest-scoring) frame.
+carrying its best (highest-scoring) frame. A part is also closed once it has lasted `max_part_ms` from
+its first defective frame or counted `max_part_frames` defective frames: defects that keep coming closer
+than `gap_ms` (a stuck part, a dirty lens, a model that flags everything) would otherwise never give a
+reject while the open part grew without end; the next defective frame starts a new part.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ class PartEvent:
     last_defect_mono: float
     frames: int = 1
     given_id: str | None = None  # from a trigger; else the event is named after its first frame
+    capped: bool = False  # closed by max_part_ms / max_part_frames rather than by the gap
+    last_captured_at: float = 0.0  # Unix time of its last defective frame (a capped reject's deadline runs from it)
 
     @property
     def part_id(self) -> str:
@@ -32,9 +37,11 @@ class PartEvent:
 class FreeRunGrouper:
     """Per-camera state machine; feed verdicts in capture order, call `tick` to close idle events."""
 
-    def __init__(self, camera: str, gap_ms: float) -> None:
+    def __init__(self, camera: str, gap_ms: float, max_part_ms: float = 5000.0, max_part_frames: int = 300) -> None:
         self.camera = camera
         self.gap_s = gap_ms / 1000.0
+        self.max_s = max_part_ms / 1000.0
+        self.max_frames = max_part_frames
         self.open: PartEvent | None = None
 
     def feed(self, verdict: Verdict) -> list[PartEvent]:
@@ -45,16 +52,22 @@ class FreeRunGrouper:
             self.open = None
         if verdict.is_defective:
             if self.open is None:
-                self.open = PartEvent(self.camera, verdict, verdict, t)
+                self.open = PartEvent(self.camera, verdict, verdict, t, last_captured_at=verdict.frame.captured_at)
             else:
                 self.open.frames += 1
                 self.open.last_defect_mono = t
+                self.open.last_captured_at = verdict.frame.captured_at
                 if verdict.score > self.open.best.score:
                     self.open.best = verdict
-            if self.gap_s <= 0:
+            if self.gap_s <= 0 or self._full(self.open):
+                self.open.capped = self.gap_s > 0
                 closed.append(self.open)
                 self.open = None
         return closed
+
+    def _full(self, event: PartEvent) -> bool:
+        return (event.frames >= self.max_frames
+                or event.last_defect_mono - event.first.frame.captured_mono >= self.max_s)
 
     def tick(self, now_mono: float) -> list[PartEvent]:
         if self.open is not None and now_mono - self.open.last_defect_mono > self.gap_s:

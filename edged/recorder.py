@@ -31,8 +31,13 @@ RETENTION_EVERY_S = 3600.0
 
 def reject_payload(event: PartEvent, uid: str, station: str, ttl_ms: float,
                    image_path: str | None) -> dict[str, object]:
-    """The reject message: the contract with the controls engineers (see README, 'MQTT contract')."""
+    """The reject message: the contract with the controls engineers (see README, 'MQTT contract').
+
+    The deadline runs from the part's first frame; for a part closed by its maximum length, from its
+    last one: that part is still in view, and a deadline from its first frame would have passed already.
+    """
     best = event.best
+    start = event.last_captured_at if event.capped else event.first.frame.captured_at
     return {
         "id": uid,
         "station": station,
@@ -42,7 +47,7 @@ def reject_payload(event: PartEvent, uid: str, station: str, ttl_ms: float,
         "reason": "defect",
         "captured_at": round(best.frame.captured_at, 6),
         "decided_at": round(best.decided_at, 6),
-        "expires_at": round(event.first.frame.captured_at + ttl_ms / 1000.0, 6),
+        "expires_at": round(start + ttl_ms / 1000.0, 6),
         "score": round(best.score, 6),
         "threshold": round(best.threshold, 6),
         "confidence": round(best.confidence, 4),
@@ -96,8 +101,9 @@ class RecorderThread(threading.Thread):
         self.on_verdict = on_verdict  # replay's per-frame output
         self.publish_direct = publish_direct  # when the database cannot be written
         self.cameras: Mapping[str, CameraConfig] = {c.name: c for c in config.cameras}
-        self.groupers = {c.name: FreeRunGrouper(c.name, c.trigger.gap_ms) for c in config.cameras
-                         if c.trigger.mode == "free_run"}
+        self.groupers = {c.name: FreeRunGrouper(c.name, c.trigger.gap_ms, c.trigger.max_part_ms,
+                                                c.trigger.max_part_frames)
+                         for c in config.cameras if c.trigger.mode == "free_run"}
         self.triggered = {c.name for c in config.cameras if c.trigger.mode == "mqtt"}
         self.triggers: queue.Queue[Trigger] = queue.Queue()  # from the MQTT thread
         self.book = TriggerBook()

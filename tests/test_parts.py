@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edged.frames import Frame, Verdict
@@ -48,3 +50,53 @@ def test_tick_closes_an_idle_event() -> None:
     assert g.feed(verdict(0, 0.0, 2)) == []
     assert g.tick(0.05) == []
     assert len(g.tick(0.2)) == 1
+
+
+def test_defects_that_never_pause_close_the_part_at_its_maximum_length() -> None:
+    """Defective frames closer than gap_ms without end (a stuck part): still one reject per max_part_ms,
+    and the open part never holds more than max_part_frames frames."""
+    g = FreeRunGrouper("c", gap_ms=500, max_part_ms=1000, max_part_frames=10_000)
+    events = []
+    for i in range(300):  # 10 s at 30 fps, every frame defective
+        events += g.feed(verdict(i, i * 0.033, 2 + (i % 7)))
+        assert g.open is None or g.open.frames <= 31
+    assert len(events) == 9 and all(e.capped for e in events)
+    assert all(0.95 <= e.last_defect_mono - e.first.frame.captured_mono < 1.05 for e in events)
+    assert events[1].first.frame.seq == round(events[0].last_defect_mono / 0.033) + 1  # the next frame opens a part
+    assert events[0].last_captured_at == 1000 + events[0].last_defect_mono
+
+
+def test_max_part_frames_closes_a_part_too() -> None:
+    g = FreeRunGrouper("c", gap_ms=500, max_part_ms=60_000, max_part_frames=5)
+    events = [e for i in range(12) for e in g.feed(verdict(i, i * 0.033, 2))]
+    assert [(e.first.frame.seq, e.frames) for e in events] == [(0, 5), (5, 5)]
+    assert g.open is not None and g.open.frames == 2
+    short = FreeRunGrouper("c", gap_ms=100, max_part_ms=1000, max_part_frames=5)
+    assert run(short, [2, 3, 0, 0, 0, 0, 0]) == [(0, 1, 2)], "an ordinary part is not capped"
+
+
+def test_a_capped_part_is_rejected_by_the_daemon_with_a_deadline_from_its_last_frame(tmp_path: Path,
+                                                                                   tiny_bundle: Path) -> None:
+    """Through the real pipeline: 12 defective images, gap_ms far longer than the run, 5 frames at most
+    per part: three rejects (two capped, the rest at the end), each still actionable when made."""
+    import cv2
+    from support import spot_frame, write_config
+
+    from edged.config import load_config
+    from edged.recorder import reject_payload
+    from edged.sdnotify import Notifier
+    from edged.service import Service
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(12):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), spot_frame(True, seed=i))
+    cfg = write_config(tmp_path / "edged.yaml", tiny_bundle, folder, tmp_path / "state")
+    cfg.write_text(cfg.read_text().replace("trigger: {gap_ms: 0}", "trigger: {gap_ms: 60000, max_part_frames: 5}"))
+    service = Service(load_config(cfg), notifier=Notifier({}), handle_signals=False)
+    assert service.run() == 0
+    assert service.counters.rejects == 3 and service.counters.parts == 3
+    g = FreeRunGrouper("c", gap_ms=500, max_part_ms=1000)
+    capped = next(e for i in range(40) for e in g.feed(verdict(i, i * 0.033, 2)))
+    payload = reject_payload(capped, "u", "s", 2000.0, None)
+    assert payload["expires_at"] == round(capped.last_captured_at + 2.0, 6) > capped.first.frame.captured_at + 2.0
