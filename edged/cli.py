@@ -163,7 +163,10 @@ def cmd_replay(config: Config, source: str, json_out: Path | None, db: Path | No
                                  "latency_ms": round(v.latency_ms, 3),
                                  "regions": [r.to_dict() for r in v.regions]}) + "\n")
 
-    service = Service(cfg, mqtt_enabled=mqtt, on_verdict=on_verdict)
+    # its own MQTT client id and no status/last will: beside the service, a replay must neither take the
+    # service's session over nor overwrite the station's retained status
+    client_id = f"{config.mqtt.client_id or 'edged-' + config.station}-replay-{os.getpid()}"
+    service = Service(cfg, mqtt_enabled=mqtt, on_verdict=on_verdict, mqtt_client_id=client_id, mqtt_announce=False)
     t0 = time.monotonic()
     try:
         service.run()

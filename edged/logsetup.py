@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping
 from typing import TextIO
 
@@ -127,3 +128,30 @@ def setup_logging(level: str = "info", verbose: bool = False, environ: Mapping[s
     root.addHandler(handler)
     root.setLevel(levelno)
     logging.captureWarnings(True)  # warnings.warn() from libraries end up in the same log
+
+
+class LogThrottle:
+    """At most one line per `every_s` for each key; the next line says how many were held back.
+
+    For faults that outside input can repeat at any rate (bad messages, a broker refusing us): the
+    first occurrence is logged at once, a flood costs one line per interval instead of filling the disk.
+    """
+
+    def __init__(self, logger: logging.Logger, every_s: float = 10.0) -> None:
+        self.logger = logger
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def log(self, level: int, key: str, msg: str, *args: object, exc_info: bool = False) -> bool:
+        """Log unless `key` was logged less than `every_s` ago; True when it was logged."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        suffix = f" ({held} more like this in the last {now - last:.0f} s)" if held and last is not None else ""
+        self.logger.log(level, msg + suffix, *args, exc_info=exc_info)
+        return True

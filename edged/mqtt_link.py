@@ -10,6 +10,11 @@ consumers de-duplicate; delivery is at least once).
 Topics under <prefix>/<station>/: reject (QoS 1), status (retained: online / offline as last will /
 stopped), camera/<name> (retained state), result (QoS 0, optional), stats (QoS 0), audit (QoS 1:
 rejects that expired before delivery), trigger (subscribed, for triggered inspection).
+
+Everything paho calls back runs on paho's network thread, fed by whatever the broker sends: each
+callback is guarded (an exception is counted in `callback_errors` and logged, rate-limited, and never
+ends paho's thread), incoming messages are checked by `edged.messages` (refusals counted in `refused`),
+and a paho thread that ends anyway is noticed and replaced by a fresh connection.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from paho.mqtt.properties import Properties
 
 from edged.config import Config
 from edged.health import Heartbeats
+from edged.logsetup import LogThrottle
+from edged.messages import MAX_PAYLOAD_BYTES, MessageRefused
+from edged.safetext import escape
 from edged.store import Outbox, OutboxItem, connect
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,15 @@ WINDOW = 64  # rejects in flight (published, not yet acknowledged)
 RECONNECT_FIRST_S = 0.2
 ACK_GRACE_S = 1.0  # a reject unacknowledged past its deadline (and at least this long) resets the connection
 ACK_STALL_S = 0.5  # nothing more is published while the oldest message in flight waits longer than this
+MAX_INCOMING_PACKET = 64 * 1024  # MQTT 5: the broker drops bigger messages instead of sending them to us
+REFUSED_BACKOFF_MAX_S = 60.0  # a broker that refuses us (password, certificate) is retried at most this often
+TAKEOVER_BACKOFF_S = 5.0  # after another client took our session over (a second edged with our client id)
+CONNECT_PROBLEM_LOG_EVERY_S = 300.0  # a refusal that persists is said once, then this often
+# CONNACK reasons that retrying will not cure (MQTT 5 codes; paho maps MQTT 3.1.1 codes onto them)
+REFUSALS = {133: "the broker refuses our client id", 134: "wrong MQTT user name or password",
+            135: "not authorized (the broker's ACL or auth plugin refuses this user)", 138: "banned by the broker",
+            140: "the broker does not accept this authentication method"}
+SESSION_TAKEN_OVER = 142
 
 
 def reconnect_delay(attempt: int, reject_ttl_ms: float, rng: random.Random) -> float:
@@ -59,12 +76,21 @@ def reconnect_delay(attempt: int, reject_ttl_ms: float, rng: random.Random) -> f
 
 
 class MqttLink(threading.Thread):
+    """`on_trigger(payload, arrived_at)` gets each trigger message's raw payload (on paho's thread) and
+    raises MessageRefused for one it cannot use. `announce` False (edged replay --mqtt): no status, last
+    will or camera states, so a replay beside the service never overwrites the service's retained state.
+    """
+
     def __init__(self, config: Config, database: Path, heartbeats: Heartbeats, stop: threading.Event,
-                 on_trigger: Callable[[dict[str, Any], float], None] | None = None) -> None:
+                 on_trigger: Callable[[bytes, float], None] | None = None, client_id: str | None = None,
+                 announce: bool = True) -> None:
         super().__init__(name="mqtt", daemon=True)
         self.config = config
         self.cfg = config.mqtt
         self.base = f"{self.cfg.prefix}/{config.station}"
+        self.client_id = client_id or self.cfg.client_id or f"edged-{config.station}"
+        self.announce = announce
+        self.trigger_topic = f"{self.base}/trigger"
         self.database = database
         self.heartbeats = heartbeats
         self.stop_event = stop
@@ -97,6 +123,16 @@ class MqttLink(threading.Thread):
         self._rng = random.Random()
         self.drained = threading.Event()  # set when shutting down and the outbox is empty or given up
         self.done = threading.Event()
+        # written on paho's thread (one client at a time), read by the service for health and /stats
+        self.refused = 0  # incoming messages refused (malformed, out of range, unexpected)
+        self.callback_errors = 0  # exceptions caught in a paho callback (a bug, or input we did not foresee)
+        self.paho_restarts = 0  # paho network threads found dead and replaced by a fresh connection
+        self.connect_refusals = 0  # connection attempts the broker refused or closed before CONNACK
+        self._throttle = LogThrottle(log, every_s=30.0)
+        self._connack = False  # the current client got a successful CONNACK
+        self._problem: tuple[str, str] | None = None  # (kind, text) why the current client's connection ended
+        self._problem_streak = 0  # consecutive connections that ended that way
+        self._problem_logged = 0.0
 
     # --- called from other threads -----------------------------------------------------------------
     def wake(self) -> None:
@@ -124,7 +160,8 @@ class MqttLink(threading.Thread):
         self.wake_event.set()
 
     def camera_state(self, camera: str, state: str) -> None:
-        self.send(f"camera/{camera}", state, qos=1, retain=True)
+        if self.announce:
+            self.send(f"camera/{camera}", state, qos=1, retain=True)
 
     # --- the thread --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -163,6 +200,7 @@ class MqttLink(threading.Thread):
         now = time.monotonic()
         if self._client is None and now >= self._next_attempt:
             self._connect()
+        self._check_paho_thread()
         if self._lost.is_set():
             self._on_lost()
         self._handle_acks()
@@ -190,10 +228,11 @@ class MqttLink(threading.Thread):
     # --- connection --------------------------------------------------------------------------------
     def _new_client(self) -> mqtt.Client:
         v5 = self.cfg.protocol == "5"
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=self.cfg.client_id or f"edged-{self.config.station}",
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
-        client.will_set(f"{self.base}/status", "offline", qos=1, retain=True)
+        client.suppress_exceptions = True  # second line of defence: our callbacks catch everything first
+        if self.announce:
+            client.will_set(f"{self.base}/status", "offline", qos=1, retain=True)
         if self.cfg.username:
             client.username_pw_set(self.cfg.username, self.cfg.read_password())
         tls = self.cfg.tls
@@ -204,18 +243,50 @@ class MqttLink(threading.Thread):
                            cert_reqs=ssl.CERT_REQUIRED)
             client.tls_insecure_set(tls.insecure)
         client.max_inflight_messages_set(WINDOW + 16)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
+        client.on_connect = self._guarded("on_connect", self._on_connect)
+        client.on_disconnect = self._guarded("on_disconnect", self._on_disconnect)
+        client.on_publish = self._guarded("on_publish", self._on_publish)
+        client.on_message = self._guarded("on_message", self._on_message)
+        client.on_subscribe = self._guarded("on_subscribe", self._on_subscribe)
         return client
+
+    def _guarded(self, name: str, callback: Callable[..., None]) -> Callable[..., None]:
+        """`callback` for paho: whatever it raises is counted and logged (rate-limited), never re-raised,
+        so paho's network thread lives on whatever the broker or another client sends."""
+        def guarded(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception as exc:
+                self.callback_errors += 1
+                self._throttle.log(logging.ERROR, f"callback:{name}", "MQTT %s callback failed (%d so far): %s",
+                                   name, self.callback_errors, escape(repr(exc), 200), exc_info=True)
+        return guarded
+
+    def _check_paho_thread(self) -> None:
+        """A paho network thread that ended without telling us (a bug in paho on odd input): the link
+        would look connected while nothing moves. Count it and start over with a fresh client."""
+        client = self._client
+        thread = getattr(client, "_thread", None) if client is not None else None
+        if thread is None or thread.is_alive() or self._lost.is_set():
+            return
+        self.paho_restarts += 1
+        log.error("MQTT network thread ended unexpectedly (%d so far): reconnecting with a fresh client",
+                  self.paho_restarts)
+        self._lost.set()
 
     def _connect(self) -> None:
         client = self._new_client()
         self._lost.clear()
+        self._connack = False
+        self._problem = None
+        props = None
+        if self.cfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.MaximumPacketSize = MAX_INCOMING_PACKET
         try:
             if self.cfg.protocol == "5":
-                client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=True)
+                client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=True,
+                               properties=props)
             else:
                 client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
         except (OSError, ValueError) as exc:
@@ -230,32 +301,62 @@ class MqttLink(threading.Thread):
         client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            log.error("MQTT broker refused the connection: %s", reason)
-            self._lost.set()
+        if client is not self._client:
             return
+        if reason.is_failure:
+            code = getattr(reason, "value", 0)
+            self._problem = ("refused", f"the broker refused the connection: {reason}"
+                             + (f" ({REFUSALS[code]})" if code in REFUSALS else ""))
+            self._lost.set()
+            self.wake_event.set()
+            return
+        self._connack = True
         self.connected = True
         self._attempt = 0
-        client.publish(f"{self.base}/status", "online", qos=1, retain=True)
-        for topic, text in list(self._retained.items()):
-            client.publish(topic, text, qos=1, retain=True)
-        client.subscribe(f"{self.base}/trigger", qos=1)
-        log.info("MQTT connected to %s:%d", self.cfg.host, self.cfg.port)
+        if self.announce:
+            client.publish(f"{self.base}/status", "online", qos=1, retain=True)
+            for topic, text in list(self._retained.items()):
+                client.publish(topic, text, qos=1, retain=True)
+        if self.on_trigger is not None:
+            client.subscribe(self.trigger_topic, qos=1)
+        if self._problem_streak:
+            log.warning("MQTT connected to %s:%d as %s after %d failed attempt(s)", self.cfg.host, self.cfg.port,
+                        self.client_id, self._problem_streak)
+            self._problem_streak = 0
+        else:
+            log.info("MQTT connected to %s:%d as %s", self.cfg.host, self.cfg.port, self.client_id)
         self.wake_event.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         client.loop_stop()  # from paho's own thread: stops its automatic reconnect; we reconnect fresh
+        if client is not self._client:
+            return  # an old client (already given up by _on_lost)
+        if getattr(reason, "value", 0) == SESSION_TAKEN_OVER:
+            self._problem = ("takeover", f"another MQTT client connected with our client id {self.client_id!r} and "
+                             "took the session over: is a second edged running with this station or "
+                             "mqtt.client_id (another box, or edged replay --mqtt with the same id)?")
+        elif not self._connack and self._problem is None:
+            self._problem = ("closed", f"the broker closed the connection before acknowledging it ({reason}): it "
+                             "does not accept our client certificate, our will topic (odd characters in "
+                             "mqtt.prefix or the station name) or our client id, or this is not an MQTT broker")
         self._lost.set()
         self.wake_event.set()
 
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        failed = [r for r in reasons if getattr(r, "is_failure", False)]
+        if failed:
+            self._throttle.log(logging.ERROR, "subscribe", "MQTT broker refused the subscription to %s (%s): "
+                               "triggers will not arrive", self.trigger_topic, failed[0])
+
     def _on_lost(self) -> None:
+        client, self._client = self._client, None  # from now on its callbacks are stale and ignored
+        if client is not None:
+            client.loop_stop()
         self._lost.clear()
         if self.connected:
             log.warning("MQTT connection lost; %d reject(s) in flight stay pending", len(self._inflight))
         self.connected = False
-        if self._client is not None:
-            self._client.loop_stop()
-        self._client = None
+        problem, self._problem = self._problem, None
         self._inflight.clear()
         self._inflight_deadline.clear()
         self._inflight_since.clear()
@@ -263,7 +364,31 @@ class MqttLink(threading.Thread):
         while not self._acks.empty():
             self._acks.get_nowait()
         self._attempt += 1
-        self._next_attempt = time.monotonic() + reconnect_delay(self._attempt, self.cfg.reject_ttl_ms, self._rng)
+        delay = reconnect_delay(self._attempt, self.cfg.reject_ttl_ms, self._rng)
+        if problem is not None:
+            delay = max(delay, self._problem_delay(*problem))
+        self._next_attempt = time.monotonic() + delay
+
+    def _problem_delay(self, kind: str, text: str) -> float:
+        """A connection the broker refused, closed before CONNACK or took over: said once, then every
+        CONNECT_PROBLEM_LOG_EVERY_S; retried with a backoff that grows (retrying at once will not cure a
+        wrong password, and two daemons with one client id would take the session from each other
+        dozens of times a second)."""
+        self.connect_refusals += 1
+        self._problem_streak += 1
+        streak = self._problem_streak
+        if kind == "takeover":
+            delay = min(REFUSED_BACKOFF_MAX_S, TAKEOVER_BACKOFF_S * 2 ** min(streak - 1, 4))
+        else:
+            delay = min(REFUSED_BACKOFF_MAX_S, 2.0 ** min(streak, 6))
+        if streak == 1:
+            self._problem_logged = time.monotonic()
+            log.error("MQTT %s:%d: %s; retrying in %.0f s", self.cfg.host, self.cfg.port, text, delay)
+        elif time.monotonic() - self._problem_logged >= CONNECT_PROBLEM_LOG_EVERY_S:
+            self._problem_logged = time.monotonic()
+            log.error("MQTT %s:%d: still failing (%d attempts): %s; retrying every %.0f s", self.cfg.host,
+                      self.cfg.port, streak, text, delay)
+        return delay
 
     def _abort(self) -> None:
         """A reject in flight reached its deadline unacknowledged: the broker or the path to it is stuck
@@ -290,16 +415,18 @@ class MqttLink(threading.Thread):
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         arrived = time.time()
-        if self.on_trigger is None:
-            return
         try:
-            data = json.loads(msg.payload.decode("utf-8"))
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-        except (UnicodeDecodeError, ValueError) as exc:
-            log.warning("ignored a bad trigger message on %s: %s", msg.topic, exc)
-            return
-        self.on_trigger(data, arrived)
+            if msg.topic != self.trigger_topic or self.on_trigger is None:
+                raise MessageRefused("not a topic edged subscribes to")
+            if msg.retain:  # a trigger is an event: a retained one would fire again on every reconnect
+                raise MessageRefused("a retained trigger (stale); publish triggers with retain false")
+            if len(msg.payload) > MAX_PAYLOAD_BYTES:
+                raise MessageRefused(f"payload of {len(msg.payload)} bytes is over the limit of {MAX_PAYLOAD_BYTES}")
+            self.on_trigger(msg.payload, arrived)
+        except MessageRefused as exc:
+            self.refused += 1
+            self._throttle.log(logging.WARNING, "refused", "refused a message on %s: %s (%d refused so far)",
+                               escape(msg.topic, 100), exc, self.refused)
 
     # --- outbox ------------------------------------------------------------------------------------
     def _handle_acks(self) -> None:
@@ -404,9 +531,10 @@ class MqttLink(threading.Thread):
         if client is None:
             return
         if clean and self.connected:
-            info = client.publish(f"{self.base}/status", "stopped", qos=1, retain=True)
-            with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(timeout=1.0)
+            if self.announce:
+                info = client.publish(f"{self.base}/status", "stopped", qos=1, retain=True)
+                with contextlib.suppress(RuntimeError, ValueError):
+                    info.wait_for_publish(timeout=1.0)
             client.disconnect()
         client.loop_stop()
         self._client = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import time
 from dataclasses import dataclass
 
 from edged.frames import Frame, Verdict
@@ -82,10 +83,6 @@ class FreeRunGrouper:
 
 # --- triggered inspection (`trigger.mode: mqtt`) ------------------------------------------------------
 
-class TriggerError(ValueError):
-    """A trigger message that cannot be used; logged and ignored."""
-
-
 @dataclass(frozen=True, slots=True)
 class Trigger:
     """One part announced by the line: inspect `camera`'s first frame captured at or after `due_at`."""
@@ -97,41 +94,23 @@ class Trigger:
     received_at: float
 
 
-def parse_trigger(data: dict[str, object], arrived_at: float, cameras: dict[str, tuple[float, float]]) -> list[Trigger]:
-    """Validate a trigger message. `cameras` maps each mqtt-mode camera to (delay_ms, timeout_ms).
-
-    A message names one camera, or none to trigger every camera in mqtt mode (one result each).
-    """
-    part_id = data.get("part_id")
-    if not isinstance(part_id, str | int) or isinstance(part_id, bool) or str(part_id) == "":
-        raise TriggerError("trigger needs a non-empty 'part_id' (string or integer)")
-    t = data.get("t", arrived_at)
-    if not isinstance(t, int | float) or isinstance(t, bool) or t <= 0:
-        raise TriggerError(f"trigger {part_id}: 't' must be Unix seconds (got {t!r})")
-    camera = data.get("camera")
-    if camera is not None and camera not in cameras:
-        raise TriggerError(f"trigger {part_id}: camera {camera!r} is not a camera in trigger mode mqtt")
-    names = [str(camera)] if camera is not None else list(cameras)
-    out = []
-    for name in names:
-        delay_ms, timeout_ms = cameras[name]
-        due = float(t) + delay_ms / 1000.0
-        out.append(Trigger(str(part_id), name, due, max(due, arrived_at) + timeout_ms / 1000.0, arrived_at))
-    return out
-
-
 class TriggerGate:
     """Capture side: picks the frame for each trigger. Triggers arrive on a queue from the MQTT thread.
 
     Recent frames are kept for a moment, because a trigger stamped with the sensor's time may arrive
-    after the frame that shows the part was captured.
+    after the frame that shows the part was captured. A trigger whose frame is no longer kept, or whose
+    deadline has passed, is let go (the recorder reports it not_inspected): never a wrong frame, and
+    nothing waits here past its deadline, even while the camera delivers no frames.
     """
 
+    INBOX_MAX = 2000  # more than the entry admits (messages.MAX_OUTSTANDING_TRIGGERS): a full inbox is a bug
+
     def __init__(self, keep_s: float = 2.0) -> None:
-        self.inbox: queue.Queue[Trigger] = queue.Queue()
+        self.inbox: queue.Queue[Trigger] = queue.Queue(maxsize=self.INBOX_MAX)
         self.keep_s = keep_s
         self._pending: list[Trigger] = []
         self._recent: list[Frame] = []
+        self._discarded_at = 0.0  # capture time of the newest frame no longer kept
 
     def offer(self, frame: Frame | None) -> list[Frame]:
         """Call for every captured frame (or None when idle); returns frames to inspect, with part ids."""
@@ -141,16 +120,18 @@ class TriggerGate:
             self._recent.append(frame)
             cutoff = frame.captured_at - self.keep_s
             while self._recent and self._recent[0].captured_at < cutoff:
-                self._recent.pop(0)
+                self._discarded_at = self._recent.pop(0).captured_at
         out: list[Frame] = []
         still: list[Trigger] = []
         newest = self._recent[-1].captured_at if self._recent else 0.0
+        now = time.time()
         for trig in sorted(self._pending, key=lambda x: x.due_at):
-            if newest > trig.deadline_at:
-                continue  # too late to be useful: the recorder reports it not_inspected
+            if newest > trig.deadline_at or trig.due_at <= self._discarded_at:
+                continue  # too late to be useful, or its frame is gone: the recorder reports it not_inspected
             match = next((f for f in self._recent if f.captured_at >= trig.due_at), None)
             if match is None:
-                still.append(trig)
+                if now <= trig.deadline_at:
+                    still.append(trig)
             else:
                 out.append(dataclasses.replace(match, part_id=trig.part_id))
         self._pending = still

@@ -34,8 +34,9 @@ from edged.detector import Detector
 from edged.frame_queue import FrameQueue
 from edged.frames import Verdict
 from edged.health import CameraStats, Counters, Heartbeats, LatencyWindow
+from edged.messages import MessageRefused, TriggerAdmission, parse_trigger
 from edged.mqtt_link import MqttLink
-from edged.parts import TriggerError, TriggerGate, parse_trigger
+from edged.parts import TriggerGate
 from edged.recorder import RecorderThread
 from edged.safetext import redact_url
 from edged.sdnotify import Notifier
@@ -69,10 +70,12 @@ class RunSummary:
 class Service:
     def __init__(self, config: Config, *, detector: Detector | None = None, mqtt_enabled: bool | None = None,
                  on_verdict: Callable[[Verdict, str], None] | None = None, notifier: Notifier | None = None,
-                 handle_signals: bool = True) -> None:
+                 handle_signals: bool = True, mqtt_client_id: str | None = None, mqtt_announce: bool = True) -> None:
         self.config = config
         self.detector = detector
         self.mqtt_enabled = config.mqtt.enabled if mqtt_enabled is None else mqtt_enabled
+        self.mqtt_client_id = mqtt_client_id  # None: the config's (edged replay uses its own)
+        self.mqtt_announce = mqtt_announce
         self.on_verdict = on_verdict
         self.notifier = notifier or Notifier()
         self.handle_signals = handle_signals
@@ -100,6 +103,7 @@ class Service:
         self.gates = {c.name: TriggerGate() for c in config.cameras if c.trigger.mode == "mqtt"}
         self._trigger_timing = {c.name: (c.trigger.delay_ms, c.trigger.timeout_ms) for c in config.cameras
                                 if c.trigger.mode == "mqtt"}
+        self._admission = TriggerAdmission()
         if self.gates and not self.mqtt_enabled:
             raise ConfigError("cameras with trigger mode mqtt need MQTT (triggers come over MQTT)")
 
@@ -118,7 +122,9 @@ class Service:
             self.archive = ImageArchive(cfg.storage.resolve(images.dir), images.quota_mb, images.overlay,
                                         images.format)
         if self.mqtt_enabled:
-            self.link = MqttLink(cfg, db_path, self.heartbeats, self.link_stop, on_trigger=self._on_trigger)
+            self.link = MqttLink(cfg, db_path, self.heartbeats, self.link_stop,
+                                 on_trigger=self._on_trigger if self.gates else None,
+                                 client_id=self.mqtt_client_id, announce=self.mqtt_announce)
         self.recorder = RecorderThread(
             cfg, self.decided, self.writer, self.archive, self.counters, self.latency, self.heartbeats,
             self.worker_stop, wake_sender=self.link.wake if self.link else (lambda: None),
@@ -180,19 +186,16 @@ class Service:
         self.shutdown()
         return 0
 
-    def _on_trigger(self, data: dict[str, Any], arrived_at: float) -> None:
-        """A trigger message from the line (called on the MQTT thread): to the recorder, then the cameras."""
-        if not self._trigger_timing or self.recorder is None:
-            log.warning("trigger ignored: no camera is in trigger mode mqtt")
-            return
-        try:
-            triggers = parse_trigger(data, arrived_at, self._trigger_timing)
-        except TriggerError as exc:
-            log.warning("bad trigger ignored: %s", exc)
-            return
+    def _on_trigger(self, payload: bytes, arrived_at: float) -> None:
+        """A trigger message from the line (on the MQTT thread): checked and admitted (bounded), then to the
+        recorder and the cameras. Raises MessageRefused for a message it cannot use (the link counts it)."""
+        if self.recorder is None:
+            raise MessageRefused("trigger before the pipeline started")
+        triggers = self._admission.admit(parse_trigger(payload, arrived_at, self._trigger_timing), arrived_at)
         for trig in triggers:
             self.recorder.triggers.put(trig)  # first: the verdict must find its trigger registered
-            self.gates[trig.camera].inbox.put(trig)
+            with contextlib.suppress(queue.Full):  # cannot happen (admission is smaller); the book answers it
+                self.gates[trig.camera].inbox.put_nowait(trig)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -273,7 +276,17 @@ class Service:
             "cameras": cams,
             "disk": {"images_paused": bool(self.archive and self.archive.paused),
                      "db_errors": self.recorder.db_errors if self.recorder else 0},
+            "mqtt": self._link_counts(),
         }
+
+    def _link_counts(self) -> dict[str, int]:
+        """What came in from outside and what the broker did to us: refused messages, callback errors."""
+        link = self.link
+        if link is None:
+            return {}
+        return {"refused": link.refused, "callback_errors": link.callback_errors,
+                "paho_restarts": link.paho_restarts, "connect_refusals": link.connect_refusals,
+                "triggers_outstanding": self._admission.outstanding()}
 
     def write_health(self) -> None:
         path = self.config.storage.state_dir / "health.json"
@@ -292,7 +305,7 @@ class Service:
         return {"station": h["station"], "at": h["updated_at"], "inspected": h["inspected"],
                 "rejects": h["rejects"], "cameras": h["cameras"], "latency_ms": h["latency_ms"],
                 "outbox_backlog": h["outbox_backlog"], "expired": h["expired"], "broker": h["broker"],
-                "db_errors": h["disk"]["db_errors"], "images_paused": h["disk"]["images_paused"],
+                "db_errors": h["disk"]["db_errors"], "images_paused": h["disk"]["images_paused"], "mqtt": h["mqtt"],
                 "cpu_percent": cpu, "rss_mb": round(rss / 1e6, 1)}
 
     # --- stop --------------------------------------------------------------------------------------

@@ -100,3 +100,39 @@ def test_a_capped_part_is_rejected_by_the_daemon_with_a_deadline_from_its_last_f
     capped = next(e for i in range(40) for e in g.feed(verdict(i, i * 0.033, 2)))
     payload = reject_payload(capped, "u", "s", 2000.0, None)
     assert payload["expires_at"] == round(capped.last_captured_at + 2.0, 6) > capped.first.frame.captured_at + 2.0
+
+
+def _frame(seq: int, at: float) -> Frame:
+    return Frame("c", seq, np.zeros((1, 1), np.uint8), at, at)
+
+
+def test_gate_never_gives_a_trigger_a_frame_after_its_own_was_discarded() -> None:
+    import time
+
+    from edged.parts import Trigger, TriggerGate
+
+    gate = TriggerGate(keep_s=1.0)
+    now = time.time()
+    for i in range(40):  # frames of the last 4 s at 10 fps: those older than 1 s are discarded
+        gate.offer(_frame(i, now - 4.0 + i * 0.1))
+    late = Trigger("late", "c", now - 3.0, now + 1.0, now)  # its frame went 2 s ago
+    fresh = Trigger("fresh", "c", now - 0.45, now + 1.0, now)
+    gate.inbox.put(late)
+    gate.inbox.put(fresh)
+    chosen = gate.offer(None)
+    assert [(f.part_id, f.seq) for f in chosen] == [("fresh", 36)]  # the frame at or after its due time
+    assert gate.offer(None) == []  # and the late one is let go (the recorder reports it not_inspected)
+
+
+def test_gate_lets_triggers_go_at_their_deadline_even_without_frames() -> None:
+    import time
+
+    from edged.parts import Trigger, TriggerGate
+
+    gate = TriggerGate()
+    now = time.time()
+    for i in range(500):
+        gate.inbox.put(Trigger(f"p{i}", "c", now + 60, now - 0.001 if i % 2 else now + 60, now))
+    assert gate.offer(None) == []
+    assert len(gate._pending) == 250  # the expired half is gone, with no frame ever captured
+    assert gate.inbox.maxsize == TriggerGate.INBOX_MAX

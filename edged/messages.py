@@ -1,0 +1,146 @@
+"""Messages that come in from outside over MQTT: the one place they are checked.
+
+Whatever a PLC, a misconfigured client or an attacker publishes on a topic we subscribe to ends up
+here before anything else sees it. A message is either turned into typed, bounded values or refused
+with `MessageRefused`, whose text is safe to log (outside text in it is escaped and cut). Nothing in
+here may raise anything else: the MQTT link counts a refusal, logs it rate-limited and carries on.
+
+Limits (README, "MQTT contract"): payload at most MAX_PAYLOAD_BYTES; a JSON object without NaN or
+Infinity; `part_id` a non-empty string of printable characters (at most MAX_PART_ID_CHARS) or an
+integer; `camera` a string naming a camera in trigger mode mqtt; `t` finite Unix seconds no more
+than MAX_T_FUTURE_S ahead of the arrival and no more than MAX_T_PAST_S behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+from edged.parts import Trigger
+from edged.safetext import escape
+
+MAX_PAYLOAD_BYTES = 4096
+MAX_PART_ID_CHARS = 256
+MAX_T_FUTURE_S = 10.0  # a sensor clock this far ahead is wrong; such a trigger would wait in memory
+MAX_T_PAST_S = 3600.0  # older than this: a clock that is wrong, not a late message
+MAX_OUTSTANDING_TRIGGERS = 1000  # triggered parts awaiting their result, all cameras together
+
+
+class MessageRefused(ValueError):
+    """An incoming message that cannot be used; str() is a reason safe to put in a log line."""
+
+
+def _no_constant(name: str) -> float:
+    raise MessageRefused(f"{name} is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf
+        raise MessageRefused(f"number {escape(text, 30)} is out of range")
+    return value
+
+
+def decode_object(payload: bytes) -> dict[str, Any]:
+    """The payload as a JSON object, or MessageRefused (too big, not UTF-8, not JSON, nested too deep,
+    not an object, NaN or Infinity anywhere)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise MessageRefused(f"payload of {len(payload)} bytes is over the limit of {MAX_PAYLOAD_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except MessageRefused:
+        raise
+    except UnicodeDecodeError:
+        raise MessageRefused("payload is not UTF-8") from None
+    except RecursionError:
+        raise MessageRefused("JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and int() refusing thousands of digits
+        raise MessageRefused(f"not JSON: {escape(str(exc), 80)}") from None
+    if not isinstance(data, dict):
+        raise MessageRefused(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _part_id(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise MessageRefused(f"'part_id' must be a string or an integer (got {type(value).__name__})")
+    if isinstance(value, int):
+        if abs(value) >= 10 ** 18:
+            raise MessageRefused("'part_id' integer is out of range (use a string)")
+        return str(value)
+    if not value:
+        raise MessageRefused("'part_id' must not be empty")
+    if len(value) > MAX_PART_ID_CHARS:
+        raise MessageRefused(f"'part_id' of {len(value)} characters is over the limit of {MAX_PART_ID_CHARS}")
+    if not value.isprintable():
+        raise MessageRefused(f"'part_id' {escape(value, 60)} holds control or format characters")
+    return value
+
+
+def _sensor_time(value: object, part_id: str, arrived_at: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MessageRefused(f"trigger {escape(part_id, 60)}: 't' must be Unix seconds "
+                             f"(got {type(value).__name__})")
+    if isinstance(value, int) and abs(value) > 10 ** 12:  # float() of a huge int overflows
+        raise MessageRefused(f"trigger {escape(part_id, 60)}: 't' is out of range")
+    t = float(value)
+    if not math.isfinite(t) or t > arrived_at + MAX_T_FUTURE_S or t < arrived_at - MAX_T_PAST_S:
+        raise MessageRefused(f"trigger {escape(part_id, 60)}: 't' {t!r} is more than {MAX_T_FUTURE_S:g} s ahead "
+                             f"of or {MAX_T_PAST_S:g} s behind this box's clock ({arrived_at:.3f})")
+    return t
+
+
+def parse_trigger(payload: bytes, arrived_at: float, cameras: dict[str, tuple[float, float]]) -> list[Trigger]:
+    """A trigger message -> one Trigger per camera it names. `cameras` maps each mqtt-mode camera to
+    (delay_ms, timeout_ms); a message naming no camera triggers every one of them (one result each)."""
+    data = decode_object(payload)
+    part_id = _part_id(data.get("part_id"))
+    t = _sensor_time(data.get("t", arrived_at), part_id, arrived_at)
+    camera = data.get("camera")
+    if camera is not None and not isinstance(camera, str):
+        raise MessageRefused(f"trigger {escape(part_id, 60)}: 'camera' must be a camera name "
+                             f"(got {type(camera).__name__})")
+    if camera is not None and camera not in cameras:
+        raise MessageRefused(f"trigger {escape(part_id, 60)}: camera {escape(camera, 60)} is not a camera "
+                             f"in trigger mode mqtt")
+    names = [camera] if camera is not None else list(cameras)
+    out = []
+    for name in names:
+        delay_ms, timeout_ms = cameras[name]
+        due = t + delay_ms / 1000.0
+        out.append(Trigger(part_id, name, due, max(due, arrived_at) + timeout_ms / 1000.0, arrived_at))
+    return out
+
+
+class TriggerAdmission:
+    """The entry gate for triggers (MQTT thread only): a bounded set of parts awaiting their result.
+
+    A trigger repeated while its part is still outstanding (QoS 1 redelivery, a PLC retry) is the same
+    part and gets no second result; once MAX_OUTSTANDING_TRIGGERS are outstanding, new ones are
+    refused instead of piling up in memory and in every frame's matching.
+    """
+
+    def __init__(self, limit: int = MAX_OUTSTANDING_TRIGGERS) -> None:
+        self.limit = limit
+        self._until: dict[tuple[str, str], float] = {}  # (camera, part id) -> deadline (Unix seconds)
+
+    def admit(self, triggers: list[Trigger], now: float | None = None) -> list[Trigger]:
+        now = time.time() if now is None else now
+        if len(self._until) + len(triggers) > self.limit:
+            self._until = {k: d for k, d in self._until.items() if d > now}
+        fresh = [t for t in triggers if self._until.get((t.camera, t.part_id), 0.0) <= now]
+        if not fresh:
+            raise MessageRefused(f"trigger {escape(triggers[0].part_id, 60)}: already outstanding (repeated)")
+        if len(self._until) + len(fresh) > self.limit:
+            raise MessageRefused(f"trigger {escape(fresh[0].part_id, 60)}: {len(self._until)} triggered parts "
+                                 f"await their result already (limit {self.limit})")
+        for t in fresh:
+            self._until[(t.camera, t.part_id)] = t.deadline_at
+        return fresh
+
+    def outstanding(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        return sum(1 for d in list(self._until.values()) if d > now)  # list(): read from another thread
