@@ -23,10 +23,10 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -37,7 +37,8 @@ class BundleError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # every float field refuses NaN and infinity: a NaN threshold rejects nothing, a NaN scale blinds the model
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class InputSpec(_Strict):
@@ -49,7 +50,7 @@ class InputSpec(_Strict):
     height: int = Field(gt=0, le=4096)
     channels: Literal[1, 3] = 1
     color_order: Literal["gray", "rgb", "bgr"] = "gray"
-    scale: float = 1.0 / 255.0  # uint8 pixel * scale, then (x - mean) / std per channel
+    scale: float = Field(1.0 / 255.0, gt=0, le=1e6)  # uint8 pixel * scale, then (x - mean) / std per channel
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     features: str | None = None  # for kind == "features": name of the feature extractor in edged.features
@@ -82,13 +83,20 @@ class Threshold(_Strict):
 
     value: float
     method: Literal["percentile", "target_frr", "manual"] = "percentile"
-    percentile: float | None = None
-    target_frr: float | None = None
-    n_images: int = 0
-    expected_frr: float | None = None  # false-reject rate of the calibration images at this value
+    percentile: float | None = Field(None, ge=0, le=100)
+    target_frr: float | None = Field(None, ge=0, le=1)
+    n_images: int = Field(0, ge=0)
+    expected_frr: float | None = Field(None, ge=0, le=1)  # false-reject rate of the calibration images at this value
     # 95% interval (Clopper-Pearson) of the false-reject rate on new good parts: what n images can promise
     frr_interval: tuple[float, float] | None = None
     source: str = ""  # what images it was derived from (e.g. "held-out train/good (15%)")
+
+    @field_validator("frr_interval")
+    @classmethod
+    def _rates(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 <= v[0] <= v[1] <= 1.0:
+            raise ValueError("must be [low, high] with 0 <= low <= high <= 1")
+        return v
 
 
 class ModelFile(_Strict):
@@ -99,6 +107,15 @@ class ModelFile(_Strict):
     precision: Literal["int8", "fp32"]
     threshold: Threshold
     map_threshold: float | None = None  # per-pixel threshold for defect regions; None: no regions
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        """A path relative to the bundle folder, never leaving it (checked again, symlinks followed, at load)."""
+        p = PurePosixPath(v.replace("\\", "/"))
+        if not v or "\x00" in v or p.is_absolute() or ".." in p.parts or PureWindowsPath(v).drive:
+            raise ValueError(f"{v!r} must be a file name inside the bundle folder (no absolute path, no '..')")
+        return v
 
 
 class TrainingSummary(_Strict):
@@ -168,11 +185,29 @@ def unfinished_allowed(bundle_dir: str | Path) -> Iterator[None]:
         _UNFINISHED_ALLOWED.discard(key)
 
 
+def inside_bundle(bundle_dir: str | Path, name: str) -> Path:
+    """BUNDLE/name, refused unless it stays inside the bundle folder once symlinks are followed.
+
+    The bundle folder itself may be a link (models/current -> models/line1-v3); what is in it may not
+    point elsewhere: a manifest or model linked to another folder is not the file that was verified.
+    """
+    root = Path(bundle_dir).resolve()
+    path = Path(bundle_dir) / name
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise BundleError(f"model bundle {bundle_dir}: {name}: cannot resolve the path: {exc}") from None
+    if real != root and root not in real.parents:
+        raise BundleError(f"model bundle {bundle_dir}: {name} points outside the bundle folder (to {real}): "
+                          "refused; copy the file into the bundle")
+    return real
+
+
 def load_manifest(bundle_dir: str | Path) -> Manifest:
     """Read and validate BUNDLE/manifest.json (no ONNX file is opened); an unfinished bundle is refused."""
-    path = Path(bundle_dir) / MANIFEST_NAME
     if not Path(bundle_dir).is_dir():
         raise BundleError(f"model bundle {bundle_dir}: not a directory")
+    path = inside_bundle(bundle_dir, MANIFEST_NAME)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -197,7 +232,7 @@ def resolve_model(bundle_dir: str | Path, manifest: Manifest, precision: str | N
                   verify: bool = True) -> Path:
     """The path of the ONNX file to run, after checking it exists and matches its sha256."""
     entry = manifest.model(precision)
-    path = Path(bundle_dir) / entry.file
+    path = inside_bundle(bundle_dir, entry.file)
     if not path.is_file():
         raise BundleError(f"model bundle {bundle_dir}: {entry.file} is missing")
     if verify:

@@ -79,6 +79,7 @@ class Detector:
             self._backend = _OrtBackend(self.model_path, self.manifest, providers, intra_op_threads)
         self.provider = self._backend.provider
         self.threads = intra_op_threads
+        self._self_test()
         log.info("model %s (%s, %s) loaded from %s: runtime %s, provider %s, %d intra-op thread(s)",
                  self.manifest.bundle_id, self.manifest.method, self.precision, self.model_path.name,
                  runtime, self.provider, intra_op_threads)
@@ -86,6 +87,39 @@ class Detector:
     @property
     def bundle_id(self) -> str:
         return self.manifest.bundle_id
+
+    def _self_test(self) -> None:
+        """One inference on a black frame at load: a graph whose input does not match the manifest (size,
+        channels, dtype) or that cannot run is refused now (exit 2), not by killing every worker on the
+        first part. Its outputs must be finite and the map one per pixel of the input."""
+        spec = self.spec
+        blank = np.zeros((spec.height, spec.width) if spec.channels == 1 else (spec.height, spec.width, 3), np.uint8)
+        where = f"model bundle {self.bundle_dir}: {self.model_path.name}"
+        try:
+            row = self.prepare(blank)
+            self._backend.check_input(row.shape)
+            scores, maps = self._backend.run(np.ascontiguousarray(row[None], dtype=np.float32))
+        except BundleError as exc:
+            raise BundleError(f"{where}: {exc}") from None
+        except Exception as exc:  # ONNX Runtime and OpenCV raise their own types for a graph that cannot run
+            text = str(exc).strip().splitlines()
+            raise BundleError(f"{where}: a test inference on a blank {spec.width}x{spec.height} frame failed "
+                              f"({text[-1] if text else type(exc).__name__}): does the manifest's input match "
+                              "the model?") from None
+        if scores.shape[0] != 1:
+            raise BundleError(f"{where}: output {self.manifest.outputs.score!r} gave {scores.shape[0]} scores for "
+                              "one frame")
+        if not np.all(np.isfinite(scores)):
+            raise BundleError(f"{where}: the score of a blank frame is {float(scores[0])}: the model is broken")
+        if maps is not None:
+            amap = maps[0]
+            while amap.ndim > 2 and amap.shape[0] == 1:
+                amap = amap[0]
+            if amap.ndim != 2 or amap.size == 0:
+                raise BundleError(f"{where}: anomaly map output {self.manifest.outputs.map!r} has shape "
+                                  f"{tuple(maps.shape)}, not [N, 1, H, W] or [N, H, W]")
+            if not np.all(np.isfinite(amap)):
+                raise BundleError(f"{where}: the anomaly map of a blank frame is not finite: the model is broken")
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """Frame -> one model input row (CxHxW float32, or an F-vector for feature models)."""
@@ -120,6 +154,9 @@ class _Backend:
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         raise NotImplementedError
+
+    def check_input(self, row_shape: tuple[int, ...]) -> None:
+        """Raise BundleError when the graph declares an input other than one prepared row (batch first)."""
 
 
 class _OrtBackend(_Backend):
@@ -160,8 +197,26 @@ class _OrtBackend(_Backend):
             if manifest.outputs.map not in names:
                 raise BundleError(f"model {path}: no output named {manifest.outputs.map!r} (has {names})")
             self.outputs.append(manifest.outputs.map)
-        if self.input_name not in [i.name for i in self.session.get_inputs()]:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if self.input_name not in inputs:
             raise BundleError(f"model {path}: no input named {self.input_name!r}")
+        self._input = inputs[self.input_name]
+
+    def check_input(self, row_shape: tuple[int, ...]) -> None:
+        """The graph's declared input (type, rank, fixed sizes) against the manifest's, as prepared."""
+        declared = self._input
+        if declared.type != "tensor(float)":
+            raise BundleError(f"its input {declared.name!r} is {declared.type}, but the daemon feeds float32 "
+                              "(tensor(float))")
+        shape = list(declared.shape or [])
+        wanted = ["N", *row_shape]
+        if len(shape) != len(wanted):
+            raise BundleError(f"its input {declared.name!r} has shape {shape}, the manifest says {wanted}")
+        for axis, (have, want) in enumerate(zip(shape[1:], row_shape, strict=True), start=1):
+            if isinstance(have, int) and have > 0 and have != want:
+                raise BundleError(f"its input {declared.name!r} has shape {shape}, the manifest says {wanted} "
+                                  f"(axis {axis}: {have} != {want}): input size, channels or features do not "
+                                  "match the model")
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         result = self.session.run(self.outputs, {self.input_name: batch})

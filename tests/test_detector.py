@@ -53,3 +53,66 @@ def test_bad_bundles_are_refused_with_a_clear_error(tmp_path: Path) -> None:
     (bundle / "manifest.json").write_text('{"format_version": 1}')
     with pytest.raises(BundleError, match="bundle_id"):
         Detector(bundle)
+
+
+def bundle_with_input(tmp_path: Path, manifest_size: int, graph_size: int = 32, graph_channels: int = 1,
+                      manifest_channels: int = 1, dtype: int | None = None) -> Path:
+    """The max bundle, its manifest saying one input, the graph declaring another (size, channels, dtype)."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edged.bundle import sha256_file
+
+    bundle = build_max_bundle(tmp_path / "b", size=graph_size, channels=graph_channels)
+    if dtype is not None:  # the same graph behind a Cast from `dtype`
+        model = onnx.load(bundle / "model.onnx")
+        graph = model.graph
+        graph.input[0].type.tensor_type.elem_type = dtype
+        graph.node[0].input[0] = "casted"
+        graph.node.insert(0, helper.make_node("Cast", ["input"], ["casted"], to=TensorProto.FLOAT))
+        onnx.checker.check_model(model)
+        for name in ("model.onnx", "model.fp32.onnx"):
+            onnx.save(model, bundle / name)
+    path = bundle / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw["input"].update(width=manifest_size, height=manifest_size, channels=manifest_channels,
+                        color_order="gray" if manifest_channels == 1 else "rgb")
+    for entry in raw["models"].values():
+        entry["sha256"] = sha256_file(bundle / entry["file"])
+    path.write_text(json.dumps(raw))
+    return bundle
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    ({"manifest_size": 64}, r"axis 2: 32 != 64"),
+    ({"manifest_size": 32, "manifest_channels": 3}, r"axis 1: 1 != 3"),
+    ({"manifest_size": 32, "graph_channels": 3}, r"axis 1: 3 != 1"),
+    ({"manifest_size": 32, "dtype": 2}, r"tensor\(uint8\), but the daemon feeds float32"),
+])
+def test_a_manifest_that_does_not_match_its_model_is_refused_at_load(tmp_path: Path, kwargs: dict[str, int],
+                                                                     expected: str) -> None:
+    bundle = bundle_with_input(tmp_path, **kwargs)
+    with pytest.raises(BundleError, match=expected):
+        Detector(bundle)
+
+
+@pytest.mark.slow
+def test_check_config_and_run_exit_2_on_a_mismatched_bundle(tmp_path: Path) -> None:
+    """The issue's case: the manifest says 64x64, the graph takes 32x32; it used to pass check-config and
+    then kill both inference workers on the first frame while the daemon looked healthy."""
+    import subprocess
+
+    from support import write_config, write_spot_video
+
+    bundle = bundle_with_input(tmp_path, manifest_size=64)
+    video = tmp_path / "v.avi"
+    write_spot_video(video, 5, {2})
+    cfg = write_config(tmp_path / "edged.yaml", bundle, video, tmp_path / "state")
+    for command in ("check-config", "run"):
+        proc = subprocess.run([sys.executable, "-m", "edged", command, "-c", str(cfg)], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert "does not match" in proc.stderr or "the manifest says" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
