@@ -1,14 +1,21 @@
 """`edged-train`: fit, calibrate, evaluate model bundles; write a synthetic dataset.
 
 Exit codes: 0 done, 2 bad input (no images, bad bundle, bad option), 1 an unexpected failure (with a
-traceback, since that is a bug). User errors print one line, never a traceback.
+traceback, since that is a bug), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). User errors print
+one line, never a traceback, and every option is checked before any work starts.
+
+Output: this package's progress at INFO (warnings only with ``-q``); libraries (ONNX Runtime, torch's
+tracer, matplotlib) only from WARNING, or everything with ``-v``. Progress bars only on a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +29,10 @@ EXIT_USAGE = 2
 
 class UsageError(ValueError):
     """A user error detected by the CLI itself."""
+
+
+class Terminated(BaseException):
+    """SIGTERM: unwinds like Ctrl-C, so a fit removes its unfinished bundle folder on the way out."""
 
 
 def parse_opt(text: str) -> tuple[str, Any]:
@@ -44,25 +55,69 @@ def parse_opt(text: str) -> tuple[str, Any]:
     return key, raw
 
 
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
 
 def _percentile(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not 0 < value <= 100:
         raise argparse.ArgumentTypeError(f"must be in (0, 100], got {text}")
     return value
 
 
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+def _synth_size(text: str) -> int:
+    value = _int(text)
+    if not 16 <= value <= 4096:
+        raise argparse.ArgumentTypeError(f"must be in [16, 4096], got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be in [0, 100000], got {text}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _add_outlier_arg(p: argparse.ArgumentParser, which: str) -> None:
+    p.add_argument("--drop-outliers", action="store_true",
+                   help=f"leave {which} images that score far above the other good ones out of the threshold "
+                        f"(they are named); without it they stop the command")
 
 
 def _add_threshold_args(p: argparse.ArgumentParser) -> None:
@@ -87,21 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--size", type=_positive_int, default=None,
                    help="model input side in pixels (default: the method's, else 128)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same model)")
+    p.add_argument("--seed", type=_int, default=0, help="random seed, 0 to 2**32-1 (same seed, same model)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (method default)")
     p.add_argument("--holdout", type=_fraction, default=0.15,
                    help="fraction of train/good held out for the threshold (default 0.15)")
     _add_threshold_args(p)
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="method option (repeatable)")
-    p.add_argument("--int8-tolerance", type=float, default=None,
+    p.add_argument("--int8-tolerance", type=_tolerance, default=None,
                    help="largest image AUROC loss accepted for int8 to be the default (0.02)")
     p.add_argument("--no-test-check", action="store_true",
                    help="do not score the data's test split to measure the int8 AUROC loss")
+    _add_outlier_arg(p, "hold-out")
+    p.add_argument("--bit-depth", type=int, choices=(8, 10, 12, 14, 16), default=None,
+                   help="significant bits of 16-bit images (default: detected from the data)")
 
     p = sub.add_parser("calibrate", parents=[common], help="re-derive a bundle's thresholds from new good images")
     p.add_argument("bundle", type=Path)
     p.add_argument("good_dir", type=Path, help="folder of good images (or an MVTec folder: its test/good)")
     _add_threshold_args(p)
+    _add_outlier_arg(p, "calibration")
 
     p = sub.add_parser("evaluate", parents=[common], help="measure a bundle on a test set and write a report")
     p.add_argument("bundle", type=Path)
@@ -110,33 +169,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp32", action="store_true", help="evaluate the fp32 model instead of the bundle's default")
     p.add_argument("--robustness", action="store_true",
                    help="also test under brightness, gamma, blur, noise and occlusion perturbations")
-    p.add_argument("--timing-images", type=int, default=30, help="images timed per precision (default 30)")
+    p.add_argument("--timing-images", type=_count, default=30, help="images timed per precision (default 30)")
 
     p = sub.add_parser("synth", parents=[common], help="write a synthetic MVTec-layout dataset (demo, tests)")
     p.add_argument("out", type=Path)
-    p.add_argument("--train", type=int, default=40)
-    p.add_argument("--test-good", type=int, default=10)
-    p.add_argument("--test-defect", type=int, default=12)
-    p.add_argument("--size", type=_positive_int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=_count, default=40)
+    p.add_argument("--test-good", type=_count, default=10)
+    p.add_argument("--test-defect", type=_count, default=12)
+    p.add_argument("--size", type=_synth_size, default=128)
+    p.add_argument("--seed", type=_count, default=0)
     p.add_argument("--gray", action="store_true", help="gray images instead of color")
     return parser
 
 
+OWN_LOGGERS = ("edged-train", "tools", "edged")
+
+
 def _setup_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    """Our progress at INFO (WARNING with -q); every library at WARNING unless -v (then all at DEBUG)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    logging.captureWarnings(True)  # torch's TracerWarning, sklearn's FutureWarning, ... -> logging
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
+    try:
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(0 if verbose else 3)  # its C++ log: errors only
+    except ImportError:
+        pass
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal: in a log file their carriage returns are noise."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from tools.calibrate import frr_text
     from tools.fit import FitConfig, fit_bundle, get_method
     from tools.methods.base import FitOptions
 
     extra = dict(parse_opt(o) for o in args.opt)
     size = args.size or int(getattr(get_method(args.method), "default_size", 128))  # a method may declare its own
-    opts = FitOptions(size=size, seed=args.seed, epochs=args.epochs, extra=extra, progress=not args.quiet)
+    opts = FitOptions(size=size, seed=args.seed, epochs=args.epochs, extra=extra, progress=_progress(args))
     cfg = FitConfig(data=args.data, method=args.method, out=args.out, options=opts, holdout=args.holdout,
-                    percentile=args.percentile, target_frr=args.target_frr, check_test=not args.no_test_check)
+                    percentile=args.percentile, target_frr=args.target_frr, check_test=not args.no_test_check,
+                    drop_outliers=args.drop_outliers, bit_depth=args.bit_depth)
     if args.int8_tolerance is not None:
         cfg.int8_auroc_tolerance = args.int8_tolerance
     result = fit_bundle(cfg)
@@ -145,7 +225,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     for precision, entry in m.models.items():
         t = entry.threshold
         print(f"  {precision}: {entry.file}  threshold {t.value:.6g} ({t.method} {t.percentile or t.target_frr}, "
-              f"{t.n_images} hold-out images, false rejects on them {100 * (t.expected_frr or 0):.1f}%)")
+              f"{t.n_images} hold-out images, {frr_text(t)})")
     print(f"  default: {m.default}  ({m.quantization.get('default_reason', '')})")
     for w in result.warnings:
         print(f"WARNING: {w}", file=sys.stderr)
@@ -153,14 +233,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from tools.calibrate import recalibrate
+    from tools.calibrate import frr_text, recalibrate
 
-    m = recalibrate(args.bundle, args.good_dir, args.percentile, args.target_frr)
+    warnings: list[str] = []
+    m = recalibrate(args.bundle, args.good_dir, args.percentile, args.target_frr, progress=_progress(args),
+                    drop_outliers=args.drop_outliers, warnings=warnings)
+    print(f"bundle {m.bundle_id} (was {m.history[-1]['bundle_id']})")
     for precision, entry in m.models.items():
         t = entry.threshold
-        print(f"{precision}: threshold {t.value:.6g} ({t.n_images} images, false rejects on them "
-              f"{100 * (t.expected_frr or 0):.1f}%)" + (f", map {entry.map_threshold:.6g}" if entry.map_threshold
-                                                         is not None else ""))
+        print(f"{precision}: threshold {t.value:.6g} ({t.n_images} images, {frr_text(t)})"
+              + (f", map {entry.map_threshold:.6g}" if entry.map_threshold is not None else ""))
+    for w in warnings:
+        print(f"WARNING: {w}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -169,7 +253,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate_bundle(args.bundle, args.data, args.report, precision="fp32" if args.fp32 else None,
                              robustness=args.robustness, timing_images=args.timing_images,
-                             progress=not args.quiet)
+                             progress=_progress(args))
 
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
@@ -205,24 +289,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.quiet = getattr(args, "quiet", False)
     _setup_logging(args.verbose, args.quiet)
     from edged.bundle import BundleError
+    from tools.bundle_out import OutputError
     from tools.calibrate import CalibrationError
     from tools.dataset import DatasetError
     from tools.fit import FitError
+    from tools.methods.base import OptionError
 
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, BundleError, DatasetError, FitError, CalibrationError) as exc:
+    except (UsageError, BundleError, DatasetError, FitError, CalibrationError, OptionError, OutputError) as exc:
         print(f"edged-train {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"edged-train {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"edged-train {args.command}: terminated", file=sys.stderr)
+        return 143
     except ModuleNotFoundError as exc:  # e.g. on a device venv, which has the runtime only
         if exc.name and exc.name.split(".")[0] in TRAIN_PACKAGES:
             print(f"edged-train: {exc.name} is not installed; the training tools need the train extra: "
                   f"pip install 'edged[train]'", file=sys.stderr)
             return EXIT_USAGE
         raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

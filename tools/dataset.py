@@ -8,8 +8,14 @@ MVTec AD layout::
     DATA/ground_truth/<defect>/<name>_mask.png   optional: defect masks (255 on defect pixels)
 
 Anything else is a plain folder: every image under it (recursively) is a good training image.
-Images may differ in size and be gray or color; a file that cannot be decoded is reported by name
-and skipped, so one bad file never stops a run.
+Images may differ in size and be gray or color, 8 or 16 bit (the bit depth of 16-bit data is detected:
+a 12-bit camera's 0..4095 is scaled as 12 bits); a file that cannot be decoded, or holds a pixel type
+the daemon cannot run (float, 2 channels), is reported by name and skipped, so one bad file never stops
+a run. Masks are strict instead: an empty, unreadable or wrongly sized mask is an error naming it,
+since a mask taken as "no defect" silently corrupts the pixel metrics.
+
+Images are shrunk to the model's input size as they are read (`model_sized`), so memory does not grow
+with the camera's resolution.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from edged.bundle import InputSpec
+from edged.preprocess import prepare_uint8
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +92,8 @@ def _mask_for(root: Path, label: str, image: Path) -> Path | None:
     folder = root / "ground_truth" / label
     for name in (f"{image.stem}_mask.png", f"{image.stem}.png", f"{image.stem}_mask{image.suffix}"):
         if (folder / name).is_file():
+            if (folder / name).stat().st_size == 0:
+                raise DatasetError(f"{folder / name}: mask file is empty (0 bytes); fix or remove it")
             return folder / name
     return None
 
@@ -130,27 +141,69 @@ def read_image(path: Path) -> np.ndarray | None:
     return image
 
 
-def read_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
-    """Binary mask (bool HxW) resized to ``shape`` (rows, cols); all False when there is none."""
+def read_mask(path: Path | None, shape: tuple[int, int], image_shape: tuple[int, int] | None = None,
+              ) -> np.ndarray:
+    """Binary mask (bool HxW) resized to ``shape`` (rows, cols); all False when there is none.
+
+    ``image_shape`` is the (rows, cols) of the mask's image as stored: a mask of another size belongs to
+    another image (or was drawn at another scale), so it is a `DatasetError` naming both, as is a mask
+    that cannot be read.
+    """
     if path is None:
         return np.zeros(shape, bool)
     mask = read_image(path)
     if mask is None:
-        log.warning("%s: unreadable mask, taken as empty", path)
-        return np.zeros(shape, bool)
+        raise DatasetError(f"{path}: mask cannot be read (empty or not an image)")
     if mask.ndim == 3:
         mask = mask.max(axis=2)
+    if image_shape is not None and mask.shape[:2] != tuple(image_shape):
+        raise DatasetError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                           f"{image_shape[1]}x{image_shape[0]}")
     if mask.shape[:2] != shape:
         mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
     return mask > 0
 
 
+BIT_DEPTHS = (8, 10, 12, 14, 16)
+DEEP_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".pgm", ".ppm"})  # formats that can hold 16 bits
+
+
+def detect_bit_depth(records: Sequence[Record], sample: int = 16) -> tuple[int, int | None]:
+    """(bits, highest value) of the 16-bit images among an even sample of `records`; (16, None) if none.
+
+    A 12-bit camera writes 0..4095 into 16-bit files; taking the top 8 of 16 bits leaves such images
+    nearly black. The smallest standard depth (8, 10, 12, 14, 16) that holds the highest value seen is
+    the one the manifest records, and the daemon scales its frames the same way.
+    """
+    deep = [r for r in records if r.path.suffix.lower() in DEEP_SUFFIXES]
+    if not deep:
+        return 16, None
+    picks = [deep[int(i)] for i in np.unique(np.linspace(0, len(deep) - 1, min(sample, len(deep))).round())]
+    highest: int | None = None
+    for rec in picks:
+        image = read_image(rec.path)
+        if image is not None and image.dtype == np.uint16:
+            highest = max(highest or 0, int(image.max()))
+    if highest is None:
+        return 16, None
+    bits = next(b for b in BIT_DEPTHS if highest < 2 ** b)
+    return bits, highest
+
+
+def model_sized(spec: InputSpec) -> Callable[[np.ndarray], np.ndarray]:
+    """Transform for `load_images`: the image the daemon's preprocessing would feed the model, made as
+    it is read (memory bounded by the model size, not the camera's), in an order `Detector` takes again
+    unchanged (BGR for an RGB model: `prepare_uint8` then swaps it exactly as it would the full frame)."""
+    as_read = spec.model_copy(update={"color_order": "bgr"}) if spec.color_order == "rgb" else spec
+    return lambda image: prepare_uint8(image, as_read)
+
+
 def load_images(records: Sequence[Record], progress: bool = False, desc: str = "reading images",
                 transform: Callable[[np.ndarray], np.ndarray] | None = None,
-                ) -> tuple[list[np.ndarray], list[Record]]:
+                shapes: list[tuple[int, int]] | None = None) -> tuple[list[np.ndarray], list[Record]]:
     """Decode the records' images (and `transform` each, e.g. to the model's size, as it is read, so a
     large dataset is never held at full resolution); unreadable or unusable files are logged by name
-    and left out of both lists."""
+    and left out of both lists. `shapes`, when given, receives each kept image's (rows, cols) as stored."""
     images: list[np.ndarray] = []
     kept: list[Record] = []
     iterable: Iterable[Record] = records
@@ -163,14 +216,17 @@ def load_images(records: Sequence[Record], progress: bool = False, desc: str = "
         if image is None:
             log.warning("skipping %s: not a readable image", rec.path)
             continue
+        stored = (int(image.shape[0]), int(image.shape[1]))
         if transform is not None:
             try:
                 image = transform(image)
-            except ValueError as exc:  # edged.preprocess.FrameError: e.g. a 2-channel or float image
-                log.warning("skipping %s: %s", rec.path, exc)
+            except (ValueError, cv2.error) as exc:  # edged.preprocess.FrameError: e.g. a 2-channel or float image
+                log.warning("skipping %s: %s", rec.path, str(exc).strip().splitlines()[-1])
                 continue
         images.append(image)
         kept.append(rec)
+        if shapes is not None:
+            shapes.append(stored)
     return images, kept
 
 

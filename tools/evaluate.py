@@ -5,6 +5,11 @@ threshold. Pixel metrics compare the anomaly map (at the model's input size) wit
 resized to it (nearest neighbour). AUPRO follows the MVTec AD definition: the per-region overlap
 averaged over all ground-truth regions (8-connected components), integrated over the false-positive
 rate of good pixels from 0 to 30% and divided by 0.3, so 1.0 is perfect.
+
+Images are shrunk to the model's input size as they are read (`tools.dataset.model_sized`), so memory
+does not grow with the camera's resolution; masks are checked against their image's stored size as
+they are read, before any scoring; the timing re-reads its few images one at a time at full size, so
+it includes the daemon's full-frame preprocessing. Robustness perturbations apply at the model's size.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import numpy as np
 
 from edged.bundle import load_manifest
 from edged.detector import Detector
+from tools.bundle_out import OutputError, check_writable_dir
 from tools.calibrate import score_images
-from tools.dataset import DatasetError, Record, load_dataset, load_images, read_mask
+from tools.dataset import DatasetError, Record, load_dataset, load_images, model_sized, read_image, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -157,25 +163,22 @@ def perturbations(seed: int = 0) -> dict[str, Callable[[np.ndarray, int], np.nda
     }
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return (image >> 8).astype(np.uint8) if image.dtype == np.uint16 else image
-
-
 # --- timing -------------------------------------------------------------------------------------------------------
 
-def time_per_image(bundle: Path, precision: str, images: Sequence[np.ndarray], warmup: int = 3) -> float | None:
-    """Median ms per image through Detector (preprocessing + inference), batch 1, 1 intra-op thread."""
-    if not images:
-        return None
+def time_per_image(bundle: Path, precision: str, records: Sequence[Record], warmup: int = 3) -> float | None:
+    """Median ms per image through Detector (preprocessing of the full frame + inference), batch 1, 1
+    intra-op thread; each image is read at full size just before it is timed, so only one is held."""
     detector = Detector(bundle, precision=precision, intra_op_threads=1)
-    for image in images[:warmup]:
-        detector.infer([image])
     times = []
-    for image in images:
+    for k, rec in enumerate([*records[:warmup], *records]):
+        image = read_image(rec.path)
+        if image is None:
+            continue
         t = time.perf_counter()
         detector.infer([image])
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1000.0)
+        if k >= min(warmup, len(records)):
+            times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000.0) if times else None
 
 
 # --- the evaluation -----------------------------------------------------------------------------------------------
@@ -201,14 +204,25 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, report_dir: str | Path
     t0 = time.perf_counter()
     bundle = Path(bundle)
     report_dir = Path(report_dir)
+    try:
+        check_writable_dir(report_dir, "--report")
+    except OutputError as exc:
+        raise DatasetError(str(exc)) from None
+    if timing_images < 0:
+        raise DatasetError(f"--timing-images {timing_images}: must be >= 0")
     manifest = load_manifest(bundle)
     precision = precision or manifest.default
+    if precision not in manifest.models:
+        raise DatasetError(f"bundle {bundle} has no {precision} model (has: {', '.join(manifest.models)})")
     detector = Detector(bundle, precision=precision, intra_op_threads=1)
     records, what = _test_records(Path(data))
-    images, records = load_images(records, progress=progress, desc="reading test images")
+    shapes: list[tuple[int, int]] = []
+    images, records = load_images(records, progress=progress, desc="reading test images",
+                                  transform=model_sized(manifest.input), shapes=shapes)
     if not images:
         raise DatasetError(f"{data}: no readable test image")
-    images = [_to_uint8(im) for im in images]
+    size = (manifest.input.height, manifest.input.width)
+    full_masks = {i: read_mask(r.mask, size, shapes[i]) for i, r in enumerate(records) if r.mask is not None}
     labels = np.asarray([0 if r.is_good else 1 for r in records])
     scores, maps = score_images(detector, images, progress=progress, desc=f"scoring ({precision})")
     threshold = detector.threshold
@@ -226,14 +240,14 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, report_dir: str | Path
         if any(with_masks):
             # images without a mask: good ones count as all-good pixels, defective ones are left out
             keep = [i for i, r in enumerate(records) if r.is_good or r.mask is not None]
-            masks = [read_mask(records[i].mask, maps[i].shape) for i in keep]
+            masks = [_at(full_masks.get(i), maps[i].shape) for i in keep]
             kept_maps = [maps[i] for i in keep]
             pixel["pixel_auroc"] = pixel_auroc(masks, kept_maps)
             pixel["aupro"] = aupro(masks, kept_maps)
             masks_by_index = dict(zip(keep, masks, strict=True))
             masks = [masks_by_index.get(i, np.zeros(maps[i].shape, bool)) for i in range(len(images))]
 
-    timing_set = images[:timing_images]
+    timing_set = records[:timing_images]
     ms = {}
     for p in ("fp32", "int8"):
         entry = manifest.models.get(p)  # type: ignore[call-overload]
@@ -272,6 +286,15 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, report_dir: str | Path
     if write_html:
         report_mod.write_report(report_dir, result, images, records, scores, maps, masks, detector)
     return result
+
+
+def _at(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """A mask (None: no defect) at the map's shape (maps are at the model's input size)."""
+    if mask is None:
+        return np.zeros(shape[:2], bool)
+    if mask.shape != shape[:2]:
+        mask = cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+    return mask
 
 
 def _robustness(detector: Detector, images: list[np.ndarray], labels: np.ndarray, threshold: float,

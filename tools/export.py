@@ -66,7 +66,7 @@ def model_entry(bundle_dir: Path, file: str, precision: str, threshold: Threshol
 def build_manifest(bundle_dir: Path, method: str, spec: InputSpec, outputs: OutputSpec,
                    entries: dict[str, tuple[str, Threshold, float | None]], default: str,
                    training: TrainingSummary, quantization: dict[str, Any], created: datetime | None = None,
-                   runtimes: tuple[str, ...] = ("onnxruntime",)) -> Manifest:
+                   runtimes: tuple[str, ...] = ("onnxruntime",), complete: bool = True) -> Manifest:
     """Hash the ONNX files and assemble the manifest. ``entries``: precision -> (file, threshold, map thr)."""
     created = created or utc_now()
     models = {p: model_entry(bundle_dir, f, p, thr, mthr) for p, (f, thr, mthr) in entries.items()}
@@ -75,7 +75,7 @@ def build_manifest(bundle_dir: Path, method: str, spec: InputSpec, outputs: Outp
         bundle_id=bundle_id, method=method, created=created.strftime("%Y-%m-%dT%H:%M:%SZ"), input=spec,
         outputs=outputs, models=models, default=default,  # type: ignore[arg-type]
         training=training, quantization=_jsonable(quantization), versions=versions(),
-        runtimes=runtimes,  # type: ignore[arg-type]
+        runtimes=runtimes, complete=complete,  # type: ignore[arg-type]
     )
 
 

@@ -5,8 +5,15 @@ fp32 ONNX -> int8 QDQ ONNX -> score the hold-out (and the test split, when the d
 models through `edged.detector.Detector` -> thresholds -> int8 vs fp32 parity -> manifest.
 
 Every method module in `tools/methods/` that exposes ``METHOD`` (or a dict ``METHODS``) can be run with
-``--method NAME``. The bundle is assembled in a sibling temporary folder and moved into place at the end,
-so an interrupted run never leaves a half-written bundle where the daemon looks.
+``--method NAME``.
+
+Before any work, `check_fit` validates every option and input (numbers finite and in range, ``--size``
+within the method's limits, ``--opt`` typed by the method's table, enough images, a usable ``--out``)
+and raises one `FitError` naming what is wrong. The bundle is assembled in a marked sibling folder
+(`tools.bundle_out`) whose manifest says ``complete: false`` until the last write, and swapped in
+atomically; nothing the fit did not write is ever removed. Hold-out images that score far above the
+other good ones (defective or mislabeled parts) stop the fit, or with ``drop_outliers`` are named and
+left out of the threshold.
 """
 
 from __future__ import annotations
@@ -14,9 +21,9 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import math
 import pkgutil
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,11 +33,22 @@ from typing import Any
 import numpy as np
 
 from edged import features as feature_extractors
-from edged.bundle import MANIFEST_NAME, InputSpec, Manifest, Threshold, TrainingSummary
+from edged.bundle import InputSpec, Manifest, Threshold, TrainingSummary, unfinished_allowed
 from edged.detector import Detector
 from edged.preprocess import prepare_uint8, to_tensor
-from tools import calibrate, export
-from tools.dataset import Dataset, DatasetError, Record, file_list_sha256, holdout_split, load_dataset, load_images
+from tools import bundle_out, calibrate, export
+from tools.dataset import (
+    Dataset,
+    DatasetError,
+    Record,
+    detect_bit_depth,
+    file_list_sha256,
+    holdout_split,
+    load_dataset,
+    load_images,
+    model_sized,
+)
+from tools.methods import base
 from tools.methods.base import FitOptions, Method
 
 log = logging.getLogger(__name__)
@@ -39,6 +57,11 @@ log = logging.getLogger(__name__)
 # hold-out images vs the same images with synthetic blemishes. Score correlation is reported, not gated on.
 INT8_AUROC_TOLERANCE = 0.02
 CALIBRATION_IMAGES = 64  # training images fed to the int8 calibrator (MinMax needs few; more only costs time)
+# int8 must also rank images like fp32: below this Pearson correlation of the scores fp32 stays the default
+INT8_MIN_CORRELATION = 0.8
+MIN_HOLDOUT = 2  # hold-out images: one score sets no threshold (and the interval says how far 2 can be trusted)
+MAX_SEED = 2**32 - 1
+MAX_EPOCHS = 100_000
 
 
 class FitError(ValueError):
@@ -116,6 +139,19 @@ class FitConfig:
     target_frr: float | None = None
     int8_auroc_tolerance: float = INT8_AUROC_TOLERANCE
     check_test: bool = True  # score the data's test split (if any) with both models to measure the int8 loss
+    drop_outliers: bool = False  # leave far-out hold-out images out of the threshold (named) instead of stopping
+    bit_depth: int | None = None  # significant bits of 16-bit images; None: detected from the data
+
+
+@dataclass
+class FitPlan:
+    """What `check_fit` found valid, before any image is decoded."""
+
+    method: Method
+    dataset: Dataset
+    spec: InputSpec
+    train: list[Record]
+    hold: list[Record]
 
 
 @dataclass
@@ -135,24 +171,104 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def _prepare_out(out: Path) -> Path:
-    """Check the output path and return the temporary folder the bundle is built in."""
-    if out.exists() and not out.is_dir():
-        raise FitError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise FitError(f"{out}: folder is not empty and is not a model bundle; refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
+# --- validation before any work -----------------------------------------------------------------------------------
+
+def _finite_in(name: str, value: float | None, low: float, high: float, low_open: bool = False) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+        raise FitError(f"{name} {value}: must be a number in {'(' if low_open else '['}{low:g}, {high:g}]")
 
 
-def _read(records: list[Record], progress: bool, desc: str, spec: InputSpec | None = None,
+def _check_numbers(cfg: FitConfig) -> None:
+    """The pipeline's own numbers: finite and in range (argparse has checked only their syntax)."""
+    opts = cfg.options
+    if not (isinstance(cfg.holdout, int | float) and math.isfinite(cfg.holdout) and 0 < cfg.holdout < 1):
+        raise FitError(f"--holdout {cfg.holdout}: the hold-out fraction must be > 0 and < 1: the threshold is set "
+                       f"on good images the model never saw")
+    _finite_in("--percentile", cfg.percentile, 0.0, 100.0, low_open=True)
+    if cfg.target_frr is not None and not (math.isfinite(cfg.target_frr) and 0 <= cfg.target_frr < 1):
+        raise FitError(f"--target-frr {cfg.target_frr}: must be a number in [0, 1)")
+    if cfg.percentile is not None and cfg.target_frr is not None:
+        raise FitError("give either --percentile or --target-frr, not both")
+    _finite_in("--int8-tolerance", cfg.int8_auroc_tolerance, 0.0, 1.0)
+    if not 0 <= opts.seed <= MAX_SEED:
+        raise FitError(f"--seed {opts.seed}: must be in [0, {MAX_SEED}]")
+    if opts.epochs is not None and not 1 <= opts.epochs <= MAX_EPOCHS:
+        raise FitError(f"--epochs {opts.epochs}: must be in [1, {MAX_EPOCHS}]")
+    if cfg.bit_depth is not None and cfg.bit_depth not in (8, 10, 12, 14, 16):
+        raise FitError(f"--bit-depth {cfg.bit_depth}: must be 8, 10, 12, 14 or 16")
+
+
+def size_limits(method: Method) -> tuple[int, int]:
+    """(smallest, largest) --size the method accepts (its own limits, else the shared ones)."""
+    return int(getattr(method, "min_size", base.MIN_SIZE)), int(getattr(method, "max_size", base.MAX_SIZE))
+
+
+def _check_method(method: Method, cfg: FitConfig) -> InputSpec:
+    """--size within the method's limits and --opt under the shared rules; the method's input spec."""
+    opts = cfg.options
+    low, high = size_limits(method)
+    if not low <= opts.size <= high:
+        raise FitError(f"--size {opts.size}: method {cfg.method} takes {low} to {high} px")
+    try:
+        base.parse_options(cfg.method, getattr(method, "options", {}) or {}, opts.extra)
+        spec = method.input_spec(opts)
+    except ValueError as exc:  # OptionError, or a method's own rule (e.g. cae: a multiple of 32)
+        raise FitError(str(exc)) from None
+    if spec.kind == "features":
+        try:
+            feature_extractors.get(spec.features or "")
+        except KeyError:
+            raise FitError(f"method {cfg.method}: feature extractor {spec.features!r} is not registered in "
+                           f"edged.features (the daemon could not run this bundle)") from None
+    return spec
+
+
+def _check_amounts(method: Method, cfg: FitConfig, n_train: int, n_hold: int, what: str = "") -> None:
+    need = int(getattr(method, "min_images", base.MIN_IMAGES))
+    if n_train < need or n_hold < MIN_HOLDOUT:
+        raise FitError(f"{cfg.data}: {n_train + n_hold} {what}good image(s) ({n_train} to train on, {n_hold} held "
+                       f"out): method {cfg.method} needs at least {need} to train on and {MIN_HOLDOUT} held out "
+                       f"(with --holdout {cfg.holdout:g}: {_images_needed(need, cfg.holdout)} good images)")
+
+
+def _images_needed(n_train: int, holdout: float) -> int:
+    n = n_train + MIN_HOLDOUT
+    while True:
+        n_hold = max(1, round(n * holdout))
+        if n - n_hold >= n_train and n_hold >= MIN_HOLDOUT:
+            return n
+        n += 1
+
+
+def check_fit(cfg: FitConfig) -> FitPlan:
+    """Every option and input checked before any work starts; one `FitError` (or `DatasetError`) naming it."""
+    method = get_method(cfg.method)
+    _check_numbers(cfg)
+    spec = _check_method(method, cfg)
+    try:
+        bundle_out.check_out(Path(cfg.out))
+    except bundle_out.OutputError as exc:
+        raise FitError(str(exc)) from None
+    ds = load_dataset(cfg.data)
+    if not ds.train:
+        raise DatasetError(f"{cfg.data}: no good training images (train/good is empty)")
+    n = len(ds.train)
+    n_hold = max(1, round(n * cfg.holdout)) if n > 1 else 0
+    _check_amounts(method, cfg, n - n_hold, n_hold)
+    train, hold = holdout_split(ds.train, cfg.holdout, cfg.options.seed)
+    return FitPlan(method, ds, spec, train, hold)
+
+
+def _read(records: list[Record], progress: bool, desc: str, spec: InputSpec, for_detector: bool = False,
           ) -> tuple[list[np.ndarray], list[Record]]:
-    """Decode (and prepare, when `spec` is given) images; unreadable files are logged and skipped."""
-    transform = functools.partial(prepare_uint8, spec=spec) if spec is not None else None
+    """Decode images at the model's size as they are read; unreadable files are logged and skipped.
+
+    Training images are prepared for the method (`prepare_uint8`); images the daemon's `Detector` will
+    score (`for_detector`) are shrunk the same way but kept in an order it takes again (`model_sized`).
+    """
+    transform = model_sized(spec) if for_detector else functools.partial(prepare_uint8, spec=spec)
     return load_images(records, progress, desc, transform)
 
 
@@ -220,12 +336,8 @@ def holdout_outliers(scores: np.ndarray, records: list[Record], root: Path, fenc
     odd "good" image (overexposed, mislabeled, another product) silently sets it; naming it lets the
     quality engineer look at the image instead of trusting a threshold nothing else reaches.
     """
-    if len(scores) < 8:
-        return []
-    q1, q3 = np.percentile(scores, [25, 75])
-    limit = q3 + fence * (q3 - q1)
-    far = [i for i in np.argsort(-scores) if scores[i] > limit]
-    return [{"file": _relative_name(records[i].path, root), "score": float(scores[i])} for i in far]
+    return [{"file": _relative_name(records[i].path, root), "score": float(scores[i]), "index": i}
+            for i in calibrate.outlier_indices(scores, fence)]
 
 
 def _relative_name(path: Path, root: Path) -> str:
@@ -239,49 +351,76 @@ def _threshold_source(n_holdout: int, fraction: float) -> str:
     return f"held-out train/good ({fraction:.0%}, {n_holdout} images, never trained on)"
 
 
+def _bit_depth(cfg: FitConfig, records: list[Record]) -> int:
+    """The bit depth the manifest records: --bit-depth, else detected on a sample of the training images."""
+    if cfg.bit_depth is not None:
+        return cfg.bit_depth
+    bits, highest = detect_bit_depth(records)
+    if highest is not None:
+        log.info("16-bit images with values up to %d: scaled as %d-bit data (the manifest says so; the daemon "
+                 "scales its frames the same way)", highest, bits)
+    return bits
+
+
+def outlier_message(outliers: list[dict[str, Any]], n: int, what: str, flag: str = "--drop-outliers") -> str:
+    names = ", ".join(f"{o['file']} ({o['score']:.4g})" for o in outliers[:5])
+    more = f" and {len(outliers) - 5} more" if len(outliers) > 5 else ""
+    return (f"{len(outliers)} of {n} {what} score far above the other good images (beyond Q3 + 3 IQR of their "
+            f"scores): {names}{more}. Defective, mislabeled or another product? They would set the threshold; "
+            f"remove them, or pass {flag} to leave them out of it")
+
+
+def _drop_holdout_outliers(cfg: FitConfig, scores: dict[str, dict[str, Any]], hold_recs: list[Record],
+                           hold_images: list[np.ndarray], root: Path, warnings: list[str],
+                           ) -> tuple[list[Record], list[np.ndarray], list[dict[str, Any]]]:
+    """Refuse hold-out outliers (FitError), or with `drop_outliers` leave them out of every model's scores."""
+    outliers = holdout_outliers(scores["fp32"]["hold"], hold_recs, root)
+    if not outliers:
+        return hold_recs, hold_images, []
+    message = outlier_message(outliers, len(hold_recs), "hold-out images")
+    if not cfg.drop_outliers:
+        raise FitError(message)
+    bad = {o["index"] for o in outliers}
+    keep = [i for i in range(len(hold_recs)) if i not in bad]
+    if len(keep) < MIN_HOLDOUT:
+        raise FitError(f"{message}; without them fewer than {MIN_HOLDOUT} hold-out images remain")
+    for s in {id(v): v for v in scores.values()}.values():  # int8 may be the same dict as fp32
+        s["hold"] = s["hold"][keep]
+        s["maps"] = [s["maps"][i] for i in keep] if s["maps"] is not None else None
+    msg = f"dropped {len(bad)} hold-out image(s) from the threshold: " + ", ".join(o["file"] for o in outliers)
+    log.warning("!!! %s", msg)
+    warnings.append(msg)
+    return [hold_recs[i] for i in keep], [hold_images[i] for i in keep], outliers
+
+
 def fit_bundle(cfg: FitConfig) -> FitResult:
     """Run the whole pipeline; returns the written bundle's manifest and the int8 parity figures."""
     t_start = time.perf_counter()
-    opts = cfg.options
-    method = get_method(cfg.method)
-    ds: Dataset = load_dataset(cfg.data)
-    if not ds.train:
-        raise DatasetError(f"{cfg.data}: no good training images (train/good is empty)")
+    plan = check_fit(cfg)
+    opts, method, ds = cfg.options, plan.method, plan.dataset
     log.info("data: %s", ds.describe())
-    spec = method.input_spec(opts)
-    if spec.kind == "features":
-        try:
-            feature_extractors.get(spec.features or "")
-        except KeyError:
-            raise FitError(f"method {cfg.method}: feature extractor {spec.features!r} is not registered in "
-                           f"edged.features (the daemon could not run this bundle)") from None
-    if cfg.holdout <= 0:
-        raise FitError("the hold-out fraction must be > 0: the threshold is set on good images the model never saw")
-    train_recs, hold_recs = holdout_split(ds.train, cfg.holdout, opts.seed)
-    prepared, train_recs = _read(train_recs, opts.progress, "reading train", spec)
-    hold_images, hold_recs = _read(hold_recs, opts.progress, "reading hold-out")
-    if len(prepared) < 2:
-        raise FitError(f"{cfg.data}: only {len(prepared)} readable training image(s); need at least 2")
-    if not hold_images:
-        raise FitError(f"{cfg.data}: no readable hold-out image to set the threshold on (use more images)")
+    spec = plan.spec.model_copy(update={"bit_depth": _bit_depth(cfg, plan.train)})
+    prepared, train_recs = _read(plan.train, opts.progress, "reading train", spec)
+    hold_images, hold_recs = _read(plan.hold, opts.progress, "reading hold-out", spec, for_detector=True)
+    _check_amounts(method, cfg, len(prepared), len(hold_images), "readable ")
     test_images: list[np.ndarray] = []
     test_recs: list[Record] = []
     if cfg.check_test and ds.test:
-        test_images, test_recs = _read(ds.test, opts.progress, "reading test")
+        test_images, test_recs = _read(ds.test, opts.progress, "reading test", spec, for_detector=True)
     log.info("method %s: training on %d images (%s), %d held out for calibration", cfg.method, len(prepared),
              f"{spec.width}x{spec.height} {spec.color_order}", len(hold_images))
 
     out = Path(cfg.out)
-    tmp = _prepare_out(out)
+    tmp = bundle_out.staging(out)
     warnings: list[str] = []
     try:
         seed_everything(opts.seed)
         t_train = time.perf_counter()
         trained = method.fit(prepared, opts)
         train_seconds = time.perf_counter() - t_train
-        if trained.spec != spec:
+        if trained.spec.model_copy(update={"bit_depth": spec.bit_depth}) != spec:
             log.info("method %s changed its input spec while fitting; using the trained one", cfg.method)
-            spec = trained.spec
+        spec = trained.spec.model_copy(update={"bit_depth": spec.bit_depth})
         fp32_path = tmp / export.FP32_FILE
         trained.export_onnx(fp32_path)
 
@@ -306,13 +445,14 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
             int8_file = export.FP32_FILE
         del prepared  # the training pixels are no longer needed
 
-        # Provisional manifest so that Detector (the daemon's code) can score with each model.
+        # Provisional manifest (complete: false, placeholder thresholds) so that Detector (the daemon's code)
+        # can score with each model; the daemon's loader refuses it, should the fit die here.
         placeholder = Threshold(value=0.0, method="manual", source="provisional")
         entries = {"fp32": (export.FP32_FILE, placeholder, None), "int8": (int8_file, placeholder, None)}
         training = TrainingSummary(count=len(train_recs), holdout=len(hold_recs), data=str(cfg.data),
                                    file_list_sha256=file_list_sha256(train_recs, ds.root))
         provisional = export.build_manifest(tmp, cfg.method, spec, trained.outputs, entries, "fp32", training, quant,
-                                            runtimes=("onnxruntime", "opencv"))
+                                            runtimes=("onnxruntime", "opencv"), complete=False)
         export.write(tmp, provisional)
 
         has_both = len({r.is_good for r in test_recs}) == 2
@@ -322,20 +462,24 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
             rng = np.random.default_rng(opts.seed + 1)
             synthetic = [with_blemishes(im, rng) for im in hold_images]
         scores: dict[str, dict[str, Any]] = {}
-        for precision in ("fp32", "int8"):
-            if precision == "int8" and int8_file == export.FP32_FILE:
-                scores["int8"] = scores["fp32"]
-                continue
-            detector = Detector(tmp, precision=precision, intra_op_threads=1)
-            hold_scores, hold_maps = calibrate.score_images(detector, hold_images, progress=opts.progress,
-                                                            desc=f"scoring hold-out ({precision})")
-            test_scores, _ = calibrate.score_images(detector, test_images, progress=opts.progress,
-                                                    desc=f"scoring test ({precision})", keep_maps=False)
-            synth_scores, _ = calibrate.score_images(detector, synthetic, keep_maps=False)
-            scores[precision] = {"hold": hold_scores, "maps": hold_maps, "test": test_scores,
-                                 "synthetic": synth_scores}
+        with unfinished_allowed(tmp):
+            for precision in ("fp32", "int8"):
+                if precision == "int8" and int8_file == export.FP32_FILE:
+                    scores["int8"] = scores["fp32"]
+                    continue
+                detector = Detector(tmp, precision=precision, intra_op_threads=1)
+                hold_scores, hold_maps = calibrate.score_images(detector, hold_images, progress=opts.progress,
+                                                                desc=f"scoring hold-out ({precision})")
+                test_scores, _ = calibrate.score_images(detector, test_images, progress=opts.progress,
+                                                        desc=f"scoring test ({precision})", keep_maps=False)
+                synth_scores, _ = calibrate.score_images(detector, synthetic, keep_maps=False)
+                scores[precision] = {"hold": hold_scores, "maps": hold_maps, "test": test_scores,
+                                     "synthetic": synth_scores}
+            runtimes = opencv_parity(tmp, hold_images[:OPENCV_CHECK_IMAGES], scores["fp32"]["hold"])
 
-        runtimes = opencv_parity(tmp, hold_images[:OPENCV_CHECK_IMAGES], scores["fp32"]["hold"])
+        n_hold_scored = len(hold_recs)
+        hold_recs, hold_images, outliers = _drop_holdout_outliers(cfg, scores, hold_recs, hold_images, ds.root,
+                                                                  warnings)
         source = _threshold_source(len(hold_recs), cfg.holdout)
         final_entries: dict[str, tuple[str, Threshold, float | None]] = {}
         for precision, file in (("fp32", export.FP32_FILE), ("int8", int8_file)):
@@ -343,15 +487,10 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
             thr = calibrate.image_threshold(s["hold"], cfg.percentile, cfg.target_frr, source)
             mthr = calibrate.map_threshold(s["maps"], cfg.percentile, cfg.target_frr) if trained.outputs.map else None
             final_entries[precision] = (file, thr, mthr)
-
-        outliers = holdout_outliers(scores["fp32"]["hold"], hold_recs, ds.root)
-        if outliers and outliers[0]["score"] >= final_entries["fp32"][1].value:
-            names = ", ".join(f"{o['file']} ({o['score']:.4g})" for o in outliers[:5])
-            msg = (f"the threshold is set by {len(outliers)} hold-out image(s) scoring far above the other good "
-                   f"images: {names}. Look at them (overexposed? mislabeled? another product?); remove them and "
-                   f"fit again, or use --target-frr, or re-run `edged-train calibrate` on more good images")
-            log.warning("!!! %s", msg)
-            warnings.append(msg)
+        trust = calibrate.trust_warning(final_entries["fp32"][1])
+        if trust:
+            log.warning("%s", trust)
+            warnings.append(trust)
 
         parity, default = _parity(scores, test_recs, int8_file != export.FP32_FILE, cfg)
         if parity.get("warning"):
@@ -359,23 +498,23 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
         quant["parity"] = parity
         quant["default_reason"] = parity.get("decision", "")
 
-        training = training.model_copy(update={"params": export.jsonable({
+        training = training.model_copy(update={"holdout": len(hold_recs), "params": export.jsonable({
             **trained.params,
             "size": opts.size, "seed": opts.seed, "epochs": opts.epochs, "options": dict(opts.extra),
             "holdout_fraction": cfg.holdout,
             "holdout_file_list_sha256": file_list_sha256(hold_recs, ds.root),
-            "skipped_unreadable": len(ds.train) - len(train_recs) - len(hold_recs),
-            "holdout_outliers": outliers,
+            "skipped_unreadable": len(ds.train) - len(train_recs) - n_hold_scored,
+            "holdout_outliers": [{k: v for k, v in o.items() if k != "index"} for o in outliers],
+            "holdout_outliers_dropped": bool(outliers),
+            "bit_depth": spec.bit_depth,
             "train_seconds": round(train_seconds, 1),
         })})
         manifest = export.build_manifest(tmp, cfg.method, spec, trained.outputs, final_entries, default, training,
                                          quant, runtimes=runtimes)
-        export.write(tmp, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        export.write(tmp, manifest)  # complete: written last, the bundle is whole from here on
+        bundle_out.install(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        bundle_out.discard(tmp)
         raise
     seconds = time.perf_counter() - t_start
     log.info("bundle %s written to %s in %.1f s (default %s)", manifest.bundle_id, out, seconds, manifest.default)

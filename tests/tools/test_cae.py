@@ -113,7 +113,7 @@ def test_options_are_parsed_and_checked() -> None:
     typed = METHOD.config(FitOptions(extra={"channels": 1, "flip": True, "blur": 3, "augment": 0}))  # as the CLI parses
     assert (typed.channels, typed.flip, typed.blur, typed.augment) == (1, True, 3.0, False)
     assert isinstance(typed.blur, float)
-    with pytest.raises(ValueError, match="unknown cae option"):
+    with pytest.raises(ValueError, match="cae: unknown option"):
         METHOD.config(FitOptions(extra={"colour": "1"}))
     with pytest.raises(ValueError, match="score"):
         METHOD.config(FitOptions(extra={"score": "median"}))

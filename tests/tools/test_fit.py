@@ -109,7 +109,7 @@ def test_holdout_outliers_are_named(tmp_path: Path) -> None:
 
     records = [Record(tmp_path / f"{i}.png") for i in range(20)]
     scores = np.r_[np.linspace(0.0, 1.0, 19), 25.0]
-    assert holdout_outliers(scores, records, tmp_path) == [{"file": "19.png", "score": 25.0}]
+    assert holdout_outliers(scores, records, tmp_path) == [{"file": "19.png", "score": 25.0, "index": 19}]
     assert holdout_outliers(np.linspace(0.0, 1.0, 20), records, tmp_path) == []
 
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edged.bundle import InputSpec, OutputSpec
-from tools.methods.base import FitOptions, QuantizeOptions
+from tools.methods.base import FitOptions, Option, OptionError, QuantizeOptions, parse_options
 
 SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
@@ -73,14 +73,8 @@ class CaeConfig:
 
     @classmethod
     def from_options(cls, base: CaeConfig, extra: dict[str, Any], epochs: int | None) -> CaeConfig:
-        """Apply `--opt` strings (or already typed values) on top of a variant's defaults."""
-        known = {f.name: f for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, raw in extra.items():
-            if key not in known:
-                raise ValueError(f"unknown cae option {key!r} (known: {', '.join(sorted(known))})")
-            current = getattr(base, key)
-            values[key] = _coerce(raw, current, key)
+        """Apply `--opt` strings (or already typed values) on top of a variant's defaults (shared rules)."""
+        values = parse_options("cae", option_table(base), extra)
         cfg = replace(base, **values)
         if epochs is not None:
             cfg = replace(cfg, epochs=epochs)
@@ -88,42 +82,39 @@ class CaeConfig:
         return cfg
 
     def validate(self) -> None:
-        choices = {"decoder": ("resize", "convT"), "upsample": ("nearest", "bilinear"), "act": ("relu", "leaky"),
-                   "loss": ("mse", "l1", "ssim", "ssim+l1"), "error": ("l2", "l1", "ssim", "ssim+l1"),
-                   "score": ("mean", "max", "topk")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"cae option {key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}")
-        if self.channels not in (1, 3):
-            raise ValueError("cae option channels: 1 or 3")
-        if not self.widths or any(w <= 0 for w in self.widths):
-            raise ValueError("cae option widths: positive channel counts, e.g. 32/64/128/256/512")
-        if not 0 < self.topk <= 1:
-            raise ValueError("cae option topk: a fraction in (0, 1]")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("cae options epochs, batch_size, lr must be positive")
+            raise OptionError("cae options epochs, batch_size, lr must be positive")
 
 
-def _coerce(raw: Any, current: Any, key: str) -> Any:
-    if isinstance(raw, (list, tuple)):
-        raw = "/".join(str(v) for v in raw)
-    raw = str(raw)  # the CLI may already have turned "3" into 3 or "yes" into True: parse one way
-    try:
-        if isinstance(current, bool):
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if isinstance(current, int):
-            return int(raw)
-        if isinstance(current, float):
-            return float(raw)
-        if isinstance(current, tuple):
-            return tuple(int(v) for v in raw.replace(",", "/").split("/") if v)
-    except ValueError:
-        raise ValueError(f"cae option {key}={raw!r}: expected a value like {current!r}") from None
-    return raw
+CHOICES: dict[str, tuple[str, ...]] = {
+    "decoder": ("resize", "convT"), "upsample": ("nearest", "bilinear"), "act": ("relu", "leaky"),
+    "loss": ("mse", "l1", "ssim", "ssim+l1"), "error": ("l2", "l1", "ssim", "ssim+l1"),
+    "score": ("mean", "max", "topk"),
+}
+RANGES: dict[str, dict[str, Any]] = {
+    "latent": {"low": 0, "high": 4096}, "blur": {"low": 0.0, "high": 64.0},
+    "topk": {"low": 0.0, "low_open": True, "high": 1.0}, "ssim_window": {"low": 3, "high": 63},
+    "brightness": {"low": 0.0, "high": 1.0}, "contrast": {"low": 0.0, "high": 1.0},
+    "epochs": {"low": 1, "high": 100_000}, "batch_size": {"low": 1, "high": 4096},
+    "lr": {"low": 0.0, "low_open": True, "high": 10.0}, "weight_decay": {"low": 0.0, "high": 10.0},
+}
+
+
+def _channels(value: Any) -> str | None:
+    return None if value in (1, 3) else "1 (gray) or 3 (rgb)"
+
+
+def _widths(value: Any) -> str | None:
+    return None if 1 <= len(value) <= 8 and all(0 < w <= 4096 for w in value) else \
+        "1 to 8 positive channel counts, e.g. 32/64/128/256/512"
+
+
+def option_table(base: CaeConfig) -> dict[str, Option]:
+    """Every `CaeConfig` field is an option, typed by the variant's default, with its allowed values."""
+    checks = {"channels": _channels, "widths": _widths}
+    return {f.name: Option(getattr(base, f.name), choices=CHOICES.get(f.name), check=checks.get(f.name),
+                           **RANGES.get(f.name, {}))
+            for f in fields(CaeConfig)}
 
 
 # Variants: the reference design as published, and the default that works.
@@ -510,9 +501,16 @@ def _quantize_options(cfg: CaeConfig) -> QuantizeOptions:
 class CaeMethod:
     """`Method` for one autoencoder variant (its defaults; `--opt` overrides any `CaeConfig` field)."""
 
+    min_size = 32  # five halvings: the bottleneck is then 1x1
+    max_size = 1024  # the training batch of 16 images no longer fits a few GB of memory beyond that
+
     def __init__(self, name: str, base: CaeConfig) -> None:
         self.name = name
         self.base = base
+
+    @property
+    def options(self) -> dict[str, Option]:
+        return option_table(self.base)
 
     def config(self, opts: FitOptions) -> CaeConfig:
         return CaeConfig.from_options(self.base, opts.extra, opts.epochs)

@@ -32,7 +32,7 @@ import numpy as np
 
 from edged.bundle import InputSpec, OutputSpec
 from edged.features import LBP_BINS, LBP_POINTS, LBP_RADIUS
-from tools.methods.base import FitOptions, QuantizeOptions
+from tools.methods.base import FitOptions, Option, QuantizeOptions, parse_options
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,34 @@ def training_features(gray: np.ndarray) -> np.ndarray:
     return np.concatenate([hist, np.asarray(stats, dtype=np.float64)])
 
 
-def _option(extra: dict[str, Any], key: str, default: Any) -> Any:
-    return extra.get(key, default)
+def _pca(value: Any) -> str | None:
+    try:
+        v = float(value)
+    except ValueError:
+        return "none, a variance fraction in (0, 1) or a number of components"
+    if 0 < v < 1 or (v >= 1 and v.is_integer() and v <= N_FEATURES):
+        return None
+    return f"none, a variance fraction in (0, 1) or a whole number of components 1..{N_FEATURES}"
+
+
+def _gamma(value: Any) -> str | None:
+    if str(value).lower() in ("scale", "auto"):
+        return None
+    try:
+        v = float(value)
+    except ValueError:
+        return "scale, auto or a positive number"
+    return None if np.isfinite(v) and v > 0 else "scale, auto or a positive number"
+
+
+OPTIONS: dict[str, Option] = {
+    "detector": Option("iforest", "iforest (IsolationForest) or ocsvm (One-Class SVM)", choices=("iforest", "ocsvm")),
+    "pca": Option("none", "none = all components, a variance fraction in (0, 1), or a number of components",
+                  none_ok=True, check=_pca),
+    "n_estimators": Option(200, "trees of the IsolationForest", low=1, high=10_000),
+    "nu": Option(0.05, "OCSVM: upper bound on the fraction of training errors", low=0.0, low_open=True, high=1.0),
+    "gamma": Option("scale", "OCSVM kernel width: scale, auto or a number", check=_gamma),
+}
 
 
 def build_pipeline(extra: dict[str, Any], seed: int, n_samples: int) -> Any:
@@ -69,23 +95,20 @@ def build_pipeline(extra: dict[str, Any], seed: int, n_samples: int) -> Any:
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import OneClassSVM
 
-    detector = str(_option(extra, "detector", "iforest")).lower()
-    pca = _option(extra, "pca", "none")
+    o = parse_options("classic", OPTIONS, extra)
+    pca = o["pca"]
     n_components: float | int | None
-    if pca is None or str(pca).lower() in ("none", "all", "0"):
+    if pca is None or str(pca).lower() in ("none", "all"):
         n_components = None  # keep every component (a rotation only)
     elif 0 < float(pca) < 1:
         n_components = float(pca)  # the fraction of the variance to keep
-    elif float(pca) >= 1:
-        n_components = min(int(pca), N_FEATURES, max(1, n_samples - 1))
     else:
-        raise ValueError(f"classic: pca must be a variance fraction in (0, 1), a component count or none, not {pca!r}")
-    if detector in ("iforest", "isolationforest", "isolation_forest"):
-        model = IsolationForest(n_estimators=int(_option(extra, "n_estimators", 200)), random_state=seed)
-    elif detector in ("ocsvm", "oneclasssvm", "svm"):
-        model = OneClassSVM(nu=float(_option(extra, "nu", 0.05)), gamma=_option(extra, "gamma", "scale"))
+        n_components = min(int(float(pca)), N_FEATURES, max(1, n_samples - 1))
+    if o["detector"] == "iforest":
+        model = IsolationForest(n_estimators=o["n_estimators"], random_state=seed)
     else:
-        raise ValueError(f"classic: unknown detector {detector!r} (use iforest or ocsvm)")
+        gamma = o["gamma"] if str(o["gamma"]).lower() in ("scale", "auto") else float(o["gamma"])
+        model = OneClassSVM(nu=o["nu"], gamma=gamma)
     return Pipeline([
         ("scaler", StandardScaler()),
         ("pca", PCA(n_components=n_components, svd_solver="full", random_state=seed)),
@@ -234,6 +257,8 @@ def iforest_tree_attributes(forest: Any) -> dict[str, list[Any]]:
 
 class ClassicMethod:
     name = "classic"
+    min_size = 32  # the LBP radius is 3 px and the gradient statistics need some texture to describe
+    options = OPTIONS
 
     def input_spec(self, opts: FitOptions) -> InputSpec:
         return InputSpec(name="features", kind="features", width=opts.size, height=opts.size, channels=1,

@@ -36,43 +36,36 @@ from torch import nn
 
 from edged.bundle import InputSpec, OutputSpec
 from tools.backbones import STAGE_OUTPUTS, EfficientNetLite0, Normalize, efficientnet_lite0
-from tools.methods.base import FitOptions, QuantizeOptions
+from tools.methods.base import FitOptions, Option, QuantizeOptions
+from tools.methods.base import parse_options as base_parse_options
 
 log = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {
-    "layers": "s5,s6",
-    "coreset": 0.03,
-    "proj": 0,
-    "max_patches": 200_000,
-    "sigma": 4.0,
-    "batch": 16,
-    "coreset_dims": 64,
-    "standardize": True,
+def _layers(value: Any) -> str | None:
+    layers = [s.strip() for s in str(value).split(",") if s.strip()]
+    if not layers or any(s not in STAGE_OUTPUTS for s in layers):
+        return f"layers must be names from {', '.join(STAGE_OUTPUTS)}, comma-separated"
+    return None
+
+
+OPTIONS: dict[str, Option] = {
+    "layers": Option("s5,s6", "backbone stages whose features are compared", check=_layers),
+    "coreset": Option(0.03, "fraction of the training patches kept in the memory bank", low=0.0, low_open=True,
+                      high=1.0),
+    "proj": Option(0, "0 = none, else PCA to that many dims", low=0, high=4096),
+    "max_patches": Option(200_000, "random cap on training patches before the coreset", low=1, high=50_000_000),
+    "sigma": Option(4.0, "smoothing of the map in input pixels", low=0.0, high=256.0),
+    "batch": Option(16, "feature extraction batch", low=1, high=1024),
+    "coreset_dims": Option(64, "random projection for the coreset distances", low=1, high=4096),
+    "standardize": Option(True, "divide each feature channel by its spread on the good patches"),
 }
+DEFAULTS: dict[str, Any] = {k: o.default for k, o in OPTIONS.items()}
 
 
 def parse_options(extra: dict[str, Any]) -> dict[str, Any]:
-    """`--opt` values arrive as strings; coerce them to the types of `DEFAULTS` and reject unknown keys."""
-    unknown = set(extra) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"patchcore: unknown option(s) {', '.join(sorted(unknown))} "
-                         f"(known: {', '.join(DEFAULTS)})")
-    out = dict(DEFAULTS)
-    for key, value in extra.items():
-        if isinstance(DEFAULTS[key], bool) and isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"patchcore: {key} must be true or false (got {value!r})")
-            out[key] = value.lower() in ("true", "1", "yes")
-        else:
-            out[key] = type(DEFAULTS[key])(value)
-    layers = [s.strip() for s in str(out["layers"]).split(",") if s.strip()]
-    bad = [s for s in layers if s not in STAGE_OUTPUTS]
-    if not layers or bad:
-        raise ValueError(f"patchcore: layers must be names from {', '.join(STAGE_OUTPUTS)} (got {out['layers']!r})")
-    out["layers"] = ",".join(layers)
-    if not 0 < out["coreset"] <= 1:
-        raise ValueError("patchcore: coreset must be in (0, 1]")
+    """`--opt` values (strings or CLI-typed) under the rules every method shares (tools.methods.base)."""
+    out = base_parse_options("patchcore", OPTIONS, extra)
+    out["layers"] = ",".join(s.strip() for s in str(out["layers"]).split(",") if s.strip())
     return out
 
 
@@ -274,6 +267,9 @@ def tail_nodes(model: Any) -> list[str]:
 class PatchCoreMethod:
     name = "patchcore"
     default_size = 224  # the backbone's native resolution; a pipeline without --size may use it
+    min_size = 64  # the stride-32 stage needs a 2x2 grid at least
+    max_size = 1024  # 64x64 patches per image: beyond that the feature bank and the kNN outgrow a CPU
+    options = OPTIONS
 
     def input_spec(self, opts: FitOptions) -> InputSpec:
         # The backbone's normalization is inside the graph, so the input stays plain RGB / 255.
