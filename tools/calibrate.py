@@ -300,7 +300,7 @@ def recalibrate(bundle_dir: str | Path, good_dir: str | Path, percentile: float 
     trust = trust_warning(models[manifest.default].threshold)  # type: ignore[index]
     if trust:
         notes.append(trust)
-        log.warning("%s", trust)
+        log.info("%s", trust)
     when = utc_now().strftime("%Y-%m-%dT%H:%M:%SZ")
     entry = {**_history_entry(manifest), "replaced": when, "by": f"edged-train calibrate {Path(good_dir)}",
              "dropped_outliers": dropped}

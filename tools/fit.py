@@ -489,7 +489,7 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
             final_entries[precision] = (file, thr, mthr)
         trust = calibrate.trust_warning(final_entries["fp32"][1])
         if trust:
-            log.warning("%s", trust)
+            log.info("%s", trust)  # a warning for the caller: the CLI prints it once
             warnings.append(trust)
 
         parity, default = _parity(scores, test_recs, int8_file != export.FP32_FILE, cfg)

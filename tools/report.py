@@ -4,6 +4,11 @@ Plots (matplotlib, Agg backend, PNG next to the report): ROC curve with the bund
 score histograms of good vs defective parts with the threshold line, a grid of example images (the
 strongest detections, the misses, the false rejects, typical good parts) with their anomaly maps, and
 for ``--robustness`` the false-reject rate and recall under each perturbation.
+
+Readability rules every figure follows (tests/tools/test_report.py checks them): no figure is wider
+than the page (`PAGE_WIDTH_PX`), so the browser never shrinks it and text stays at least
+`MIN_TEXT_PX` tall; legends sit outside the plotting area, where they cannot hide a bar; the colour
+of overlapping histograms has its own legend entry; every anomaly map has its colour scale.
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ import numpy as np
 
 GOOD_COLOR = "#2e7d32"
 BAD_COLOR = "#c62828"
+GOOD_ALPHA, BAD_ALPHA = 0.55, 0.45
+DPI = 100
+PAGE_WIDTH_PX = 1100  # the report page's width (css max-width): figures up to this are shown 1:1
+MIN_TEXT_PX = 12  # smallest text on a figure, in screen pixels
+FONT_PT = 10  # 13.9 px at DPI 100
+SMALL_PT = 9  # 12.5 px: legends, tick labels, captions
 
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
@@ -31,8 +42,26 @@ def _plt() -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "figure.dpi": 100})
+    plt.rcParams.update({"font.size": FONT_PT, "axes.titlesize": FONT_PT + 1, "figure.dpi": DPI,
+                         "savefig.dpi": DPI, "legend.fontsize": SMALL_PT, "xtick.labelsize": SMALL_PT,
+                         "ytick.labelsize": SMALL_PT})
     return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    plt = _plt()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def blend(*layers: tuple[str, float]) -> tuple[float, float, float]:
+    """The colour bars of (colour, alpha) drawn in this order show on white (what overlapping bars look like)."""
+    from matplotlib.colors import to_rgb
+
+    out = np.ones(3)
+    for color, alpha in layers:
+        out = (1 - alpha) * out + alpha * np.asarray(to_rgb(color))
+    return (float(out[0]), float(out[1]), float(out[2]))
 
 
 def plot_roc(path: Path, labels: np.ndarray, scores: np.ndarray, report: dict[str, Any]) -> bool:
@@ -42,7 +71,7 @@ def plot_roc(path: Path, labels: np.ndarray, scores: np.ndarray, report: dict[st
         return False
     plt = _plt()
     fpr, tpr, _ = roc_curve(labels, scores)
-    fig, ax = plt.subplots(figsize=(5.2, 5))
+    fig, ax = plt.subplots(figsize=(6.2, 5.6))
     ax.plot(fpr, tpr, color="#1565c0", lw=2, label=f"ROC (image AUROC {report['image_auroc']:.3f})")
     ax.plot([0, 1], [0, 1], color="#999", lw=1, ls=":", label="chance")
     ax.axvline(0.01, color="#777", lw=1, ls="--", label=f"1% false rejects: recall {report['recall_at_1pct_frr']:.2f}")
@@ -54,44 +83,61 @@ def plot_roc(path: Path, labels: np.ndarray, scores: np.ndarray, report: dict[st
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right")
     ax.set_title(f"{report['method']} ({report['precision']})")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
-def plot_histograms(path: Path, labels: np.ndarray, scores: np.ndarray, records: Sequence[Any],
-                    report: dict[str, Any]) -> None:
+def histogram_figure(labels: np.ndarray, scores: np.ndarray, records: Sequence[Any], report: dict[str, Any]) -> Any:
+    """Good and defective score histograms, the threshold, and a legend entry for where they overlap."""
+    from matplotlib.patches import Patch
+
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(10.5, 4.6))
     lo, hi = float(np.min(scores)), float(np.max(scores))
     thr = float(report["threshold"])
     lo, hi = min(lo, thr), max(hi, thr)
     pad = 0.03 * (hi - lo or 1.0)
     bins = np.linspace(lo - pad, hi + pad, int(np.clip(2 * np.sqrt(len(scores)), 10, 60)) + 1)
     good = scores[labels == 0]
-    ax.hist(good, bins=bins, color=GOOD_COLOR, alpha=0.55, label=f"good (n={len(good)})")
+    n_good, _, _ = ax.hist(good, bins=bins, color=GOOD_COLOR, alpha=GOOD_ALPHA, label=f"good (n={len(good)})")
     defect_types = sorted({r.label for r in records if not r.is_good})
     if defect_types:
         bad = scores[labels == 1]
-        ax.hist(bad, bins=bins, color=BAD_COLOR, alpha=0.45, label=f"defective, all types (n={len(bad)})")
+        n_bad, _, _ = ax.hist(bad, bins=bins, color=BAD_COLOR, alpha=BAD_ALPHA,
+                              label=f"defective, all types (n={len(bad)})")
+        if np.any((np.asarray(n_good) > 0) & (np.asarray(n_bad) > 0)):
+            overlap = Patch(facecolor=blend(("white", 1.0), (GOOD_COLOR, GOOD_ALPHA), (BAD_COLOR, BAD_ALPHA)),
+                            label="good and defective overlap")
+        else:
+            overlap = None
         if len(defect_types) > 1:
             cmap = plt.get_cmap("tab10")
             for k, t in enumerate(defect_types):
                 sel = np.asarray([r.label == t for r in records])
-                ax.hist(scores[sel], bins=bins, histtype="step", lw=1.2, color=cmap(k % 10), label=t)
+                ax.hist(scores[sel], bins=bins, histtype="step", lw=1.4, color=cmap(k % 10), label=f"{t} (outline)")
+    else:
+        overlap = None
     ax.axvline(thr, color="black", ls="--", lw=1.5, label=f"threshold {thr:.4g}")
     ax.set_xlabel("anomaly score (higher = more anomalous); rejected when score > threshold")
     ax.set_ylabel("images")
     ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=8, ncol=2)
+    handles, names = ax.get_legend_handles_labels()
+    if overlap is not None:
+        handles.insert(2, overlap)
+        names.insert(2, overlap.get_label())
+    ax.legend(handles, names, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title("score distribution: good vs defective")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
+
+
+def plot_histograms(path: Path, labels: np.ndarray, scores: np.ndarray, records: Sequence[Any],
+                    report: dict[str, Any]) -> None:
+    _save(histogram_figure(labels, scores, records, report), path)
 
 
 SHOWN_AS = {"highest defect": "highest-scoring", "lowest defect": "lowest-scoring", "highest good": "highest-scoring",
@@ -124,21 +170,26 @@ def pick_examples(labels: np.ndarray, scores: np.ndarray, n: int = 12) -> list[t
     return picks
 
 
-def plot_examples(path: Path, picks: list[tuple[int, str]], images: Sequence[np.ndarray], records: Sequence[Any],
-                  scores: np.ndarray, maps: Sequence[np.ndarray] | None, masks: Sequence[np.ndarray] | None,
-                  threshold: float, map_threshold: float | None) -> None:
+EXAMPLES_PER_ROW = 2  # image + map + colour scale each: 2 per row keep the figure at page width
+
+
+def examples_figure(picks: list[tuple[int, str]], images: Sequence[np.ndarray], records: Sequence[Any],
+                    scores: np.ndarray, maps: Sequence[np.ndarray] | None, masks: Sequence[np.ndarray] | None,
+                    threshold: float, map_threshold: float | None) -> Any:
+    """Example images with their anomaly maps, each map with its colour scale (one scale for all)."""
     plt = _plt()
-    per_row = 4
+    per_row = EXAMPLES_PER_ROW if maps is not None else 4
     panels = 2 if maps is not None else 1
     rows = max(1, int(np.ceil(len(picks) / per_row)))
-    fig, axes = plt.subplots(rows, per_row * panels, figsize=(2.15 * per_row * panels, 2.55 * rows), squeeze=False)
+    width = (PAGE_WIDTH_PX - 20) / DPI  # the page's width less the image border and a margin
+    fig, axes = plt.subplots(rows, per_row * panels, figsize=(width, 3.1 * rows + 0.6), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     vmin = vmax = None
     if maps is not None:
         shown = np.concatenate([maps[i].ravel() for i, _ in picks]) if picks else np.zeros(1)
         vmin = float(np.percentile(shown, 1))
-        vmax = float(max(np.percentile(shown, 99.9), map_threshold or -np.inf))
+        vmax = float(max(np.percentile(shown, 99.9), map_threshold or -np.inf, vmin + 1e-9))
     for k, (i, why) in enumerate(picks):
         r, c = divmod(k, per_row)
         image = images[i]
@@ -150,45 +201,62 @@ def plot_examples(path: Path, picks: list[tuple[int, str]], images: Sequence[np.
         correct = (scores[i] > threshold) == (not records[i].is_good)
         ax = axes[r, c * panels]
         ax.imshow(shown_image, cmap="gray" if shown_image.ndim == 2 else None, vmin=0, vmax=255)
-        ax.set_title(f"{records[i].label} · {SHOWN_AS.get(why, why)}\nscore {scores[i]:.4g} → {verdict}", fontsize=8,
-                     color=GOOD_COLOR if correct else BAD_COLOR)
+        ax.set_title(f"{records[i].label} · {SHOWN_AS.get(why, why)}\nscore {scores[i]:.4g} → {verdict}",
+                     fontsize=FONT_PT, color=GOOD_COLOR if correct else BAD_COLOR)
         if maps is not None:
             ax = axes[r, c * panels + 1]
-            ax.imshow(shown_image, cmap="gray" if shown_image.ndim == 2 else None, vmin=0, vmax=255)
-            ax.imshow(maps[i], cmap="inferno", alpha=0.6, vmin=vmin, vmax=vmax)
+            shown_map = ax.imshow(maps[i], cmap="inferno", vmin=vmin, vmax=vmax)
             if masks is not None and masks[i].any():
-                ax.contour(masks[i].astype(float), levels=[0.5], colors=["lime"], linewidths=0.8)
+                ax.contour(masks[i].astype(float), levels=[0.5], colors=["lime"], linewidths=1.0)
             if map_threshold is not None and (maps[i] > map_threshold).any():
-                ax.contour((maps[i] > map_threshold).astype(float), levels=[0.5], colors=["cyan"], linewidths=0.8)
-            ax.set_title("anomaly map", fontsize=8)
-    legend = "green titles: correct verdict, red: wrong"
+                ax.contour((maps[i] > map_threshold).astype(float), levels=[0.5], colors=["cyan"], linewidths=1.0)
+            ax.set_title("anomaly map", fontsize=FONT_PT)
+            bar = fig.colorbar(shown_map, ax=ax, fraction=0.046, pad=0.03)
+            bar.ax.tick_params(labelsize=SMALL_PT)
+            if map_threshold is not None and vmin is not None and vmin <= map_threshold <= (vmax or map_threshold):
+                bar.ax.axhline(map_threshold, color="cyan", lw=1.5)
+    legend = "title green: correct verdict, red: wrong"
     if maps is not None:
-        legend += " · map: lime = true defect, cyan = region above map threshold"
-    fig.suptitle(legend, fontsize=9)
+        legend += ("\nmap: lime outline = true defect, cyan = above the map threshold (cyan line on the colour "
+                   "scale)")
+    fig.suptitle(legend, fontsize=FONT_PT)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
 
 
-def plot_robustness(path: Path, report: dict[str, Any]) -> None:
+def plot_examples(path: Path, picks: list[tuple[int, str]], images: Sequence[np.ndarray], records: Sequence[Any],
+                  scores: np.ndarray, maps: Sequence[np.ndarray] | None, masks: Sequence[np.ndarray] | None,
+                  threshold: float, map_threshold: float | None) -> None:
+    _save(examples_figure(picks, images, records, scores, maps, masks, threshold, map_threshold), path)
+
+
+def robustness_figure(report: dict[str, Any]) -> Any:
+    """False rejects and recall per perturbation; values written on the bars, the legend beside the axes."""
     plt = _plt()
     rob = report["robustness"]
     names = ["none", *rob.keys()]
     frr = [report["frr"], *[v["frr"] for v in rob.values()]]
     rec = [report["recall"], *[v["recall"] for v in rob.values()]]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(8.5, 4))
-    ax.bar(x - 0.2, [np.nan if v is None else 100 * v for v in frr], 0.4, color=BAD_COLOR, label="false rejects (good)")
-    ax.bar(x + 0.2, [np.nan if v is None else 100 * v for v in rec], 0.4, color="#1565c0", label="recall (defects)")
-    ax.set_xticks(x, names, rotation=25, ha="right", fontsize=8)
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 105)
+    fig, ax = plt.subplots(figsize=(10.5, 4.8))
+    for offset, values, color, label in ((-0.2, frr, BAD_COLOR, "false rejects (good)"),
+                                         (0.2, rec, "#1565c0", "recall (defects)")):
+        heights = [np.nan if v is None else 100 * v for v in values]
+        bars = ax.bar(x + offset, heights, 0.4, color=color, label=label)
+        ax.bar_label(bars, labels=["n/a" if v is None else f"{100 * v:.0f}" for v in values], fontsize=SMALL_PT,
+                     padding=1)
+    ax.set_xticks(x, names, rotation=25, ha="right")
+    ax.set_ylabel("% of images")
+    ax.set_ylim(0, 110)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title("robustness at the bundle threshold")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
+
+
+def plot_robustness(path: Path, report: dict[str, Any]) -> None:
+    _save(robustness_figure(report), path)
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
