@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from edged import __version__
 from edged.bundle import BundleError
 from edged.config import Config, ConfigError, load_config
+from edged.instance import InstanceLocked
 from edged.logsetup import setup_logging
 from edged.safetext import redact_url
 from edged.store import StoreError
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, ConfigError) as exc:
         print(f"edged: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except StoreError as exc:
+    except (StoreError, InstanceLocked) as exc:
         print(f"edged: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

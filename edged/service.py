@@ -34,6 +34,7 @@ from edged.detector import Detector
 from edged.frame_queue import FrameQueue
 from edged.frames import Verdict
 from edged.health import CameraStats, Counters, Heartbeats, LatencyWindow
+from edged.instance import InstanceLock
 from edged.messages import MessageRefused, TriggerAdmission, parse_trigger
 from edged.mqtt_link import MqttLink
 from edged.parts import TriggerGate
@@ -104,12 +105,15 @@ class Service:
         self._trigger_timing = {c.name: (c.trigger.delay_ms, c.trigger.timeout_ms) for c in config.cameras
                                 if c.trigger.mode == "mqtt"}
         self._admission = TriggerAdmission()
+        self.instance_lock = InstanceLock(config.storage.state_dir)  # taken in start()
         if self.gates and not self.mqtt_enabled:
             raise ConfigError("cameras with trigger mode mqtt need MQTT (triggers come over MQTT)")
 
     # --- start -------------------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.config
+        # first: a second daemon on this state directory must not touch its database or its outbox
+        self.instance_lock.acquire()
         if self.detector is None:
             m = cfg.model
             self.detector = Detector(m.bundle, m.precision, m.runtime, m.providers, m.intra_op_threads,
@@ -337,6 +341,7 @@ class Service:
         self.write_health()
         with contextlib.suppress(Exception):  # closing must never turn a clean stop into a crash
             self.db.close()
+        self.instance_lock.release()
         log.info("stopped: %d inspected, %d rejects", self.counters.inspected, self.counters.rejects)
 
     def summary(self) -> RunSummary:

@@ -1,0 +1,302 @@
+"""What comes in over MQTT, and what the broker does to us, with a real mosquitto and the real daemon.
+
+Issue 12, part A: no input silences the daemon (a fuzz of every topic through mosquitto, then triggers
+must still be answered and frames still inspected); incoming values are bounded and log lines cannot
+be forged; rejects are not delayed behind results; secrets never leave the process; one instance per
+state directory and per client id; a broker that refuses or drops us is reported clearly, once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from support import Broker, ServiceRunner, Subscriber, free_port, wait_until, write_config, write_spot_video
+
+from edged.config import load_config
+from edged.messages import MAX_PART_ID_CHARS, MAX_PAYLOAD_BYTES
+
+pytestmark = pytest.mark.slow
+
+BASE = "edged/test"
+FPS = 20.0
+
+
+class Publisher:
+    """A PLC-like MQTT 5 client that publishes anything, QoS 1, and waits for the broker's ack."""
+
+    def __init__(self, port: int) -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"plc-{free_port()}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def send(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1,
+             props: Properties | None = None) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if qos:
+            info.wait_for_publish(5)
+
+    def trigger(self, part_id: object, **fields: Any) -> None:
+        self.send(f"{BASE}/trigger", json.dumps({"part_id": part_id, **fields}))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def triggered_config(tmp_path: Path, bundle: Path, port: int, mqtt_extra: str = "") -> Any:
+    """cam1 in trigger mode (a looping video: frames all the time, a defect every 10th), cam2 free-run."""
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 40, {5, 15, 25, 35}, fps=FPS)
+    extra_camera = f"""    loop: true
+    realtime: true
+    fps: {FPS}
+    trigger: {{mode: mqtt, delay_ms: 0, timeout_ms: 1500}}
+  - name: cam2
+    source: "{video}"
+    loop: true
+    realtime: true
+    fps: {FPS}
+    trigger: {{gap_ms: 0}}"""
+    path = write_config(tmp_path / "edged.yaml", bundle, video, tmp_path / "state", port, mqtt_extra=mqtt_extra)
+    path.write_text(path.read_text().replace("    trigger: {gap_ms: 0}\n", extra_camera + "\n", 1))
+    return load_config(path)
+
+
+def answered(sub: Subscriber, parts: list[str], timeout: float = 15.0) -> dict[str, dict[str, Any]]:
+    """Wait until every part has its result; returns part id -> result."""
+    def results() -> dict[str, dict[str, Any]]:
+        return {r["part_id"]: r for r in sub.on(f"{BASE}/result")  # type: ignore[index,misc]
+                if isinstance(r, dict) and r.get("part_id") in parts}
+    wait_until(lambda: len(results()) == len(parts), timeout, f"results for {parts}")
+    return results()
+
+
+# --- the fuzz ----------------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=16)
+
+
+def _trigger_like(now: float) -> st.SearchStrategy[bytes]:
+    fields = st.fixed_dictionaries({}, optional={
+        "part_id": json_values | st.text(max_size=300) | st.integers(),
+        "camera": json_values | st.sampled_from(["cam1", "cam2", "cam9", ""]),
+        "t": json_values | st.floats(now - 5000, now + 5000) | st.integers(-2 ** 70, 2 ** 70)})
+    return fields.map(lambda d: json.dumps(d, allow_nan=True).encode())
+
+
+NASTY = [  # the findings of issue 12, and their cousins
+    b'{"part_id": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+    b'{"part_id": "p", "camera": ["cam1"]}', b'{"part_id": "p", "camera": {"a": 1}}',
+    b'{"part_id": "p", "t": ' + b"9" * 400 + b"}", b'{"part_id": "p", "t": 1e999}',
+    b'{"part_id": "p", "t": NaN}', b'{"part_id": "p", "t": -Infinity}', b'{"part_id": "p", "t": 1e15}',
+    b'{"part_id": "x\\n2026-11-27 07:00:00.000 ERROR edged: forged"}', b'{"part_id": "a\\ud800"}',
+    b'{"part_id": "' + b"p" * 4000 + b'"}', b"\xff\xfe", b"", b"null", b"[]", b'"part"', b"1e999",
+    b'{"part_id": 123456789012345678901234567890}',
+    b"x" * (MAX_PAYLOAD_BYTES + 1), b"[" * 200_000,  # over our cap; over the broker-side packet limit
+]
+TOPICS = [f"{BASE}/trigger", f"{BASE}/reject", f"{BASE}/status", f"{BASE}/camera/cam1", f"{BASE}/result",
+          f"{BASE}/stats", f"{BASE}/audit", f"{BASE}/trigger/extra", f"{BASE}/unknown", "other/topic"]
+
+
+def test_fuzz_of_every_topic_leaves_the_daemon_inspecting_and_answering_triggers(
+        tmp_path: Path, tiny_bundle: Path, broker: Broker) -> None:
+    cfg = triggered_config(tmp_path, tiny_bundle, broker.port)
+    sub = Subscriber(broker.port, [f"{BASE}/result", f"{BASE}/reject"])
+    plc = Publisher(broker.port)
+    # retained before the daemon subscribes: delivered to it as retained, i.e. stale (and again on every
+    # reconnect); a trigger is an event, so it is refused
+    plc.send(f"{BASE}/trigger", json.dumps({"part_id": "retained", "camera": "cam1"}), retain=True)
+    runner = ServiceRunner(cfg).start()
+    service = runner.service
+    try:
+        wait_until(lambda: service.link is not None and service.link.connected and service.counters.inspected > 5,
+                   20, "the daemon connected and inspecting")
+        plc.trigger("before-1", camera="cam1")
+        answered(sub, ["before-1"])
+        sent = 0
+
+        @settings(max_examples=300, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+        @given(payload=st.one_of(st.sampled_from(NASTY), _trigger_like(time.time()), json_values.map(
+                   lambda v: json.dumps(v, allow_nan=True).encode()), st.binary(max_size=600),
+                   st.integers(0, 64).map(lambda n: b'{"part_id": "deep", "t": ' + b"[" * n * 64 + b"}")),
+               topic=st.just(f"{BASE}/trigger") | st.sampled_from(TOPICS), retain=st.booleans(),
+               user_props=st.booleans())
+        def publish_anything(payload: bytes, topic: str, retain: bool, user_props: bool) -> None:
+            nonlocal sent
+            props = None
+            if user_props:
+                props = Properties(PacketTypes.PUBLISH)
+                props.UserProperty = ("x", "y" * 300)  # (control characters: mosquitto drops the sender)
+                props.ContentType = "application/json"
+            plc.send(topic, payload, retain=retain and topic != f"{BASE}/trigger/extra", props=props)
+            sent += 1
+
+        publish_anything()
+        plc.send(f"{BASE}/trigger", b"", retain=True)  # clear a retained trigger the fuzz may have left
+        link = service.link
+        assert link is not None
+        inspected = service.counters.inspected
+
+        # afterwards: the same connection (paho's thread never died), triggers answered, frames inspected
+        parts = [f"after-{i}" for i in range(5)]
+        for part in parts:  # one at a time: five at once would overflow the camera's 4-frame queue
+            plc.trigger(part, camera="cam1", t=time.time())
+            answered(sub, [part])
+        results = answered(sub, parts)
+        wait_until(lambda: service.counters.inspected > inspected + 20, 20, "inspection going on")
+        health_file = cfg.storage.state_dir / "health.json"
+        wait_until(lambda: json.loads(health_file.read_text())["mqtt"]["refused"] > 50, 10, "counts in health")
+        health = json.loads(health_file.read_text())
+    finally:
+        plc.close()
+        runner.stop()
+        sub.close()
+    assert sent >= 300
+    assert link.refused > 50  # messages are handled in order: all were seen before the answers came
+    assert link.callback_errors == 0 and link.paho_restarts == 0, "a callback raised on fuzzed input"
+    assert {r["reason"] for r in results.values()} <= {"ok", "defect"}
+    assert health["mqtt"]["refused"] >= 50 and health["mqtt"]["callback_errors"] == 0
+    db = sqlite3.connect(cfg.storage.state_dir / "edged.db")
+    stored = [p for (p,) in db.execute("SELECT part_id FROM inspections WHERE part_id IS NOT NULL")]
+    # whatever the fuzz got admitted is bounded and printable: no 4000-char ids, no control characters
+    assert all(len(p) <= MAX_PART_ID_CHARS and p.isprintable() for p in stored), stored
+    assert set(parts) <= set(stored)
+    ours = [r for r in sub.on(f"{BASE}/result") if isinstance(r, dict)]  # the fuzz published there too
+    assert "retained" not in stored and all(r.get("part_id") != "retained" for r in ours)
+
+
+def test_bad_triggers_are_counted_and_logged_escaped_once_per_interval(
+        tmp_path: Path, tiny_bundle: Path, broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = triggered_config(tmp_path, tiny_bundle, broker.port)
+    sub = Subscriber(broker.port, [f"{BASE}/result"])
+    plc = Publisher(broker.port)
+    caplog.set_level(logging.INFO)
+    runner = ServiceRunner(cfg).start()
+    service = runner.service
+    try:
+        wait_until(lambda: service.link is not None and service.link.connected, 20, "connected")
+        link = service.link
+        assert link is not None
+        plc.trigger("x\n2026-11-27 07:00:00.000 ERROR edged.recorder: cam1: part FORGED NOT INSPECTED")
+        for _ in range(200):  # a flood of bad messages costs one log line per interval, not 200
+            plc.send(f"{BASE}/trigger", b'{"part_id": "p", "camera": ["cam1"]}')
+        plc.trigger("p" * (MAX_PART_ID_CHARS + 1))
+        plc.trigger("far-future", t=time.time() + 3600)  # would wait in memory for an hour
+        plc.send(f"{BASE}/trigger", b'{"part_id": "never", "t": Infinity}')
+        wait_until(lambda: link.refused >= 204, 10, "every bad message refused")
+        plc.trigger("ok-1", camera="cam1")
+        answered(sub, ["ok-1"])
+        health_file = cfg.storage.state_dir / "health.json"
+        wait_until(lambda: json.loads(health_file.read_text())["mqtt"]["refused"] >= 204, 10, "counts in health")
+        health = json.loads(health_file.read_text())
+    finally:
+        plc.close()
+        runner.stop()
+        sub.close()
+    lines = [r.getMessage() for r in caplog.records]
+    refused = [line for line in lines if "refused a message" in line]
+    assert 1 <= len(refused) <= 3, refused  # throttled (one per 30 s, plus the first of each kind at most)
+    assert refused[0].count("\n") == 0 and "\\x0a2026-11-27" in refused[0]
+    assert not any("FORGED" in line and "NOT INSPECTED" in line and "refused" not in line for line in lines)
+    assert all("\n" not in line for line in lines if "trigger" in line)
+    assert health["mqtt"]["refused"] >= 204 and health["mqtt"]["callback_errors"] == 0
+    assert health["mqtt"]["triggers_outstanding"] <= 1
+    db = sqlite3.connect(cfg.storage.state_dir / "edged.db")
+    assert [p for (p,) in db.execute("SELECT part_id FROM inspections WHERE part_id IS NOT NULL")] == ["ok-1"]
+
+
+# --- one instance per state directory and per client id -------------------------------------------------
+
+def _edged(*args: str) -> list[str]:
+    return [sys.executable, "-m", "edged", *args]
+
+
+def _health(state: Path) -> dict[str, Any]:
+    try:
+        return json.loads((state / "health.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def test_a_second_daemon_on_the_same_state_directory_refuses_to_start(
+        tmp_path: Path, tiny_bundle: Path, broker: Broker) -> None:
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 40, {5})
+    state = tmp_path / "state"
+    cfg = write_config(tmp_path / "edged.yaml", tiny_bundle, video, state, broker.port,
+                       extra_camera="    loop: true\n    realtime: true\n    fps: 20")
+    first = subprocess.Popen(_edged("run", "-c", str(cfg)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: _health(state).get("broker") == "connected", 20, "the first daemon connected")
+        second = subprocess.run(_edged("run", "-c", str(cfg)), capture_output=True, text=True, timeout=60)
+        replay = subprocess.run(_edged("replay", str(video), "-c", str(cfg), "--db", str(state / "edged.db")),
+                                capture_output=True, text=True, timeout=60)
+        assert first.poll() is None, "the first daemon must be unharmed"
+        pid_file_before = (state / "edged.lock").read_text().strip()
+    finally:
+        first.terminate()
+        _, first_err = first.communicate(timeout=30)
+    assert second.returncode == 1, second.stderr
+    assert f"another edged (pid {first.pid}) is running with the state directory {state}" in second.stderr
+    assert "Traceback" not in second.stderr and second.stderr.startswith("edged: another edged")
+    assert replay.returncode == 1 and "another edged" in replay.stderr  # a replay into the live database too
+    assert pid_file_before == str(first.pid)
+    assert first.returncode == 0, first_err
+    assert "connection lost" not in first_err
+    # the lock goes with the process: the next daemon starts (SIGKILL releases it as well: flock)
+    third = subprocess.Popen(_edged("run", "-c", str(cfg)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: _health(state).get("pid") == third.pid, 20, "the next daemon running")
+    finally:
+        third.kill()
+        third.communicate(timeout=30)
+
+
+def test_replay_with_mqtt_beside_the_service_does_not_take_its_session_or_status(
+        tmp_path: Path, tiny_bundle: Path, broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 40, {5, 25})
+    cfg_path = write_config(tmp_path / "edged.yaml", tiny_bundle, video, tmp_path / "state", broker.port,
+                            extra_camera="    loop: true\n    realtime: true\n    fps: 20")
+    sub = Subscriber(broker.port, [f"{BASE}/status", f"{BASE}/reject"])
+    caplog.set_level(logging.INFO)
+    runner = ServiceRunner(load_config(cfg_path)).start()
+    try:
+        wait_until(lambda: runner.service.link is not None and runner.service.link.connected, 20, "service connected")
+        wait_until(lambda: "online" in sub.on(f"{BASE}/status"), 10, "status online")
+        before = len(sub.on(f"{BASE}/reject"))
+        replay = subprocess.run(_edged("replay", str(video), "-c", str(cfg_path), "--mqtt"), capture_output=True,
+                                text=True, timeout=120)
+        wait_until(lambda: len(sub.on(f"{BASE}/reject")) >= before + 2, 10, "the replay's rejects")
+        time.sleep(0.5)  # a takeover would show now
+        link = runner.service.link
+        assert link is not None and link.connected
+    finally:
+        runner.stop()
+        sub.close()
+    assert replay.returncode == 0, replay.stderr
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [line for line in lines if "connection lost" in line or "took the session over" in line], lines
+    assert sum("MQTT connected" in line for line in lines) == 1
+    # the replay said nothing on the station's status topic: no 'offline' will, no 'stopped'
+    assert sub.on(f"{BASE}/status")[-1] == "stopped"  # the service's own clean stop, last
+    assert sub.on(f"{BASE}/status")[:-1] == ["online"] * (len(sub.on(f"{BASE}/status")) - 1)
+    assert "-replay-" in replay.stderr and "MQTT connected" in replay.stderr
