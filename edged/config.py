@@ -142,6 +142,7 @@ class TlsConfig(_Section):
 
 class OutboxConfig(_Section):
     max_rows: int = Field(100_000, ge=100)
+    max_results: int = Field(10_000, ge=100)  # triggered parts' results kept pending (rejects go first)
     rate_per_s: float = Field(200.0, gt=0)  # resend rate after an outage
     audit_expired: bool = True  # publish expired rejects to <prefix>/<station>/audit
 

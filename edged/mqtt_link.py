@@ -165,12 +165,12 @@ class MqttLink(threading.Thread):
 
     # --- the thread --------------------------------------------------------------------------------
     def run(self) -> None:
-        self.outbox = Outbox(connect(self.database))
         try:
+            self.outbox = Outbox(connect(self.database))
             self._loop()
-        except Exception:
+        except Exception as exc:  # supervised: the daemon turns unhealthy and is restarted
             log.exception("MQTT link failed")
-            raise
+            self.heartbeats.died(self.name, exc)
         finally:
             self.heartbeats.forget(self.name)
             self._close(clean=True)
@@ -211,7 +211,7 @@ class MqttLink(threading.Thread):
             self._pump()
         if now - self._last_cap_check > 5.0:
             self._last_cap_check = now
-            self.dropped += self.outbox.enforce_cap(self.cfg.outbox.max_rows)
+            self.dropped += self.outbox.enforce_cap(self.cfg.outbox.max_rows, self.cfg.outbox.max_results)
             self.backlog = self.outbox.backlog()
         if self.stop_event.is_set():
             if self._draining_since is None:
@@ -467,15 +467,7 @@ class MqttLink(threading.Thread):
         room = min(room, int(self._tokens))
         if room <= 0:
             return
-        after = 0
-        items: list[OutboxItem] = []
-        while len(items) < room:
-            batch = self.outbox.pending(room * 2, after)
-            if not batch:
-                break
-            after = batch[-1].id
-            items.extend(i for i in batch if i.id not in self._inflight_rows)
-        items = items[:room]
+        items = self.outbox.next_to_send(room, self._inflight_rows)  # rejects first
         now = time.time()
         expired = [i for i in items if i.kind == "reject" and i.expires_at is not None and now >= i.expires_at]
         if expired:

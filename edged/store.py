@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     delivered_at  REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox(state, id);
+CREATE INDEX IF NOT EXISTS outbox_kind ON outbox(state, kind, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -218,6 +219,19 @@ class Outbox:
             "WHERE state = 'pending' AND id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
         return [OutboxItem(*row) for row in rows]
 
+    def next_to_send(self, limit: int, skip: set[int]) -> list[OutboxItem]:
+        """Up to `limit` pending messages to publish, rejects first, each kind oldest first; rows in `skip`
+        (in flight) left out. A flood of results (triggers) must never hold a reject back until it expires."""
+        out: list[OutboxItem] = []
+        for clause in ("kind = 'reject'", "kind != 'reject'"):
+            if len(out) >= limit:
+                break
+            rows = self.conn.execute(
+                "SELECT id, kind, topic, payload, expires_at, attempts FROM outbox "
+                f"WHERE state = 'pending' AND {clause} ORDER BY id LIMIT ?", (limit - len(out) + len(skip),))
+            out.extend(item for item in (OutboxItem(*row) for row in rows) if item.id not in skip)
+        return out[:limit]
+
     def mark(self, ids: list[int], state: str) -> None:
         if not ids:
             return
@@ -256,20 +270,36 @@ class Outbox:
     def count(self, state: str) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM outbox WHERE state = ?", (state,)).fetchone()[0])
 
-    def enforce_cap(self, max_rows: int) -> int:
-        """Keep at most max_rows pending; audit-only rows go first, then the oldest rejects. Logged."""
+    def enforce_cap(self, max_rows: int, max_results: int | None = None) -> int:
+        """Keep at most max_results results and max_rows messages pending; beyond, the oldest are dropped:
+        results over their own bound first, then audit-only rows, results, and last the oldest rejects.
+        Logged; returns how many were dropped."""
+        dropped = 0
+        if max_results is not None:
+            results = self._pending_count("kind = 'result'")
+            if results > max_results:
+                n = self._drop_oldest("kind = 'result'", results - max_results)
+                dropped += n
+                log.error("outbox: %d results pending > their cap %d: dropped the %d oldest (rejects are kept)",
+                          results, max_results, n)
         excess = self.backlog() - max_rows
         if excess <= 0:
-            return 0
-        dropped = 0
-        for kind_clause in ("kind = 'audit'", "1 = 1"):
-            if dropped >= excess:
+            return dropped
+        total = 0
+        for kind_clause in ("kind = 'audit'", "kind = 'result'", "1 = 1"):
+            if total >= excess:
                 break
-            ids = [r[0] for r in self.conn.execute(
-                f"SELECT id FROM outbox WHERE state = 'pending' AND {kind_clause} ORDER BY id LIMIT ?",
-                (excess - dropped,)).fetchall()]
-            self.mark(ids, "dropped")
-            dropped += len(ids)
-        log.error("outbox full (%d pending > cap %d): dropped the %d oldest messages (audit first)",
-                  max_rows + excess, max_rows, dropped)
-        return dropped
+            total += self._drop_oldest(kind_clause, excess - total)
+        log.error("outbox full (%d pending > cap %d): dropped the %d oldest messages (audit, then results first)",
+                  max_rows + excess, max_rows, total)
+        return dropped + total
+
+    def _pending_count(self, kind_clause: str) -> int:
+        return int(self.conn.execute(
+            f"SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND {kind_clause}").fetchone()[0])
+
+    def _drop_oldest(self, kind_clause: str, n: int) -> int:
+        ids = [r[0] for r in self.conn.execute(
+            f"SELECT id FROM outbox WHERE state = 'pending' AND {kind_clause} ORDER BY id LIMIT ?", (n,)).fetchall()]
+        self.mark(ids, "dropped")
+        return len(ids)

@@ -300,3 +300,40 @@ def test_replay_with_mqtt_beside_the_service_does_not_take_its_session_or_status
     assert sub.on(f"{BASE}/status")[-1] == "stopped"  # the service's own clean stop, last
     assert sub.on(f"{BASE}/status")[:-1] == ["online"] * (len(sub.on(f"{BASE}/status")) - 1)
     assert "-replay-" in replay.stderr and "MQTT connected" in replay.stderr
+
+
+# --- outbox priority ---------------------------------------------------------------------------------------
+
+def test_a_reject_goes_out_before_thousands_of_pending_results(tmp_path: Path, tiny_bundle: Path,
+                                                               broker: Broker) -> None:
+    import threading
+
+    from edged.health import Heartbeats
+    from edged.mqtt_link import MqttLink
+    from edged.store import InspectionWriter, OutboxMessage, open_database
+
+    cfg = load_config(write_config(tmp_path / "edged.yaml", tiny_bundle, tmp_path, tmp_path / "state", broker.port,
+                                   mqtt_extra="outbox: {rate_per_s: 50}"))
+    db_path = tmp_path / "state" / "edged.db"
+    writer = InspectionWriter(open_database(db_path))
+    # a trigger flood's results, waiting: at 50/s, 40 s of sending in front of anything queued behind them
+    writer.record([], [OutboxMessage("result", f"{BASE}/result", {"part_id": f"p{i}"}, None) for i in range(2000)])
+    sub = Subscriber(broker.port, [f"{BASE}/reject", f"{BASE}/result"])
+    stop = threading.Event()
+    link = MqttLink(cfg, db_path, Heartbeats(), stop)
+    link.start()
+    try:
+        wait_until(lambda: len(sub.on(f"{BASE}/result")) >= 20, 20, "results flowing")
+        deadline = time.time() + 10.0
+        writer.record([], [OutboxMessage("reject", f"{BASE}/reject", {"id": "r1", "expires_at": deadline}, deadline)])
+        link.wake()
+        wait_until(lambda: sub.on(f"{BASE}/reject"), 15, "the reject")
+        arrived = time.time()
+        results_before_it = len(sub.on(f"{BASE}/result"))
+    finally:
+        stop.set()
+        link.wake()
+        link.join(10)
+        sub.close()
+    assert arrived < deadline and link.expired == 0
+    assert results_before_it < 1000  # it overtook at least half of the flood (FIFO: behind all 2000)

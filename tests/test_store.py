@@ -77,3 +77,30 @@ def test_readonly_connection_cannot_write(tmp_path: Path) -> None:
         raise AssertionError("read-only connection wrote")
     except sqlite3.OperationalError:
         pass
+
+
+def test_outbox_sends_rejects_before_results_and_bounds_results(tmp_path: Path) -> None:
+    """A trigger flood of results must not delay a reject behind them until it expires (issue 12)."""
+    conn = open_database(tmp_path / "e.db")
+    w = InspectionWriter(conn)
+    w.record([], [OutboxMessage("result", "r", {"i": i}, None) for i in range(300)])
+    w.record([], [OutboxMessage("reject", "j", {"i": i}, time.time() + 2) for i in range(3)])
+    w.record([], [OutboxMessage("audit", "a", {"i": 0}, None)])
+    ob = Outbox(connect(tmp_path / "e.db"))
+    first = ob.next_to_send(5, skip=set())
+    assert [i.kind for i in first] == ["reject"] * 3 + ["result"] * 2  # the rejects came last, go first
+    assert [i.id for i in first[3:]] == sorted(i.id for i in first[3:])  # the rest oldest first
+    in_flight = {first[0].id, first[3].id}
+    again = ob.next_to_send(3, skip=in_flight)
+    assert [i.kind for i in again] == ["reject", "reject", "result"] and not in_flight & {i.id for i in again}
+    # results have their own bound; rejects and audit rows are untouched by it
+    assert ob.enforce_cap(max_rows=10_000, max_results=100) == 200
+    counts = dict(conn.execute("SELECT kind || ':' || state, COUNT(*) FROM outbox GROUP BY 1").fetchall())
+    assert counts == {"result:dropped": 200, "result:pending": 100, "reject:pending": 3, "audit:pending": 1}
+    kept = [r[0] for r in conn.execute("SELECT json_extract(payload, '$.i') FROM outbox WHERE kind = 'result' "
+                                       "AND state = 'pending' ORDER BY id")]
+    assert kept == list(range(200, 300))  # the oldest results went
+    # over the total cap: audit, then results, before any reject
+    assert ob.enforce_cap(max_rows=102) == 2
+    assert ob.count("pending") == 102 and conn.execute(
+        "SELECT COUNT(*) FROM outbox WHERE kind = 'reject' AND state = 'pending'").fetchone()[0] == 3
