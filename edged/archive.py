@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from edged.frames import Verdict
+from edged.health import Heartbeats
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +170,11 @@ class ImageWriter(threading.Thread):
     for the recorder, the only database writer, to clear their path.
     """
 
-    def __init__(self, archive: ImageArchive, station: str, maxsize: int = 4) -> None:
+    def __init__(self, archive: ImageArchive, station: str, maxsize: int = 4,
+                 heartbeats: Heartbeats | None = None) -> None:
         super().__init__(name="images", daemon=True)
         self.archive = archive
+        self.heartbeats = heartbeats  # no beat (it sleeps on its queue when idle); reports its death
         self.station = station
         self.todo: queue.Queue[tuple[Verdict, int | None] | None] = queue.Queue(maxsize)
         self.lost: queue.Queue[int] = queue.Queue()
@@ -195,8 +198,13 @@ class ImageWriter(threading.Thread):
         # deploy/edged.service sets SystemCallErrorNumber=EPERM), the thread keeps normal priority.
         with contextlib.suppress(OSError, AttributeError):
             os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
-        while (item := self.todo.get()) is not None:
-            self._save(*item)
+        try:
+            while (item := self.todo.get()) is not None:
+                self._save(*item)
+        except Exception as exc:  # supervised: the daemon turns unhealthy and is restarted
+            log.exception("image writer failed")
+            if self.heartbeats is not None:
+                self.heartbeats.died(self.name, exc)
 
     def _save(self, verdict: Verdict, row_id: int | None) -> None:
         try:

@@ -88,8 +88,9 @@ class CaptureThread(threading.Thread):
             self._run()
         except QueueClosed:
             pass
-        except Exception:  # a bug here must not kill the daemon silently
+        except Exception as exc:  # a bug here must not kill the daemon silently: supervised, reported dead
             log.exception("%s: capture thread failed", self.cam.name)
+            self.heartbeats.died(self.name, exc)
             self._set_state("failed", "internal error")
         finally:
             self.heartbeats.forget(self.name)

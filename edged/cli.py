@@ -23,7 +23,7 @@ from edged.config import Config, ConfigError, load_config
 from edged.instance import InstanceLocked
 from edged.logsetup import setup_logging
 from edged.safetext import redact_url
-from edged.store import StoreError
+from edged.store import NotADatabase, StoreError, check_database_path
 
 log = logging.getLogger("edged")
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             from edged.status import main as status_main
 
             return status_main(config)
-    except (BundleError, ConfigError) as exc:
+    except (BundleError, ConfigError, NotADatabase) as exc:
         print(f"edged: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (StoreError, InstanceLocked) as exc:
@@ -102,6 +102,9 @@ def cmd_check_config(config: Config, out: TextIO) -> int:
 
     m = config.model
     det = Detector(m.bundle, m.precision, m.runtime, m.providers, m.intra_op_threads, m.verify_sha256)
+    not_sqlite = check_database_path(config.storage.resolve(config.storage.database))
+    if not_sqlite:
+        raise NotADatabase(not_sqlite)
     man = det.manifest
     w = out.write
     w(f"config OK: station {config.station}\n")

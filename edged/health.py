@@ -2,7 +2,9 @@
 
 Each counter has exactly one writer thread (the capture thread of its camera, the recorder, ...);
 readers only take snapshots. Heartbeats are per thread: a thread stuck in a call stops beating, which
-stops the systemd watchdog pings, and systemd restarts the process.
+stops the systemd watchdog pings, and systemd restarts the process. A thread that dies of an exception
+says so (`died`): it is then reported dead, with the reason, until the process ends; it must never just
+vanish from the heartbeats, which would make a daemon with a dead thread look healthy.
 """
 
 from __future__ import annotations
@@ -18,14 +20,27 @@ import numpy as np
 class Heartbeats:
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
+        self._dead: dict[str, str] = {}  # thread name -> why it died
         self._lock = threading.Lock()
 
     def beat(self, name: str) -> None:
         self._last[name] = time.monotonic()  # a single dict store: atomic in CPython
 
     def forget(self, name: str) -> None:
+        """A thread that ends as it should (end of file, shutdown) stops being watched."""
         with self._lock:
             self._last.pop(name, None)
+
+    def died(self, name: str, why: BaseException | str) -> None:
+        """A thread that must live ended by an exception: reported dead (and why) from now on."""
+        text = why if isinstance(why, str) else f"{type(why).__name__}: {why}"
+        with self._lock:
+            self._last.pop(name, None)
+            self._dead.setdefault(name, " ".join(text.split())[:300])
+
+    def dead(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._dead)
 
     def ages(self, now: float | None = None) -> dict[str, float]:
         now = time.monotonic() if now is None else now
@@ -93,3 +108,4 @@ class Counters:
     last_reject_at: float | None = None  # recorder
     dropped_at_shutdown: int = 0  # service
     bad_frames_inference: int = 0  # workers (one per worker key would be stricter; tolerated: += is rare)
+    invalid_outputs: int = 0  # recorder: frames whose model output was NaN/inf (not inspected, never good)

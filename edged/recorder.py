@@ -20,8 +20,9 @@ from edged.archive import ImageArchive, ImageWriter
 from edged.config import CameraConfig, Config
 from edged.frames import Verdict
 from edged.health import Counters, Heartbeats, LatencyWindow
+from edged.logsetup import LogThrottle
 from edged.parts import FreeRunGrouper, PartEvent, Trigger, TriggerBook
-from edged.store import InspectionRow, InspectionWriter, OutboxMessage
+from edged.store import InspectionRow, InspectionWriter, OutboxMessage, is_disk_full
 from edged.worker import Decided
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class RecorderThread(threading.Thread):
         self.decided = decided
         self.writer = writer
         self.archive = archive
-        self.images = ImageWriter(archive, config.station) if archive is not None else None
+        self.images = ImageWriter(archive, config.station, heartbeats=heartbeats) if archive is not None else None
         self.counters = counters
         self.latency = latency
         self.heartbeats = heartbeats
@@ -112,6 +113,9 @@ class RecorderThread(threading.Thread):
         self._defect_rows: dict[tuple[str, int], tuple[int, str, str | None]] = {}  # -> (id, uid, image)
         self._last_retention = 0.0
         self.db_errors = 0
+        self.db_full = False  # the last commit failed because the disk is full (health file, status)
+        self.last_db_error = ""  # '' while commits succeed
+        self._throttle = LogThrottle(log, 30.0)
         self.workers_done = threading.Event()  # set by the service when no verdict can arrive any more
 
     def run(self) -> None:
@@ -130,9 +134,9 @@ class RecorderThread(threading.Thread):
                     self._forget_lost_images()
                     return
                 self._maintain()
-        except Exception:
+        except Exception as exc:  # supervised: the daemon turns unhealthy and is restarted
             log.exception("recorder failed")
-            raise
+            self.heartbeats.died(self.name, exc)
         finally:
             self.heartbeats.forget(self.name)
 
@@ -188,7 +192,14 @@ class RecorderThread(threading.Thread):
         for d in ordered:
             if d.verdict is None:
                 self.counters.bad_frames_inference += 1
-                log.warning("%s: frame %s not inspected: %s", d.camera, d.frame.seq if d.frame else "?", d.error)
+                if d.invalid_output:  # a broken model: counted apart, and loud (every frame may do it)
+                    self.counters.invalid_outputs += 1
+                    self._throttle.log(logging.ERROR, f"invalid:{d.camera}", "%s: frame %s NOT INSPECTED: %s "
+                                       "(%d so far)", d.camera, d.frame.seq if d.frame else "?", d.error,
+                                       self.counters.invalid_outputs)
+                else:
+                    self._throttle.log(logging.WARNING, f"bad:{d.camera}", "%s: frame %s not inspected: %s",
+                                       d.camera, d.frame.seq if d.frame else "?", d.error)
                 continue
             v = d.verdict
             uid = uuid.uuid4().hex
@@ -221,12 +232,20 @@ class RecorderThread(threading.Thread):
             ids = self.writer.record(rows, messages)
         except sqlite3.Error as exc:
             self.db_errors += 1
-            log.error("cannot write %d inspection rows to the database: %s", len(rows), exc)
+            self.db_full = is_disk_full(exc)
+            self.last_db_error = str(exc)
+            # one line per 30 s, not one per commit (15 a second on a full disk); the count says the rest
+            self._throttle.log(logging.ERROR, "db", "cannot write %d inspection rows to the database: %s (%d failed "
+                               "commits so far; rejects are published directly meanwhile)", len(rows), exc,
+                               self.db_errors)
             if messages and self.publish_direct is not None:  # rejects still reach the line, not durably
                 for m in messages:
                     self.publish_direct(m.topic, m.payload)
             self._save_images(images, None)
             return
+        if self.last_db_error:
+            log.warning("the database accepts commits again (after %d failed ones)", self.db_errors)
+            self.last_db_error, self.db_full = "", False
         for key, index in verdict_rows.items():
             _, uid, image = self._defect_rows[key]
             self._defect_rows[key] = (ids[index], uid, image)

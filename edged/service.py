@@ -12,7 +12,7 @@ so nothing committed is lost.
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import logging
 import os
 import queue
@@ -22,11 +22,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
 
-from edged import __version__
+from edged import __version__, jsonout
 from edged.archive import ImageArchive
 from edged.capture import CaptureThread
 from edged.config import Config, ConfigError
@@ -100,6 +101,10 @@ class Service:
         self._started_mono = time.monotonic()
         self._ready_sent = False
         self._stale: list[str] = []
+        self._dead: dict[str, str] = {}  # threads that must live and have died: name -> why
+        self._dead_since: float | None = None
+        self._stopping = False
+        self._health_write_failed = False
         self._process = psutil.Process()
         self.gates = {c.name: TriggerGate() for c in config.cameras if c.trigger.mode == "mqtt"}
         self._trigger_timing = {c.name: (c.trigger.delay_ms, c.trigger.timeout_ms) for c in config.cameras
@@ -169,15 +174,22 @@ class Service:
             now = time.monotonic()
             self._camera_events()
             self._maybe_ready(now)
-            if watchdog and self._healthy():
+            deaths = len(self._dead)
+            healthy = self._healthy()
+            if watchdog and healthy:
                 self.notifier.watchdog()
-            if now >= next_status:
+            if now >= next_status or len(self._dead) != deaths:  # a death is reported at once
                 next_status = now + interval
-                self.notifier.status(self.status_line())
-                self.write_health()
+                self._supervised("status", self._report)
             if self.link is not None and now >= next_stats:
                 next_stats = now + self.config.mqtt.stats_interval_s
-                self.link.send("stats", self.stats_message())
+                self._supervised("stats", lambda: self.link.send("stats", self.stats_message()))  # type: ignore[union-attr]
+            if self._dead_since is not None and now - self._dead_since >= self.config.health.heartbeat_timeout_s:
+                # the watchdog would abort us soon (if armed); a clean stop commits what the living threads
+                # hold, and exit code 1 has systemd restart edged (Restart=on-failure), watchdog or not
+                log.error("exiting with code 1 for systemd to restart edged: %s", self._dead_text())
+                self.shutdown()
+                return 1
             if all(t.finished.is_set() for t in self.captures):
                 failed = [n for n, s in self.stats.items() if s.state == "failed"]
                 if failed:  # exit non-zero: systemd restarts the service, which retries the cameras
@@ -226,6 +238,7 @@ class Service:
                 self.link.camera_state(name, state)
 
     def _healthy(self) -> bool:
+        """Every thread alive and beating; a dead one makes the daemon unhealthy for good (no watchdog ping)."""
         stale = sorted(self.heartbeats.stale(self.config.health.heartbeat_timeout_s))
         if stale != self._stale:  # log the change, not every tick
             if stale:
@@ -234,17 +247,63 @@ class Service:
             else:
                 log.warning("all threads alive again: watchdog pings resume")
             self._stale = stale
-        return not stale
+        dead = self.dead_threads()
+        for name in sorted(set(dead) - set(self._dead)):
+            log.error("thread %s DIED (%s): edged is unhealthy, the watchdog ping is withheld", name, dead[name])
+        if dead and self._dead_since is None:
+            self._dead_since = time.monotonic()
+        self._dead = dead
+        return not stale and not dead
+
+    def dead_threads(self) -> dict[str, str]:
+        """Threads (and supervisor jobs) that must live but have ended, with why. Captures may end by
+        design (end of file, give_up_after); they count only when they die of an exception."""
+        dead = self.heartbeats.dead()
+        if self._stopping:
+            return dead
+        images = self.recorder.images if self.recorder is not None else None
+        for t in (*self.workers, self.recorder, self.link, images):
+            if t is not None and t.ident is not None and not t.is_alive() and t.name not in dead:
+                dead[t.name] = "ended unexpectedly"
+        return dead
+
+    def _dead_text(self) -> str:
+        return "; ".join(f"thread {n} died ({why})" for n, why in sorted(self._dead.items()))
+
+    def _supervised(self, job: str, run: Callable[[], None]) -> None:
+        """A job of the supervisor loop itself (status, health file, stats): its failure is a death too."""
+        try:
+            run()
+        except Exception as exc:
+            if job not in self.heartbeats.dead():
+                log.exception("supervisor job %s failed", job)
+            self.heartbeats.died(job, exc)
+
+    def _report(self) -> None:
+        self.notifier.status(self.status_line())
+        self.write_health()
 
     # --- reporting ---------------------------------------------------------------------------------
+    def problems(self) -> list[str]:
+        """What makes the daemon unhealthy right now, for STATUS=, the health file and the log."""
+        out = [f"thread {n} died ({why})" for n, why in sorted(self._dead.items())]
+        out += [f"thread {n} silent" for n in self._stale]
+        rec = self.recorder
+        if rec is not None and rec.last_db_error:
+            out.append("DATABASE DISK FULL: rows not stored, rejects sent directly" if rec.db_full
+                       else f"database error: {rec.last_db_error}")
+        return out
+
     def status_line(self) -> str:
+        problems = self.problems()
+        head = f"UNHEALTHY: {'; '.join(problems)} | " if problems else ""
         fps = sum(s.fps() for s in self.stats.values())
         last = self.counters.last_reject_at
         last_text = time.strftime("%H:%M:%S", time.localtime(last)) if last else "never"
         broker = self._broker_state()
         lat = self.latency.percentiles()
         p99 = f"{lat['p99']:.1f} ms" if lat["p99"] is not None else "-"
-        return (f"{fps:.1f} fps, {self.counters.inspected} inspected, {self.counters.rejects} rejects "
+        return (f"{head}{fps:.1f} fps, {self.counters.inspected} inspected, {self.counters.rejects} rejects "
                 f"(last {last_text}), p99 {p99}, broker {broker}")
 
     def _broker_state(self) -> str:
@@ -277,9 +336,13 @@ class Service:
                          "late_verdicts": self.counters.late_verdicts},
             "latency_ms": self.latency.percentiles(),
             "threads": {k: round(v, 3) for k, v in self.heartbeats.ages().items()},
+            "dead_threads": self.dead_threads(), "problems": self.problems(),
+            "invalid_outputs": self.counters.invalid_outputs,
             "cameras": cams,
             "disk": {"images_paused": bool(self.archive and self.archive.paused),
-                     "db_errors": self.recorder.db_errors if self.recorder else 0},
+                     "db_errors": self.recorder.db_errors if self.recorder else 0,
+                     "db_full": bool(self.recorder and self.recorder.db_full),
+                     "db_error": self.recorder.last_db_error if self.recorder else ""},
             "mqtt": self._link_counts(),
         }
 
@@ -293,13 +356,38 @@ class Service:
                 "triggers_outstanding": self._admission.outstanding()}
 
     def write_health(self) -> None:
+        """Atomically (temp file, rename); on a full disk in place, so `edged status` reads 'disk full'
+        rather than a stale file it must call hung. The file is padded to whole pages plus one, so an
+        in-place rewrite of about the same length needs no new disk block."""
         path = self.config.storage.state_dir / "health.json"
         tmp = path.with_name(".health.json.tmp")
+        text = jsonout.dumps(self.health(), indent=1, separators=(",", ": "))
+        text += " " * (-(len(text) + 1) % 4096 + 4096) + "\n"
         try:
-            tmp.write_text(json.dumps(self.health(), indent=1))
+            tmp.write_text(text)
             tmp.replace(path)
+            self._health_write_failed = False
+            return
         except OSError as exc:
-            log.debug("cannot write %s: %s", path, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            error = exc
+        if error.errno in (errno.ENOSPC, errno.EDQUOT) and self._write_in_place(path, text):
+            return
+        if not self._health_write_failed:  # once per failing spell, not every status interval
+            log.warning("cannot write %s: %s", path, error)
+        self._health_write_failed = True
+
+    @staticmethod
+    def _write_in_place(path: Path, text: str) -> bool:
+        try:
+            with path.open("r+", encoding="utf-8") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(0)
+                fh.write(text.ljust(size - 1) + "\n" if len(text) < size else text)
+            return True
+        except OSError:
+            return False
 
     def stats_message(self) -> dict[str, Any]:
         h = self.health()
@@ -309,13 +397,16 @@ class Service:
         return {"station": h["station"], "at": h["updated_at"], "inspected": h["inspected"],
                 "rejects": h["rejects"], "cameras": h["cameras"], "latency_ms": h["latency_ms"],
                 "outbox_backlog": h["outbox_backlog"], "expired": h["expired"], "broker": h["broker"],
-                "db_errors": h["disk"]["db_errors"], "images_paused": h["disk"]["images_paused"], "mqtt": h["mqtt"],
+                "db_errors": h["disk"]["db_errors"], "images_paused": h["disk"]["images_paused"],
+                "db_full": h["disk"]["db_full"], "invalid_outputs": h["invalid_outputs"],
+                "dead_threads": h["dead_threads"], "mqtt": h["mqtt"],
                 "cpu_percent": cpu, "rss_mb": round(rss / 1e6, 1)}
 
     # --- stop --------------------------------------------------------------------------------------
     def shutdown(self) -> None:
         """Stop in pipeline order, each stage bounded in time, so a stop takes a few seconds at most."""
         self.notifier.stopping()
+        self._stopping = True  # threads now end by design
         self.capture_stop.set()
         for t in self.captures:
             t.join(timeout=2.0)

@@ -124,7 +124,12 @@ def read_health(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
-        return None, f"health file {path} is not valid JSON: {exc}"
+        # on a full disk the daemon rewrites the file in place: a read may catch it half written
+        time.sleep(0.2)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None, f"health file {path} is not valid JSON: {exc}"
     if not isinstance(data, dict):
         return None, f"health file {path} does not hold a JSON object"
     return data, None
@@ -224,8 +229,15 @@ def check_health(health: dict[str, Any], config: Config, now: float) -> tuple[li
     if updated is None:
         problems.append("health file has no updated_at")
     elif now - updated > STALE_FACTOR * interval:
+        full = disk_full(config.storage.state_dir)
         problems.append(f"health file is {fmt_duration(now - updated)} old (written every "
-                        f"{fmt_duration(interval)}): the daemon is hung or stopped")
+                        f"{fmt_duration(interval)}): " + (f"the disk of {config.storage.state_dir} is FULL (the "
+                                                          "daemon cannot write it), or the daemon is hung" if full
+                                                          else "the daemon is hung or stopped"))
+    dead = health.get("dead_threads")
+    if isinstance(dead, dict):
+        for name, why in sorted(dead.items()):
+            problems.append(f"thread {name} DIED ({why}): the daemon stops for systemd to restart it")
     pid = _num(health.get("pid"))
     if pid is None or not pid_alive(int(pid)):
         problems.append(f"daemon process {_int(health.get('pid'))} is not running")
@@ -255,7 +267,26 @@ def check_health(health: dict[str, Any], config: Config, now: float) -> tuple[li
     disk = health.get("disk")
     if isinstance(disk, dict) and disk.get("images_paused"):
         warnings.append("image saving paused: disk quota or free space reached")
+    if isinstance(disk, dict) and disk.get("db_full"):
+        problems.append(f"database disk FULL ({_int(disk.get('db_errors'))} failed commits): inspection rows are "
+                        "not stored; rejects are published directly, not durably. Free space on "
+                        f"{config.storage.state_dir}")
+    elif isinstance(disk, dict) and disk.get("db_error"):
+        problems.append(f"database error: {disk.get('db_error')} ({_int(disk.get('db_errors'))} failed commits)")
+    invalid = _num(health.get("invalid_outputs"))
+    if invalid:
+        warnings.append(f"{int(invalid)} frame(s) not inspected: the model's output was NaN or infinite (a broken "
+                        "model or bundle?)")
     return problems, warnings
+
+
+def disk_full(folder: Path, min_free_bytes: int = 1 << 20) -> bool:
+    """True when the file system of `folder` has (almost) no room left for an unprivileged writer."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < min_free_bytes
 
 
 def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[str, CameraStats]],

@@ -11,12 +11,14 @@ Two connections exist: the recorder thread's (inspections + new outbox rows) and
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+
+from edged import jsonout
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,56 @@ class StoreError(Exception):
     """The database cannot be used at all (permissions, path); the message says why."""
 
 
+class NotADatabase(StoreError):
+    """The database path holds something that is not a SQLite file (a folder, another file): a config
+    error (exit 2). Such a file is never moved aside or overwritten: it may be someone's data."""
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+# primary result codes (sqlite3 exposes them as constants only from Python 3.11)
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 5, 6, 11, 13, 26
+
+
+def _code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def is_disk_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: the disk (or the database's size limit) is full."""
+    return _code(exc) == _SQLITE_FULL or "database or disk is full" in str(exc)
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    code = _code(exc)
+    if code is not None:
+        return code in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return "malformed" in str(exc) or "not a database" in str(exc)
+
+
+def check_database_path(path: Path) -> str:
+    """Why `path` cannot be the database ('' when it can: absent, empty, or a file with SQLite's header).
+
+    Shared by `edged check-config` and the start: a folder, the state directory itself or any other
+    file named as `storage.database` is refused, never mistaken for a corrupt database and moved aside.
+    """
+    if path.is_dir():
+        return f"storage.database: {path} is a directory, not a SQLite database file"
+    if not path.exists():
+        return "" if not path.is_symlink() else f"storage.database: {path} is a dangling symlink"
+    if not path.is_file():
+        return f"storage.database: {path} is not a regular file"
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        return f"storage.database: cannot read {path}: {exc.strerror or exc}"
+    if head and head != SQLITE_HEADER:
+        return (f"storage.database: {path} is not a SQLite database (it does not start with SQLite's header); "
+                "it is left as it is: name another file")
+    return ""
+
+
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0, check_same_thread=False)
@@ -74,14 +126,22 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def open_database(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) after `PRAGMA quick_check`; a corrupt file is moved aside, loudly."""
+def open_database(path: Path, timeout_s: float = 10.0) -> sqlite3.Connection:
+    """Open (creating if needed) after `PRAGMA quick_check`; a corrupt file is moved aside, loudly.
+
+    Corrupt means SQLite says so (quick_check findings, SQLITE_CORRUPT or SQLITE_NOTADB) about a file
+    that has SQLite's header. Anything else (locked by another process, unreadable, not a SQLite file) is
+    a StoreError that leaves the file as it is: moving it aside would lose its pending rejects.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create the folder of the database {path}: {exc}") from None
-    if path.exists():
-        problem = _check(path)
+    not_sqlite = check_database_path(path)
+    if not_sqlite:
+        raise NotADatabase(not_sqlite)
+    if path.exists() and path.stat().st_size > 0:
+        problem = _check(path, timeout_s)
         if problem:
             aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
             log.error("DATABASE %s IS CORRUPT (%s): moved aside to %s, starting a fresh one", path, problem,
@@ -99,15 +159,22 @@ def open_database(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _check(path: Path) -> str:
+def _check(path: Path, timeout_s: float = 10.0) -> str:
+    """quick_check's findings ('' when ok); raises StoreError when SQLite cannot tell (e.g. locked)."""
     try:
-        conn = sqlite3.connect(str(path), timeout=10.0)
+        # mode=rw: checking must never create a file
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=rw", uri=True, timeout=timeout_s)
         try:
             rows = conn.execute("PRAGMA quick_check").fetchall()
         finally:
             conn.close()
-    except sqlite3.DatabaseError as exc:
-        return str(exc)
+    except sqlite3.Error as exc:
+        if _is_corrupt(exc):
+            return str(exc)
+        if _code(exc) in (_SQLITE_BUSY, _SQLITE_LOCKED) or "locked" in str(exc):
+            raise StoreError(f"the database {path} is locked by another process ({exc}) for over {timeout_s:g} s; "
+                             "it is left as it is (a backup or a sqlite3 shell? the service retries)") from None
+        raise StoreError(f"cannot check the database {path}: {exc}; it is left as it is") from None
     if rows and rows[0][0] == "ok":
         return ""
     # SQLite may put hundreds of findings in one row, one per line: the log line shows the first three
@@ -176,18 +243,23 @@ class InspectionWriter:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (r.uid, r.seq, r.camera, r.part_id, r.captured_at, r.decided_at, r.score, r.threshold,
                      int(r.is_defective), r.confidence, r.latency_ms, r.model,
-                     json.dumps(r.regions, separators=(",", ":")), r.image_path, r.reason))
+                     jsonout.dumps(r.regions), r.image_path, r.reason))
                 ids.append(int(cur.lastrowid or 0))
             for m in messages:
                 inspection_id = ids[m.row_index] if m.row_index is not None else m.inspection_id
                 cur.execute(
                     "INSERT INTO outbox (inspection_id, kind, topic, payload, created_at, expires_at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (inspection_id, m.kind, m.topic, json.dumps(m.payload, separators=(",", ":")), now,
-                     m.expires_at))
+                    (inspection_id, m.kind, m.topic, jsonout.dumps(m.payload), now, m.expires_at))
             cur.execute("COMMIT")
         except BaseException:
-            cur.execute("ROLLBACK")
+            # SQLite may have rolled back already (SQLITE_FULL, IOERR, BUSY): a ROLLBACK then fails with
+            # "no transaction is active", which used to replace the real error in the log
+            if self.conn.in_transaction:
+                try:
+                    cur.execute("ROLLBACK")
+                except sqlite3.Error as rollback:
+                    log.warning("ROLLBACK after a failed write failed too: %s", rollback)
             raise
         return ids
 

@@ -8,6 +8,7 @@ its dispatch number so the recorder can restore capture order.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -38,6 +39,16 @@ class Decided:
     verdict: Verdict | None
     error: str = ""
     frame: Frame | None = None
+    invalid_output: bool = False  # the model ran but gave NaN/inf: a broken model, never a good part
+
+
+def _not_finite(score: float, amap: np.ndarray | None) -> str:
+    """Why a model output cannot be a verdict ('' when it can)."""
+    if not math.isfinite(score):
+        return f"model output is not finite (score {score})"
+    if amap is not None and not np.isfinite(amap).all():
+        return "model output is not finite (anomaly map holds NaN or infinity)"
+    return ""
 
 
 class InferenceWorker(threading.Thread):
@@ -72,9 +83,9 @@ class InferenceWorker(threading.Thread):
                 self._frozen()
                 for decided in self.decide(batch):
                     self.out.put(decided)
-        except Exception:
+        except Exception as exc:  # supervised: the daemon turns unhealthy and is restarted
             log.exception("%s: inference worker failed", self.name)
-            raise
+            self.heartbeats.died(self.name, exc)
         finally:
             self.heartbeats.forget(self.name)
 
@@ -96,6 +107,11 @@ class InferenceWorker(threading.Thread):
             outputs = self.detector.infer_tensor(np.stack([row for _, row in good]))
             mono, wall = time.monotonic(), time.time()
             for (item, _), output in zip(good, outputs, strict=True):
+                problem = _not_finite(output.score, output.anomaly_map)
+                if problem:  # NaN > threshold is False: such a frame would pass as good
+                    results.append(Decided(item.dispatch, item.frame.camera, None, problem, item.frame,
+                                           invalid_output=True))
+                    continue
                 results.append(Decided(item.dispatch, item.frame.camera, self._verdict(
                     item.frame, output.score, output.anomaly_map, mono, wall, (dequeued, prepared))))
         return results

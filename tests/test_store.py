@@ -79,6 +79,109 @@ def test_readonly_connection_cannot_write(tmp_path: Path) -> None:
         pass
 
 
+# --- "corrupt" means SQLite says so; anything else keeps the file -----------------------------------
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+conn.execute("BEGIN EXCLUSIVE")
+conn.execute("INSERT INTO meta VALUES ('held', 'by another process')")
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_locked_database_is_an_error_and_is_never_moved_aside(tmp_path: Path) -> None:
+    """Another process holds the write lock (a backup, a sqlite3 shell): the start fails with a clear
+    error and exit 1 (systemd retries later); the file, with its pending rejects, stays where it is."""
+    import subprocess
+    import sys
+
+    from edged.store import StoreError
+
+    path = tmp_path / "e.db"
+    conn = open_database(path)
+    InspectionWriter(conn).record([], [OutboxMessage("reject", "t", {"id": "pending-1"}, None)])
+    conn.execute("PRAGMA journal_mode=DELETE")  # a rollback journal: a writer's lock keeps readers out too
+    conn.close()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreError, match="locked by another process") as exc:
+            open_database(path, timeout_s=0.5)
+        assert "left as it is" in str(exc.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not list(tmp_path.glob("e.db.corrupt-*")), "a locked database is not corrupt"
+    conn = open_database(path)
+    assert conn.execute("SELECT payload FROM outbox").fetchall() == [('{"id":"pending-1"}',)]
+
+
+@pytest.mark.parametrize("kind", ["directory", "state_dir", "text file", "png"])
+def test_a_path_that_is_not_a_sqlite_file_is_refused_and_kept(tmp_path: Path, kind: str) -> None:
+    from edged.store import NotADatabase, check_database_path
+
+    path = tmp_path / "e.db"
+    if kind == "directory":
+        path.mkdir()
+        (path / "keep.txt").write_text("x")
+    elif kind == "state_dir":
+        path = tmp_path  # database: "." (the state directory itself)
+    elif kind == "text file":
+        path.write_text("station notes: do not delete\n")
+    else:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert check_database_path(path)
+    with pytest.raises(NotADatabase, match=r"storage\.database"):
+        open_database(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "nothing moved, nothing created"
+
+
+def test_an_empty_file_is_a_new_database(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    path.touch()
+    assert open_database(path).execute("PRAGMA quick_check").fetchone()[0] == "ok"
+
+
+def test_a_full_database_reports_the_real_error_not_the_failed_rollback(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite rolls back by itself on SQLITE_FULL; the ROLLBACK after it failed with 'no transaction is
+    active' and that was what the log showed."""
+    from edged.store import is_disk_full
+
+    conn = open_database(tmp_path / "e.db")
+    conn.execute("PRAGMA max_page_count=40")  # a database that cannot grow: as a full disk
+    w = InspectionWriter(conn)
+    with pytest.raises(sqlite3.OperationalError) as exc:
+        for i in range(1000):
+            w.record([row(i)], [OutboxMessage("reject", "t", {"pad": "x" * 3000}, None, row_index=0)])
+    assert "database or disk is full" in str(exc.value) and is_disk_full(exc.value)
+    assert "rollback" not in str(exc.value).lower()
+    assert not conn.in_transaction
+    w.record([], [])  # the connection is usable afterwards
+
+
+def test_check_config_refuses_a_database_path_that_is_a_directory(tmp_path: Path, tiny_bundle: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "state" / "edged.db").mkdir(parents=True)
+    cfg = tmp_path / "edged.yaml"
+    for database in ("edged.db", "."):
+        cfg.write_text(f"model: {{bundle: {tiny_bundle}}}\ncameras: [{{name: c, source: '0'}}]\n"
+                       f"storage: {{state_dir: {tmp_path / 'state'}, database: '{database}'}}\n")
+        for command in ("check-config", "run"):
+            proc = subprocess.run([sys.executable, "-m", "edged", command, "-c", str(cfg)], capture_output=True,
+                                  text=True, timeout=60)
+            assert proc.returncode == 2, (command, database, proc.stderr)
+            assert "storage.database" in proc.stderr and "is a directory" in proc.stderr
+            assert "Traceback" not in proc.stderr
+    assert (tmp_path / "state" / "edged.db").is_dir() and not list((tmp_path / "state").glob("*.corrupt-*"))
+
+
 def test_outbox_sends_rejects_before_results_and_bounds_results(tmp_path: Path) -> None:
     """A trigger flood of results must not delay a reject behind them until it expires (issue 12)."""
     conn = open_database(tmp_path / "e.db")
