@@ -39,6 +39,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edged import jsonout
 from edged.config import Config
 from edged.health import Heartbeats
 from edged.logsetup import LogThrottle
@@ -140,7 +141,7 @@ class MqttLink(threading.Thread):
 
     def send(self, subtopic: str, payload: dict[str, Any] | str, qos: int = 0, retain: bool = False) -> None:
         """Publish a non-durable message (results, stats, states); dropped while disconnected."""
-        text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+        text = payload if isinstance(payload, str) else jsonout.dumps(payload)  # never NaN/Infinity
         topic = f"{self.base}/{subtopic}"
         if retain:
             self._retained[topic] = text  # a single dict store
@@ -154,7 +155,7 @@ class MqttLink(threading.Thread):
     def publish_direct(self, topic: str, payload: dict[str, Any]) -> None:
         """A reject that could not be stored (database failing): published once, QoS 1, not durable."""
         try:
-            self._volatile.put_nowait((topic, json.dumps(payload, separators=(",", ":")), 1, False))
+            self._volatile.put_nowait((topic, jsonout.dumps(payload), 1, False))
         except queue.Full:
             log.error("reject %s lost: database failing and send queue full", payload.get("id"))
         self.wake_event.set()
@@ -503,7 +504,7 @@ class MqttLink(threading.Thread):
             for i in items:
                 payload = json.loads(i.payload)
                 payload["expired"] = True
-                audit.append((f"{self.base}/audit", json.dumps(payload, separators=(",", ":"))))
+                audit.append((f"{self.base}/audit", jsonout.dumps(payload)))
         self.outbox.expire([i.id for i in items], audit)
         self.expired += len(items)
         log.warning("%d reject(s) expired before delivery (broker down or slow); not published to /reject",
