@@ -56,11 +56,16 @@ ACK_STALL_S = 0.5  # nothing more is published while the oldest message in fligh
 MAX_INCOMING_PACKET = 64 * 1024  # MQTT 5: the broker drops bigger messages instead of sending them to us
 REFUSED_BACKOFF_MAX_S = 60.0  # a broker that refuses us (password, certificate) is retried at most this often
 TAKEOVER_BACKOFF_S = 5.0  # after another client took our session over (a second edged with our client id)
+SHORT_SESSION_S = 10.0  # a session the broker ends sooner than this, SHORT_SESSIONS times in a row: a takeover
+SHORT_SESSIONS = 3
+TAKEOVER = ("another MQTT client keeps taking our session over (client id {id!r}): is a second edged running "
+            "with this station or mqtt.client_id, on another box or as edged replay with that id?")
 CONNECT_PROBLEM_LOG_EVERY_S = 300.0  # a refusal that persists is said once, then this often
 # CONNACK reasons that retrying will not cure (MQTT 5 codes; paho maps MQTT 3.1.1 codes onto them)
-REFUSALS = {133: "the broker refuses our client id", 134: "wrong MQTT user name or password",
-            135: "not authorized (the broker's ACL or auth plugin refuses this user)", 138: "banned by the broker",
-            140: "the broker does not accept this authentication method"}
+REFUSALS = {133: "it refuses our client id (mqtt.client_id)",
+            134: "wrong user name or password (mqtt.username, mqtt.password_file)",
+            135: "wrong user name or password (mqtt.username, mqtt.password_file), or the broker's ACL refuses "
+                 "this user", 138: "this client is banned", 140: "it does not accept this authentication method"}
 SESSION_TAKEN_OVER = 142
 
 
@@ -129,6 +134,9 @@ class MqttLink(threading.Thread):
         self.callback_errors = 0  # exceptions caught in a paho callback (a bug, or input we did not foresee)
         self.paho_restarts = 0  # paho network threads found dead and replaced by a fresh connection
         self.connect_refusals = 0  # connection attempts the broker refused or closed before CONNACK
+        self.takeovers = 0  # sessions another client with our client id took from us
+        self._short_sessions = 0  # sessions in a row the broker ended within SHORT_SESSION_S
+        self._connected_at = 0.0
         self._throttle = LogThrottle(log, every_s=30.0)
         self._connack = False  # the current client got a successful CONNACK
         self._problem: tuple[str, str] | None = None  # (kind, text) why the current client's connection ended
@@ -306,12 +314,13 @@ class MqttLink(threading.Thread):
             return
         if reason.is_failure:
             code = getattr(reason, "value", 0)
-            self._problem = ("refused", f"the broker refused the connection: {reason}"
-                             + (f" ({REFUSALS[code]})" if code in REFUSALS else ""))
+            self._problem = ("refused", f"the broker refused the connection ({reason})"
+                             + (f": {REFUSALS[code]}" if code in REFUSALS else ""))
             self._lost.set()
             self.wake_event.set()
             return
         self._connack = True
+        self._connected_at = time.monotonic()
         self.connected = True
         self._attempt = 0
         if self.announce:
@@ -332,10 +341,8 @@ class MqttLink(threading.Thread):
         client.loop_stop()  # from paho's own thread: stops its automatic reconnect; we reconnect fresh
         if client is not self._client:
             return  # an old client (already given up by _on_lost)
-        if getattr(reason, "value", 0) == SESSION_TAKEN_OVER:
-            self._problem = ("takeover", f"another MQTT client connected with our client id {self.client_id!r} and "
-                             "took the session over: is a second edged running with this station or "
-                             "mqtt.client_id (another box, or edged replay --mqtt with the same id)?")
+        if getattr(reason, "value", 0) == SESSION_TAKEN_OVER:  # an MQTT 5 broker that says so
+            self._problem = ("takeover", TAKEOVER.format(id=self.client_id))
         elif not self._connack and self._problem is None:
             self._problem = ("closed", f"the broker closed the connection before acknowledging it ({reason}): it "
                              "does not accept our client certificate, our will topic (odd characters in "
@@ -349,15 +356,19 @@ class MqttLink(threading.Thread):
             self._throttle.log(logging.ERROR, "subscribe", "MQTT broker refused the subscription to %s (%s): "
                                "triggers will not arrive", self.trigger_topic, failed[0])
 
-    def _on_lost(self) -> None:
+    def _on_lost(self, ours: bool = False) -> None:
+        """The connection is gone (`ours`: we reset it): forget the client, plan the next attempt."""
         client, self._client = self._client, None  # from now on its callbacks are stale and ignored
         if client is not None:
             client.loop_stop()
         self._lost.clear()
-        if self.connected:
+        was_connected = self.connected
+        if was_connected:
             log.warning("MQTT connection lost; %d reject(s) in flight stay pending", len(self._inflight))
         self.connected = False
         problem, self._problem = self._problem, None
+        if problem is None and was_connected and not ours:
+            problem = self._session_problem(time.monotonic() - self._connected_at)
         self._inflight.clear()
         self._inflight_deadline.clear()
         self._inflight_since.clear()
@@ -370,17 +381,30 @@ class MqttLink(threading.Thread):
             delay = max(delay, self._problem_delay(*problem))
         self._next_attempt = time.monotonic() + delay
 
+    def _session_problem(self, lived_s: float) -> tuple[str, str] | None:
+        """The broker ended a session it had accepted. Once is a restart or a network fault; within seconds
+        of accepting it, SHORT_SESSIONS times in a row, is another client taking our client id's session
+        (mosquitto just closes the socket, it does not say why)."""
+        if lived_s >= SHORT_SESSION_S:
+            self._short_sessions = 0
+            return None
+        self._short_sessions += 1
+        return ("takeover", TAKEOVER.format(id=self.client_id)) if self._short_sessions >= SHORT_SESSIONS else None
+
     def _problem_delay(self, kind: str, text: str) -> float:
         """A connection the broker refused, closed before CONNACK or took over: said once, then every
         CONNECT_PROBLEM_LOG_EVERY_S; retried with a backoff that grows (retrying at once will not cure a
         wrong password, and two daemons with one client id would take the session from each other
         dozens of times a second)."""
-        self.connect_refusals += 1
-        self._problem_streak += 1
-        streak = self._problem_streak
-        if kind == "takeover":
+        if kind == "takeover":  # each round connects fine: the streak ends only with a session that lasts
+            self.takeovers += 1
+            self._short_sessions = max(self._short_sessions, SHORT_SESSIONS)
+            streak = self._short_sessions - SHORT_SESSIONS + 1
             delay = min(REFUSED_BACKOFF_MAX_S, TAKEOVER_BACKOFF_S * 2 ** min(streak - 1, 4))
         else:
+            self.connect_refusals += 1
+            self._problem_streak += 1
+            streak = self._problem_streak
             delay = min(REFUSED_BACKOFF_MAX_S, 2.0 ** min(streak, 6))
         if streak == 1:
             self._problem_logged = time.monotonic()
@@ -408,7 +432,7 @@ class MqttLink(threading.Thread):
         # paho's thread sees the read fail, closes the socket and calls _on_disconnect (loop_stop would
         # wait for unacknowledged messages forever); _on_lost then forgets this client
         self._lost.set()
-        self._on_lost()
+        self._on_lost(ours=True)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         self._acks.put((mid, not getattr(reason, "is_failure", False)))

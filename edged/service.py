@@ -353,6 +353,7 @@ class Service:
             return {}
         return {"refused": link.refused, "callback_errors": link.callback_errors,
                 "paho_restarts": link.paho_restarts, "connect_refusals": link.connect_refusals,
+                "session_takeovers": link.takeovers,
                 "triggers_outstanding": self._admission.outstanding()}
 
     def write_health(self) -> None:

@@ -294,7 +294,7 @@ def test_replay_with_mqtt_beside_the_service_does_not_take_its_session_or_status
         sub.close()
     assert replay.returncode == 0, replay.stderr
     lines = [r.getMessage() for r in caplog.records]
-    assert not [line for line in lines if "connection lost" in line or "took the session over" in line], lines
+    assert not [line for line in lines if "connection lost" in line or "session over" in line], lines
     assert sum("MQTT connected" in line for line in lines) == 1
     # the replay said nothing on the station's status topic: no 'offline' will, no 'stopped'
     assert sub.on(f"{BASE}/status")[-1] == "stopped"  # the service's own clean stop, last
@@ -337,3 +337,109 @@ def test_a_reject_goes_out_before_thousands_of_pending_results(tmp_path: Path, t
         sub.close()
     assert arrived < deadline and link.expired == 0
     assert results_before_it < 1000  # it overtook at least half of the flood (FIFO: behind all 2000)
+
+
+# --- a broker that refuses or drops us -------------------------------------------------------------------
+
+def _errors(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and text in r.getMessage()]
+
+
+def test_a_broker_closing_before_connack_is_reported_clearly_once(
+        tmp_path: Path, tiny_bundle: Path, broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    """mosquitto drops a CONNECT whose will topic is not valid UTF-8 for MQTT (a control character in the
+    prefix), without a CONNACK; as a broker does on a client certificate it does not accept."""
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 40, {5})
+    cfg = load_config(write_config(tmp_path / "edged.yaml", tiny_bundle, video, tmp_path / "state", broker.port,
+                                   extra_camera="    loop: true\n    realtime: true\n    fps: 20",
+                                   mqtt_extra='prefix: "ed\\x01ged"'))
+    caplog.set_level(logging.INFO)
+    runner = ServiceRunner(cfg).start()
+    try:
+        link = None
+        wait_until(lambda: runner.service.link is not None and runner.service.link.connect_refusals >= 2, 20,
+                   "two refused connection attempts")
+        link = runner.service.link
+        inspected = runner.service.counters.inspected
+        wait_until(lambda: runner.service.counters.inspected > inspected, 10, "inspection going on meanwhile")
+    finally:
+        runner.stop()
+    assert link is not None and not link.connected
+    said = _errors(caplog, "closed the connection before acknowledging it")
+    assert len(said) == 1, said  # once, not on every attempt
+    assert "client certificate" in said[0] and "will topic" in said[0]
+
+
+def test_a_wrong_password_is_said_once_and_retried_with_backoff(
+        tmp_path: Path, tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+    work = tmp_path / "broker"
+    work.mkdir()
+    passwords = work / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "edged", "right"], check=True,
+                   capture_output=True)
+    broker = Broker(work)
+    broker.conf.write_text(broker.conf.read_text().replace(
+        "allow_anonymous true", f"allow_anonymous false\npassword_file {passwords}"))
+    broker.start()
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("wrong\n")
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 40, {5})
+    cfg = load_config(write_config(tmp_path / "edged.yaml", tiny_bundle, video, tmp_path / "state", broker.port,
+                                   extra_camera="    loop: true\n    realtime: true\n    fps: 20",
+                                   mqtt_extra=f"username: edged, password_file: {secret}"))
+    caplog.set_level(logging.INFO)
+    runner = ServiceRunner(cfg).start()
+    try:
+        wait_until(lambda: runner.service.link is not None and runner.service.link.connect_refusals >= 2, 30,
+                   "two refused attempts")
+        link = runner.service.link
+        assert link is not None
+        refused_at = time.monotonic()
+        secret.write_text("right\n")  # the technician fixes it: read again on the next attempt, no restart
+        wait_until(lambda: link.connected, 30, "connected with the right password")
+        waited = time.monotonic() - refused_at
+    finally:
+        runner.stop()
+        broker.stop()
+    said = _errors(caplog, "refused the connection")
+    assert len(said) == 1, said  # the default reconnect (0.5..1 s here) would have said it every second
+    assert "wrong user name or password (mqtt.username, mqtt.password_file)" in said[0]
+    assert waited > 1.0  # the backoff had grown (2, 4, 8 s): no attempt every second
+    assert any("connected" in r.getMessage() and "failed attempt(s)" in r.getMessage() for r in caplog.records)
+
+
+def test_two_links_with_one_client_id_do_not_fight_for_the_session(
+        tmp_path: Path, tiny_bundle: Path, broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    """Two daemons configured with the same station on two boxes (the lock cannot see across boxes): each
+    connect takes the session from the other. They back off (5 s, 10 s, ...) instead of dozens a second."""
+    import threading
+
+    from edged.health import Heartbeats
+    from edged.mqtt_link import MqttLink
+    from edged.store import open_database
+
+    cfg = load_config(write_config(tmp_path / "edged.yaml", tiny_bundle, tmp_path, tmp_path / "state", broker.port))
+    stop = threading.Event()
+    links = []
+    caplog.set_level(logging.INFO)
+    for name in ("a", "b"):
+        db = tmp_path / name / "edged.db"
+        open_database(db).close()
+        links.append(MqttLink(cfg, db, Heartbeats(), stop))
+    links[0].start()
+    wait_until(lambda: links[0].connected, 10, "the first link connected")
+    links[1].start()
+    try:
+        time.sleep(6.0)  # an observation window: how often did they take the session from each other?
+    finally:
+        stop.set()
+        for link in links:
+            link.wake()
+            link.join(10)
+    connects = [r for r in caplog.records if r.getMessage().startswith("MQTT connected")]
+    assert 2 <= len(connects) <= 8, [r.getMessage() for r in connects]  # was: 20 and more
+    said = _errors(caplog, "keeps taking our session over")
+    assert 1 <= len(said) <= 2 and "a second edged running with this station or mqtt.client_id" in said[0]
+    assert sum(link.takeovers for link in links) >= 1
