@@ -443,3 +443,44 @@ def test_two_links_with_one_client_id_do_not_fight_for_the_session(
     said = _errors(caplog, "keeps taking our session over")
     assert 1 <= len(said) <= 2 and "a second edged running with this station or mqtt.client_id" in said[0]
     assert sum(link.takeovers for link in links) >= 1
+
+
+# --- secrets -------------------------------------------------------------------------------------------
+
+def test_a_camera_password_never_leaves_the_process(tmp_path: Path, tiny_bundle: Path, broker: Broker) -> None:
+    """In /stats, the health file, the log, `edged status` and `edged check-config`: masked everywhere."""
+    secret = "S3cr3t-pw"
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 40, {5})
+    state = tmp_path / "state"
+    camera = f"rtsp://operator:{secret}@127.0.0.1:{free_port()}/live"  # nobody serves it: reconnects, logged
+    cfg = write_config(tmp_path / "edged.yaml", tiny_bundle, video, state, broker.port, extra_camera=f"""
+    loop: true
+    realtime: true
+    fps: 20
+  - name: cam2
+    source: "{camera}"
+    open_timeout_s: 1
+    reconnect: {{initial_s: 0.2, max_s: 0.5}}""")
+    sub = Subscriber(broker.port, [f"{BASE}/stats", f"{BASE}/camera/cam2"])
+    proc = subprocess.Popen(_edged("run", "-c", str(cfg), "-v"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_until(lambda: _health(state).get("cameras", {}).get("cam2", {}).get("state") == "reconnecting", 30,
+                   "cam2 reconnecting (its failure logged)")
+        wait_until(lambda: len(sub.on(f"{BASE}/stats")) >= 2, 30, "stats on MQTT")
+        status = subprocess.run(_edged("status", "-c", str(cfg)), capture_output=True, text=True, timeout=60)
+        check = subprocess.run(_edged("check-config", "-c", str(cfg)), capture_output=True, text=True, timeout=60)
+        health_text = (state / "health.json").read_text()
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+        sub.close()
+    stats = json.dumps(sub.on(f"{BASE}/stats"))
+    everything = {"stats": stats, "health": health_text, "log": out + err, "status": status.stdout + status.stderr,
+                  "check-config": check.stdout + check.stderr}
+    assert "cannot open rtsp://operator:***@127.0.0.1" in err  # the failure is logged, masked
+    for where, text in everything.items():
+        assert secret not in text, f"the camera password is in {where}"
+    masked = "rtsp://operator:***@127.0.0.1"
+    assert masked in health_text and masked in stats and masked in status.stdout and masked in check.stdout
