@@ -199,6 +199,11 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
         onnxruntime.set_default_logger_severity(0 if verbose else 3)  # its C++ log: errors only
     except ImportError:
         pass
+    import cv2
+
+    # OpenCV's C++ log (cv2.dnn's "missing dispatch map" lines when it probes a graph it cannot run)
+    levels = cv2.utils.logging
+    levels.setLogLevel(levels.LOG_LEVEL_INFO if verbose else levels.LOG_LEVEL_SILENT)
 
 
 def _progress(args: argparse.Namespace) -> bool:

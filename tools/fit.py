@@ -328,9 +328,9 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> dict[str, float | None]:
     return {"pearson": float(pearsonr(a, b)[0]), "spearman": float(spearmanr(a, b)[0])}
 
 
-def holdout_outliers(scores: np.ndarray, records: list[Record], root: Path, fence: float = 3.0,
+def holdout_outliers(scores: np.ndarray, records: list[Record], root: Path, fence: float | None = None,
                      ) -> list[dict[str, Any]]:
-    """Hold-out images scoring far above the others (Tukey's far-out fence, Q3 + 3 IQR), highest first.
+    """Hold-out images scoring far above the others (`calibrate.outlier_indices`), highest first.
 
     With the default percentile the threshold is the highest hold-out score whenever n <= 200, so one
     odd "good" image (overexposed, mislabeled, another product) silently sets it; naming it lets the
@@ -365,9 +365,9 @@ def _bit_depth(cfg: FitConfig, records: list[Record]) -> int:
 def outlier_message(outliers: list[dict[str, Any]], n: int, what: str, flag: str = "--drop-outliers") -> str:
     names = ", ".join(f"{o['file']} ({o['score']:.4g})" for o in outliers[:5])
     more = f" and {len(outliers) - 5} more" if len(outliers) > 5 else ""
-    return (f"{len(outliers)} of {n} {what} score far above the other good images (beyond Q3 + 3 IQR of their "
-            f"scores): {names}{more}. Defective, mislabeled or another product? They would set the threshold; "
-            f"remove them, or pass {flag} to leave them out of it")
+    return (f"{len(outliers)} of {n} {what} score far above the other good images: {names}{more}. Defective, "
+            f"mislabeled or another product? They would set the threshold; remove them, or pass {flag} to leave "
+            f"them out of it")
 
 
 def _drop_holdout_outliers(cfg: FitConfig, scores: dict[str, dict[str, Any]], hold_recs: list[Record],

@@ -92,3 +92,30 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small MVTec-layout dataset of 64 px color parts (30 train, 8 good and 9 defective test images)."""
     return synth.write_dataset(tmp_path_factory.mktemp("synth") / "data", n_train=30, n_test_good=8,
                                n_test_defect=9, size=(64, 64), seed=0)
+
+
+class MeanDistanceMethod(BandMethod):
+    """How far a part leaves the mean good part (a zero-width band): every score is positive and they
+    differ from image to image, as real methods' do (the band's are mostly exactly 0), so the outlier
+    checks of fit and calibrate have a spread to judge by."""
+
+    name = "mean-distance-test"
+
+    def fit(self, images: list[np.ndarray], opts: FitOptions) -> BandTrained:
+        band = super().fit(images, opts)
+        middle = (band.low + band.high) / 2
+        return BandTrained(spec=band.spec, low=middle, high=middle)
+
+
+register_method(MeanDistanceMethod())
+
+
+def write_good(folder: Path, n: int, size: int = 48, seed: int = 0, odd: int = 0) -> Path:
+    """`n` good parts, and `odd` parts of another product (the good part's negative) named ``odd_*.png``."""
+    import cv2
+
+    synth.write_folder(folder, n, [], size=(size, size), seed=seed)
+    rng = np.random.default_rng(seed + 1000)
+    for i in range(odd):
+        cv2.imwrite(str(folder / f"odd_{i}.png"), 255 - synth.make_part(rng, (size, size))[0])
+    return folder

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
 from edged.bundle import load_manifest, sha256_file
 from edged.detector import Detector
+from tests.tools.conftest import write_good
 from tools import synth
-from tools.fit import FitConfig, FitError, available_methods, fit_bundle, get_method
+from tools.fit import FitConfig, FitError, available_methods, check_fit, fit_bundle, get_method
 from tools.methods.base import FitOptions
 
 
@@ -108,7 +117,7 @@ def test_holdout_outliers_are_named(tmp_path: Path) -> None:
     from tools.fit import holdout_outliers
 
     records = [Record(tmp_path / f"{i}.png") for i in range(20)]
-    scores = np.r_[np.linspace(0.0, 1.0, 19), 25.0]
+    scores = np.r_[np.linspace(0.5, 1.0, 19), 25.0]
     assert holdout_outliers(scores, records, tmp_path) == [{"file": "19.png", "score": 25.0, "index": 19}]
     assert holdout_outliers(np.linspace(0.0, 1.0, 20), records, tmp_path) == []
 
@@ -139,3 +148,199 @@ def test_int8_that_loses_ranking_is_not_the_default() -> None:
     broken = {"hold": fine["hold"], "test": rng.permutation(fp32_test)}
     parity, default = _parity({"fp32": fine, "int8": broken}, labels_good + labels_bad, True, cfg)
     assert default == "fp32" and "int8 loses" in parity["warning"]
+
+
+# --- issue 21: validation before work, safe output, outliers, bit depth ---------------------------------------------
+
+def _cfg(data: Path, out: Path, method: str = "band-test", size: int = 48, **kw: Any) -> FitConfig:
+    extra = kw.pop("extra", {})
+    seed = kw.pop("seed", 0)
+    return FitConfig(data=data, method=method, out=out, options=FitOptions(size=size, seed=seed, extra=extra,
+                                                                           progress=False), **kw)
+
+
+@pytest.fixture(scope="module")
+def good_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_good(tmp_path_factory.mktemp("good") / "good", 16)
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"size": 1}, "--size 1"), ({"size": 7}, "--size 7"), ({"size": 10000}, "--size 10000"),
+    ({"method": "classic", "size": 16}, "--size 16: method classic takes 32"),
+    ({"holdout": float("nan")}, "--holdout"), ({"percentile": float("inf")}, "--percentile"),
+    ({"target_frr": -0.1}, "--target-frr"), ({"int8_auroc_tolerance": float("nan")}, "--int8-tolerance"),
+    ({"int8_auroc_tolerance": float("inf")}, "--int8-tolerance"), ({"seed": -1}, "--seed -1"),
+    ({"extra": {"colour": 1}}, "band-test: unknown option(s) colour"),
+    ({"method": "classic", "extra": {"n_estimators": "many"}}, "classic: --opt n_estimators='many': expected a whole"),
+    ({"method": "classic", "extra": {"ratio": 0.1}}, "classic: unknown option(s) ratio"),
+    ({"method": "classic", "extra": {"nu": float("nan")}}, "classic: --opt nu=nan: expected a finite number"),
+    ({"method": "classic", "extra": {"detector": "forest"}}, "choose one of iforest, ocsvm"),
+    ({"method": "cae", "size": 64, "extra": {"lr": -1}}, "cae: --opt lr=-1: must be > 0"),
+    ({"method": "cae", "size": 64, "extra": {"ratio": 1}}, "cae: unknown option(s) ratio"),
+    ({"method": "cae", "size": 100}, "multiple of 32"),
+    ({"method": "patchcore", "size": 32}, "--size 32: method patchcore takes 64"),
+    ({"method": "patchcore", "size": 64, "extra": {"coreset": 2}}, "patchcore: --opt coreset=2: must be <= 1"),
+    ({"method": "patchcore", "size": 64, "extra": {"ratio": 0.1}}, "patchcore: unknown option(s) ratio"),
+])
+def test_bad_options_are_named_before_any_work(good_folder: Path, tmp_path: Path, change: dict[str, Any],
+                                               named: str) -> None:
+    """Each bad option is one FitError naming it, raised before an image is read or a folder is made."""
+    out = tmp_path / "deep" / "bundle"
+    size = change.pop("size", 48)
+    method = change.pop("method", "band-test")
+    with pytest.raises(FitError) as exc:
+        check_fit(_cfg(good_folder, out, method=method, size=size, **change))
+    assert named in str(exc.value)
+    assert not (tmp_path / "deep").exists()
+
+
+def test_too_few_images_is_an_error_saying_how_many(tmp_path: Path) -> None:
+    data = write_good(tmp_path / "three", 3)
+    with pytest.raises(FitError, match=r"3 good image\(s\) \(2 to train on, 1 held out\): method band-test needs "
+                                       r"at least 8 to train on and 2 held out \(with --holdout 0.15: 10 good"):
+        check_fit(_cfg(data, tmp_path / "o"))
+    check_fit(_cfg(write_good(tmp_path / "ten", 10), tmp_path / "o"))  # the number it named is enough
+
+
+def test_out_folder_with_foreign_files_is_refused_and_kept(good_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "line1"
+    fit_bundle(_cfg(good_folder, out))
+    (out / "report").mkdir()
+    (out / "report" / "report.html").write_text("an evaluation the user wrote into the bundle")
+    (out / "notes.txt").write_text("x")
+    with pytest.raises(FitError, match=r"also holds notes\.txt, report"):
+        fit_bundle(_cfg(good_folder, out))
+    assert (out / "report" / "report.html").read_text().startswith("an evaluation")
+    assert load_manifest(out).complete
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["line1"]  # no staging folder left
+    bystander = tmp_path / "plain"
+    bystander.mkdir()
+    (bystander / "manifest.json").write_text("{}")  # a manifest.json alone does not make a bundle
+    (bystander / "data.csv").write_text("1,2")
+    with pytest.raises(FitError, match="not a model bundle"):
+        fit_bundle(_cfg(good_folder, bystander))
+    assert (bystander / "data.csv").exists()
+
+
+def test_refit_swaps_the_bundle_and_removes_only_its_files(good_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "line1"
+    first = fit_bundle(_cfg(good_folder, out, seed=1)).manifest
+    second = fit_bundle(_cfg(good_folder, out, seed=2)).manifest
+    assert load_manifest(out) == second and second.complete and first.complete
+    assert sorted(p.name for p in out.iterdir()) == sorted({"manifest.json", *[e.file for e in
+                                                                                second.models.values()]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["line1"]
+
+
+KILL_SCRIPT = """
+import sys, time
+sys.path.insert(0, {root!r})
+import tests.tools.conftest  # registers band-test
+import tools.fit
+parity = tools.fit.opencv_parity
+def slow_parity(*args, **kwargs):
+    open({ready!r}, "w").close()  # scored with the provisional manifest: now is the worst moment to die
+    time.sleep(60)
+    return parity(*args, **kwargs)
+tools.fit.opencv_parity = slow_parity
+from tools.cli import main
+sys.exit(main(["fit", "-q", {data!r}, "--method", "band-test", "--out", {out!r}, "--size", "48"]))
+"""
+
+
+def _fit_until_scored(good: Path, out: Path, tmp_path: Path) -> subprocess.Popen[bytes]:
+    ready = tmp_path / "ready"
+    ready.unlink(missing_ok=True)
+    script = KILL_SCRIPT.format(root=str(Path(__file__).parents[2]), ready=str(ready), data=str(good), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "fit ended before it scored"
+        time.sleep(0.05)
+    return proc
+
+
+def _check_config(bundle: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    cfg = tmp_path / "edged.yaml"
+    cfg.write_text(f"model: {{bundle: {bundle}}}\ncameras: [{{name: c, source: '0'}}]\n")
+    return subprocess.run([sys.executable, "-m", "edged", "check-config", "-c", str(cfg)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_killed_fit_leaves_the_old_bundle_and_nothing_check_config_accepts(good_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "line1"
+    old = fit_bundle(_cfg(good_folder, out)).manifest
+    proc = _fit_until_scored(good_folder, out, tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert load_manifest(out) == old  # the previous bundle is untouched
+    partial = [p for p in tmp_path.iterdir() if p.name.startswith(".line1.partial-")]
+    assert len(partial) == 1 and (partial[0] / "manifest.json").is_file()
+    assert json.loads((partial[0] / "manifest.json").read_text())["complete"] is False
+    result = _check_config(partial[0], tmp_path)
+    assert result.returncode == 2 and "unfinished" in result.stderr and "Traceback" not in result.stderr
+    assert _check_config(out, tmp_path).returncode == 0
+    fit_bundle(_cfg(good_folder, out))  # the next fit clears what the killed one left
+    assert not partial[0].exists()
+
+    proc = _fit_until_scored(good_folder, out, tmp_path)  # SIGTERM: unwinds and cleans up
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".line1")) == []
+    assert load_manifest(out).complete
+
+
+def test_holdout_outliers_stop_the_fit_or_are_dropped_and_named(tmp_path: Path) -> None:
+    data = write_good(tmp_path / "good", 24, odd=2)  # two parts of another product among the good ones
+    with pytest.raises(FitError, match=r"2 of 13 hold-out images score far above .*odd_\d.png .*odd_\d.png.* "
+                                       r"--drop-outliers"):
+        fit_bundle(_cfg(data, tmp_path / "b", method="mean-distance-test", holdout=0.5))
+    assert not (tmp_path / "b").exists()
+    result = fit_bundle(_cfg(data, tmp_path / "b", method="mean-distance-test", holdout=0.5, drop_outliers=True))
+    m = result.manifest
+    dropped = m.training.params["holdout_outliers"]
+    assert sorted(o["file"] for o in dropped) == ["odd_0.png", "odd_1.png"]  # type: ignore[union-attr]
+    assert m.training.holdout == 11 and m.models["fp32"].threshold.n_images == 11
+    assert any("dropped 2 hold-out image(s)" in w for w in result.warnings)
+    assert m.models["fp32"].threshold.value < min(o["score"] for o in dropped)  # type: ignore[union-attr]
+
+
+def test_few_holdout_images_come_with_an_interval_that_says_so(good_folder: Path, tmp_path: Path) -> None:
+    result = fit_bundle(_cfg(good_folder, tmp_path / "b"))
+    t = result.manifest.models["fp32"].threshold
+    assert t.n_images == 2 and t.expected_frr == 0.0
+    assert t.frr_interval is not None and t.frr_interval[1] > 0.8  # 2 images promise nothing
+    assert any("too few to trust" in w for w in result.warnings)
+
+
+def test_12_bit_images_are_detected_and_scaled_like_8_bit_ones(tmp_path: Path) -> None:
+    """The same parts stored as 8-bit and as 12-bit-in-16-bit PNGs give the same model and scores."""
+    eight = write_good(tmp_path / "eight", 14)
+    twelve = tmp_path / "twelve"
+    twelve.mkdir()
+    for f in sorted(eight.iterdir()):
+        image = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(twelve / f.name), image.astype(np.uint16) << 4 | 0x7)  # 0..4095, as a 12-bit camera
+    m8 = fit_bundle(_cfg(eight, tmp_path / "b8")).manifest
+    m12 = fit_bundle(_cfg(twelve, tmp_path / "b12")).manifest
+    assert m12.input.bit_depth == 12 and m12.training.params["bit_depth"] == 12
+    assert m12.models["fp32"].sha256 == m8.models["fp32"].sha256  # trained on the same pixels
+    frame = cv2.imread(str(sorted(twelve.iterdir())[0]), cv2.IMREAD_UNCHANGED)
+    det12, det8 = Detector(tmp_path / "b12"), Detector(tmp_path / "b8")
+    assert det12.infer([frame])[0].score == det8.infer([(frame >> 4).astype(np.uint8)])[0].score
+    forced = fit_bundle(_cfg(twelve, tmp_path / "b16", bit_depth=16)).manifest
+    assert forced.input.bit_depth == 16 and forced.models["fp32"].sha256 != m8.models["fp32"].sha256
+
+
+def test_unsupported_image_types_are_named_and_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = synth.write_dataset(tmp_path / "d", n_train=16, n_test_good=3, n_test_defect=3, size=(48, 48))
+    for where in ("train/good", "test/good", "test/crack"):
+        cv2.imwrite(str(data / where / "float.tiff"), np.full((48, 48), 0.5, np.float32))
+        cv2.imwrite(str(data / where / "signed.tiff"), np.full((48, 48), -5, np.int16))
+    with caplog.at_level(logging.WARNING):
+        result = fit_bundle(_cfg(data, tmp_path / "b", holdout=0.3))
+    for name, kind in (("float.tiff", "float32"), ("signed.tiff", "int16")):
+        skipped = [r.getMessage() for r in caplog.records if name in r.getMessage()]
+        assert len(skipped) >= 2, (name, skipped)  # train/good (train or hold-out) and the test images
+        assert all(f"unsupported pixel type {kind}" in m for m in skipped), skipped
+    assert result.manifest.training.count + result.manifest.training.holdout == 16
