@@ -240,4 +240,5 @@ class CaptureThread(threading.Thread):
 
 def _default_factory(cam: CameraConfig) -> Source:
     return open_source(cam.source, watch=cam.watch, loop=cam.loop, open_timeout_s=cam.open_timeout_s,
-                       read_timeout_s=cam.read_timeout_s, width=cam.width, height=cam.height, fps=cam.fps)
+                       read_timeout_s=cam.read_timeout_s, width=cam.width, height=cam.height, fps=cam.fps,
+                       max_megapixels=cam.max_image_megapixels)

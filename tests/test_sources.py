@@ -108,3 +108,68 @@ def test_folder_without_watch_ends(tmp_path: Path) -> None:
     src.read()
     with pytest.raises(SourceEnded):
         src.read()
+
+
+# --- pixel budget: an image's size is read from its header before it is decoded -----------------------
+
+@pytest.mark.parametrize(("ext", "channels"), [(e, c) for e in (".png", ".jpg", ".bmp", ".webp", ".tif")
+                                               for c in (1, 3)] + [(".pgm", 1), (".ppm", 3)])
+def test_image_size_is_read_from_the_header(tmp_path: Path, ext: str, channels: int) -> None:
+    import numpy as np
+
+    from edged.sources import image_size
+
+    image = np.random.default_rng(0).integers(0, 255, (23, 37, channels)[: 2 if channels == 1 else 3], np.uint8)
+    path = tmp_path / f"x{ext}"
+    assert cv2.imwrite(str(path), image)
+    assert image_size(path) == (37, 23)
+
+
+def test_image_size_of_unknown_or_broken_files_is_none(tmp_path: Path) -> None:
+    from edged.sources import image_size
+
+    for name, data in {"a.png": b"\x89PNG\r\n", "b.jpg": b"\xff\xd8\xff\xe0\x00\x10JFIF", "c.gif": b"GIF89a...",
+                       "d.tif": b"II*\x00\xff\xff\xff\x00", "e.png": b""}.items():
+        (tmp_path / name).write_bytes(data)
+        assert image_size(tmp_path / name) is None, name
+    assert image_size(tmp_path / "missing.png") is None
+
+
+def write_huge_png(path: Path, width: int, height: int) -> None:
+    """A real, valid 8-bit gray PNG of width x height black pixels, written without holding it in memory
+    (it compresses to a few hundred kB; decoded it would take width x height bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + pixels
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@pytest.mark.slow
+def test_a_huge_image_in_a_folder_is_skipped_without_decoding(tmp_path: Path, tiny_bundle: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """20000 x 20000 = 400 MP against the default budget of 50 MP: counted as a bad frame, one clear log
+    line, never decoded (it would take 400 MB gray, 1.2 GB in colour); the images around it are inspected.
+    A real PNG, which OpenCV would decode: without the budget it is inspected as a third frame."""
+    from edged.sources import image_size
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in (0, 2):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), spot_frame(i == 2, seed=i))
+    write_huge_png(folder / "01_huge.png", 20000, 20000)
+    assert image_size(folder / "01_huge.png") == (20000, 20000)
+    cfg = load_config(write_config(tmp_path / "edged.yaml", tiny_bundle, folder, tmp_path / "state"))
+    service = Service(cfg, notifier=Notifier({}), handle_signals=False)
+    with caplog.at_level("WARNING"):
+        service.run()
+    s = service.summary()
+    assert (s.inspected, s.rejects, s.bad_frames) == (2, 1, 1)
+    assert "01_huge.png: 20000x20000 pixels (400 MP) is over the pixel budget of 50 MP" in caplog.text
+    assert "max_image_megapixels" in caplog.text  # (OpenCV itself would decode it: its limit is 1073 MP)
