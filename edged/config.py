@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edged.safetext import redact_url
+
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe in MQTT topics, file names and SQL values
 
 
@@ -267,7 +269,9 @@ def _format_error(err: dict[str, Any]) -> str:
         return f"{key}: required key is missing"
     msg = re.sub(r"^Value error, ", "", err["msg"])
     got = err.get("input")
-    shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+    shown = "" if isinstance(got, dict | list) or got is None else f" (got {redact_url(repr(got))})"
+    if loc and "password" in str(loc[-1]):  # the message goes to the journal: never echo a secret
+        shown = ""
     return f"{key}: {msg}{shown}"
 
 

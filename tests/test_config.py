@@ -186,3 +186,13 @@ def test_inf_in_a_config_file_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "cameras[0].trigger.gap_ms: Input should be a finite number (got inf)" in proc.stderr
     assert "mqtt.reject_ttl_ms: Input should be a finite number (got nan)" in proc.stderr
+
+
+def test_a_config_error_never_echoes_a_password() -> None:
+    """The message goes to the journal: a password of the wrong type is named, never shown."""
+    base = {"model": {"bundle": "b"}, "cameras": [{"name": "c", "source": "0"}]}
+    with pytest.raises(ConfigError) as info:
+        parse_config({**base, "mqtt": {"password": 73519268, "port": "rtsp://u:hunter2@cam"}})
+    text = str(info.value)
+    assert "mqtt.password: Input should be a valid string" in text and "73519268" not in text
+    assert "hunter2" not in text and "u:***@cam" in text
