@@ -280,13 +280,14 @@ def check_health(health: dict[str, Any], config: Config, now: float) -> tuple[li
     return problems, warnings
 
 
-def disk_full(folder: Path, min_free_bytes: int = 1 << 20) -> bool:
-    """True when the file system of `folder` has (almost) no room left for an unprivileged writer."""
+def disk_full(folder: Path) -> bool:
+    """True when the file system of `folder` has (almost) no room left for an unprivileged writer:
+    under 1 MiB, or under 5% of a file system smaller than 20 MiB."""
     try:
         st = os.statvfs(folder)
     except OSError:
         return False
-    return st.f_bavail * st.f_frsize < min_free_bytes
+    return st.f_bavail * st.f_frsize < min(1 << 20, st.f_blocks * st.f_frsize // 20)
 
 
 def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[str, CameraStats]],

@@ -8,11 +8,13 @@ when space returns.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -29,6 +31,7 @@ from support import (
     write_spot_video,
 )
 
+from edged import status
 from edged.capture import SHAPE_SETTLE_FRAMES
 from edged.config import load_config
 from edged.sdnotify import Notifier
@@ -235,9 +238,13 @@ def test_full_then_read_only_image_disk_pauses_images_not_inspection(tmp_path: P
 
 
 @pytest.mark.slow
-def test_full_database_disk_keeps_rejects_flowing(tmp_path: Path, tiny_bundle: Path) -> None:
+def test_full_database_disk_keeps_rejects_flowing(tmp_path: Path, tiny_bundle: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     """The database's own disk fills up: rows cannot be committed, but rejects still reach the line
-    (published directly, not durably), and everything resumes when space returns."""
+    (published directly, not durably), and everything resumes when space returns. Meanwhile the log gets
+    one line per 30 s (not one per failed commit), with SQLite's own error (not the failed ROLLBACK after
+    it), and the health file stays fresh (rewritten in place) and says "disk full", so `edged status`
+    does not call a daemon on a full disk hung."""
     state = tmp_path / "state"
     if not mount_tmpfs(state, 4096):
         pytest.skip("cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)")
@@ -265,17 +272,40 @@ def test_full_database_disk_keeps_rejects_flowing(tmp_path: Path, tiny_bundle: P
                 db.close()
 
         filler = state / "filler.bin"
+        health_path = state / "health.json"
+
+        def health() -> dict[str, object]:
+            for _ in range(5):  # rewritten in place while the disk is full: a read may catch it half written
+                try:
+                    return dict(json.loads(health_path.read_text()))
+                except ValueError:
+                    time.sleep(0.1)
+            raise AssertionError("health file unreadable")
+
         try:
             wait_until(lambda: len(set(sub.ids("edged/test/reject"))) >= 3, 30, "rejects before the disk fills")
-            with filler.open("wb") as fh, pytest.raises(OSError):
-                fh.write(b"\0" * 100_000_000)
-            assert svc.recorder is not None and svc.link is not None
-            wait_until(lambda: svc.recorder.db_errors > 0, 30, "a failed commit on the full disk")
-            errors, received = svc.recorder.db_errors, len(sub.ids("edged/test/reject"))
-            wait_until(lambda: len(sub.ids("edged/test/reject")) >= received + 5, 30,
-                       "rejects while the database cannot be written")
-            assert svc.recorder.db_errors > errors, "still failing: the rejects above were published directly"
-            assert svc.link.is_alive() and svc.recorder.is_alive(), "no thread died of the full disk"
+            with caplog.at_level("WARNING"):
+                with filler.open("wb") as fh, pytest.raises(OSError):
+                    fh.write(b"\0" * 100_000_000)
+                assert svc.recorder is not None and svc.link is not None
+                wait_until(lambda: svc.recorder.db_errors > 0, 30, "a failed commit on the full disk")
+                errors, received = svc.recorder.db_errors, len(sub.ids("edged/test/reject"))
+                wait_until(lambda: len(sub.ids("edged/test/reject")) >= received + 5, 30,
+                           "rejects while the database cannot be written")
+                assert svc.recorder.db_errors > errors, "still failing: the rejects above were published directly"
+                assert svc.link.is_alive() and svc.recorder.is_alive(), "no thread died of the full disk"
+                t_full = time.time()
+                wait_until(lambda: float(health()["updated_at"]) > t_full + 1.0  # type: ignore[arg-type]
+                           and bool(health()["disk"]["db_full"]), 30,  # type: ignore[index]
+                           "a fresh health file saying the database disk is full")
+                out = io.StringIO()
+                assert status.main(cfg, out=out) == 1
+                assert "database disk FULL" in out.getvalue() and "hung" not in out.getvalue(), out.getvalue()
+                wait_until(lambda: svc.recorder.db_errors >= errors + 20, 30, "more failed commits")  # type: ignore[union-attr]
+                lines = [r.getMessage() for r in caplog.records if "cannot write" in r.getMessage()]
+            assert 1 <= len(lines) <= 3, f"{len(lines)} log lines for {svc.recorder.db_errors} failed commits"
+            assert "database or disk is full" in lines[0]
+            assert "rollback" not in caplog.text.lower()
             filler.unlink()
             n = rows()
             wait_until(lambda: rows() > n + 20, 30, "commits to resume after space returned")

@@ -278,3 +278,35 @@ def test_parts_rejects_by_reason_and_triggers(tmp_path: Path) -> None:
     assert re.search(r"^inspected +5000 +parts 40 +rejects 12 ", text, re.M)
     assert re.search(r"^rejects by +defect 9 +not_inspected 3$", text, re.M)
     assert re.search(r"^triggers +40 +not inspected in time 3 +late 1$", text, re.M)
+
+
+def test_dead_thread_db_full_and_invalid_outputs(tmp_path: Path) -> None:
+    write_health(tmp_path, make_health(dead_threads={"recorder": "RuntimeError: boom"}, invalid_outputs=7,
+                                       disk={"images_paused": False, "db_full": True, "db_errors": 42}))
+    rc, text = run_status(make_config(tmp_path))
+    assert rc == 1
+    flat = " ".join(text.split())
+    assert "thread recorder DIED (RuntimeError: boom)" in flat
+    assert "database disk FULL (42 failed commits)" in flat
+    assert "7 frame(s) not inspected: the model's output was NaN or infinite" in flat
+
+
+def test_a_stale_health_file_on_a_full_disk_says_disk_full_not_hung(tmp_path: Path) -> None:
+    """When even the in-place rewrite fails, the file goes stale: status then looks at the disk itself."""
+    state = tmp_path / "state"
+    state.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(state)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)")
+    try:
+        write_health(state, make_health(updated_at=NOW - 60.0))
+        with (state / "filler").open("wb") as fh, pytest.raises(OSError):
+            fh.write(b"\0" * 1_000_000)
+        rc, text = run_status(make_config(state))
+        flat = " ".join(text.split())
+        assert rc == 1 and f"the disk of {state} is FULL" in flat, flat
+        (state / "filler").unlink()
+        rc, text = run_status(make_config(state))
+        assert rc == 1 and "hung or stopped" in " ".join(text.split()) and "FULL" not in text
+    finally:
+        subprocess.run(["umount", "-l", str(state)], capture_output=True)
