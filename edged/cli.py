@@ -173,7 +173,7 @@ def cmd_replay(config: Config, source: str, json_out: Path | None, db: Path | No
     service = Service(cfg, mqtt_enabled=mqtt, on_verdict=on_verdict, mqtt_client_id=client_id, mqtt_announce=False)
     t0 = time.monotonic()
     try:
-        service.run()
+        code = service.run()  # 1 when a thread died: the summary is then incomplete
     finally:
         if fh is not None:
             fh.close()
@@ -189,7 +189,7 @@ def cmd_replay(config: Config, source: str, json_out: Path | None, db: Path | No
               f"frames/s over {elapsed:.2f} s\n")
     if tmp is not None:
         tmp.cleanup()
-    return EXIT_OK
+    return EXIT_OK if code == 0 else EXIT_FAILURE
 
 
 if __name__ == "__main__":
