@@ -243,7 +243,7 @@ def robustness_figure(report: dict[str, Any]) -> Any:
                                          (0.2, rec, "#1565c0", "recall (defects)")):
         heights = [np.nan if v is None else 100 * v for v in values]
         bars = ax.bar(x + offset, heights, 0.4, color=color, label=label)
-        ax.bar_label(bars, labels=["n/a" if v is None else f"{100 * v:.0f}" for v in values], fontsize=SMALL_PT,
+        ax.bar_label(bars, labels=["" if v is None else f"{100 * v:.0f}" for v in values], fontsize=SMALL_PT,
                      padding=1)
     ax.set_xticks(x, names, rotation=25, ha="right")
     ax.set_ylabel("% of images")

@@ -81,3 +81,72 @@ def test_recalibrate_rewrites_thresholds_not_models(tmp_path: Path) -> None:
     m2 = recalibrate(bundle, good, target_frr=0.1, progress=False)
     assert m2.models["fp32"].threshold.method == "target_frr"
     assert m2.models["fp32"].threshold.value <= m.models["fp32"].threshold.value
+
+
+# --- issue 21: outliers, history and identity, the interval ---------------------------------------------------------
+
+def test_interval_says_when_n_is_too_small() -> None:
+    from tools.calibrate import frr_interval, trust_warning
+
+    nine = image_threshold(np.arange(9, dtype=float))
+    assert nine.expected_frr == 0.0 and nine.frr_interval == pytest.approx((0.0, 1 - 0.025 ** (1 / 9)))
+    assert "too few to trust" in (trust_warning(nine) or "")  # 9 images do not promise 0% false rejects
+    many = image_threshold(np.arange(2000, dtype=float))  # 10 of 2000 above: 0.5%, interval 0.24-0.92%
+    assert many.frr_interval is not None and many.frr_interval[0] < 0.005 < many.frr_interval[1] < 0.01
+    assert trust_warning(many) is None
+    assert frr_interval(3, 3) == (pytest.approx(0.025 ** (1 / 3)), 1.0)
+
+
+def test_outlier_fence_flags_far_scores_not_skewed_good_ones() -> None:
+    from tools.calibrate import outlier_indices
+
+    rng = np.random.default_rng(0)
+    good = rng.gumbel(1.0, 0.1, 200)  # maxima are right-skewed: Q3 + 3 IQR would flag some of these
+    assert outlier_indices(good) == []
+    assert outlier_indices(np.r_[good, 5.0, 4.0]) == [200, 201]
+    assert outlier_indices(np.r_[np.zeros(20), 1.0]) == []  # tied quartiles: nothing to judge by
+    assert outlier_indices(np.r_[rng.normal(0, 1, 30), 30.0]) == [30]  # signed scores
+
+
+def _bundle(tmp_path: Path) -> Path:
+    from tests.tools.conftest import write_good
+    from tools.fit import FitConfig, fit_bundle
+    from tools.methods.base import FitOptions
+
+    data = write_good(tmp_path / "train", 16)
+    fit_bundle(FitConfig(data=data, method="mean-distance-test", out=tmp_path / "b",
+                         options=FitOptions(size=48, progress=False)))
+    return tmp_path / "b"
+
+
+def test_defective_parts_among_calibration_images_are_refused_or_dropped(tmp_path: Path) -> None:
+    from tests.tools.conftest import write_good
+
+    bundle = _bundle(tmp_path)
+    before = load_manifest(bundle)
+    mixed = write_good(tmp_path / "new", 20, seed=7, odd=2)
+    with pytest.raises(CalibrationError, match=r"2 of 22 calibration images score far above.*odd_"):
+        recalibrate(bundle, mixed, progress=False)
+    assert load_manifest(bundle) == before  # nothing written
+    notes: list[str] = []
+    m = recalibrate(bundle, mixed, progress=False, drop_outliers=True, warnings=notes)
+    t = m.models["fp32"].threshold
+    assert t.n_images == 20 and "2 outliers dropped" in t.source
+    assert any("dropped 2 calibration image(s)" in n and "odd_0.png" in n for n in notes)
+    assert sorted(m.history[-1]["dropped_outliers"]) == ["odd_0.png", "odd_1.png"]  # type: ignore[arg-type]
+
+
+def test_each_calibration_has_its_own_identity_and_the_history(tmp_path: Path) -> None:
+    from tests.tools.conftest import write_good
+
+    bundle = _bundle(tmp_path)
+    first = load_manifest(bundle)
+    new = write_good(tmp_path / "new", 12, seed=3)
+    m1 = recalibrate(bundle, new, progress=False)
+    m2 = recalibrate(bundle, new, percentile=90, progress=False)
+    assert len({first.bundle_id, m1.bundle_id, m2.bundle_id}) == 3
+    assert m1.bundle_id.startswith(first.bundle_id + "-r1-") and m2.bundle_id.startswith(first.bundle_id + "-r2-")
+    assert [h["bundle_id"] for h in m2.history] == [first.bundle_id, m1.bundle_id]
+    assert m2.history[0]["thresholds"]["fp32"]["value"] == first.models["fp32"].threshold.value  # type: ignore[index]
+    assert m2.history[1]["thresholds"]["fp32"]["n_images"] == 12  # type: ignore[index]
+    assert load_manifest(bundle) == m2

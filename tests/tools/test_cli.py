@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.support import build_max_bundle
 from tools import synth
@@ -73,3 +78,102 @@ def test_console_script_reports_without_traceback(tmp_path: Path) -> None:
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "no such folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- issue 21: every argument combination exits 0 or 2, never a traceback; quiet means quiet -------------------------
+
+
+NASTY = ["0", "-1", "1", "7", "48", "1e9", "nan", "inf", "-inf", "0.5", "1.5", "abc", "", "99.5", "100", "10000",
+         "0x10", "3.0"]
+OPTS = ["k=v", "n_estimators=5", "n_estimators=nan", "n_estimators=2.5", "detector=ocsvm", "pca=0.5", "pca=-3",
+        "colour=1", "=", "nu=2", "gamma=-1", "gamma=auto"]
+
+
+@pytest.fixture(scope="module")
+def arena(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Inputs a user may point the commands at: good data, nothing, an empty folder, a file, a bundle."""
+    from tests.tools.conftest import write_good
+
+    root = tmp_path_factory.mktemp("arena")
+    places = {"good": write_good(root / "good", 12, size=32), "missing": root / "missing", "empty": root / "empty",
+              "file": root / "file.txt", "bundle": root / "bundle"}
+    places["empty"].mkdir()
+    places["file"].write_text("x")
+    assert main(["fit", "-q", str(places["good"]), "--method", "band-test", "--size", "32", "--holdout", "0.2",
+                 "--out", str(places["bundle"])]) == 0
+    return places
+
+
+def _flags(names: list[str]) -> st.SearchStrategy[list[str]]:
+    pair = st.tuples(st.sampled_from(names), st.sampled_from(NASTY))
+    return st.lists(pair, max_size=3).map(lambda pairs: [x for p in pairs for x in p])
+
+
+COMMANDS = st.one_of(
+    st.tuples(st.just("fit"), st.sampled_from(["good", "missing", "empty", "file"]),
+              st.sampled_from(["band-test", "classic", "nope"]), _flags(
+                  ["--size", "--seed", "--epochs", "--holdout", "--percentile", "--target-frr", "--int8-tolerance",
+                   "--bit-depth"]), st.lists(st.sampled_from(OPTS), max_size=2), st.booleans()),
+    st.tuples(st.just("calibrate"), st.sampled_from(["bundle", "missing", "file", "good"]),
+              st.sampled_from(["good", "missing", "empty", "file"]), _flags(["--percentile", "--target-frr"]),
+              st.just([]), st.booleans()),
+    st.tuples(st.just("evaluate"), st.sampled_from(["bundle", "missing", "good"]),
+              st.sampled_from(["good", "missing", "empty", "file"]), _flags(["--timing-images"]), st.just([]),
+              st.booleans()),
+)
+
+
+def _argv(case: tuple[Any, ...], places: dict[str, Path], out: Path) -> list[str]:
+    command, a, b, flags, opts, flag = case
+    if command == "fit":
+        argv = ["fit", "-q", str(places[a]), "--method", b, "--out", str(out), *flags]
+        argv += [x for o in opts for x in ("--opt", o)] + (["--drop-outliers"] if flag else [])
+    elif command == "calibrate":
+        argv = ["calibrate", "-q", str(places[a]), str(places[b]), *flags] + (["--drop-outliers"] if flag else [])
+    else:
+        argv = ["evaluate", "-q", str(places[a]), str(places[b]), "--report", str(out), *flags]
+        argv += ["--fp32"] if flag else []
+    return argv
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=COMMANDS)
+def test_any_arguments_exit_0_or_2_never_a_traceback(arena: dict[str, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str], case: tuple[Any, ...]) -> None:
+    out = Path(tempfile.mkdtemp(dir=tmp_path)) / "out"  # fresh per example
+    argv = _argv(case, arena, out)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse: bad syntax
+        code = exc.code  # type: ignore[assignment]
+    err = capsys.readouterr().err
+    assert code in (0, 2), (argv, code, err)
+    assert "Traceback" not in err, (argv, err)
+    if code == 2 and "usage:" not in err:
+        errors = [line for line in err.splitlines() if line.startswith("edged-train")]
+        assert len(errors) == 1 and ": error: " in errors[0], (argv, err)
+
+
+def test_quiet_means_quiet_and_logs_have_no_control_characters(tmp_path: Path) -> None:
+    """A torch method (tracer warnings, ONNX Runtime quantization) through the console script, its stderr
+    a file as under systemd or cron: -q prints our warnings only; without -q only our own log lines."""
+    from tests.tools.conftest import write_good
+
+    data = write_good(tmp_path / "good", 12, size=32)
+    base = [sys.executable, "-m", "tools.cli", "fit", str(data), "--method", "cae", "--size", "32", "--epochs", "1",
+            "--holdout", "0.2", "--opt", "widths=4/8/8/8/8", "--opt", "batch_size=4"]
+    for quiet in (True, False):
+        log = tmp_path / f"stderr-{quiet}.log"
+        with log.open("w") as fh:
+            proc = subprocess.run([*base, "--out", str(tmp_path / f"b{quiet}"), *(["-q"] if quiet else [])],
+                                  stderr=fh, stdout=subprocess.PIPE, text=True, timeout=600)
+        text = log.read_text()
+        assert proc.returncode == 0, text
+        assert "\r" not in text and "\x1b" not in text  # no progress bars in a file
+        for noise in ("TracerWarning", "Diagnostic", "UserWarning", "DeprecationWarning", "[W:onnxruntime"):
+            assert noise not in text, (noise, text)
+        for line in text.splitlines():
+            if quiet:
+                assert line.startswith("WARNING: ") or " WARNING " in line, line
+            else:
+                assert re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) (tools|edged)[.\w-]*: |WARNING: |!!!", line), line

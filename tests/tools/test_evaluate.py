@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 
 from tests.support import build_max_bundle, spot_frame
+from tools import synth
+from tools.dataset import DatasetError
 from tools.evaluate import aupro, evaluate_bundle, perturbations, pixel_auroc, pro_curve, rates, recall_at_frr
 
 REPORT_KEYS = {"image_auroc", "pixel_auroc", "aupro", "threshold", "frr", "recall", "recall_at_1pct_frr",
@@ -106,3 +109,48 @@ def test_evaluate_folder_of_good_images(tmp_path: Path) -> None:
     report = evaluate_bundle(bundle, good, tmp_path / "r", precision="fp32", timing_images=2, progress=False)
     assert report["precision"] == "fp32" and report["frr"] == 0.0
     assert report["image_auroc"] is None and report["recall"] is None and report["pixel_auroc"] is None
+
+
+# --- issue 21: masks strict, report folder checked first, images shrunk as read ---------------------------------------
+
+def _masked_data(tmp_path: Path) -> Path:
+    return synth.write_dataset(tmp_path / "d", n_train=2, n_test_good=2, n_test_defect=3, size=(48, 48), seed=1)
+
+
+@pytest.mark.parametrize("broken", ["wrong size", "empty", "garbage"])
+def test_bad_masks_are_errors_naming_the_file(tmp_path: Path, broken: str) -> None:
+    data = _masked_data(tmp_path)
+    mask = sorted((data / "ground_truth").rglob("*_mask.png"))[0]
+    if broken == "wrong size":
+        cv2.imwrite(str(mask), np.full((40, 48), 255, np.uint8))
+    elif broken == "empty":
+        mask.write_bytes(b"")
+    else:
+        mask.write_bytes(b"\x89PNG not a mask")
+    bundle = build_max_bundle(tmp_path / "b", size=32, threshold=0.5, map_threshold=0.5)
+    with pytest.raises(DatasetError, match=re.escape(str(mask))):
+        evaluate_bundle(bundle, data, tmp_path / "r", timing_images=0, progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_unwritable_report_path_is_refused_before_scoring(tmp_path: Path) -> None:
+    data = _masked_data(tmp_path)
+    bundle = build_max_bundle(tmp_path / "b", size=32)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DatasetError, match=r"--report .*file/r: .*file is not a folder"):
+        evaluate_bundle(bundle, data, tmp_path / "file" / "r", timing_images=0, progress=False)
+
+
+def test_large_images_are_held_at_the_model_size(tmp_path: Path) -> None:
+    """Evaluation memory does not grow with the camera: 1600x1600 images, a 32 px model."""
+    import tracemalloc
+
+    data = synth.write_dataset(tmp_path / "d", n_train=0, n_test_good=6, n_test_defect=0, size=(1600, 1600))
+    bundle = build_max_bundle(tmp_path / "b", size=32)
+    tracemalloc.start()
+    report = evaluate_bundle(bundle, data, tmp_path / "r", timing_images=1, progress=False, write_html=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    full = 1600 * 1600 * 3
+    assert report["n_good"] == 6
+    assert peak < 3 * full  # one image being read (and its copy), never all six
