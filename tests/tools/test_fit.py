@@ -46,9 +46,11 @@ def test_bundle_is_complete_and_honest(band_bundle: Path, synth_data: Path) -> N
         assert entry.sha256 == sha256_file(band_bundle / entry.file)
         t = entry.threshold
         assert t.method == "percentile" and t.percentile == 99.5
-        assert t.n_images == m.training.holdout == round(30 * 0.15)
+        # cross-fitting (the default): every image trains the model and gives one out-of-fold score
+        assert t.n_images == m.training.count == 30 and m.training.holdout == 0
+        assert "5-fold cross-fit" in t.source
         assert entry.map_threshold is not None
-    assert m.training.count + m.training.holdout == 30
+    assert m.training.params["calibration"] == "cross-fit" and m.training.params["folds"] == 5
     assert len(m.training.file_list_sha256) == 64
     assert m.versions["onnxruntime"] and m.versions["onnx"]
     q = m.quantization
@@ -128,7 +130,7 @@ def test_int8_parity_without_test_data_uses_synthetic_blemishes(tmp_path: Path) 
     m = fit_bundle(FitConfig(data=good, method="band-test", out=tmp_path / "b",
                              options=FitOptions(size=64, progress=False))).manifest
     check = m.quantization["parity"]["synthetic"]
-    assert check["n"] == 2 * m.training.holdout and check["auroc_fp32"] > 0.9
+    assert check["n"] == 2 * m.training.count and check["auroc_fp32"] > 0.9  # each image with and without
     assert m.default == "int8" and "synthetic" in str(m.quantization["default_reason"])
 
 
@@ -198,8 +200,14 @@ def test_too_few_images_is_an_error_saying_how_many(tmp_path: Path) -> None:
     data = write_good(tmp_path / "three", 3)
     with pytest.raises(FitError, match=r"3 good image\(s\) \(2 to train on, 1 held out\): method band-test needs "
                                        r"at least 8 to train on and 2 held out \(with --holdout 0.15: 10 good"):
+        check_fit(_cfg(data, tmp_path / "o", folds=0))
+    check_fit(_cfg(write_good(tmp_path / "ten", 10), tmp_path / "o", folds=0))  # the number it named is enough
+    with pytest.raises(FitError, match=r"3 good image\(s\): method band-test with 5-fold cross-fitting needs at "
+                                       r"least 10 \(each fold model trains on 8 or more\)"):
         check_fit(_cfg(data, tmp_path / "o"))
-    check_fit(_cfg(write_good(tmp_path / "ten", 10), tmp_path / "o"))  # the number it named is enough
+    check_fit(_cfg(write_good(tmp_path / "ten", 10), tmp_path / "o"))
+    with pytest.raises(FitError, match=r"--folds 1: must be 0 \(a hold-out split\) or 2 to 20"):
+        check_fit(_cfg(data, tmp_path / "o", folds=1))
 
 
 def test_out_folder_with_foreign_files_is_refused_and_kept(good_folder: Path, tmp_path: Path) -> None:
@@ -294,9 +302,10 @@ def test_holdout_outliers_stop_the_fit_or_are_dropped_and_named(tmp_path: Path) 
     data = write_good(tmp_path / "good", 24, odd=2)  # two parts of another product among the good ones
     with pytest.raises(FitError, match=r"2 of 13 hold-out images score far above .*odd_\d.png .*odd_\d.png.* "
                                        r"--drop-outliers"):
-        fit_bundle(_cfg(data, tmp_path / "b", method="mean-distance-test", holdout=0.5))
+        fit_bundle(_cfg(data, tmp_path / "b", method="mean-distance-test", holdout=0.5, folds=0))
     assert not (tmp_path / "b").exists()
-    result = fit_bundle(_cfg(data, tmp_path / "b", method="mean-distance-test", holdout=0.5, drop_outliers=True))
+    result = fit_bundle(_cfg(data, tmp_path / "b", method="mean-distance-test", holdout=0.5, drop_outliers=True,
+                             folds=0))
     m = result.manifest
     dropped = m.training.params["holdout_outliers"]
     assert sorted(o["file"] for o in dropped) == ["odd_0.png", "odd_1.png"]  # type: ignore[union-attr]
@@ -305,8 +314,22 @@ def test_holdout_outliers_stop_the_fit_or_are_dropped_and_named(tmp_path: Path) 
     assert m.models["fp32"].threshold.value < min(o["score"] for o in dropped)  # type: ignore[union-attr]
 
 
+def test_training_outliers_stop_a_cross_fit_or_are_dropped_from_model_and_threshold(tmp_path: Path) -> None:
+    """Cross-fitting scores every training image out of fold, so an odd one among them is found too, and
+    dropping it leaves it out of the model as well as the threshold."""
+    data = write_good(tmp_path / "good", 24, odd=1)
+    with pytest.raises(FitError, match=r"1 of 25 good training images score far above .*odd_0.png"):
+        fit_bundle(_cfg(data, tmp_path / "b", method="mean-distance-test"))
+    assert not (tmp_path / "b").exists()
+    result = fit_bundle(_cfg(data, tmp_path / "b", method="mean-distance-test", drop_outliers=True))
+    m = result.manifest
+    assert [o["file"] for o in m.training.params["holdout_outliers"]] == ["odd_0.png"]  # type: ignore[union-attr]
+    assert m.training.count == 24 and m.models["fp32"].threshold.n_images == 24
+    assert any("dropped 1 training image(s)" in w for w in result.warnings)
+
+
 def test_few_holdout_images_come_with_an_interval_that_says_so(good_folder: Path, tmp_path: Path) -> None:
-    result = fit_bundle(_cfg(good_folder, tmp_path / "b"))
+    result = fit_bundle(_cfg(good_folder, tmp_path / "b", folds=0))
     t = result.manifest.models["fp32"].threshold
     assert t.n_images == 2 and t.expected_frr == 0.0
     assert t.frr_interval is not None and t.frr_interval[1] > 0.8  # 2 images promise nothing

@@ -28,11 +28,17 @@ MIN_IMAGES = 8  # good images to train on; fewer gives a model of a handful of p
 
 @dataclass
 class FitOptions:
-    size: int = 128  # model input side in pixels (square)
+    size: int = 128  # model input width in pixels (and height, unless `height` is given)
+    height: int | None = None  # model input height; None: square (size x size)
     seed: int = 0
     epochs: int | None = None  # None: the method's default
     extra: dict[str, Any] = field(default_factory=dict)  # method options from --opt KEY=VALUE
     progress: bool = True  # show a progress bar (tqdm)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(width, height) of the model input."""
+        return self.size, self.height if self.height is not None else self.size
 
 
 @dataclass

@@ -1,22 +1,21 @@
-"""PatchCore on EfficientNet-Lite0 features, exported as ONE ONNX graph the daemon runs like any bundle.
+"""PatchCore on EfficientNet-Lite features, exported as ONE ONNX graph the daemon runs like any bundle.
 
 Why this shape: PatchCore-class detectors are far more accurate than autoencoders on real parts, but
-are usually a big backbone plus a Python/faiss kNN. Here the backbone is the edge-friendly Lite0 and
-the nearest-neighbour search is two matrix ops inside the graph (||a||^2 - 2ab + ||b||^2, then min),
+are usually a big backbone plus a Python/faiss kNN. Here the backbone is an edge-friendly EfficientNet-Lite
+and the nearest-neighbour search is two matrix ops inside the graph (||a||^2 - 2ab + ||b||^2, then min),
 so a bundle is one int8 file with no extra runtime dependency.
 
-Graph: RGB/255 -> Lite0's input normalization ((x-127)/128) -> Lite0 stages -> 3x3 local average -> upsample to the
-finest grid -> concat (-> optional linear projection) -> squared distance to every memory-bank
-patch -> min -> sqrt -> light Gaussian smoothing on the patch grid -> bilinear upsample to the input
-size = anomaly map; image score = max of the map.
+Graph: RGB/255 -> the backbone's input normalization ((x-127)/128) -> its stages -> 3x3 local average ->
+upsample to the finest grid -> concat (-> optional linear projection) -> per-channel scale -> squared
+distance to every memory-bank patch -> min -> sqrt -> light Gaussian smoothing on the patch grid ->
+bilinear upsample to the input size = anomaly map; image score = mean of the top 10% grid cells.
 
-Options (`--opt KEY=VALUE`): layers (default "s5,s6": stride 16 + stride 32, 112 + 192 channels, on the
-stride-16 grid), standardize (default true: each feature channel divided by its spread on the good
-patches, so every channel weighs the same in the distance), coreset (fraction of the training
-patches kept in the memory bank, default 0.03), proj (0 = none, else PCA to that many dims),
-max_patches (random cap on training patches before the coreset, default 200000), coreset_dims
-(random projection for the coreset distances, default 64), sigma (smoothing in input pixels,
-default 4), batch (feature extraction batch, default 16).
+Options (`--opt KEY=VALUE`, table `OPTIONS`): backbone (default lite1), layers (default "s4,s5,s6":
+stride 16 + 16 + 32, 80 + 112 + 192 channels, on the stride-16 grid), standardize (default true: each
+feature channel divided by its spread on the good patches, so every channel weighs the same in the
+distance), coreset (fraction of the training patches kept in the memory bank, default 0.1), top (the
+image score's fraction of highest cells, default 0.1), proj, max_patches, coreset_dims, sigma, batch.
+The input may be any width x height (the pipeline picks it from the training images).
 The choice of defaults and the sweep behind them: docs/patchcore.md.
 """
 
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edged.bundle import InputSpec, OutputSpec
-from tools.backbones import STAGE_OUTPUTS, EfficientNetLite0, Normalize, efficientnet_lite0
+from tools.backbones import STAGE_OUTPUTS, VARIANTS, EfficientNetLite, Normalize, efficientnet_lite, stage_outputs
 from tools.methods.base import FitOptions, Option, QuantizeOptions
 from tools.methods.base import parse_options as base_parse_options
 
@@ -49,9 +48,12 @@ def _layers(value: Any) -> str | None:
 
 
 OPTIONS: dict[str, Option] = {
-    "layers": Option("s5,s6", "backbone stages whose features are compared", check=_layers),
-    "coreset": Option(0.03, "fraction of the training patches kept in the memory bank", low=0.0, low_open=True,
+    "backbone": Option("lite1", "ImageNet backbone: EfficientNet-Lite0, -Lite1 or -Lite2", choices=tuple(VARIANTS)),
+    "layers": Option("s4,s5,s6", "backbone stages whose features are compared", check=_layers),
+    "coreset": Option(0.1, "fraction of the training patches kept in the memory bank", low=0.0, low_open=True,
                       high=1.0),
+    "top": Option(0.1, "image score = mean of this fraction of the highest map cells (0: the maximum)", low=0.0,
+                  high=1.0),
     "proj": Option(0, "0 = none, else PCA to that many dims", low=0, high=4096),
     "max_patches": Option(200_000, "random cap on training patches before the coreset", low=1, high=50_000_000),
     "sigma": Option(4.0, "smoothing of the map in input pixels", low=0.0, high=256.0),
@@ -72,7 +74,7 @@ def parse_options(extra: dict[str, Any]) -> dict[str, Any]:
 class PatchFeatures(nn.Module):
     """Image batch in [0, 1] RGB -> locally aware patch features on the finest chosen grid (N, D, h, w)."""
 
-    def __init__(self, backbone: EfficientNetLite0, layers: list[str], proj: torch.Tensor | None = None,
+    def __init__(self, backbone: EfficientNetLite, layers: list[str], proj: torch.Tensor | None = None,
                  scale: torch.Tensor | None = None) -> None:
         super().__init__()
         self.norm = Normalize()
@@ -112,9 +114,11 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
 class PatchCoreGraph(nn.Module):
     """The whole inference path (what `export_onnx` writes): image -> (score [N], map [N, 1, H, W])."""
 
-    def __init__(self, features: PatchFeatures, bank: torch.Tensor, sigma_cells: float, size: tuple[int, int]) -> None:
+    def __init__(self, features: PatchFeatures, bank: torch.Tensor, sigma_cells: float, size: tuple[int, int],
+                 top: float = 0.0) -> None:
         super().__init__()
         self.features = features
+        self.top = top
         # ||b||^2 - 2 a.b as one MatMul + Add: the -2 is folded into the bank constant.
         self.register_buffer("bank_t", (-2.0 * bank).t().contiguous())  # (D, M)
         self.register_buffer("bank_sq", (bank * bank).sum(1))  # (M,)
@@ -139,8 +143,21 @@ class PatchCoreGraph(nn.Module):
         m = F.conv2d(F.pad(m, [p, p, 0, 0], mode="replicate"), self.blur_h)
         m = F.conv2d(F.pad(m, [0, 0, p, p], mode="replicate"), self.blur_v)
         amap = F.interpolate(m, size=self.size, mode="bilinear", align_corners=False)
-        score = amap.flatten(1).max(dim=1).values
-        return score, amap
+        return self.image_score(m), amap
+
+    def image_score(self, grid: torch.Tensor) -> torch.Tensor:
+        """Mean of the `top` fraction of the highest smoothed grid cells (the maximum when `top` is 0).
+
+        Why not the maximum: one cell is the noisiest statistic of a map, and the good part that scores
+        highest sets the threshold. On the magnetic tiles the mean of the top 10% ranks better than the
+        maximum (image AUROC 0.971 vs 0.964, recall at 1% false rejects 0.68 vs 0.59; docs/patchcore.md)
+        while still a defect of a tenth of the part scores in full.
+        """
+        flat = grid.flatten(1)
+        k = max(1, round(self.top * int(flat.shape[1])))
+        if k == 1:
+            return flat.max(dim=1).values
+        return flat.topk(k, dim=1).values.mean(dim=1)
 
 
 def reference_patch_distances(graph: PatchCoreGraph, x: torch.Tensor) -> torch.Tensor:
@@ -264,16 +281,58 @@ def tail_nodes(model: Any) -> list[str]:
     return [n.name for n in nodes[start + 1:] if n.op_type != "Constant"]
 
 
+FEATURE_CACHE_BYTES = 1_500_000_000  # features kept between fits of one process (cross-fitting's folds)
+
+
+class FeatureCache:
+    """Backbone features of the images one process has seen, so cross-fitting's k fold fits and the final
+    fit extract each image's features once (the backbone is frozen: same image, same features).
+
+    Keyed by the image bytes' digest and the backbone settings; float16, up to `FEATURE_CACHE_BYTES`.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple[Any, ...] | None = None
+        self.items: dict[bytes, torch.Tensor] = {}
+        self.bytes = 0
+
+    def features(self, net: PatchFeatures, key: tuple[Any, ...], images: list[np.ndarray], batch: int,
+                 progress: bool) -> torch.Tensor:
+        """(N, D, h, w) float32 features of `images`, computing only those not cached under `key`."""
+        import hashlib
+
+        if key != self.key:
+            self.key, self.items, self.bytes = key, {}, 0
+        digests = [hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest()
+                   + repr(im.shape).encode() for im in images]
+        missing = [i for i, d in enumerate(digests) if d not in self.items]
+        fresh = extract(net, [images[i] for i in missing], batch, progress=progress) if missing else None
+        if fresh is not None:
+            for j, i in enumerate(missing):
+                if self.bytes + fresh[j].numel() * 2 > FEATURE_CACHE_BYTES:
+                    break
+                self.items[digests[i]] = fresh[j].half()
+                self.bytes += fresh[j].numel() * 2
+        where = {i: j for j, i in enumerate(missing)}
+        return torch.stack([fresh[where[i]] if i in where and fresh is not None else self.items[d].float()
+                            for i, d in enumerate(digests)])
+
+
 class PatchCoreMethod:
     name = "patchcore"
     default_size = 224  # the backbone's native resolution; a pipeline without --size may use it
     min_size = 64  # the stride-32 stage needs a 2x2 grid at least
     max_size = 1024  # 64x64 patches per image: beyond that the feature bank and the kNN outgrow a CPU
     options = OPTIONS
+    non_square = True  # any width x height (convolutions and a kNN per patch)
+
+    def __init__(self) -> None:
+        self.cache = FeatureCache()
 
     def input_spec(self, opts: FitOptions) -> InputSpec:
         # The backbone's normalization is inside the graph, so the input stays plain RGB / 255.
-        return InputSpec(width=opts.size, height=opts.size, channels=3, color_order="rgb",
+        width, height = opts.shape
+        return InputSpec(width=width, height=height, channels=3, color_order="rgb",
                          scale=1.0 / 255.0, mean=(0.0,), std=(1.0,))
 
     def fit(self, images: list[np.ndarray], opts: FitOptions) -> PatchCoreTrained:
@@ -282,8 +341,9 @@ class PatchCoreMethod:
         spec = self.input_spec(opts)
         layers = o["layers"].split(",")
         t0 = time.perf_counter()
-        features = PatchFeatures(efficientnet_lite0(), layers).eval()
-        feats = extract(features, images, o["batch"], progress=opts.progress)
+        features = PatchFeatures(efficientnet_lite(o["backbone"]), layers).eval()
+        key = (o["backbone"], o["layers"], spec.width, spec.height)
+        feats = self.cache.features(features, key, images, o["batch"], opts.progress)
         n, d, h, w = feats.shape
         patches = feats.permute(0, 2, 3, 1).reshape(-1, d)
         del feats
@@ -309,10 +369,10 @@ class PatchCoreMethod:
         idx = greedy_coreset(patches, k, dims=o["coreset_dims"], seed=opts.seed, progress=opts.progress)
         bank = patches[idx].clone()
         t_core = time.perf_counter() - t1
-        stride = min(STAGE_OUTPUTS[s][1] for s in layers)
-        graph = PatchCoreGraph(features, bank, o["sigma"] / stride, (spec.height, spec.width)).eval()
+        stride = min(stage_outputs(o["backbone"])[s][1] for s in layers)
+        graph = PatchCoreGraph(features, bank, o["sigma"] / stride, (spec.height, spec.width), o["top"]).eval()
         params = {**o, "grid": [h, w], "feature_dims": int(bank.shape[1]), "train_patches": int(total),
-                  "bank_size": int(bank.shape[0]), "backbone": "efficientnet-lite0 (ImageNet)",
+                  "bank_size": int(bank.shape[0]), "backbone": f"efficientnet-{o['backbone']} (ImageNet)",
                   "feature_seconds": round(t_feat, 1), "coreset_seconds": round(t_core, 1)}
         log.info("patchcore: %d images, %d patches of %d dims on a %dx%d grid -> bank of %d (features %.0f s, "
                  "coreset %.0f s)", n, total, bank.shape[1], h, w, bank.shape[0], t_feat, t_core)
