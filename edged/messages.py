@@ -129,6 +129,8 @@ class TriggerAdmission:
 
     def admit(self, triggers: list[Trigger], now: float | None = None) -> list[Trigger]:
         now = time.time() if now is None else now
+        if not triggers:
+            return []
         if len(self._until) + len(triggers) > self.limit:
             self._until = {k: d for k, d in self._until.items() if d > now}
         fresh = [t for t in triggers if self._until.get((t.camera, t.part_id), 0.0) <= now]

@@ -275,8 +275,10 @@ class MqttLink(threading.Thread):
         """A paho network thread that ended without telling us (a bug in paho on odd input): the link
         would look connected while nothing moves. Count it and start over with a fresh client."""
         client = self._client
-        thread = getattr(client, "_thread", None) if client is not None else None
-        if thread is None or thread.is_alive() or self._lost.is_set():
+        if client is None or self._lost.is_set():
+            return
+        thread = getattr(client, "_thread", None)  # paho sets it to None when its thread ends, however
+        if thread is not None and thread.is_alive():
             return
         self.paho_restarts += 1
         log.error("MQTT network thread ended unexpectedly (%d so far): reconnecting with a fresh client",

@@ -181,7 +181,7 @@ class Service:
             if now >= next_status or len(self._dead) != deaths:  # a death is reported at once
                 next_status = now + interval
                 self._supervised("status", self._report)
-            if self.link is not None and now >= next_stats:
+            if self.link is not None and self.mqtt_announce and now >= next_stats:  # a replay's are not the station's
                 next_stats = now + self.config.mqtt.stats_interval_s
                 self._supervised("stats", lambda: self.link.send("stats", self.stats_message()))  # type: ignore[union-attr]
             if self._dead_since is not None and now - self._dead_since >= self.config.health.heartbeat_timeout_s:

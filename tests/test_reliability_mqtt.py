@@ -484,3 +484,40 @@ def test_a_camera_password_never_leaves_the_process(tmp_path: Path, tiny_bundle:
         assert secret not in text, f"the camera password is in {where}"
     masked = "rtsp://operator:***@127.0.0.1"
     assert masked in health_text and masked in stats and masked in status.stdout and masked in check.stdout
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the injected death
+def test_a_dead_paho_thread_is_noticed_and_replaced(tmp_path: Path, tiny_bundle: Path, broker: Broker,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Fault injection: paho's network thread ends (as a bug in paho on odd input would end it) without
+    a disconnect callback. The link must not look connected while nothing moves: it starts over."""
+    cfg = triggered_config(tmp_path, tiny_bundle, broker.port)
+    sub = Subscriber(broker.port, [f"{BASE}/result"])
+    plc = Publisher(broker.port)
+    caplog.set_level(logging.INFO)
+    runner = ServiceRunner(cfg).start()
+    service = runner.service
+    try:
+        wait_until(lambda: service.link is not None and service.link.connected, 20, "connected")
+        link = service.link
+        assert link is not None
+        client = link._client
+        assert client is not None
+
+        def die(*args: object) -> None:
+            raise SystemExit  # not an Exception: nothing in paho or in our guard catches it; the thread ends
+
+        client.on_message = die
+        plc.trigger("kills-the-thread", camera="cam1")
+        wait_until(lambda: link.paho_restarts == 1, 10, "the dead thread noticed")
+        wait_until(lambda: link.connected and link._client is not client, 10, "a fresh connection")
+        plc.trigger("after", camera="cam1")
+        answered(sub, ["after"])
+        health_file = cfg.storage.state_dir / "health.json"
+        wait_until(lambda: json.loads(health_file.read_text())["mqtt"]["paho_restarts"] == 1, 10, "health")
+    finally:
+        plc.close()
+        runner.stop()
+        sub.close()
+    assert any("MQTT network thread ended unexpectedly" in r.getMessage() for r in caplog.records
+               if r.levelno >= logging.ERROR)
