@@ -1,15 +1,16 @@
 """Two hard test sets in the MVTec AD layout, made from what this machine has, to check that the training
 defaults are not tuned to the magnetic tiles:
 
-* ``gravel``: crops of a real photograph of gravel (scikit-image's ``data.gravel()``, shipped in its
-  wheel): a busy natural texture where defects are faint. Training and good test crops come from
-  disjoint parts of the photo; brightness and contrast jitter by a few percent, as a lamp would.
-  Defects: a faint scratch (+-18 gray levels, 1-2 px), a patch of another real texture (``data.grass()``,
-  foreign material), a smudge (the area blurred), a small dark pit; masks are exact.
+* ``stones``: a busy stone-like texture (random cells with their own shade, darker seams, grain), made
+  fresh for every image so that no two parts share pixels (crops of one photograph would: a test crop
+  overlapping a training crop is no new part, and out-of-fold scores of overlapping crops are
+  optimistic). Brightness and contrast jitter by a few percent, as a lamp would. Defects are faint: a
+  scratch (+-35 gray levels, 1-2 px), a patch of a real photo of grass (scikit-image's ``data.grass()``,
+  shipped in its wheel: foreign material), a smudge (the area blurred), a small dark pit; masks exact.
 * ``rail``: long narrow color parts (384 x 96 px, the synthetic line of `tools.synth` at a 4:1 aspect)
   with small low-contrast defects, to check that a long part keeps its aspect end to end.
 
-    python scripts/make_hard_sets.py /tmp/hard      # -> /tmp/hard/gravel, /tmp/hard/rail
+    python scripts/make_hard_sets.py /tmp/hard      # -> /tmp/hard/stones, /tmp/hard/rail
 
 Benchmark aid (docs/patchcore.md): the test suite makes its own small images.
 """
@@ -34,15 +35,6 @@ def _jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(image.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
 
 
-def _crop(photo: np.ndarray, rng: np.random.Generator, rows: tuple[int, int]) -> np.ndarray:
-    y = int(rng.integers(rows[0], rows[1] - CROP))
-    x = int(rng.integers(0, photo.shape[1] - CROP))
-    crop = photo[y:y + CROP, x:x + CROP]
-    if rng.random() < 0.5:
-        crop = crop[:, ::-1]
-    return np.ascontiguousarray(crop)
-
-
 def _defect(image: np.ndarray, kind: str, rng: np.random.Generator, foreign: np.ndarray,
             ) -> tuple[np.ndarray, np.ndarray]:
     out = image.astype(np.float32)
@@ -53,7 +45,7 @@ def _defect(image: np.ndarray, kind: str, rng: np.random.Generator, foreign: np.
         angle, length = rng.uniform(0, np.pi), rng.uniform(0.25, 0.5) * w
         end = (int(cx + length * np.cos(angle)), int(cy + length * np.sin(angle)))
         cv2.line(mask, (cx, cy), end, 255, int(rng.integers(1, 3)))
-        out[mask > 0] += 18.0 if rng.random() < 0.5 else -18.0
+        out[mask > 0] += 35.0 if rng.random() < 0.5 else -35.0
     elif kind == "foreign":
         r = int(rng.integers(10, 18))
         fy, fx = int(rng.integers(0, foreign.shape[0] - 2 * r)), int(rng.integers(0, foreign.shape[1] - 2 * r))
@@ -66,32 +58,48 @@ def _defect(image: np.ndarray, kind: str, rng: np.random.Generator, foreign: np.
     elif kind == "smudge":
         axes = (int(rng.integers(12, 24)), int(rng.integers(8, 16)))
         cv2.ellipse(mask, (cx, cy), axes, float(rng.uniform(0, 180)), 0, 360, 255, -1)
-        blurred = cv2.GaussianBlur(out, (0, 0), 3.0)
+        blurred = cv2.GaussianBlur(out, (0, 0), 4.0)
         out[mask > 0] = blurred[mask > 0]
     else:  # pit
         r = int(rng.integers(3, 6))
         cv2.circle(mask, (cx, cy), r, 255, -1)
-        out[mask > 0] *= 0.55
+        out[mask > 0] *= 0.4
     return np.clip(out, 0, 255).astype(np.uint8), mask
 
 
-def write_gravel(root: Path, n_train: int = 200, n_good: int = 60, n_defect: int = 80, seed: int = 0) -> Path:
+def stones(rng: np.random.Generator, size: int = CROP, cells: int = 90) -> np.ndarray:
+    """A gray stone-like texture: Voronoi cells shaded on their own, darker seams, fine grain."""
+    centers = rng.uniform(-8, size + 8, (cells, 2)).astype(np.float32)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    d = (xs[..., None] - centers[:, 0]) ** 2 + (ys[..., None] - centers[:, 1]) ** 2
+    order = np.argsort(d, axis=2)[..., :2]
+    nearest = order[..., 0]
+    d1 = np.sqrt(np.take_along_axis(d, order[..., :1], 2)[..., 0])
+    d2 = np.sqrt(np.take_along_axis(d, order[..., 1:2], 2)[..., 0])
+    shade = rng.uniform(90, 190, cells).astype(np.float32)[nearest]
+    tilt = rng.normal(0, 0.8, (cells, 2)).astype(np.float32)
+    shade += tilt[nearest, 0] * (xs - centers[nearest, 0]) + tilt[nearest, 1] * (ys - centers[nearest, 1])
+    seam = np.clip((d2 - d1) / 3.0, 0, 1)
+    image = shade * (0.45 + 0.55 * seam) + cv2.GaussianBlur(rng.normal(0, 6, (size, size)).astype(np.float32),
+                                                           (0, 0), 0.8)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_stones(root: Path, n_train: int = 200, n_good: int = 60, n_defect: int = 80, seed: int = 0) -> Path:
     from skimage import data
 
-    photo, foreign = data.gravel(), data.grass()
+    foreign = data.grass()
     rng = np.random.default_rng(seed)
-    split = int(photo.shape[0] * 0.6)  # train crops above, test crops below: no shared pixels
     (root / "train" / "good").mkdir(parents=True, exist_ok=True)
     for i in range(n_train):
-        cv2.imwrite(str(root / "train" / "good" / f"{i:04d}.png"), _jitter(_crop(photo, rng, (0, split)), rng))
+        cv2.imwrite(str(root / "train" / "good" / f"{i:04d}.png"), _jitter(stones(rng), rng))
     (root / "test" / "good").mkdir(parents=True, exist_ok=True)
     for i in range(n_good):
-        cv2.imwrite(str(root / "test" / "good" / f"{i:04d}.png"),
-                    _jitter(_crop(photo, rng, (split, photo.shape[0])), rng))
+        cv2.imwrite(str(root / "test" / "good" / f"{i:04d}.png"), _jitter(stones(rng), rng))
     kinds = ("scratch", "foreign", "smudge", "pit")
     for i in range(n_defect):
         kind = kinds[i % len(kinds)]
-        image, mask = _defect(_jitter(_crop(photo, rng, (split, photo.shape[0])), rng), kind, rng, foreign)
+        image, mask = _defect(_jitter(stones(rng), rng), kind, rng, foreign)
         for folder, arr, name in (("test", image, f"{i:04d}.png"), ("ground_truth", mask, f"{i:04d}_mask.png")):
             (root / folder / kind).mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(root / folder / kind / name), arr)
@@ -106,7 +114,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
     a = ap.parse_args()
-    print(write_gravel(a.out / "gravel"))
+    print(write_stones(a.out / "stones"))
     print(write_rail(a.out / "rail"))
 
 

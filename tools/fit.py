@@ -728,6 +728,10 @@ def _parity(scores: dict[str, dict[str, Any]], test_recs: list[Record], quantize
             parity["warning"] = (f"int8 loses {loss:.3f} image AUROC on the {basis} ({check['auroc_fp32']:.3f} -> "
                                  f"{check['auroc_int8']:.3f}), more than the tolerance {tol}: the manifest keeps fp32 "
                                  f"as the default")
+        elif r is not None and r < INT8_MIN_CORRELATION:
+            parity["warning"] = (f"int8 scores follow fp32 only loosely on the {basis} (correlation {r:.3f}, below "
+                                 f"{INT8_MIN_CORRELATION}): the same AUROC by chance, not the same model; the "
+                                 f"manifest keeps fp32 as the default")
         else:
             parity["decision"] = (f"int8: image AUROC on the {basis} {check['auroc_fp32']:.4f} (fp32) -> "
                                   f"{check['auroc_int8']:.4f} (int8), loss within the tolerance {tol}"

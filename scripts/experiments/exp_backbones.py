@@ -66,7 +66,7 @@ def main() -> None:
         spec = METHOD.input_spec(FitOptions(size=size))
         train, test, labels, masks = load(a.data, spec)
         for variant in a.variants:
-            cache = Path(f"/tmp/pc/bb_{variant}_{size}.pt")
+            cache = Path(f"/tmp/pc/bb_{a.data.name}_{variant}_{size}.pt")
             t0 = time.perf_counter()
             if cache.exists():
                 ftr, fte = torch.load(cache)

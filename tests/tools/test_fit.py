@@ -150,6 +150,12 @@ def test_int8_that_loses_ranking_is_not_the_default() -> None:
     broken = {"hold": fine["hold"], "test": rng.permutation(fp32_test)}
     parity, default = _parity({"fp32": fine, "int8": broken}, labels_good + labels_bad, True, cfg)
     assert default == "fp32" and "int8 loses" in parity["warning"]
+    # the same ranking of good vs bad, but scores shuffled within each group: AUROC kept, correlation lost
+    shuffled = np.r_[rng.permutation(fp32_test[:20]), rng.permutation(fp32_test[20:])]
+    loose = {"hold": fine["hold"], "test": shuffled}
+    parity, default = _parity({"fp32": fine, "int8": loose}, labels_good + labels_bad, True, cfg)
+    assert parity["test"]["auroc_change"] == 0.0
+    assert default == "fp32" and "follow fp32 only loosely" in parity["warning"]
 
 
 # --- issue 21: validation before work, safe output, outliers, bit depth ---------------------------------------------

@@ -320,7 +320,7 @@ class FeatureCache:
 
 class PatchCoreMethod:
     name = "patchcore"
-    default_size = 224  # the backbone's native resolution; a pipeline without --size may use it
+    default_size = 160  # the pixel budget (160 x 160 = 25600 px, at the image aspect): docs/patchcore.md
     min_size = 64  # the stride-32 stage needs a 2x2 grid at least
     max_size = 1024  # 64x64 patches per image: beyond that the feature bank and the kNN outgrow a CPU
     options = OPTIONS
