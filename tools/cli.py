@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-test-check", action="store_true",
                    help="do not score the data's test split to measure the int8 AUROC loss")
     _add_outlier_arg(p, "hold-out")
+    p.add_argument("--choose", action="store_true",
+                   help="fit a few configurations and keep the one that ranks the data's defect images "
+                        "(test/<defect>) best; the manifest and evaluate then say it was chosen on them")
     p.add_argument("--bit-depth", type=int, choices=(8, 10, 12, 14, 16), default=None,
                    help="significant bits of 16-bit images (default: detected from the data)")
 
@@ -251,7 +254,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
                     drop_outliers=args.drop_outliers, bit_depth=args.bit_depth)
     if args.int8_tolerance is not None:
         cfg.int8_auroc_tolerance = args.int8_tolerance
-    result = fit_bundle(cfg)
+    if args.choose:
+        from tools.choose import choose_and_fit
+
+        result = choose_and_fit(cfg, fit_bundle)
+    else:
+        result = fit_bundle(cfg)
     m = result.manifest
     print(f"bundle {m.bundle_id} -> {result.bundle} ({result.seconds:.1f} s)")
     for precision, entry in m.models.items():
@@ -259,6 +267,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(f"  {precision}: {entry.file}  threshold {t.value:.6g} ({t.method} {t.percentile or t.target_frr}, "
               f"{t.n_images} calibration images, {frr_text(t)})")
     print(f"  default: {m.default}  ({m.quantization.get('default_reason', '')})")
+    verification = m.training.params.get("verification")
+    if isinstance(verification, dict):
+        chosen = verification.get("chosen_on_these_images")
+        print(f"  defect images ({'chosen on' if chosen else 'verify only'}): {verification['summary']}")
+    choice = m.training.params.get("choice")
+    if isinstance(choice, dict):
+        for row in choice["candidates"]:
+            mark = "*" if row["candidate"] == choice["chosen"] else " "
+            print(f"  {mark} {row['candidate']}: cross-validated AUROC {row['crossval_auroc']:.4f}, recall "
+                  f"{100 * row['recall_at_threshold']:.1f}%")
+        print(f"  chosen: {choice['chosen']} ({choice['why']})")
     for w in result.warnings:
         print(f"WARNING: {w}", file=sys.stderr)
     return EXIT_OK
@@ -294,6 +313,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"pixel AUROC {fmt(report['pixel_auroc'])}, AUPRO {fmt(report['aupro'])}, FRR {fmt(report['frr'])}, "
           f"recall {fmt(report['recall'])}, recall@1%FRR {fmt(report['recall_at_1pct_frr'])}, "
           f"ms/image fp32 {fmt(report['ms_per_image_fp32'])} int8 {fmt(report['ms_per_image_int8'])}")
+    if report.get("chosen_on_these_defects"):
+        print("NOTE: this bundle was chosen (fit --choose) on these very defect images: the figures above are "
+              "optimistic", file=sys.stderr)
     print(f"report: {Path(args.report) / 'report.html'}")
     return EXIT_OK
 

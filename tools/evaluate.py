@@ -144,6 +144,13 @@ def perturbations(seed: int = 0) -> dict[str, Callable[[np.ndarray, int], np.nda
         rng = np.random.default_rng([seed, i, 1])
         return np.clip(im.astype(np.float32) + rng.normal(0, 8.0, im.shape), 0, 255).astype(np.uint8)
 
+    def jpeg(quality: int) -> Callable[[np.ndarray, int], np.ndarray]:
+        """Through a camera's or a stream's lossy encoding (MJPG, H.264 behave alike: blocks, ringing)."""
+        def encode(im: np.ndarray, i: int) -> np.ndarray:
+            ok, buf = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else im
+        return encode
+
     def occlusion(im: np.ndarray, i: int) -> np.ndarray:
         rng = np.random.default_rng([seed, i, 2])
         h, w = im.shape[:2]
@@ -159,6 +166,7 @@ def perturbations(seed: int = 0) -> dict[str, Callable[[np.ndarray, int], np.nda
     return {
         "strong light (x1.4)": brightness(1.4), "low light (x0.6)": brightness(0.6),
         "gamma 0.7": gamma(0.7), "gamma 1.5": gamma(1.5), "blur": blur, "noise (sigma 8)": noise,
+        "JPEG quality 75": jpeg(75), "JPEG quality 50": jpeg(50),
         "occlusion (20-35% from a border)": occlusion,
     }
 
@@ -276,7 +284,12 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, report_dir: str | Path
                    "includes": "preprocessing + inference via edged.detector.Detector, batch 1"},
         "input": f"{manifest.input.width}x{manifest.input.height} {manifest.input.color_order}",
         "robustness": None,
+        "chosen_on_these_defects": chosen_on(manifest, records, Path(data)),
     }
+    if result["chosen_on_these_defects"]:
+        log.warning("!!! bundle %s was chosen (edged-train fit --choose) on the defect images it is evaluated on: "
+                    "its recall and AUROC here are optimistic; judge it on defect images it has not seen",
+                    manifest.bundle_id)
     if robustness:
         result["robustness"] = _robustness(detector, images, labels, threshold, progress)
     result["seconds"] = round(time.perf_counter() - t0, 1)
@@ -286,6 +299,16 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, report_dir: str | Path
     if write_html:
         report_mod.write_report(report_dir, result, images, records, scores, maps, masks, detector)
     return result
+
+
+def chosen_on(manifest: Any, records: Sequence[Record], root: Path) -> bool:
+    """True when `fit --choose` picked this bundle on exactly these defect images."""
+    from tools.dataset import file_list_sha256
+
+    v = manifest.training.params.get("verification")
+    if not isinstance(v, dict) or not v.get("chosen_on_these_images"):
+        return False
+    return v.get("defect_files_sha256") == file_list_sha256([r for r in records if not r.is_good], root)
 
 
 def _at(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:

@@ -145,6 +145,7 @@ class FitConfig:
     # k-fold cross-fitting (tools/crossfit.py): every good image trains and calibrates; 0: a hold-out split
     folds: int = crossfit.DEFAULT_FOLDS
     auto_size: bool = False  # choose the input width x height from the training images (tools/input_size.py)
+    size_budget: int | None = None  # with auto_size: about this many px square (None: the method's default_size)
 
 
 @dataclass
@@ -277,7 +278,7 @@ def check_fit(cfg: FitConfig) -> FitPlan:
 def _sized_from_data(cfg: FitConfig, method: Method, records: list[Record]) -> FitConfig:
     """Set the options' width x height from a sample of the training images (`tools.input_size`)."""
     low, high = size_limits(method)
-    base_side = int(getattr(method, "default_size", cfg.options.size))
+    base_side = cfg.size_budget or int(getattr(method, "default_size", cfg.options.size))
     shapes = input_size.sample_shapes(records, seed=cfg.options.seed)
     width, height = input_size.choose(shapes, base_side, low, high, bool(getattr(method, "non_square", False)))
     cfg.options.size, cfg.options.height = width, height
@@ -634,6 +635,10 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
         parity, default = _parity(scores, test_recs, int8_file != export.FP32_FILE, cfg)
         if parity.get("warning"):
             warnings.append(parity["warning"])
+        verification = verify_on_defects(scores[default]["test"], test_recs, final_entries[default][1].value,
+                                         scores[default]["hold"], ds.root)
+        if verification:
+            log.info("defect images (verification only, nothing was chosen on them): %s", verification["summary"])
         quant["parity"] = parity
         quant["default_reason"] = parity.get("decision", "")
 
@@ -651,6 +656,7 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
             "holdout_outliers_dropped": bool(outliers),
             "bit_depth": spec.bit_depth,
             "train_seconds": round(train_seconds, 1),
+            "verification": verification,
         })})
         manifest = export.build_manifest(tmp, cfg.method, spec, trained.outputs, final_entries, default, training,
                                          quant, runtimes=runtimes)
@@ -662,6 +668,43 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
     seconds = time.perf_counter() - t_start
     log.info("bundle %s written to %s in %.1f s (default %s)", manifest.bundle_id, out, seconds, manifest.default)
     return FitResult(out, manifest, seconds, parity, warnings)
+
+
+def verify_on_defects(scores: np.ndarray, records: list[Record], threshold: float,
+                      calibration_scores: np.ndarray | None = None, root: Path | None = None,
+                      ) -> dict[str, Any] | None:
+    """What the bundle's own threshold does on the data's labelled test images (`test/<defect>`): recall per
+    defect type and false rejects among the test's good parts. Verification only: fit chooses nothing
+    on these images (`--choose` does, and then says so), so the figures are honest estimates.
+
+    ``calibration_scores`` (the out-of-fold or hold-out good scores) against the defects' scores give
+    ``crossval_auroc``: a ranking figure that uses no test good part, the one `--choose` compares."""
+    if not records or len(scores) != len(records) or all(r.is_good for r in records):
+        return None
+    s = np.asarray(scores, dtype=np.float64)
+    rejected = s > threshold
+    labels = sorted({r.label for r in records if not r.is_good})
+    good = np.array([r.is_good for r in records])
+    per_defect = {}
+    for label in labels:
+        sel = np.array([r.label == label for r in records])
+        per_defect[label] = {"n": int(sel.sum()), "recall": float(np.mean(rejected[sel]))}
+    out: dict[str, Any] = {
+        "threshold": threshold, "n_defective": int((~good).sum()), "n_good": int(good.sum()),
+        "recall": float(np.mean(rejected[~good])),
+        "frr": float(np.mean(rejected[good])) if good.any() else None,
+        "image_auroc": _auroc((~good).astype(int), s),
+        "per_defect": per_defect, "chosen_on_these_images": False,
+        "defect_files_sha256": file_list_sha256([r for r in records if not r.is_good], root or Path("/")),
+    }
+    if calibration_scores is not None and len(calibration_scores):
+        d = s[~good]
+        y = np.r_[np.zeros(len(calibration_scores)), np.ones(len(d))]
+        out["crossval_auroc"] = _auroc(y.astype(int), np.r_[np.asarray(calibration_scores, np.float64), d])
+    frr = f", false rejects on the test's good parts {100 * out['frr']:.1f}%" if out["frr"] is not None else ""
+    out["summary"] = (f"recall at the threshold {100 * out['recall']:.1f}% of {out['n_defective']} ("
+                      + ", ".join(f"{k} {100 * v['recall']:.0f}%" for k, v in per_defect.items()) + f"){frr}")
+    return out
 
 
 OPENCV_CHECK_IMAGES = 8

@@ -373,3 +373,51 @@ def test_unsupported_image_types_are_named_and_skipped(tmp_path: Path, caplog: p
         assert len(skipped) >= 2, (name, skipped)  # train/good (train or hold-out) and the test images
         assert all(f"unsupported pixel type {kind}" in m for m in skipped), skipped
     assert result.manifest.training.count + result.manifest.training.holdout == 16
+
+
+def test_defect_images_verify_the_threshold_and_choose_nothing(band_bundle: Path, synth_data: Path) -> None:
+    """With test/<defect> folders, fit reports what its own threshold does on them, per defect type."""
+    from tools.dataset import load_dataset
+
+    v = load_manifest(band_bundle).training.params["verification"]
+    assert isinstance(v, dict)
+    labels = {r.label for r in load_dataset(synth_data).test if not r.is_good}
+    assert set(v["per_defect"]) == labels and v["n_defective"] == 9 and v["n_good"] == 8
+    assert v["recall"] > 0.5 and v["frr"] is not None and v["chosen_on_these_images"] is False
+    assert v["threshold"] == load_manifest(band_bundle).models[load_manifest(band_bundle).default].threshold.value
+    assert "recall at the threshold" in v["summary"]
+
+
+def test_choose_keeps_the_candidate_that_ranks_the_defects_best_and_evaluate_says_so(
+        synth_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--choose fits each candidate, keeps the best by cross-validated AUROC, records the table and why;
+    evaluate on the same defect images warns that its figures are optimistic."""
+    from tools import choose
+    from tools.evaluate import evaluate_bundle
+
+    monkeypatch.setitem(choose.CANDIDATES, "band-test", (
+        choose.Candidate("default"), choose.Candidate("mean distance", budget=48)))
+    cfg = _cfg(synth_data, tmp_path / "b", size=64, folds=2, auto_size=True)
+    result = choose.choose_and_fit(cfg, fit_bundle)
+    m = load_manifest(tmp_path / "b")
+    choice = m.training.params["choice"]
+    rows = choice["candidates"]  # type: ignore[index]
+    assert [r["candidate"] for r in rows] == ["default", "mean distance"]
+    best = max(rows, key=lambda r: r["crossval_auroc"])
+    assert choice["chosen"] == best["candidate"] and "cross-validated" in choice["why"]  # type: ignore[index]
+    assert m.training.params["verification"]["chosen_on_these_images"] is True  # type: ignore[index]
+    assert result.bundle == tmp_path / "b" and sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    report = evaluate_bundle(tmp_path / "b", synth_data, tmp_path / "r", progress=False, write_html=False,
+                             timing_images=0)
+    assert report["chosen_on_these_defects"] is True
+    plain = fit_bundle(_cfg(synth_data, tmp_path / "p", size=64, folds=2)).bundle
+    assert evaluate_bundle(plain, synth_data, tmp_path / "r2", progress=False, write_html=False,
+                           timing_images=0)["chosen_on_these_defects"] is False
+
+
+def test_choose_without_defect_images_is_a_clear_error(good_folder: Path, tmp_path: Path) -> None:
+    from tools import choose
+
+    with pytest.raises(choose.ChooseError, match="needs defect images"):
+        choose.choose_and_fit(_cfg(good_folder, tmp_path / "b", folds=2), fit_bundle)
+    assert not (tmp_path / "b").exists()
