@@ -300,6 +300,11 @@ class MqttLink(threading.Thread):
                                properties=props)
             else:
                 client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
+        except ssl.SSLError as exc:  # (an OSError) the broker is there; retrying at once will not help
+            self._next_attempt = time.monotonic() + self._problem_delay(
+                "refused", f"TLS handshake failed ({exc}): check mqtt.tls (ca_file, cert_file, key_file) against "
+                           "the broker's certificate, CA and host name")
+            return
         except (OSError, ValueError) as exc:
             self._attempt += 1
             delay = reconnect_delay(self._attempt, self.cfg.reject_ttl_ms, self._rng)

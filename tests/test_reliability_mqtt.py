@@ -521,3 +521,64 @@ def test_a_dead_paho_thread_is_noticed_and_replaced(tmp_path: Path, tiny_bundle:
         sub.close()
     assert any("MQTT network thread ended unexpectedly" in r.getMessage() for r in caplog.records
                if r.levelno >= logging.ERROR)
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def _certificate(folder: Path, name: str, ca: str | None, ip: str | None = None) -> None:
+    """An EC key and a certificate: self-signed when `ca` is None, else signed by that CA."""
+    key, crt = folder / f"{name}.key", folder / f"{name}.crt"
+    if ca is None:
+        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", f"/CN={name}")
+        return
+    csr, ext = folder / f"{name}.csr", folder / f"{name}.ext"
+    ext.write_text(f"subjectAltName=IP:{ip}\n" if ip else "basicConstraints=CA:FALSE\n")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
+             "-out", str(csr), "-subj", f"/CN={name}")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(folder / f"{ca}.crt"), "-CAkey", str(folder / f"{ca}.key"),
+             "-CAcreateserial", "-out", str(crt), "-days", "2", "-extfile", str(ext))
+
+
+@pytest.mark.parametrize("who", ["broker refuses ours", "we refuse the broker's"])
+def test_a_certificate_refused_either_way_is_reported_clearly_once(
+        tmp_path: Path, tiny_bundle: Path, caplog: pytest.LogCaptureFixture, who: str) -> None:
+    """The broker refusing our client certificate closes the connection before CONNACK; our refusing its
+    certificate fails the handshake. Either way: one clear error, a backoff, inspection goes on."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    _certificate(certs, "ca", None)
+    _certificate(certs, "server", "ca", ip="127.0.0.1")
+    _certificate(certs, "rogue-ca", None)
+    # ours signed by a CA the broker does not trust; or we trust only the rogue CA, not the broker's
+    _certificate(certs, "client", "rogue-ca" if who == "broker refuses ours" else "ca")
+    trusted = certs / ("ca.crt" if who == "broker refuses ours" else "rogue-ca.crt")
+    work = tmp_path / "broker"
+    work.mkdir()
+    broker = Broker(work)
+    broker.conf.write_text(broker.conf.read_text() + f"cafile {certs / 'ca.crt'}\ncertfile {certs / 'server.crt'}\n"
+                           f"keyfile {certs / 'server.key'}\nrequire_certificate true\n")
+    broker.start()
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 40, {5})
+    tls = (f"tls: {{enabled: true, ca_file: {trusted}, cert_file: {certs / 'client.crt'}, "
+           f"key_file: {certs / 'client.key'}}}")
+    cfg = load_config(write_config(tmp_path / "edged.yaml", tiny_bundle, video, tmp_path / "state", broker.port,
+                                   extra_camera="    loop: true\n    realtime: true\n    fps: 20", mqtt_extra=tls))
+    caplog.set_level(logging.INFO)
+    runner = ServiceRunner(cfg).start()
+    try:
+        wait_until(lambda: runner.service.link is not None and runner.service.link.connect_refusals >= 2, 20,
+                   "two refused attempts")
+        inspected = runner.service.counters.inspected
+        wait_until(lambda: runner.service.counters.inspected > inspected, 10, "inspection going on meanwhile")
+    finally:
+        runner.stop()
+        broker.stop()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and "MQTT" in r.getMessage()]
+    assert len(errors) == 1, errors
+    expected = ("closed the connection before acknowledging it" if who == "broker refuses ours" else
+                "TLS handshake failed ([SSL: CERTIFICATE_VERIFY_FAILED]")
+    assert expected in errors[0] and ("client certificate" in errors[0] or "mqtt.tls" in errors[0]), errors
