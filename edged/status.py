@@ -277,7 +277,22 @@ def check_health(health: dict[str, Any], config: Config, now: float) -> tuple[li
     if invalid:
         warnings.append(f"{int(invalid)} frame(s) not inspected: the model's output was NaN or infinite (a broken "
                         "model or bundle?)")
+    warnings.extend(_mqtt_warnings(health.get("mqtt")))
     return problems, warnings
+
+
+def _mqtt_warnings(mqtt: Any) -> list[str]:
+    """What came in over MQTT or what the broker did, for the technician (the daemon carried on)."""
+    if not isinstance(mqtt, dict):
+        return []
+    out = []
+    if _num(mqtt.get("callback_errors")) or _num(mqtt.get("paho_restarts")):
+        out.append(f"MQTT: {_int(mqtt.get('callback_errors'))} callback error(s), {_int(mqtt.get('paho_restarts'))} "
+                   "network thread restart(s): see the log (journalctl -u edged -p err)")
+    if _num(mqtt.get("connect_refusals")) or _num(mqtt.get("session_takeovers")):
+        out.append(f"MQTT: the broker refused or dropped {_int(mqtt.get('connect_refusals'))} connection(s); "
+                   f"{_int(mqtt.get('session_takeovers'))} session takeover(s) by another client with our client id")
+    return out
 
 
 def disk_full(folder: Path) -> bool:
@@ -308,6 +323,11 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
         _line(out, "latency", f"p50 {fmt_ms(lat.get('p50'))}   p99 {fmt_ms(lat.get('p99'))}   (all cameras)")
         _line(out, "broker", f"{h.get('broker', '?')}   outbox backlog {_int(h.get('outbox_backlog'))}   "
                              f"expired {_int(h.get('expired'))}   delivered {_int(h.get('delivered'))}")
+        mqtt = h.get("mqtt") if isinstance(h.get("mqtt"), dict) else {}
+        if mqtt:
+            _line(out, "mqtt in", f"refused {_int(mqtt.get('refused'))}   triggers outstanding "
+                                  f"{_int(mqtt.get('triggers_outstanding'))}   callback errors "
+                                  f"{_int(mqtt.get('callback_errors'))}")
         _line(out, "inspected", f"{_int(h.get('inspected'))}   parts {_int(h.get('parts'))}   rejects "
                                 f"{_int(h.get('rejects'))}   (since start)")
         by_reason = h.get("rejects_by_reason") if isinstance(h.get("rejects_by_reason"), dict) else {}

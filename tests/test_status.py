@@ -310,3 +310,16 @@ def test_a_stale_health_file_on_a_full_disk_says_disk_full_not_hung(tmp_path: Pa
         assert rc == 1 and "hung or stopped" in " ".join(text.split()) and "FULL" not in text
     finally:
         subprocess.run(["umount", "-l", str(state)], capture_output=True)
+
+
+def test_mqtt_input_and_connection_counts_are_shown(tmp_path: Path) -> None:
+    quiet = {"refused": 7, "callback_errors": 0, "paho_restarts": 0, "connect_refusals": 0, "session_takeovers": 0,
+             "triggers_outstanding": 2}
+    write_health(tmp_path, make_health(mqtt=quiet))
+    rc, text = run_status(make_config(tmp_path))
+    assert rc == 0 and re.search(r"^mqtt in +refused 7 +triggers outstanding 2 +callback errors 0$", text, re.M)
+    assert "warning" not in text
+    write_health(tmp_path, make_health(mqtt={**quiet, "callback_errors": 3, "connect_refusals": 4}))
+    rc, text = run_status(make_config(tmp_path))
+    assert rc == 0  # the daemon carried on: warnings, not unhealthy
+    assert "3 callback error(s)" in text and "refused or dropped 4 connection(s)" in text
