@@ -22,6 +22,7 @@ from edged.frame_queue import FrameQueue, QueueClosed
 from edged.frames import Frame
 from edged.health import CameraStats, Heartbeats
 from edged.parts import TriggerGate
+from edged.safetext import escape
 from edged.sources import BadFrame, NoFrameYet, Source, SourceEnded, SourceFailed, open_source
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,8 @@ class CaptureThread(threading.Thread):
         self.stats.bad_frames += 1
         now = time.monotonic()
         if now - self._last_bad_log > 5.0:  # a broken cable must not flood the journal
-            log.warning("%s: bad frame skipped: %s (%d so far)", self.cam.name, why, self.stats.bad_frames)
+            # `why` may name a file dropped into a watched folder by another process: outside text
+            log.warning("%s: bad frame skipped: %s (%d so far)", self.cam.name, escape(why, 200), self.stats.bad_frames)
             self._last_bad_log = now
 
     def _validate(self, image: np.ndarray) -> np.ndarray | None:

@@ -322,3 +322,18 @@ def test_full_database_disk_keeps_rejects_flowing(tmp_path: Path, tiny_bundle: P
     finally:
         broker.stop()
         subprocess.run(["umount", "-l", str(state)], capture_output=True, timeout=10)
+
+
+def test_a_file_name_in_a_watched_folder_cannot_forge_a_log_line(tmp_path: Path, tiny_bundle: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """File names come from whoever writes into the folder: outside text, escaped in the log."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "00\n2026-11-27 07:00:00.000 ERROR edged.recorder: forged.png").write_bytes(b"not an image")
+    (folder / "01_good.png").write_bytes(png(spot_frame(False)))
+    cfg = write_config(tmp_path / "edged.yaml", tiny_bundle, folder, tmp_path / "state")
+    with caplog.at_level("WARNING"):
+        service = run_to_end(cfg, tiny_bundle)
+    assert service.summary().bad_frames == 1
+    [line] = [r.getMessage() for r in caplog.records if "bad frame skipped" in r.getMessage()]
+    assert "\n" not in line and "00\\x0a2026-11-27 07:00:00.000 ERROR" in line
