@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-test-check", action="store_true",
                    help="do not score the data's test split to measure the int8 AUROC loss")
     _add_outlier_arg(p, "hold-out")
+    p.add_argument("--calibrate-jpeg", type=_int, default=None, metavar="QUALITY",
+                   help="also score each calibration image through JPEG at this quality and keep its higher score, "
+                        "so compression alone rejects no good part (default 75; 0: off)")
     p.add_argument("--choose", action="store_true",
                    help="fit a few configurations and keep the one that ranks the data's defect images "
                         "(test/<defect>) best; the manifest and evaluate then say it was chosen on them")
@@ -254,6 +257,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
                     drop_outliers=args.drop_outliers, bit_depth=args.bit_depth)
     if args.int8_tolerance is not None:
         cfg.int8_auroc_tolerance = args.int8_tolerance
+    if args.calibrate_jpeg is not None:
+        cfg.jpeg_quality = args.calibrate_jpeg
     if args.choose:
         from tools.choose import choose_and_fit
 

@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 # hold-out images vs the same images with synthetic blemishes. Score correlation is reported, not gated on.
 INT8_AUROC_TOLERANCE = 0.02
 CALIBRATION_IMAGES = 64  # training images fed to the int8 calibrator (MinMax needs few; more only costs time)
+# Cameras and streams deliver JPEG (MJPG) or H.264 frames while training data are often PNG stills; each
+# calibration image counts with the higher of its scores as stored and through JPEG at this quality
+# (a webcam's MJPG sits at 70-85), so compression artefacts alone do not make a good part a reject.
+CALIBRATION_JPEG_QUALITY = 75
 # int8 must also rank images like fp32: below this Pearson correlation of the scores fp32 stays the default
 INT8_MIN_CORRELATION = 0.8
 MIN_HOLDOUT = 2  # hold-out images: one score sets no threshold (and the interval says how far 2 can be trusted)
@@ -146,6 +150,8 @@ class FitConfig:
     folds: int = crossfit.DEFAULT_FOLDS
     auto_size: bool = False  # choose the input width x height from the training images (tools/input_size.py)
     size_budget: int | None = None  # with auto_size: about this many px square (None: the method's default_size)
+    # calibration images also scored through JPEG at this quality, each keeping its higher score (0: off)
+    jpeg_quality: int = CALIBRATION_JPEG_QUALITY
 
 
 @dataclass
@@ -201,6 +207,8 @@ def _check_numbers(cfg: FitConfig) -> None:
         raise FitError(f"--seed {opts.seed}: must be in [0, {MAX_SEED}]")
     if opts.epochs is not None and not 1 <= opts.epochs <= MAX_EPOCHS:
         raise FitError(f"--epochs {opts.epochs}: must be in [1, {MAX_EPOCHS}]")
+    if not (isinstance(cfg.jpeg_quality, int) and 0 <= cfg.jpeg_quality <= 100):
+        raise FitError(f"--calibrate-jpeg {cfg.jpeg_quality}: must be a JPEG quality 1 to 100, or 0 (off)")
     if cfg.bit_depth is not None and cfg.bit_depth not in (8, 10, 12, 14, 16):
         raise FitError(f"--bit-depth {cfg.bit_depth}: must be 8, 10, 12, 14 or 16")
 
@@ -473,6 +481,27 @@ def _score(folder: Path, precision: str, images: list[np.ndarray], progress: boo
         return calibrate.score_images(detector, images, progress=progress, desc=desc, keep_maps=keep_maps)
 
 
+def through_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """The image as a camera's JPEG/MJPG encoder at `quality` would deliver it."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else image
+
+
+def _score_as_camera(folder: Path, precision: str, images: list[np.ndarray], cfg: FitConfig, desc: str,
+                     ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """Calibration scores: each image's higher score (and map, pixel by pixel) of as stored and through JPEG."""
+    scores, maps = _score(folder, precision, images, cfg.options.progress, desc)
+    if not cfg.jpeg_quality or not images:
+        return scores, maps
+    jpeg = [through_jpeg(im, cfg.jpeg_quality) for im in images]
+    j_scores, j_maps = _score(folder, precision, jpeg, cfg.options.progress, desc + " through JPEG")
+    if maps is not None and j_maps is not None:
+        maps = [np.maximum(a, b) for a, b in zip(maps, j_maps, strict=True)]
+    return np.maximum(scores, j_scores), maps
+
+
 def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_images: list[np.ndarray],
                spec: InputSpec, staging: Path) -> crossfit.OutOfFold:
     """k fold models, each a full bundle in `staging`/folds (exported, quantized, scored by `Detector`)."""
@@ -489,8 +518,8 @@ def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_i
         held = [det_images[i] for i in held_idx]
         out: dict[str, crossfit.HeldScores] = {}
         for precision in ("fp32", "int8"):
-            scores, maps = _score(folder, precision, held, cfg.options.progress,
-                                  f"fold {fold + 1}/{cfg.folds}: scoring ({precision})")
+            scores, maps = _score_as_camera(folder, precision, held, cfg,
+                                            f"fold {fold + 1}/{cfg.folds}: scoring ({precision})")
             peaks = np.asarray([float(np.max(m)) for m in maps]) if maps else None
             out[precision] = crossfit.HeldScores(scores, peaks)
         shutil.rmtree(folder, ignore_errors=True)
@@ -597,8 +626,8 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
                 hold_scores, hold_maps = oof.scores[precision], None
                 peaks = oof.peaks.get(precision)
             else:
-                hold_scores, hold_maps = _score(tmp, precision, hold_images, opts.progress,
-                                                f"scoring hold-out ({precision})")
+                hold_scores, hold_maps = _score_as_camera(tmp, precision, hold_images, cfg,
+                                                          f"scoring hold-out ({precision})")
                 peaks = None
             test_scores, _ = _score(tmp, precision, test_images, opts.progress, f"scoring test ({precision})",
                                     keep_maps=False)
@@ -650,7 +679,7 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
             **trained.params,
             "size": [spec.width, spec.height], "size_chosen_from_data": cfg.auto_size,
             "seed": opts.seed, "epochs": opts.epochs, "options": dict(opts.extra),
-            **calibration,
+            **calibration, "calibration_jpeg_quality": cfg.jpeg_quality or None,
             "skipped_unreadable": len(ds.train) - len(train_recs) - n_hold_scored - len(outliers),
             "holdout_outliers": [{k: v for k, v in o.items() if k != "index"} for o in outliers],
             "holdout_outliers_dropped": bool(outliers),

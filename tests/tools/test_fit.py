@@ -421,3 +421,31 @@ def test_choose_without_defect_images_is_a_clear_error(good_folder: Path, tmp_pa
     with pytest.raises(choose.ChooseError, match="needs defect images"):
         choose.choose_and_fit(_cfg(good_folder, tmp_path / "b", folds=2), fit_bundle)
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_calibration_through_jpeg_keeps_good_parts_from_a_camera_that_compresses(tmp_path: Path) -> None:
+    """patchcore fitted on PNG stills of finely textured parts, then fed new parts through JPEG (a camera's
+    MJPG): calibrated on stills only, compression alone rejects good parts; calibrated through JPEG, not."""
+    import cv2
+
+    from edged.detector import Detector
+    from tools.calibrate import score_images
+    from tools.fit import through_jpeg
+
+    data = write_good(tmp_path / "good", 30, size=96, seed=5)
+    new_parts = write_good(tmp_path / "new", 40, size=96, seed=6)
+    frames = [through_jpeg(cv2.imread(str(p)), 50) for p in sorted(new_parts.iterdir())]
+    extra = {"coreset": 0.05, "backbone": "lite0", "layers": "s5,s6"}
+    rates = {}
+    for quality in (0, 50):
+        out = tmp_path / f"b{quality}"
+        m = fit_bundle(_cfg(data, out, method="patchcore", size=64, folds=3, jpeg_quality=quality,
+                            extra=extra)).manifest
+        assert m.training.params["calibration_jpeg_quality"] == (quality or None)
+        scores, _ = score_images(Detector(out, precision="fp32"), frames, keep_maps=False)
+        rates[quality] = float(np.mean(scores > m.models["fp32"].threshold.value))
+    assert rates[0] >= 0.5  # measured 1.0: the still-only threshold rejects compressed good parts
+    assert rates[50] <= 0.1  # measured 0.0
+    with pytest.raises(FitError, match="--calibrate-jpeg 101"):
+        check_fit(_cfg(data, tmp_path / "x", jpeg_quality=101))
