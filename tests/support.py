@@ -17,18 +17,8 @@ from tools.localbroker import MOSQUITTO, LocalBroker, free_port  # noqa: F401 (r
 
 
 class Broker(LocalBroker):
-    """A real mosquitto for a test; the test is skipped where mosquitto is not installed.
-
-    Started as root (as the tests run here), mosquitto drops to the `mosquitto` user, which cannot enter
-    pytest's tmp_path (mode 0700): with `persistence` it then saves nothing on a stop ("Permission denied",
-    on its stderr) and a restart forgets every session. `user root` keeps it able to write its workdir.
-    """
-
-    def __init__(self, workdir: Path, persistence: bool = False, max_queued: int = 10000) -> None:
-        super().__init__(workdir, persistence=persistence, max_queued=max_queued)
-        if os.geteuid() == 0:
-            with self.conf.open("a") as fh:
-                fh.write("user root\n")
+    """A real mosquitto for a test; the test is skipped where mosquitto is not installed. (As root it runs
+    as root: see `LocalBroker`, or a persistent broker would save nothing in pytest's 0700 tmp_path.)"""
 
     def start(self, timeout: float = 10.0) -> None:
         if not self.available():
@@ -291,7 +281,6 @@ def wait_until(condition: object, timeout: float, what: str, poll: float = 0.05)
 def report_figures(name: str, figures: dict[str, object]) -> None:
     """Print measured figures (seen with `pytest -s`) and append them to $EDGED_FIGURES when set."""
     import json
-    import os
 
     line = json.dumps({"test": name, **figures}, default=str)
     print(f"\n[figures] {line}")

@@ -6,6 +6,7 @@ Not for production (the line's broker is configured in edged.yaml): this only st
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -35,8 +36,11 @@ class LocalBroker:
         # persistence: sessions and queued QoS 1 messages survive a stop/start (saved on SIGTERM), so a
         # durable subscriber misses nothing across a broker outage
         store = f"persistence true\npersistence_location {workdir}/\n" if persistence else "persistence false\n"
+        # Started as root, mosquitto drops to the `mosquitto` user, which may not enter `workdir` (pytest's
+        # tmp_path is 0700): it then saves nothing on a stop and a restart forgets every session.
+        as_root = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{store}"
-                             f"max_queued_messages {max_queued}\n")
+                             f"max_queued_messages {max_queued}\n{as_root}")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod

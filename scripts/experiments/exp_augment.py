@@ -47,8 +47,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     spec = METHOD.input_spec(FitOptions(size=a.size))
-    train, test, labels, _masks = load(a.data, spec)
-    ftr, fte = torch.load(f"/tmp/pc/bb_{a.variant}_{a.size}.pt")
+    train, _test, labels, _masks = load(a.data, spec)
+    ftr, fte = torch.load(f"/tmp/pc/bb_{a.data.name}_{a.variant}_{a.size}.pt")
     combo = a.combo.split(",")
     base_tr, te = combine(ftr, combo, {}, 3), combine(fte, combo, {}, 3)
     aug_feats = {}
