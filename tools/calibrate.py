@@ -1,7 +1,9 @@
 """Decision thresholds from the scores of good images, and re-calibration of a bundle without retraining.
 
-Why the default is the 99.5th percentile of held-out good scores
------------------------------------------------------------------
+Why the default is the 99.5th percentile of good scores the model never saw
+---------------------------------------------------------------------------
+(`fit` takes them out of fold, `tools.crossfit`: every training image scored by a fold model that did not
+train on it; with ``--holdout`` from a held-out split; `calibrate` from any folder of new good parts.)
 The reference design used the 95th percentile: by construction 1 good part in 20 is rejected, which on a
 line of 1 part per second is 180 false alarms an hour, each one a part scrapped or a person called. A
 production line wants false rejects well under 1%, so the default here is the 99.5th percentile
@@ -50,18 +52,6 @@ from edged.detector import Detector
 log = logging.getLogger(__name__)
 
 DEFAULT_PERCENTILE = 99.5
-
-README_PARAGRAPH = (
-    "**Threshold.** A part is rejected when its anomaly score exceeds a threshold set on good images the "
-    "model never saw in training (15% of `train/good` held out by `fit`, or any folder of good parts "
-    "given to `edged-train calibrate`). The default is the 99.5th percentile of their scores, about 1 "
-    "false reject in 200 good parts, instead of the reference design's 95th percentile (1 in 20, far too "
-    "many for a line). With n calibration images the expected false-reject rate cannot be measured below "
-    "about 1/(n + 1), so the manifest records n and the measured rate; calibrate on a few hundred good "
-    "parts to make the figure trustworthy. `--target-frr F` sets the threshold for a chosen false-reject "
-    "rate instead, `--percentile P` for another percentile."
-)
-
 
 class CalibrationError(ValueError):
     """Scores that cannot give a threshold (none, not finite, outliers), or an unusable bundle folder."""

@@ -449,3 +449,15 @@ def test_calibration_through_jpeg_keeps_good_parts_from_a_camera_that_compresses
     assert rates[50] <= 0.1  # measured 0.0
     with pytest.raises(FitError, match="--calibrate-jpeg 101"):
         check_fit(_cfg(data, tmp_path / "x", jpeg_quality=101))
+
+
+def test_jpeg_calibration_is_on_for_lossless_training_images_and_off_for_jpegs(tmp_path: Path) -> None:
+    from tools.dataset import Record
+    from tools.fit import CALIBRATION_JPEG_QUALITY, jpeg_quality_for
+
+    cfg = _cfg(tmp_path, tmp_path / "o")
+    pngs = [Record(tmp_path / f"{i}.png") for i in range(4)]
+    jpgs = [Record(tmp_path / f"{i}.JPG") for i in range(5)]
+    assert jpeg_quality_for(cfg, pngs) == CALIBRATION_JPEG_QUALITY
+    assert jpeg_quality_for(cfg, pngs + jpgs) == 0  # mostly JPEGs: the model has seen the artefacts
+    assert jpeg_quality_for(_cfg(tmp_path, tmp_path / "o", jpeg_quality=90), jpgs) == 90  # as given
