@@ -130,7 +130,7 @@ def main() -> int:
     synth.write_video(good_video, 100, set(), size=size, fps=30, seed=3)
     shutil.rmtree(data / "train" / "good")
     n_train = extract_frames(good_video, data / "train" / "good")
-    # ...and a longer run of good parts to set the threshold on: `fit` holds out 15 of the 100 frames,
+    # ...and a longer run of good parts to set the threshold on: `fit` cross-fits all 100 frames, still
     # too few to place a 1-in-200 threshold (README: calibrate on a few hundred good parts).
     calib_video = out / "good_shift.avi"
     synth.write_video(calib_video, 300, set(), size=size, fps=30, seed=4)
