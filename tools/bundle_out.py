@@ -61,6 +61,14 @@ def check_writable_dir(path: Path, option: str) -> None:
         raise OutputError(f"{option} {path}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputError(f"{option} {path}: {probe} is not writable")
+    # os.access says yes to root everywhere, also on read-only or virtual file systems (/proc): try it
+    try:
+        fd, name = tempfile.mkstemp(prefix=".edged-train-probe-", dir=probe)
+    except OSError as exc:
+        raise OutputError(f"{option} {path}: cannot write in {probe} ({exc.strerror or exc})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
 
 
 def check_out(out: Path, option: str = "--out") -> None:

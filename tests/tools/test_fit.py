@@ -461,3 +461,9 @@ def test_jpeg_calibration_is_on_for_lossless_training_images_and_off_for_jpegs(t
     assert jpeg_quality_for(cfg, pngs) == CALIBRATION_JPEG_QUALITY
     assert jpeg_quality_for(cfg, pngs + jpgs) == 0  # mostly JPEGs: the model has seen the artefacts
     assert jpeg_quality_for(_cfg(tmp_path, tmp_path / "o", jpeg_quality=90), jpgs) == 90  # as given
+
+
+def test_an_out_path_nobody_can_write_is_refused_before_any_work(good_folder: Path) -> None:
+    """Root passes every permission check (os.access), but not a virtual file system: the check tries."""
+    with pytest.raises(FitError, match=r"--out /proc/.*cannot write in /proc"):
+        check_fit(_cfg(good_folder, Path("/proc/edged-test/bundle")))
