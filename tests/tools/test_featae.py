@@ -74,6 +74,7 @@ def test_pipeline_bundle_runs_in_the_daemon_detector(synth_data: Path, tmp_path:
                                   options=FitOptions(size=SIZE, extra=EXTRA, progress=False)))
     m = result.manifest
     assert m.method == "featae" and m.quantization["enabled"] and "Conv" in m.quantization["ops"]["int8"]
+    assert m.quantization["ops"]["fp32"]["Conv"] >= 4  # the autoencoder's four stay fp32
     frames = [cv2.imread(str(p)) for p in sorted((synth_data / "test").rglob("*.png"))]
     fp32 = [o.score for o in Detector(result.bundle, precision="fp32").infer(frames)]
     int8 = Detector(result.bundle, precision="int8").infer(frames)

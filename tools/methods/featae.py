@@ -106,11 +106,16 @@ class FeatAETrained:
     graph: FeatAEGraph
     params: dict[str, Any]
     outputs: OutputSpec = field(default_factory=lambda: OutputSpec(score="score", map="anomaly_map"))
-    # Convolutions (backbone and autoencoder) in int8; the error, smoothing and score stay fp32.
+    # The backbone's convolutions in int8. The autoencoder stays fp32: its error IS the score, and int8
+    # rounding of a reconstruction is of the size of the errors it must measure (MTD: image AUROC 0.877
+    # fp32 -> 0.800 with the autoencoder quantized); on ~100 patches its 1x1 convolutions cost nothing.
     quantize: QuantizeOptions = field(default_factory=lambda: QuantizeOptions(
         op_types=["Conv"], extra_options={"ActivationType": "QUInt8"}))
 
     def export_onnx(self, path: Path) -> None:
+        """fp32 graph with a dynamic batch; records the autoencoder's nodes for int8 to leave alone."""
+        import onnx
+
         x = torch.zeros(1, 3, self.spec.height, self.spec.width)
         with torch.no_grad():
             torch.onnx.export(self.graph, (x,), str(path), input_names=[self.spec.name],
@@ -118,6 +123,10 @@ class FeatAETrained:
                               dynamic_axes={self.spec.name: {0: "n"}, self.outputs.score: {0: "n"},
                                             (self.outputs.map or "anomaly_map"): {0: "n"}},
                               opset_version=17, dynamo=False, external_data=False)
+        model = onnx.load(str(path))
+        self.quantize.nodes_to_exclude = [n.name for n in model.graph.node if n.name.startswith("/ae/")]
+        if not self.quantize.nodes_to_exclude:
+            raise RuntimeError("featae export: no autoencoder nodes found to keep in fp32 (node names changed?)")
 
     def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
