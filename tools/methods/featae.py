@@ -33,7 +33,8 @@ from edged.bundle import InputSpec, OutputSpec
 from tools.backbones import VARIANTS, efficientnet_lite, stage_outputs
 from tools.methods.base import FitOptions, Option, QuantizeOptions
 from tools.methods.base import parse_options as base_parse_options
-from tools.methods.patchcore import FeatureCache, PatchFeatures, _layers, gaussian_kernel, images_to_tensor
+from tools.methods.components import MapHead, export_graph
+from tools.methods.patchcore import FeatureCache, PatchFeatures, _layers, images_to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +75,10 @@ class FeatAEGraph(nn.Module):
     def __init__(self, features: PatchFeatures, ae: FeatureAE, mean: torch.Tensor, inv_std: torch.Tensor,
                  sigma_cells: float, size: tuple[int, int], top: float) -> None:
         super().__init__()
-        self.features, self.ae, self.size, self.top = features, ae, size, top
+        self.features, self.ae = features, ae
+        self.head = MapHead(sigma_cells, size, top)
         self.register_buffer("mean", mean.view(1, -1, 1, 1).clone())
         self.register_buffer("inv_std", inv_std.view(1, -1, 1, 1).clone())
-        k = gaussian_kernel(sigma_cells)
-        self.register_buffer("blur_h", k.view(1, 1, 1, -1))
-        self.register_buffer("blur_v", k.view(1, 1, -1, 1))
-        self.pad = (k.numel() - 1) // 2
 
     def errors(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction error of every patch, (N, 1, h, w)."""
@@ -89,15 +87,7 @@ class FeatAEGraph(nn.Module):
         return torch.sqrt((d * d).sum(dim=1, keepdim=True) + 1e-12)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.errors(x)
-        p = self.pad
-        m = F.conv2d(F.pad(m, [p, p, 0, 0], mode="replicate"), self.blur_h)
-        m = F.conv2d(F.pad(m, [0, 0, p, p], mode="replicate"), self.blur_v)
-        amap = F.interpolate(m, size=self.size, mode="bilinear", align_corners=False)
-        flat = m.flatten(1)
-        k = max(1, round(self.top * int(flat.shape[1])))
-        score = flat.max(dim=1).values if k == 1 else flat.topk(k, dim=1).values.mean(dim=1)
-        return score, amap
+        return self.head(self.errors(x))
 
 
 @dataclass
@@ -116,13 +106,7 @@ class FeatAETrained:
         """fp32 graph with a dynamic batch; records the autoencoder's nodes for int8 to leave alone."""
         import onnx
 
-        x = torch.zeros(1, 3, self.spec.height, self.spec.width)
-        with torch.no_grad():
-            torch.onnx.export(self.graph, (x,), str(path), input_names=[self.spec.name],
-                              output_names=[self.outputs.score, self.outputs.map or "anomaly_map"],
-                              dynamic_axes={self.spec.name: {0: "n"}, self.outputs.score: {0: "n"},
-                                            (self.outputs.map or "anomaly_map"): {0: "n"}},
-                              opset_version=17, dynamo=False, external_data=False)
+        export_graph(self.graph, self.spec, self.outputs, path)
         model = onnx.load(str(path))
         self.quantize.nodes_to_exclude = [n.name for n in model.graph.node if n.name.startswith("/ae/")]
         if not self.quantize.nodes_to_exclude:

@@ -37,6 +37,7 @@ from edged.bundle import InputSpec, OutputSpec
 from tools.backbones import STAGE_OUTPUTS, VARIANTS, EfficientNetLite, Normalize, efficientnet_lite, stage_outputs
 from tools.methods.base import FitOptions, Option, QuantizeOptions
 from tools.methods.base import parse_options as base_parse_options
+from tools.methods.components import MapHead, export_graph, gaussian_kernel  # noqa: F401 (gaussian_kernel re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +104,6 @@ class PatchFeatures(nn.Module):
         return y * self.scale if self.scale is not None else y
 
 
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    """A normalized 1D Gaussian (sigma in patch-grid cells), radius 2 sigma, at least 3 taps."""
-    radius = max(1, math.ceil(2 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / max(sigma, 1e-6)) ** 2)
-    return k / k.sum()
-
-
 class PatchCoreGraph(nn.Module):
     """The whole inference path (what `export_onnx` writes): image -> (score [N], map [N, 1, H, W])."""
 
@@ -118,15 +111,10 @@ class PatchCoreGraph(nn.Module):
                  top: float = 0.0) -> None:
         super().__init__()
         self.features = features
-        self.top = top
         # ||b||^2 - 2 a.b as one MatMul + Add: the -2 is folded into the bank constant.
         self.register_buffer("bank_t", (-2.0 * bank).t().contiguous())  # (D, M)
         self.register_buffer("bank_sq", (bank * bank).sum(1))  # (M,)
-        k = gaussian_kernel(sigma_cells)
-        self.register_buffer("blur_h", k.view(1, 1, 1, -1))
-        self.register_buffer("blur_v", k.view(1, 1, -1, 1))
-        self.pad = (k.numel() - 1) // 2
-        self.size = size
+        self.head = MapHead(sigma_cells, size, top)
 
     def patch_distances(self, x: torch.Tensor) -> torch.Tensor:
         """Distance of every patch to its nearest memory-bank patch, (N, 1, h, w)."""
@@ -138,26 +126,7 @@ class PatchCoreGraph(nn.Module):
         return torch.sqrt(torch.clamp(nearest, min=0.0)).view(n, 1, h, w)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.patch_distances(x)
-        p = self.pad
-        m = F.conv2d(F.pad(m, [p, p, 0, 0], mode="replicate"), self.blur_h)
-        m = F.conv2d(F.pad(m, [0, 0, p, p], mode="replicate"), self.blur_v)
-        amap = F.interpolate(m, size=self.size, mode="bilinear", align_corners=False)
-        return self.image_score(m), amap
-
-    def image_score(self, grid: torch.Tensor) -> torch.Tensor:
-        """Mean of the `top` fraction of the highest smoothed grid cells (the maximum when `top` is 0).
-
-        Why not the maximum: one cell is the noisiest statistic of a map, and the good part that scores
-        highest sets the threshold. On the magnetic tiles the mean of the top 10% ranks better than the
-        maximum (image AUROC 0.971 vs 0.964, recall at 1% false rejects 0.68 vs 0.59; docs/patchcore.md)
-        while still a defect of a tenth of the part scores in full.
-        """
-        flat = grid.flatten(1)
-        k = max(1, round(self.top * int(flat.shape[1])))
-        if k == 1:
-            return flat.max(dim=1).values
-        return flat.topk(k, dim=1).values.mean(dim=1)
+        return self.head(self.patch_distances(x))
 
 
 def reference_patch_distances(graph: PatchCoreGraph, x: torch.Tensor) -> torch.Tensor:
@@ -249,14 +218,8 @@ class PatchCoreTrained:
         """fp32 graph with a dynamic batch; also records which tail nodes int8 must leave alone."""
         import onnx
 
-        x = torch.zeros(1, 3, self.spec.height, self.spec.width)
         path = Path(path)
-        with torch.no_grad():
-            torch.onnx.export(self.graph, (x,), str(path), input_names=[self.spec.name],
-                              output_names=[self.outputs.score, self.outputs.map or "anomaly_map"],
-                              dynamic_axes={self.spec.name: {0: "n"}, self.outputs.score: {0: "n"},
-                                            (self.outputs.map or "anomaly_map"): {0: "n"}},
-                              opset_version=17, dynamo=False, external_data=False)
+        export_graph(self.graph, self.spec, self.outputs, path)
         model = onnx.load(str(path))
         self.quantize.nodes_to_exclude = tail_nodes(model)
         onnx.save(model, str(path))
