@@ -50,8 +50,12 @@ def sample_shapes(records: Sequence[Record], sample: int = SAMPLE, seed: int = 0
     return shapes
 
 
-def _round(side: float, low: int, high: int) -> int:
-    return int(min(high, max(low, MULTIPLE * round(side / MULTIPLE))))
+def _round(side: float, low: int, high: int, cap: float | None = None) -> int:
+    """`side` to the nearest multiple of 16 within [low, high], but not above `cap` (no enlarging)."""
+    out = MULTIPLE * round(side / MULTIPLE)
+    if cap is not None and out > cap:
+        out = MULTIPLE * math.floor(cap / MULTIPLE)
+    return int(min(high, max(low, out)))
 
 
 def choose(shapes: Sequence[tuple[int, int]], base: int, low: int, high: int, non_square: bool = True,
@@ -71,6 +75,6 @@ def choose(shapes: Sequence[tuple[int, int]], base: int, low: int, high: int, no
     shrink = min(1.0, mw / w, mh / h) if non_square else min(1.0, min(mw, mh) / base)
     w, h = w * shrink, h * shrink
     if not non_square:
-        side = _round(min(w, h), low, high)
+        side = _round(min(w, h), low, high, min(mw, mh))
         return side, side
-    return _round(w, low, high), _round(h, low, high)
+    return _round(w, low, high, mw), _round(h, low, high, mh)

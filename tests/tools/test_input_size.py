@@ -23,8 +23,9 @@ def test_long_parts_keep_their_aspect_at_the_pixel_budget() -> None:
 
 
 def test_small_images_are_not_enlarged() -> None:
-    assert input_size.choose([(100, 90), (110, 96), (104, 92)], base=224, low=16, high=1024) == (96, 96)
+    assert input_size.choose([(100, 90), (110, 96), (104, 92)], base=224, low=16, high=1024) == (96, 80)
     assert input_size.choose([(400, 300)], base=160, low=64, high=1024) == (192, 144)  # shrunk, aspect 4:3
+    assert input_size.choose([(160, 120)], base=160, low=64, high=1024) == (160, 112)  # 120 is not rounded up
 
 
 def test_square_only_methods_and_limits() -> None:
