@@ -108,18 +108,18 @@ def _size(text: str) -> tuple[int, int] | None:
     return shape
 
 
-def _synth_size(text: str) -> int:
-    value = _int(text)
-    if not 16 <= value <= 4096:
-        raise argparse.ArgumentTypeError(f"must be in [16, 4096], got {text}")
-    return value
+def _int_in(low: int, high: int) -> Any:
+    """An argparse type: a whole number in [low, high]."""
+    def parse(text: str) -> int:
+        value = _int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {text}")
+        return value
+    return parse
 
 
-def _count(text: str) -> int:
-    value = _int(text)
-    if not 0 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"must be in [0, 100000], got {text}")
-    return value
+_synth_size = _int_in(16, 4096)
+_count = _int_in(0, 100_000)
 
 
 def _tolerance(text: str) -> float:
