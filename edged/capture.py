@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from edged.backoff import backoff_delay
 from edged.config import CameraConfig
 from edged.frame_queue import FrameQueue, QueueClosed
 from edged.frames import Frame
@@ -28,12 +29,6 @@ from edged.sources import BadFrame, NoFrameYet, Source, SourceEnded, SourceFaile
 log = logging.getLogger(__name__)
 
 SHAPE_SETTLE_FRAMES = 30  # a new frame size that persists this long is accepted (camera reconfigured)
-
-
-def backoff_delay(attempt: int, initial_s: float, max_s: float, jitter: float, rng: random.Random) -> float:
-    """Exponential backoff with +-jitter, so many cameras do not hammer a recovering switch at once."""
-    base = min(max_s, initial_s * (2 ** max(0, attempt - 1)))
-    return max(0.0, base * (1.0 + rng.uniform(-jitter, jitter)))
 
 
 class CaptureThread(threading.Thread):
