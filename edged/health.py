@@ -9,12 +9,12 @@ vanish from the heartbeats, which would make a daemon with a dead thread look he
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-import numpy as np
 
 
 class Heartbeats:
@@ -77,6 +77,17 @@ class CameraStats:
         return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
 
 
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """Nearest-rank percentile, None for no values: always a value that occurred, which is what a
+    technician expects of "p99 12 ms" (an interpolated figure may be a latency no frame ever had).
+    The one definition for STATUS=, the health file, /stats and `edged status`."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
 class LatencyWindow:
     """Recent capture-to-verdict latencies for p50/p99 (bounded memory)."""
 
@@ -88,10 +99,11 @@ class LatencyWindow:
 
     def percentiles(self) -> dict[str, float | None]:
         values = list(self._values)
-        if not values:
-            return {"p50": None, "p99": None}
-        p50, p99 = np.percentile(np.asarray(values), [50, 99])
-        return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
+        out: dict[str, float | None] = {}
+        for name, q in (("p50", 50.0), ("p99", 99.0)):
+            value = percentile(values, q)
+            out[name] = None if value is None else round(float(value), 3)
+        return out
 
 
 @dataclass

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edged.config import Config
+from edged.health import percentile
 from edged.safetext import redact_url
 
 HEALTH_FILE = "health.json"
@@ -86,15 +87,6 @@ def fmt_ms(value: Any) -> str:
 
 def clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 3)] + "..."
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (what a technician expects: a value that actually occurred)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 def pid_alive(pid: int) -> bool:

@@ -234,9 +234,6 @@ def test_helpers() -> None:
     assert status.fmt_duration(7260) == "2 h 01 min"
     assert status.fmt_duration(3 * 86400 + 4 * 3600) == "3 d 04 h"
     assert status.fmt_duration(None) == "?"
-    assert status.percentile([], 50) is None
-    assert status.percentile([5.0, 1.0, 3.0], 50) == 3.0
-    assert status.percentile([float(i) for i in range(1, 101)], 99) == 99.0
     assert status.pid_alive(os.getpid()) and not status.pid_alive(dead_pid()) and not status.pid_alive(0)
 
 
