@@ -7,20 +7,21 @@ deadline could move an actuator for a part that has already gone. Instead, unack
 stay `pending` in the outbox, are checked against their deadline again and re-published (same `id`:
 consumers de-duplicate; delivery is at least once).
 
-Topics under <prefix>/<station>/: reject (QoS 1), status (retained: online / offline as last will /
-stopped), camera/<name> (retained state), result (QoS 0, optional), stats (QoS 0), audit (QoS 1:
-rejects that expired before delivery), trigger (subscribed, for triggered inspection).
+Topics (`edged.topics`) under <prefix>/<station>/: reject (QoS 1), status (retained: online / offline
+as last will / stopped), camera/<name> (retained state), result (QoS 0, optional), stats (QoS 0), audit
+(QoS 1: rejects that expired before delivery); payloads are `edged.payloads`. Incoming topics come
+from a dispatch table, topic -> Route (a handler and how its messages may arrive), given by the
+service: the subscriptions are the table's keys, so a new incoming topic is one handler and one entry.
 
 Everything paho calls back runs on paho's network thread, fed by whatever the broker sends: each
 callback is guarded (an exception is counted in `callback_errors` and logged, rate-limited, and never
-ends paho's thread), incoming messages are checked by `edged.messages` (refusals counted in `refused`),
+ends paho's thread), incoming messages are checked by `edged.incoming` (refusals counted in `refused`),
 and a paho thread that ends anyway is noticed and replaced by a fresh connection.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import queue
@@ -31,7 +32,8 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +42,21 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edged import jsonout
+from edged.backoff import backoff_delay
 from edged.config import Config
 from edged.health import Heartbeats
+from edged.incoming import MAX_PAYLOAD_BYTES, MessageRefused
 from edged.logsetup import LogThrottle
-from edged.messages import MAX_PAYLOAD_BYTES, MessageRefused
+from edged.payloads import Audit, CameraState, Payload, Result, Stats, Status
 from edged.safetext import escape
 from edged.store import Outbox, OutboxItem, connect
+from edged.topics import Topics
 
 log = logging.getLogger(__name__)
 
 WINDOW = 64  # rejects in flight (published, not yet acknowledged)
 RECONNECT_FIRST_S = 0.2
+RECONNECT_JITTER = 0.2
 ACK_GRACE_S = 1.0  # a reject unacknowledged past its deadline (and at least this long) resets the connection
 ACK_STALL_S = 0.5  # nothing more is published while the oldest message in flight waits longer than this
 MAX_INCOMING_PACKET = 64 * 1024  # MQTT 5: the broker drops bigger messages instead of sending them to us
@@ -70,37 +76,52 @@ SESSION_TAKEN_OVER = 142
 
 
 def reconnect_delay(attempt: int, reject_ttl_ms: float, rng: random.Random) -> float:
-    """Backoff before connection attempt `attempt` (1, 2, ...): exponential, +-20% jitter, capped.
+    """Backoff before connection attempt `attempt` (1, 2, ...): `edged.backoff`, +-20% jitter, capped.
 
     The cap follows the reject TTL (half of it, within 0.5..5 s): after a broker restart the link must
     be back while the rejects made during the outage can still move the actuator. A long cap (30 s)
     would let every reject of the first half minute after the broker's return expire.
     """
     cap = min(5.0, max(0.5, reject_ttl_ms / 2000.0))
-    base = min(cap, RECONNECT_FIRST_S * 2 ** max(0, min(attempt, 16) - 1))
-    return base * (1.0 + rng.uniform(-0.2, 0.2))
+    return backoff_delay(attempt, RECONNECT_FIRST_S, cap, RECONNECT_JITTER, rng)
+
+
+Handler = Callable[[bytes, float], None]
+"""An incoming message's handler: (raw payload, arrival in Unix seconds), called on paho's thread after
+the link's own checks (topic, retain, size). It raises MessageRefused for a message it cannot use: the
+link counts and logs that; anything else it raises is a callback error (counted, logged, survived)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One entry of the incoming dispatch table: the handler of a subscribed topic and how it arrives."""
+
+    handler: Handler
+    what: str  # names the message in log lines: "trigger"
+    retained: bool = False  # False for events: a retained one would fire again on every reconnect (stale)
+    qos: int = 1
 
 
 class MqttLink(threading.Thread):
-    """`on_trigger(payload, arrived_at)` gets each trigger message's raw payload (on paho's thread) and
-    raises MessageRefused for one it cannot use. `announce` False (edged replay --mqtt): no status, last
-    will or camera states, so a replay beside the service never overwrites the service's retained state.
+    """`routes` is the incoming dispatch table (topic -> Route; empty: nothing is subscribed). `announce`
+    False (edged replay --mqtt): no status, last will or camera states, so a replay beside the service never
+    overwrites the service's retained state.
     """
 
     def __init__(self, config: Config, database: Path, heartbeats: Heartbeats, stop: threading.Event,
-                 on_trigger: Callable[[bytes, float], None] | None = None, client_id: str | None = None,
+                 routes: Mapping[str, Route] | None = None, client_id: str | None = None,
                  announce: bool = True) -> None:
         super().__init__(name="mqtt", daemon=True)
         self.config = config
         self.cfg = config.mqtt
-        self.base = f"{self.cfg.prefix}/{config.station}"
+        self.topics = Topics.of(config)
         self.client_id = client_id or self.cfg.client_id or f"edged-{config.station}"
         self.announce = announce
-        self.trigger_topic = f"{self.base}/trigger"
         self.database = database
         self.heartbeats = heartbeats
         self.stop_event = stop
-        self.on_trigger = on_trigger
+        self.routes: dict[str, Route] = dict(routes or {})
+        self._subscribed: list[str] = []  # the topics of the last SUBSCRIBE, in order (its reason codes follow it)
         self.wake_event = threading.Event()
         self.connected = False
         self.delivered = 0
@@ -147,18 +168,21 @@ class MqttLink(threading.Thread):
     def wake(self) -> None:
         self.wake_event.set()
 
-    def send(self, subtopic: str, payload: dict[str, Any] | str, qos: int = 0, retain: bool = False) -> None:
-        """Publish a non-durable message (results, stats, states); dropped while disconnected."""
-        text = payload if isinstance(payload, str) else jsonout.dumps(payload)  # never NaN/Infinity
-        topic = f"{self.base}/{subtopic}"
+    def send(self, topic: str, payload: Payload | str, qos: int = 0, retain: bool = False) -> None:
+        """Publish a non-durable message (results, stats, states) on a topic of `self.topics`; dropped while
+        disconnected."""
+        text = payload if isinstance(payload, str) else payload.to_json()  # never NaN/Infinity
         if retain:
             self._retained[topic] = text  # a single dict store
         with contextlib.suppress(queue.Full):
             self._volatile.put_nowait((topic, text, qos, retain))
         self.wake_event.set()
 
-    def send_result(self, payload: dict[str, Any]) -> None:
-        self.send("result", payload, qos=0)
+    def send_result(self, result: Result) -> None:
+        self.send(self.topics.result, result, qos=0)
+
+    def send_stats(self, stats: Stats) -> None:
+        self.send(self.topics.stats, stats, qos=0)
 
     def publish_direct(self, topic: str, payload: dict[str, Any]) -> None:
         """A reject that could not be stored (database failing): published once, QoS 1, not durable."""
@@ -168,9 +192,9 @@ class MqttLink(threading.Thread):
             log.error("reject %s lost: database failing and send queue full", payload.get("id"))
         self.wake_event.set()
 
-    def camera_state(self, camera: str, state: str) -> None:
+    def camera_state(self, camera: str, state: CameraState) -> None:
         if self.announce:
-            self.send(f"camera/{camera}", state, qos=1, retain=True)
+            self.send(self.topics.camera(camera), state.value, qos=1, retain=True)
 
     # --- the thread --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -241,7 +265,7 @@ class MqttLink(threading.Thread):
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
         client.suppress_exceptions = True  # second line of defence: our callbacks catch everything first
         if self.announce:
-            client.will_set(f"{self.base}/status", "offline", qos=1, retain=True)
+            client.will_set(self.topics.status, Status.OFFLINE.value, qos=1, retain=True)
         if self.cfg.username:
             client.username_pw_set(self.cfg.username, self.cfg.read_password())
         tls = self.cfg.tls
@@ -331,11 +355,12 @@ class MqttLink(threading.Thread):
         self.connected = True
         self._attempt = 0
         if self.announce:
-            client.publish(f"{self.base}/status", "online", qos=1, retain=True)
+            client.publish(self.topics.status, Status.ONLINE.value, qos=1, retain=True)
             for topic, text in list(self._retained.items()):
                 client.publish(topic, text, qos=1, retain=True)
-        if self.on_trigger is not None:
-            client.subscribe(self.trigger_topic, qos=1)
+        if self.routes:
+            self._subscribed = list(self.routes)
+            client.subscribe([(topic, route.qos) for topic, route in self.routes.items()])
         if self._problem_streak:
             log.warning("MQTT connected to %s:%d as %s after %d failed attempt(s)", self.cfg.host, self.cfg.port,
                         self.client_id, self._problem_streak)
@@ -358,10 +383,11 @@ class MqttLink(threading.Thread):
         self.wake_event.set()
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        failed = [r for r in reasons if getattr(r, "is_failure", False)]
-        if failed:
-            self._throttle.log(logging.ERROR, "subscribe", "MQTT broker refused the subscription to %s (%s): "
-                               "triggers will not arrive", self.trigger_topic, failed[0])
+        for topic, reason in zip(self._subscribed, reasons, strict=False):
+            if getattr(reason, "is_failure", False):
+                route = self.routes.get(topic)
+                self._throttle.log(logging.ERROR, f"subscribe:{topic}", "MQTT broker refused the subscription to "
+                                   "%s (%s): %ss will not arrive", topic, reason, route.what if route else "message")
 
     def _on_lost(self, ours: bool = False) -> None:
         """The connection is gone (`ours`: we reset it): forget the client, plan the next attempt."""
@@ -446,15 +472,17 @@ class MqttLink(threading.Thread):
         self.wake_event.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """Dispatch by topic (the routes table); what it cannot use is refused, counted, logged rate-limited."""
         arrived = time.time()
         try:
-            if msg.topic != self.trigger_topic or self.on_trigger is None:
+            route = self.routes.get(msg.topic)
+            if route is None:
                 raise MessageRefused("not a topic edged subscribes to")
-            if msg.retain:  # a trigger is an event: a retained one would fire again on every reconnect
-                raise MessageRefused("a retained trigger (stale); publish triggers with retain false")
+            if msg.retain and not route.retained:  # an event: a retained one would fire again on every reconnect
+                raise MessageRefused(f"a retained {route.what} (stale); publish {route.what}s with retain false")
             if len(msg.payload) > MAX_PAYLOAD_BYTES:
                 raise MessageRefused(f"payload of {len(msg.payload)} bytes is over the limit of {MAX_PAYLOAD_BYTES}")
-            self.on_trigger(msg.payload, arrived)
+            route.handler(msg.payload, arrived)
         except MessageRefused as exc:
             self.refused += 1
             self._throttle.log(logging.WARNING, "refused", "refused a message on %s: %s (%d refused so far)",
@@ -532,10 +560,7 @@ class MqttLink(threading.Thread):
         """Past its deadline: never actuate. Counted, logged, and told to the MES on /audit."""
         audit: list[tuple[str, str]] = []
         if self.cfg.outbox.audit_expired:
-            for i in items:
-                payload = json.loads(i.payload)
-                payload["expired"] = True
-                audit.append((f"{self.base}/audit", jsonout.dumps(payload)))
+            audit = [(self.topics.audit, Audit.of_stored(i.payload).to_json()) for i in items]
         self.outbox.expire([i.id for i in items], audit)
         self.expired += len(items)
         log.warning("%d reject(s) expired before delivery (broker down or slow); not published to /reject",
@@ -556,7 +581,7 @@ class MqttLink(threading.Thread):
             return
         if clean and self.connected:
             if self.announce:
-                info = client.publish(f"{self.base}/status", "stopped", qos=1, retain=True)
+                info = client.publish(self.topics.status, Status.STOPPED.value, qos=1, retain=True)
                 with contextlib.suppress(RuntimeError, ValueError):
                     info.wait_for_publish(timeout=1.0)
             client.disconnect()

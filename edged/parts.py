@@ -103,7 +103,7 @@ class TriggerGate:
     nothing waits here past its deadline, even while the camera delivers no frames.
     """
 
-    INBOX_MAX = 2000  # more than the entry admits (messages.MAX_OUTSTANDING_TRIGGERS): a full inbox is a bug
+    INBOX_MAX = 2000  # more than the entry admits (incoming.MAX_OUTSTANDING_TRIGGERS): a full inbox is a bug
 
     def __init__(self, keep_s: float = 2.0) -> None:
         self.inbox: queue.Queue[Trigger] = queue.Queue(maxsize=self.INBOX_MAX)

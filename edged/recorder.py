@@ -3,7 +3,7 @@
 It is the only writer of inspection rows. Verdicts from several workers are put back in capture
 order per camera (by dispatch number), grouped into part events, and committed in groups: whatever
 has arrived is written in one transaction, with the reject messages of the parts it closes, and the
-MQTT link is woken to publish them.
+MQTT link is woken to publish them. The messages are `edged.payloads` on `edged.topics`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from edged.frames import Verdict
 from edged.health import Counters, Heartbeats, LatencyWindow
 from edged.logsetup import LogThrottle
 from edged.parts import FreeRunGrouper, PartEvent, Trigger, TriggerBook
+from edged.payloads import NotInspected, Reject, Result
 from edged.store import InspectionRow, InspectionWriter, OutboxMessage, is_disk_full
+from edged.topics import Topics
 from edged.worker import Decided
 
 log = logging.getLogger(__name__)
@@ -30,65 +32,16 @@ log = logging.getLogger(__name__)
 RETENTION_EVERY_S = 3600.0
 
 
-def reject_payload(event: PartEvent, uid: str, station: str, ttl_ms: float,
-                   image_path: str | None) -> dict[str, object]:
-    """The reject message: the contract with the controls engineers (see README, 'MQTT contract').
-
-    The deadline runs from the part's first frame; for a part closed by its maximum length, from its
-    last one: that part is still in view, and a deadline from its first frame would have passed already.
-    """
-    best = event.best
-    start = event.last_captured_at if event.capped else event.first.frame.captured_at
-    return {
-        "id": uid,
-        "station": station,
-        "camera": event.camera,
-        "part_id": event.part_id,
-        "seq": best.frame.seq,
-        "reason": "defect",
-        "captured_at": round(best.frame.captured_at, 6),
-        "decided_at": round(best.decided_at, 6),
-        "expires_at": round(start + ttl_ms / 1000.0, 6),
-        "score": round(best.score, 6),
-        "threshold": round(best.threshold, 6),
-        "confidence": round(best.confidence, 4),
-        "regions": [r.to_dict() for r in best.regions],
-        "model": best.model,
-        "frames": event.frames,
-        "image": image_path,
-    }
-
-
-def not_inspected_payload(trig: Trigger, uid: str, station: str, ttl_ms: float) -> dict[str, object]:
-    """A triggered part that got no verdict in time: the line must not ship it as inspected."""
-    return {
-        "id": uid, "station": station, "camera": trig.camera, "part_id": trig.part_id, "seq": None,
-        "reason": "not_inspected", "is_defective": None, "captured_at": None,
-        "decided_at": round(time.time(), 6), "triggered_at": round(trig.due_at, 6),
-        "expires_at": round(trig.deadline_at + ttl_ms / 1000.0, 6), "score": None, "threshold": None,
-        "confidence": None, "regions": [], "model": None,
-    }
-
-
-def result_payload(v: Verdict, uid: str, station: str) -> dict[str, object]:
-    return {
-        "id": uid, "station": station, "camera": v.frame.camera, "seq": v.frame.seq,
-        "part_id": v.frame.part_id, "reason": v.reason, "is_defective": v.is_defective,
-        "captured_at": round(v.frame.captured_at, 6), "decided_at": round(v.decided_at, 6),
-        "score": round(v.score, 6), "threshold": round(v.threshold, 6), "confidence": round(v.confidence, 4),
-        "regions": [r.to_dict() for r in v.regions], "model": v.model,
-    }
-
-
 class RecorderThread(threading.Thread):
     def __init__(self, config: Config, decided: queue.Queue[Decided], writer: InspectionWriter,
                  archive: ImageArchive | None, counters: Counters, latency: LatencyWindow,
                  heartbeats: Heartbeats, stop: threading.Event, wake_sender: Callable[[], None],
-                 send_result: Callable[[dict[str, object]], None] | None = None,
+                 send_result: Callable[[Result], None] | None = None,
                  on_verdict: Callable[[Verdict, str], None] | None = None,
                  publish_direct: Callable[[str, dict[str, object]], None] | None = None) -> None:
         super().__init__(name="recorder", daemon=True)
         self.config = config
+        self.topics = Topics.of(config)
         self.decided = decided
         self.writer = writer
         self.archive = archive
@@ -215,7 +168,7 @@ class RecorderThread(threading.Thread):
             self.latency.add(v.latency_ms)
             self.counters.inspected += 1
             if self.send_result is not None:
-                self.send_result(result_payload(v, uid, station))
+                self.send_result(Result.for_verdict(v, uid, station))
             if self.on_verdict is not None:
                 self.on_verdict(v, uid)
             if v.frame.camera in self.triggered:
@@ -273,14 +226,14 @@ class RecorderThread(threading.Thread):
             log.warning("%s: verdict for part %s came after its deadline: logged only (not_inspected was sent)",
                         v.frame.camera, v.frame.part_id)
             return []
-        mqtt, station = self.config.mqtt, self.config.station
-        out = [OutboxMessage("result", f"{mqtt.prefix}/{station}/result", result_payload(v, uid, station), None,
+        station = self.config.station
+        out = [OutboxMessage("result", self.topics.result, Result.for_verdict(v, uid, station).to_dict(), None,
                              row_index=row_index)]
         if v.is_defective:
             event = PartEvent(v.frame.camera, v, v, v.frame.captured_mono, given_id=v.frame.part_id)
-            payload = reject_payload(event, uid, station, mqtt.reject_ttl_ms, image)
-            out.append(OutboxMessage("reject", f"{mqtt.prefix}/{station}/reject", payload,
-                                     float(payload["expires_at"]), row_index=row_index))  # type: ignore[arg-type]
+            reject = Reject.for_part(event, uid, station, self.config.mqtt.reject_ttl_ms, image)
+            out.append(OutboxMessage("reject", self.topics.reject, reject.to_dict(), reject.deadline,
+                                     row_index=row_index))
         return out
 
     def _expired_triggers(self, rows: list[InspectionRow], final: bool) -> list[OutboxMessage]:
@@ -288,7 +241,6 @@ class RecorderThread(threading.Thread):
         now = time.time()
         gone = self.book.expire(float("inf") if final else now)
         out: list[OutboxMessage] = []
-        mqtt, station = self.config.mqtt, self.config.station
         for trig in gone:
             self.counters.not_inspected += 1
             uid = uuid.uuid4().hex
@@ -297,24 +249,23 @@ class RecorderThread(threading.Thread):
                 uid=uid, seq=-1, camera=trig.camera, part_id=trig.part_id, captured_at=trig.due_at, decided_at=now,
                 score=None, threshold=None, is_defective=False, confidence=None, latency_ms=None, model="",
                 regions=[], image_path=None, reason="not_inspected"))
-            payload = not_inspected_payload(trig, uid, station, mqtt.reject_ttl_ms)
-            out.append(OutboxMessage("result", f"{mqtt.prefix}/{station}/result", payload, None,
-                                     row_index=len(rows) - 1))
+            message = NotInspected.for_trigger(trig, uid, self.config.station, self.config.mqtt.reject_ttl_ms,
+                                               decided_at=time.time())
+            payload = message.to_dict()
+            out.append(OutboxMessage("result", self.topics.result, payload, None, row_index=len(rows) - 1))
             if self.cameras[trig.camera].trigger.fail_safe == "reject":
-                out.append(OutboxMessage("reject", f"{mqtt.prefix}/{station}/reject", payload,
-                                         float(payload["expires_at"]), row_index=len(rows) - 1))  # type: ignore[arg-type]
+                out.append(OutboxMessage("reject", self.topics.reject, payload, message.deadline,
+                                         row_index=len(rows) - 1))
         return out
 
     def _reject_message(self, event: PartEvent, verdict_rows: dict[tuple[str, int], int]) -> OutboxMessage:
         key = (event.camera, event.best.frame.seq)
         inspection_id, uid, image = self._defect_rows.get(key, (-1, uuid.uuid4().hex, None))
-        mqtt = self.config.mqtt
-        payload = reject_payload(event, uid, self.config.station, mqtt.reject_ttl_ms, image)
-        topic = f"{mqtt.prefix}/{self.config.station}/reject"
-        expires_at = float(payload["expires_at"])  # type: ignore[arg-type]
+        reject = Reject.for_part(event, uid, self.config.station, self.config.mqtt.reject_ttl_ms, image)
         if key in verdict_rows:
-            return OutboxMessage("reject", topic, payload, expires_at, row_index=verdict_rows[key])
-        return OutboxMessage("reject", topic, payload, expires_at,
+            return OutboxMessage("reject", self.topics.reject, reject.to_dict(), reject.deadline,
+                                 row_index=verdict_rows[key])
+        return OutboxMessage("reject", self.topics.reject, reject.to_dict(), reject.deadline,
                              inspection_id=inspection_id if inspection_id >= 0 else None)
 
     def _plan_image(self, v: Verdict, images: list[tuple[Verdict, int]], row_index: int) -> str | None:

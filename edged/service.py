@@ -35,14 +35,16 @@ from edged.detector import Detector
 from edged.frame_queue import FrameQueue
 from edged.frames import Verdict
 from edged.health import CameraStats, Counters, Heartbeats, LatencyWindow
+from edged.incoming import MessageRefused, TriggerAdmission, parse_trigger
 from edged.instance import InstanceLock
-from edged.messages import MessageRefused, TriggerAdmission, parse_trigger
-from edged.mqtt_link import MqttLink
+from edged.mqtt_link import MqttLink, Route
 from edged.parts import TriggerGate
+from edged.payloads import CameraState, Stats
 from edged.recorder import RecorderThread
 from edged.safetext import redact_url
 from edged.sdnotify import Notifier
 from edged.store import InspectionWriter, open_database
+from edged.topics import Topics
 from edged.worker import Decided, InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -131,8 +133,7 @@ class Service:
             self.archive = ImageArchive(cfg.storage.resolve(images.dir), images.quota_mb, images.overlay,
                                         images.format)
         if self.mqtt_enabled:
-            self.link = MqttLink(cfg, db_path, self.heartbeats, self.link_stop,
-                                 on_trigger=self._on_trigger if self.gates else None,
+            self.link = MqttLink(cfg, db_path, self.heartbeats, self.link_stop, routes=self.routes(),
                                  client_id=self.mqtt_client_id, announce=self.mqtt_announce)
         self.recorder = RecorderThread(
             cfg, self.decided, self.writer, self.archive, self.counters, self.latency, self.heartbeats,
@@ -183,7 +184,7 @@ class Service:
                 self._supervised("status", self._report)
             if self.link is not None and self.mqtt_announce and now >= next_stats:  # a replay's are not the station's
                 next_stats = now + self.config.mqtt.stats_interval_s
-                self._supervised("stats", lambda: self.link.send("stats", self.stats_message()))  # type: ignore[union-attr]
+                self._supervised("stats", lambda: self.link.send_stats(self.stats_message()))  # type: ignore[union-attr]
             if self._dead_since is not None and now - self._dead_since >= self.config.health.heartbeat_timeout_s:
                 # the watchdog would abort us soon (if armed); a clean stop commits what the living threads
                 # hold, and exit code 1 has systemd restart edged (Restart=on-failure), watchdog or not
@@ -201,6 +202,16 @@ class Service:
             self.stop_requested.wait(tick)
         self.shutdown()
         return 0
+
+    def routes(self) -> dict[str, Route]:
+        """The incoming dispatch table: each topic edged subscribes to and its handler (on paho's thread).
+        A new incoming topic (a `cmd/...` command) is a handler here and one entry: `Topics` names it,
+        `edged.incoming` checks its payload."""
+        topics = Topics.of(self.config)
+        table: dict[str, Route] = {}
+        if self.gates:  # only cameras in trigger mode mqtt take triggers
+            table[topics.trigger] = Route(self._on_trigger, "trigger")
+        return table
 
     def _on_trigger(self, payload: bytes, arrived_at: float) -> None:
         """A trigger message from the line (on the MQTT thread): checked and admitted (bounded), then to the
@@ -235,7 +246,12 @@ class Service:
             except queue.Empty:
                 return
             if self.link is not None:
-                self.link.camera_state(name, state)
+                try:
+                    typed = CameraState(state)
+                except ValueError:  # a capture state the contract does not list: a bug, never a crash here
+                    log.error("camera %s: state %r is not in the MQTT contract; not published", name, state)
+                    continue
+                self.link.camera_state(name, typed)
 
     def _healthy(self) -> bool:
         """Every thread alive and beating; a dead one makes the daemon unhealthy for good (no watchdog ping)."""
@@ -390,18 +406,11 @@ class Service:
         except OSError:
             return False
 
-    def stats_message(self) -> dict[str, Any]:
-        h = self.health()
+    def stats_message(self) -> Stats:
         with self._process.oneshot():
             cpu = self._process.cpu_percent(None)
             rss = self._process.memory_info().rss
-        return {"station": h["station"], "at": h["updated_at"], "inspected": h["inspected"],
-                "rejects": h["rejects"], "cameras": h["cameras"], "latency_ms": h["latency_ms"],
-                "outbox_backlog": h["outbox_backlog"], "expired": h["expired"], "broker": h["broker"],
-                "db_errors": h["disk"]["db_errors"], "images_paused": h["disk"]["images_paused"],
-                "db_full": h["disk"]["db_full"], "invalid_outputs": h["invalid_outputs"],
-                "dead_threads": h["dead_threads"], "mqtt": h["mqtt"],
-                "cpu_percent": cpu, "rss_mb": round(rss / 1e6, 1)}
+        return Stats.from_health(self.health(), cpu, rss)
 
     # --- stop --------------------------------------------------------------------------------------
     def shutdown(self) -> None:

@@ -83,7 +83,7 @@ def test_a_capped_part_is_rejected_by_the_daemon_with_a_deadline_from_its_last_f
     from support import spot_frame, write_config
 
     from edged.config import load_config
-    from edged.recorder import reject_payload
+    from edged.payloads import Reject
     from edged.sdnotify import Notifier
     from edged.service import Service
 
@@ -98,7 +98,7 @@ def test_a_capped_part_is_rejected_by_the_daemon_with_a_deadline_from_its_last_f
     assert service.counters.rejects == 3 and service.counters.parts == 3
     g = FreeRunGrouper("c", gap_ms=500, max_part_ms=1000)
     capped = next(e for i in range(40) for e in g.feed(verdict(i, i * 0.033, 2)))
-    payload = reject_payload(capped, "u", "s", 2000.0, None)
+    payload = Reject.for_part(capped, "u", "s", 2000.0, None).to_dict()
     assert payload["expires_at"] == round(capped.last_captured_at + 2.0, 6) > capped.first.frame.captured_at + 2.0
 
 

@@ -26,7 +26,7 @@ from paho.mqtt.properties import Properties
 from support import Broker, ServiceRunner, Subscriber, free_port, wait_until, write_config, write_spot_video
 
 from edged.config import load_config
-from edged.messages import MAX_PART_ID_CHARS, MAX_PAYLOAD_BYTES
+from edged.incoming import MAX_PART_ID_CHARS, MAX_PAYLOAD_BYTES
 
 pytestmark = pytest.mark.slow
 

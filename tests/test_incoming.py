@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edged import messages
-from edged.messages import MessageRefused, TriggerAdmission, decode_object, parse_trigger
+from edged import incoming
+from edged.incoming import MessageRefused, TriggerAdmission, decode_object, parse_trigger
 from edged.parts import Trigger
 
-MAX_PART_ID_CHARS, MAX_PAYLOAD_BYTES, MAX_T_FUTURE_S = (messages.MAX_PART_ID_CHARS, messages.MAX_PAYLOAD_BYTES,
-                                                        messages.MAX_T_FUTURE_S)
+MAX_PART_ID_CHARS, MAX_PAYLOAD_BYTES, MAX_T_FUTURE_S = (incoming.MAX_PART_ID_CHARS, incoming.MAX_PAYLOAD_BYTES,
+                                                        incoming.MAX_T_FUTURE_S)
 
 CAMERAS = {"cam1": (0.0, 1000.0), "cam2": (50.0, 800.0)}
 NOW = 1_795_766_400.0

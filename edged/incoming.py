@@ -1,4 +1,5 @@
-"""Messages that come in from outside over MQTT: the one place they are checked.
+"""Messages that come in from outside over MQTT: the one place they are checked (outgoing ones are
+`edged.payloads`; the topics they arrive on are `edged.topics`, dispatched by `edged.mqtt_link`).
 
 Whatever a PLC, a misconfigured client or an attacker publishes on a topic we subscribe to ends up
 here before anything else sees it. A message is either turned into typed, bounded values or refused
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from edged.parts import Trigger
@@ -93,26 +95,45 @@ def _sensor_time(value: object, part_id: str, arrived_at: float) -> float:
     return t
 
 
+@dataclass(frozen=True, slots=True)
+class TriggerMessage:
+    """A checked trigger message (`<base>/trigger`): part `part_id` passed the sensor at `t` (Unix
+    seconds); `camera` None means every camera in trigger mode mqtt."""
+
+    part_id: str
+    t: float
+    camera: str | None
+
+    @classmethod
+    def parse(cls, payload: bytes, arrived_at: float, cameras: dict[str, tuple[float, float]]) -> TriggerMessage:
+        """The message, or MessageRefused; `cameras` are the mqtt-mode cameras it may name."""
+        data = decode_object(payload)
+        part_id = _part_id(data.get("part_id"))
+        t = _sensor_time(data.get("t", arrived_at), part_id, arrived_at)
+        camera = data.get("camera")
+        if camera is not None and not isinstance(camera, str):
+            raise MessageRefused(f"trigger {escape(part_id, 60)}: 'camera' must be a camera name "
+                                 f"(got {type(camera).__name__})")
+        if camera is not None and camera not in cameras:
+            raise MessageRefused(f"trigger {escape(part_id, 60)}: camera {escape(camera, 60)} is not a camera "
+                                 f"in trigger mode mqtt")
+        return cls(part_id, t, camera)
+
+    def triggers(self, arrived_at: float, cameras: dict[str, tuple[float, float]]) -> list[Trigger]:
+        """One Trigger per camera it names (all of them when it names none: one result each)."""
+        names = [self.camera] if self.camera is not None else list(cameras)
+        out = []
+        for name in names:
+            delay_ms, timeout_ms = cameras[name]
+            due = self.t + delay_ms / 1000.0
+            out.append(Trigger(self.part_id, name, due, max(due, arrived_at) + timeout_ms / 1000.0, arrived_at))
+        return out
+
+
 def parse_trigger(payload: bytes, arrived_at: float, cameras: dict[str, tuple[float, float]]) -> list[Trigger]:
     """A trigger message -> one Trigger per camera it names. `cameras` maps each mqtt-mode camera to
     (delay_ms, timeout_ms); a message naming no camera triggers every one of them (one result each)."""
-    data = decode_object(payload)
-    part_id = _part_id(data.get("part_id"))
-    t = _sensor_time(data.get("t", arrived_at), part_id, arrived_at)
-    camera = data.get("camera")
-    if camera is not None and not isinstance(camera, str):
-        raise MessageRefused(f"trigger {escape(part_id, 60)}: 'camera' must be a camera name "
-                             f"(got {type(camera).__name__})")
-    if camera is not None and camera not in cameras:
-        raise MessageRefused(f"trigger {escape(part_id, 60)}: camera {escape(camera, 60)} is not a camera "
-                             f"in trigger mode mqtt")
-    names = [camera] if camera is not None else list(cameras)
-    out = []
-    for name in names:
-        delay_ms, timeout_ms = cameras[name]
-        due = t + delay_ms / 1000.0
-        out.append(Trigger(part_id, name, due, max(due, arrived_at) + timeout_ms / 1000.0, arrived_at))
-    return out
+    return TriggerMessage.parse(payload, arrived_at, cameras).triggers(arrived_at, cameras)
 
 
 class TriggerAdmission:

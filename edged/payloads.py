@@ -1,0 +1,232 @@
+"""What edged publishes: one typed class per outgoing payload (README, "MQTT contract").
+
+The wire format is a contract with the controls engineers and the MES: field names, their order, which
+are null and how numbers are rounded. Each class holds the values as the daemon knows them and its
+`to_dict()` is the only place that turns them into the message, so the format of a reject cannot drift
+between the durable path, the direct path (database failing) and the audit copy. `to_json()` is strict
+JSON (`edged.jsonout`: never NaN or Infinity). Plain-text payloads (status, camera state) are enums whose
+value is the word on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from edged import jsonout
+from edged.frames import Region, Verdict
+from edged.parts import PartEvent, Trigger
+
+
+def _t(seconds: float) -> float:
+    """Unix seconds on the wire: microseconds."""
+    return round(seconds, 6)
+
+
+class Status(str, Enum):
+    """`<base>/status`, retained: the daemon's presence."""
+
+    ONLINE = "online"  # on each connection
+    OFFLINE = "offline"  # the last will: the daemon vanished
+    STOPPED = "stopped"  # a clean exit
+
+
+class CameraState(str, Enum):
+    """`<base>/camera/<name>`, retained: what the capture thread is doing."""
+
+    STARTING = "starting"
+    STREAMING = "streaming"
+    RECONNECTING = "reconnecting"
+    FAILED = "failed"
+    FINISHED = "finished"
+
+
+class Payload:
+    """A JSON payload: `to_dict()` is the message, `to_json()` its strict JSON text."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        return jsonout.dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class Reject(Payload):
+    """A defective part: move it off the line before `expires_at`."""
+
+    id: str
+    station: str
+    camera: str
+    part_id: str
+    seq: int
+    captured_at: float
+    decided_at: float
+    expires_at: float
+    score: float
+    threshold: float
+    confidence: float
+    regions: tuple[Region, ...]
+    model: str
+    frames: int
+    image: str | None
+
+    @classmethod
+    def for_part(cls, event: PartEvent, uid: str, station: str, ttl_ms: float, image: str | None) -> Reject:
+        """The part's best frame. The deadline runs from the part's first frame; for a part closed by its
+        maximum length, from its last one: that part is still in view, and a deadline from its first
+        frame would have passed already."""
+        best = event.best
+        start = event.last_captured_at if event.capped else event.first.frame.captured_at
+        return cls(id=uid, station=station, camera=event.camera, part_id=event.part_id, seq=best.frame.seq,
+                   captured_at=best.frame.captured_at, decided_at=best.decided_at,
+                   expires_at=start + ttl_ms / 1000.0, score=best.score, threshold=best.threshold,
+                   confidence=best.confidence, regions=best.regions, model=best.model, frames=event.frames,
+                   image=image)
+
+    @property
+    def deadline(self) -> float:
+        """`expires_at` exactly as the message says it (the outbox row expires at the same instant)."""
+        return _t(self.expires_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "station": self.station, "camera": self.camera, "part_id": self.part_id,
+            "seq": self.seq, "reason": "defect", "captured_at": _t(self.captured_at),
+            "decided_at": _t(self.decided_at), "expires_at": self.deadline, "score": round(self.score, 6),
+            "threshold": round(self.threshold, 6), "confidence": round(self.confidence, 4),
+            "regions": [r.to_dict() for r in self.regions], "model": self.model, "frames": self.frames,
+            "image": self.image,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NotInspected(Payload):
+    """A triggered part that got no verdict in time: its result, and with `fail_safe: reject` its reject
+    (the same message on both topics): the line must not ship it as inspected."""
+
+    id: str
+    station: str
+    camera: str
+    part_id: str
+    decided_at: float
+    triggered_at: float
+    expires_at: float
+
+    @classmethod
+    def for_trigger(cls, trig: Trigger, uid: str, station: str, ttl_ms: float, decided_at: float) -> NotInspected:
+        return cls(id=uid, station=station, camera=trig.camera, part_id=trig.part_id, decided_at=decided_at,
+                   triggered_at=trig.due_at, expires_at=trig.deadline_at + ttl_ms / 1000.0)
+
+    @property
+    def deadline(self) -> float:
+        return _t(self.expires_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "station": self.station, "camera": self.camera, "part_id": self.part_id, "seq": None,
+            "reason": "not_inspected", "is_defective": None, "captured_at": None,
+            "decided_at": _t(self.decided_at), "triggered_at": _t(self.triggered_at), "expires_at": self.deadline,
+            "score": None, "threshold": None, "confidence": None, "regions": [], "model": None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Result(Payload):
+    """One verdict (`mqtt.publish_results`, and always for a triggered part)."""
+
+    id: str
+    station: str
+    camera: str
+    seq: int
+    part_id: str | None
+    reason: str
+    is_defective: bool
+    captured_at: float
+    decided_at: float
+    score: float
+    threshold: float
+    confidence: float
+    regions: tuple[Region, ...]
+    model: str
+
+    @classmethod
+    def for_verdict(cls, v: Verdict, uid: str, station: str) -> Result:
+        return cls(id=uid, station=station, camera=v.frame.camera, seq=v.frame.seq, part_id=v.frame.part_id,
+                   reason=v.reason, is_defective=v.is_defective, captured_at=v.frame.captured_at,
+                   decided_at=v.decided_at, score=v.score, threshold=v.threshold, confidence=v.confidence,
+                   regions=v.regions, model=v.model)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "station": self.station, "camera": self.camera, "seq": self.seq,
+            "part_id": self.part_id, "reason": self.reason, "is_defective": self.is_defective,
+            "captured_at": _t(self.captured_at), "decided_at": _t(self.decided_at),
+            "score": round(self.score, 6), "threshold": round(self.threshold, 6),
+            "confidence": round(self.confidence, 4), "regions": [r.to_dict() for r in self.regions],
+            "model": self.model,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Audit(Payload):
+    """A reject that expired before delivery, told to the MES: the stored reject plus `"expired": true`.
+
+    It is made from the outbox row's text (whatever reject shape was stored, by this or an older version),
+    so it carries the reject's fields as they were sent, not re-derived ones."""
+
+    reject: Mapping[str, Any]
+
+    @classmethod
+    def of_stored(cls, payload: str) -> Audit:
+        return cls(json.loads(payload))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.reject, "expired": True}
+
+
+@dataclass(frozen=True, slots=True)
+class Stats(Payload):
+    """Every `mqtt.stats_interval_s`: a summary of the health file plus the process's CPU and memory."""
+
+    station: str
+    at: float
+    inspected: int
+    rejects: int
+    cameras: Mapping[str, Any]
+    latency_ms: Mapping[str, float | None]
+    outbox_backlog: int
+    expired: int
+    broker: str
+    db_errors: int
+    images_paused: bool
+    db_full: bool
+    invalid_outputs: int
+    dead_threads: Mapping[str, str]
+    mqtt: Mapping[str, int]
+    cpu_percent: float
+    rss_bytes: int
+
+    @classmethod
+    def from_health(cls, h: Mapping[str, Any], cpu_percent: float, rss_bytes: int) -> Stats:
+        """`h` is the service's health dict (the same numbers as the health file, never two counts)."""
+        disk = h["disk"]
+        return cls(station=h["station"], at=h["updated_at"], inspected=h["inspected"], rejects=h["rejects"],
+                   cameras=h["cameras"], latency_ms=h["latency_ms"], outbox_backlog=h["outbox_backlog"],
+                   expired=h["expired"], broker=h["broker"], db_errors=disk["db_errors"],
+                   images_paused=disk["images_paused"], db_full=disk["db_full"],
+                   invalid_outputs=h["invalid_outputs"], dead_threads=h["dead_threads"], mqtt=h["mqtt"],
+                   cpu_percent=cpu_percent, rss_bytes=rss_bytes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"station": self.station, "at": self.at, "inspected": self.inspected, "rejects": self.rejects,
+                "cameras": self.cameras, "latency_ms": self.latency_ms, "outbox_backlog": self.outbox_backlog,
+                "expired": self.expired, "broker": self.broker, "db_errors": self.db_errors,
+                "images_paused": self.images_paused, "db_full": self.db_full,
+                "invalid_outputs": self.invalid_outputs, "dead_threads": self.dead_threads, "mqtt": self.mqtt,
+                "cpu_percent": self.cpu_percent, "rss_mb": round(self.rss_bytes / 1e6, 1)}

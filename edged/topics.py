@@ -1,0 +1,70 @@
+"""The MQTT topic tree: the one place a topic string is made (README, "MQTT contract").
+
+Every topic is `<mqtt.prefix>/<station>/<subtopic>`. Building them here, once per config, means the
+prefix and station cannot be joined two ways in two modules, and a new topic is one property here.
+Outgoing topics are published by `edged.mqtt_link`; incoming ones are keys of its dispatch table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edged.config import Config
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """`base` is `<prefix>/<station>`; each property is one topic of the contract."""
+
+    base: str
+
+    @classmethod
+    def of(cls, config: Config) -> Topics:
+        return cls(f"{config.mqtt.prefix}/{config.station}")
+
+    def _sub(self, subtopic: str) -> str:
+        return f"{self.base}/{subtopic}"
+
+    # --- outgoing ---------------------------------------------------------------------------------
+    @property
+    def reject(self) -> str:
+        """QoS 1, durable: move the part off the line."""
+        return self._sub("reject")
+
+    @property
+    def result(self) -> str:
+        """Every verdict (optional) and every triggered part's one result."""
+        return self._sub("result")
+
+    @property
+    def audit(self) -> str:
+        """Rejects that expired before delivery, so the MES learns of the part."""
+        return self._sub("audit")
+
+    @property
+    def status(self) -> str:
+        """Retained: online, offline (last will), stopped."""
+        return self._sub("status")
+
+    @property
+    def stats(self) -> str:
+        return self._sub("stats")
+
+    def camera(self, name: str) -> str:
+        """Retained state of one camera."""
+        return self._sub(f"camera/{name}")
+
+    @property
+    def display(self) -> str:
+        """`<prefix>/<station>/...`: how `edged check-config` names the whole tree (not a subscription)."""
+        return self._sub("...")
+
+    # --- incoming (subscribed; handlers in the MQTT link's dispatch table) -------------------------
+    @property
+    def trigger(self) -> str:
+        """From the line: inspect a part (triggered inspection)."""
+        return self._sub("trigger")
+
+    def command(self, name: str) -> str:
+        """`cmd/<name>`: commands to the daemon (none yet; e.g. `cmd/recipe`). Give each its own property."""
+        return self._sub(f"cmd/{name}")
