@@ -3,7 +3,8 @@
 It owns the camera's reconnect logic (exponential backoff with jitter, stall detection) and its
 state (`starting`, `streaming`, `reconnecting`, `failed`, `finished`), which it announces on the
 `events` queue for the MQTT link and the log. It never waits on inference: live sources drop the
-oldest queued frame instead.
+oldest queued frame instead. It knows no camera kind: the source, built by the kind registry from the
+camera's typed config, says whether it is live and how fast to pace it (`Source.live`, `Source.pacing`).
 """
 
 from __future__ import annotations
@@ -132,12 +133,10 @@ class CaptureThread(threading.Thread):
     def _stream(self, source: Source) -> str:
         """Read until the source ends, fails or we stop. Returns 'ended', 'stopped' or a failure reason."""
         last_good = time.monotonic()
-        realtime_period = None
-        if not source.live and self.cam.realtime:
-            fps = self.cam.fps or source.nominal_fps or 30.0
-            realtime_period = 1.0 / fps
+        pacing = source.pacing  # a replay paced like a camera (realtime) is read, and dropped, like one
+        realtime_period = 1.0 / pacing if pacing else None
         next_due = time.monotonic()
-        drop_oldest = source.live or self.cam.realtime
+        drop_oldest = source.live or realtime_period is not None
         while not self.stop_event.is_set():
             self._beat()
             if realtime_period is not None:
@@ -236,6 +235,5 @@ class CaptureThread(threading.Thread):
 
 
 def _default_factory(cam: CameraConfig) -> Source:
-    return open_source(cam.source, watch=cam.watch, loop=cam.loop, open_timeout_s=cam.open_timeout_s,
-                       read_timeout_s=cam.read_timeout_s, width=cam.width, height=cam.height, fps=cam.fps,
-                       max_megapixels=cam.max_image_megapixels)
+    """A new source per attempt, built by the camera's kind (edged/sources/registry.py)."""
+    return open_source(cam)

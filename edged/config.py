@@ -10,84 +10,30 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, Tag, ValidationError, field_validator, model_validator
 
-from edged.safetext import redact_url
-
-NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe in MQTT topics, file names and SQL values
+from edged.safetext import escape, redact_url
+from edged.section import NAME_RE, Section
+from edged.sources import (  # the camera sections live with the sources (edged/sources/, one module per kind)
+    KINDS,
+    AnyCamera,
+    CameraConfig,  # noqa: F401 (re-exported: the common base of every camera kind, for worker, recorder, capture)
+    ReconnectConfig,  # noqa: F401 (re-exported)
+    TriggerConfig,  # noqa: F401 (re-exported)
+    paths_relative_to,
+)
 
 
 class ConfigError(Exception):
     """A config the daemon refuses to run with; str() is a message for a person, naming the key."""
 
 
-class _Section(BaseModel):
-    # allow_inf_nan=False: every float key of every section refuses .inf and .nan ("Input should be a
-    # finite number", naming the key): a TTL of .inf never expires, a NaN threshold rejects nothing.
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
-
-
-class ReconnectConfig(_Section):
-    """How a lost camera is reopened: exponential backoff with jitter."""
-
-    initial_s: float = Field(1.0, gt=0, le=60)
-    max_s: float = Field(30.0, gt=0, le=3600)
-    jitter: float = Field(0.2, ge=0, le=1)  # +- this fraction of the delay
-    give_up_after: int = Field(0, ge=0)  # 0: never give up (state 'reconnecting' forever)
-
-
-class TriggerConfig(_Section):
-    """What makes a part: every frame (`free_run`) or a trigger message from the line (`mqtt`)."""
-
-    mode: Literal["free_run", "mqtt"] = "free_run"
-    gap_ms: float = Field(500.0, ge=0)  # free_run: defective frames closer than this are one part
-    # free_run: a part still open this long after its first defective frame, or with this many defective
-    # frames, is closed and rejected anyway (defects closer than gap_ms without end would never give one)
-    max_part_ms: float = Field(5000.0, gt=0, le=3_600_000)
-    max_part_frames: int = Field(300, ge=1, le=100_000)
-    delay_ms: float = Field(0.0, ge=0)  # mqtt: inspect the first frame captured this long after the trigger
-    timeout_ms: float = Field(1000.0, gt=0)  # mqtt: no verdict by then -> not_inspected
-    fail_safe: Literal["pass", "reject"] = "pass"  # what a not_inspected part gets on the reject topic
-
-
-class CameraConfig(_Section):
-    name: str = Field(pattern=NAME_RE)
-    source: str  # "0" (V4L2 index), rtsp://..., http(s)://..., a video file, an image folder, "gst:<pipeline>"
-    watch: bool = False  # folder sources: keep watching for new files
-    loop: bool = False  # video files and folders: start again at the end (demos, soak tests)
-    realtime: bool = False  # video files and folders: pace frames at `fps` like a live camera (drops possible)
-    fps: float | None = Field(None, gt=0, le=1000)  # pacing for realtime replay; for devices, requested fps
-    width: int | None = Field(None, gt=0)  # requested capture size for devices
-    height: int | None = Field(None, gt=0)
-    queue_size: int = Field(4, ge=1, le=1024)
-    threshold: float | None = None  # overrides the bundle's calibrated threshold for this camera
-    roi: tuple[int, int, int, int] | None = None  # x, y, w, h crop in frame pixels before inspection
-    open_timeout_s: float = Field(10.0, gt=0, le=300)
-    read_timeout_s: float = Field(5.0, gt=0, le=300)
-    stall_timeout_s: float = Field(10.0, gt=0, le=3600)  # no frame for this long -> reopen
-    # folders: an image file larger than this (width x height from its header, checked before decoding)
-    # is skipped and counted as a bad frame: a 20000x20000 PNG would take GBs of memory to decode
-    max_image_megapixels: float = Field(50.0, gt=0, le=1000)
-    reconnect: ReconnectConfig = ReconnectConfig()
-    trigger: TriggerConfig = TriggerConfig()
-
-    @field_validator("source")
-    @classmethod
-    def _source_not_empty(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be empty")
-        return v.strip()
-
-    @field_validator("roi")
-    @classmethod
-    def _roi_positive(cls, v: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
-        if v is not None and (v[0] < 0 or v[1] < 0 or v[2] <= 0 or v[3] <= 0):
-            raise ValueError("must be [x, y, width, height] with x, y >= 0 and width, height > 0")
-        return v
+_Section = Section  # the strict base of every section (edged/section.py, shared with the camera kinds)
 
 
 class ModelConfig(_Section):
@@ -200,7 +146,9 @@ class LoggingConfig(_Section):
 class Config(_Section):
     station: str = Field("station1", pattern=NAME_RE)
     model: ModelConfig
-    cameras: tuple[CameraConfig, ...] = Field(min_length=1)
+    cameras: tuple[AnyCamera, ...] = Field(min_length=1, examples=[[{"name": "cam1", "source": "0"}]], description=(
+        "The cameras, one capture thread each; a camera's own keys depend on its kind (device, stream, file, "
+        "folder, gst), given by `kind` or following from `source`."))
     storage: StorageConfig = StorageConfig()
     mqtt: MqttConfig = MqttConfig()
     health: HealthConfig = HealthConfig()
@@ -220,20 +168,48 @@ class Config(_Section):
 
 # --- loading and error messages -------------------------------------------------------------------
 
-def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The field names valid at `loc` (used to suggest a key for a typo)."""
-    current: Any = model
+def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], type[BaseModel] | None, str | None]:
+    """Follow an error's key path through the schema: (the path as written in the YAML, without the union
+    tags pydantic inserts (`cameras.0.folder.watch` is `cameras[0].watch`), the section the path ends in
+    (None past a plain value), the camera kind on the way (None outside cameras))."""
+    shown: list[Any] = []
+    current: type[BaseModel] | None = Config
+    tags: dict[str, type[BaseModel]] = {}
+    kind = None
     for part in loc:
-        if isinstance(part, int):
+        if tags and isinstance(part, str) and part in tags:  # the discriminated union's tag: not a key
+            current, kind, tags = tags[part], part, {}
             continue
-        fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
-            return []
-        annotation = fields[part].annotation
-        current = _section_type(annotation)
-        if current is None:
-            return []
-    return list(getattr(current, "model_fields", {}).keys())
+        shown.append(part)
+        if isinstance(part, int) or current is None:
+            continue
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            current = None
+            continue
+        tags = _tagged(field.annotation)
+        current = None if tags else _section_type(field.annotation)
+    return tuple(shown), current, kind
+
+
+def _tagged(annotation: Any) -> dict[str, type[BaseModel]]:
+    """The members of a discriminated union found in `annotation` (`Annotated[Model, Tag(t)]`), by tag."""
+    out: dict[str, type[BaseModel]] = {}
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is typing.Annotated:
+            inner, *meta = typing.get_args(arg)
+            tags = [m.tag for m in meta if isinstance(m, Tag)]
+            if tags and isinstance(inner, type) and issubclass(inner, BaseModel):
+                out[tags[0]] = inner
+                continue
+        out.update(_tagged(arg))
+    return out
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The field names valid at `loc`, a pydantic error path from the top (to suggest a key for a typo)."""
+    section = _walk(loc)[1]
+    return list(section.model_fields) if section is not None else []
 
 
 def _section_type(annotation: Any) -> type[BaseModel] | None:
@@ -256,27 +232,65 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _format_error(err: dict[str, Any]) -> str:
+def _format_error(err: dict[str, Any], data: Any = None) -> str:
+    """One line per error, naming the key as written in the YAML; `data` (the document) lets a camera's
+    message name its source."""
     loc = tuple(err["loc"])
-    key = _format_loc(loc)
+    shown, _, kind = _walk(loc)
+    key = _format_loc(shown)
+    if err["type"] == "camera_kind":
+        got = err.get("input")
+        if isinstance(got, dict):
+            return f"{key}.kind: must be one of {', '.join(KINDS)} (got {escape(got.get('kind'), 40)})"
+        return f"{key}: must be a camera: a mapping of keys such as name and source"
     if err["type"] == "extra_forbidden":
-        known = _known_keys(Config, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        known = _known_keys(loc[:-1])
+        name = str(loc[-1])
+        elsewhere = [k for k, entry in KINDS.items() if name in entry.config.model_fields]
+        if kind is not None and len(shown) == 3 and elsewhere:  # a key of another kind of camera
+            return (f"{key}: unknown key for a {kind} camera{_camera_source(data, shown[1])}; it applies to "
+                    f"{_and(elsewhere)} cameras")
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else (f" (known keys: {', '.join(known)})" if known
                                                                 else "")
         return f"{key}: unknown key{hint}"
     if err["type"] == "missing":
         return f"{key}: required key is missing"
-    msg = re.sub(r"^Value error, ", "", err["msg"])
+    msg = re.sub(r"^(Value|Assertion) error, ", "", err["msg"])
     got = err.get("input")
-    shown = "" if isinstance(got, dict | list) or got is None else f" (got {redact_url(repr(got))})"
+    shown_value = "" if isinstance(got, dict | list) or got is None else f" (got {redact_url(repr(got))})"
     if loc and "password" in str(loc[-1]):  # the message goes to the journal: never echo a secret
-        shown = ""
-    return f"{key}: {msg}{shown}"
+        shown_value = ""
+    return f"{key}: {msg}{shown_value}"
 
 
-def parse_config(data: Any, origin: str = "config") -> Config:
-    """Validate a parsed YAML document; raises ConfigError listing every problem by key path."""
+def _items_failed(err: dict[str, Any]) -> bool:
+    """A list "too short" only because its items failed (each reported on its own): not worth a line."""
+    got, ctx = err.get("input"), err.get("ctx") or {}
+    return err["type"] == "too_short" and isinstance(got, list | tuple) and ctx.get("actual_length", 0) < len(got)
+
+
+def _camera_source(data: Any, index: Any) -> str:
+    """' (source ...)' for camera `index` of the document, as it was written (credentials masked)."""
+    cameras = data.get("cameras") if isinstance(data, dict) else None
+    if isinstance(cameras, list) and isinstance(index, int) and 0 <= index < len(cameras):
+        cam = cameras[index]
+        source = cam.get("source") if isinstance(cam, dict) else None
+        if isinstance(source, str):
+            return f" (source {escape(redact_url(source.strip()), 80)})"
+    return ""
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def parse_config(data: Any, origin: str = "config", base_dir: Path | None = None) -> Config:
+    """Validate a parsed YAML document; raises ConfigError listing every problem by key path.
+
+    `base_dir` is the config file's folder: a camera's relative source path is classified (folder or
+    file) from there, where it will be opened.
+    """
     if data is None:
         raise ConfigError(f"{origin}: the file is empty; see config/edged.yaml for a documented example")
     if not isinstance(data, dict):
@@ -285,9 +299,10 @@ def parse_config(data: Any, origin: str = "config") -> Config:
     if nul is not None:  # would pass validation, then crash the first os call that gets it as a path
         raise ConfigError(f"{origin}: invalid config:\n  {_format_loc(nul)}: contains a NUL character")
     try:
-        return Config.model_validate(data)
+        with paths_relative_to(base_dir):
+            return Config.model_validate(data)
     except ValidationError as exc:
-        lines = [_format_error(e) for e in exc.errors()]
+        lines = [_format_error(e, data) for e in exc.errors() if not _items_failed(e)]
         raise ConfigError(f"{origin}: invalid config:\n  " + "\n  ".join(lines)) from None
 
 
@@ -323,8 +338,8 @@ def load_config(path: str | Path, base_dir: Path | None = None) -> Config:
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
-    config = parse_config(data, origin=str(path))
-    return _resolve_relative(config, base_dir or path.resolve().parent)
+    base = base_dir or path.resolve().parent
+    return _resolve_relative(parse_config(data, origin=str(path), base_dir=base), base)
 
 
 def _resolve_relative(config: Config, base: Path) -> Config:
@@ -335,15 +350,5 @@ def _resolve_relative(config: Config, base: Path) -> Config:
     storage = config.storage
     if not storage.state_dir.is_absolute():
         storage = storage.model_copy(update={"state_dir": base / storage.state_dir})
-    cameras = tuple(
-        c.model_copy(update={"source": str(base / c.source)})
-        if _is_relative_path_source(c.source, base) else c
-        for c in config.cameras
-    )
+    cameras = tuple(c.with_paths_from(base) for c in config.cameras)  # each kind knows which of its keys are paths
     return config.model_copy(update={"model": model, "storage": storage, "cameras": cameras})
-
-
-def _is_relative_path_source(source: str, base: Path) -> bool:
-    if source.isdigit() or "://" in source or source.startswith("gst:") or source.startswith("/"):
-        return False
-    return (base / source).exists()

@@ -46,6 +46,50 @@ def test_errors_name_the_key(patch: dict[str, object], expected: str) -> None:
     assert expected in errors_for({**MINIMAL, **patch})
 
 
+@pytest.mark.parametrize(
+    ("camera", "expected"),
+    [
+        ({"source": "rtsp://u:pw@cam/1", "watch": True},
+         "cameras[0].watch: unknown key for a stream camera (source rtsp://u:***@cam/1); it applies to folder cameras"),
+        ({"source": "0", "loop": True}, "cameras[0].loop: unknown key for a device camera (source 0); it applies to "
+                                        "folder and file cameras"),
+        ({"source": "/x.mp4", "open_timeout_s": 3}, "cameras[0].open_timeout_s: unknown key for a file camera"),
+        ({"source": "/frames", "wach": True}, "cameras[0].wach: unknown key (did you mean 'watch'?)"),
+        ({"source": "/frames", "reconnect": {"initial_sx": 1}}, "cameras[0].reconnect.initial_sx: unknown key (did "
+                                                                "you mean 'initial_s'?)"),
+        ({"source": "0", "kind": "camera"}, "cameras[0].kind: must be one of device, gst, stream, folder, file (got "
+                                            "camera)"),
+        ({"source": "rtsp://cam/1", "kind": "device"}, "cameras[0].source: a device camera's source is a V4L2 index"),
+        ({"source": "0", "width": 640}, "cameras[0]: set both width and height"),
+    ],
+)
+def test_a_key_of_another_kind_of_camera_is_named_with_its_kind(camera: dict[str, object], expected: str) -> None:
+    msg = errors_for({**MINIMAL, "cameras": [{"name": "cam1", **camera}]})
+    assert expected in msg
+    assert "Tuple should have at least 1 item" not in msg  # the camera's own error says it all
+
+
+def test_a_source_path_the_os_refuses_to_look_up_is_classified_by_its_name() -> None:
+    """Found while splitting the kinds: Path.exists() raises on a name too long (ENAMETOOLONG)."""
+    long_name = "/" + "a" * 5000
+    assert parse_config({**MINIMAL, "cameras": [{"name": "c", "source": long_name}]}).cameras[0].kind == "folder"
+    assert parse_config({**MINIMAL, "cameras": [{"name": "c", "source": long_name + ".mp4"}]}).cameras[0].kind == "file"
+
+
+def test_each_kind_takes_its_own_keys() -> None:
+    cams = parse_config({**MINIMAL, "cameras": [
+        {"name": "a", "source": "/mnt/frames", "watch": True, "loop": True, "max_image_megapixels": 8},
+        {"name": "b", "source": "rtsp://cam/1", "open_timeout_s": 2, "read_timeout_s": 1},
+        {"name": "c", "source": "/dev/video1", "fps": 15, "width": 640, "height": 480},
+        {"name": "d", "source": "/line.avi", "realtime": True, "fps": 20},
+        {"name": "e", "source": "/mnt/2026.11", "kind": "folder", "watch": True},  # ambiguous: kind settles it
+        {"name": "f", "source": "nvarguscamerasrc ! appsink", "kind": "gst"},
+    ]}).cameras
+    assert [c.kind for c in cams] == ["folder", "stream", "device", "file", "folder", "gst"]
+    assert cams[0].watch and cams[1].read_timeout_s == 1 and cams[2].index == 1 and cams[3].fps == 20  # type: ignore
+    assert cams[5].pipeline == "nvarguscamerasrc ! appsink"  # type: ignore[attr-defined]
+
+
 def test_missing_required_keys() -> None:
     msg = errors_for({"cameras": [{"name": "cam1"}]})
     assert "model: required key is missing" in msg
@@ -64,8 +108,22 @@ def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None
                                     "storage": {"state_dir": "state"}}))
     cfg = load_config(path)
     assert cfg.model.bundle == tmp_path / "b"
-    assert cfg.cameras[0].source == str(tmp_path / "frames")
+    assert cfg.cameras[0].source == str(tmp_path / "frames") and cfg.cameras[0].kind == "folder"
     assert cfg.storage.state_dir == tmp_path / "state"
+
+
+def test_relative_sources_are_classified_and_resolved_from_the_config_folder(tmp_path: Path) -> None:
+    """"line.d" exists only in the config's folder (not in the current directory): a folder, found there;
+    a video file that is not there yet is resolved there too (where it will appear), never from the cwd."""
+    (tmp_path / "line.d").mkdir()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": {"bundle": "b"}, "cameras": [
+        {"name": "a", "source": "line.d", "watch": True}, {"name": "b", "source": "later/clip.mp4", "loop": True},
+        {"name": "c", "source": "0"}, {"name": "d", "source": "rtsp://cam/1"}]}))
+    a, b, c, d = load_config(path).cameras
+    assert (a.kind, a.source) == ("folder", str(tmp_path / "line.d"))
+    assert (b.kind, b.source) == ("file", str(tmp_path / "later" / "clip.mp4"))
+    assert (c.source, d.source) == ("0", "rtsp://cam/1")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -122,6 +180,7 @@ def test_check_config_prints_what_will_run(tmp_path: Path, tiny_bundle: Path) ->
     out = proc.stdout
     assert "test-max" in out and "cam7" in out and "broker.local:1883" in out
     assert "0.7 (camera override)" in out and "CPUExecutionProvider" in out
+    assert "cam7: stream rtsp://u:***@h/s" in out  # the kind, as the config understood the source
     assert "u:p@" not in out  # credentials in a URL are never printed
 
 
@@ -131,26 +190,39 @@ def test_trigger_mode_mqtt_needs_mqtt() -> None:
     assert "trigger mode mqtt" in msg
 
 
+SAMPLE_SOURCES = {"device": "0", "stream": "rtsp://cam/1", "file": "/x.mp4", "folder": "/frames", "gst": "gst:x"}
+
+
 def float_keys(model: type, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    """The key path of every float key in the config tree (cameras as cameras[0])."""
+    """The key path of every float key in the config tree (cameras as cameras[0], once per kind: the kind
+    in the path, as in pydantic's error locations)."""
     from pydantic import BaseModel
 
     from edged.config import _section_type
+    from edged.sources import KINDS
 
     out: list[tuple[object, ...]] = []
     for name, info in model.model_fields.items():  # type: ignore[attr-defined]
         ann = info.annotation
         args = getattr(ann, "__args__", ()) or ()
         section = _section_type(ann)
-        if section is not None and issubclass(section, BaseModel):
-            out += float_keys(section, (*prefix, name, 0) if name == "cameras" else (*prefix, name))
+        if name == "cameras":
+            for kind in KINDS.values():
+                out += float_keys(kind.config, (*prefix, name, 0, kind.name))
+        elif section is not None and issubclass(section, BaseModel):
+            out += float_keys(section, (*prefix, name))
         elif ann is float or float in args:
             out.append((*prefix, name))
     return out
 
 
 def with_value(path: tuple[object, ...], value: object) -> dict[str, object]:
+    """A minimal config with `value` at `path`; a camera path names its kind (cameras, 0, kind, ...)."""
     data: dict[str, object] = {"model": {"bundle": "/nonexistent"}, "cameras": [{"name": "cam1", "source": "0"}]}
+    if path[0] == "cameras":
+        kind = str(path[2])
+        data["cameras"] = [{"name": "cam1", "kind": kind, "source": SAMPLE_SOURCES[kind]}]
+        path = path[:2] + path[3:]
     node: object = data
     for i, key in enumerate(path[:-1]):
         nxt = path[i + 1]
@@ -166,16 +238,18 @@ def with_value(path: tuple[object, ...], value: object) -> dict[str, object]:
 
 def test_every_float_key_refuses_inf_and_nan() -> None:
     """One rule for all float keys (TTLs, rates, quotas, gaps, intervals, thresholds): finite or an error
-    that names the key. Walks the config tree, so a float key added later is covered too."""
+    that names the key. Walks the config tree, every camera kind too, so a float key added later is covered."""
     from edged.config import Config, _format_loc
 
     keys = float_keys(Config)
-    assert len(keys) > 20 and ("mqtt", "reject_ttl_ms") in keys and ("cameras", 0, "threshold") in keys
+    assert len(keys) > 20 and ("mqtt", "reject_ttl_ms") in keys and ("cameras", 0, "device", "threshold") in keys
+    assert ("cameras", 0, "folder", "max_image_megapixels") in keys and ("cameras", 0, "file", "fps") in keys
     for path in keys:
+        shown = _format_loc(path[:2] + path[3:] if path[0] == "cameras" else path)
         for text in (".inf", "-.inf", ".nan"):
             value = yaml.safe_load(text)
             msg = errors_for(with_value(path, value))
-            assert f"{_format_loc(path)}: Input should be a finite number" in msg, (path, text, msg)
+            assert f"{shown}: Input should be a finite number" in msg, (path, text, msg)
 
 
 def test_inf_in_a_config_file_exits_2_naming_the_key(tmp_path: Path) -> None:

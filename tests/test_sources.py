@@ -1,4 +1,5 @@
-"""Camera sources by one string: an HTTP MJPEG stream (a real HTTP server), watched folders, kinds."""
+"""Camera sources (edged/sources/): the kinds and their one classifier, an HTTP MJPEG stream (a real HTTP
+server), watched folders, the pixel budget of folder images."""
 
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ from support import spot_frame, write_config
 from edged.config import load_config
 from edged.sdnotify import Notifier
 from edged.service import Service
-from edged.sources import BadFrame, FolderSource, NoFrameYet, SourceEnded, source_kind
+from edged.sources import KINDS, BadFrame, CameraConfig, NoFrameYet, SourceEnded, camera_for, classify, open_source
+from edged.sources.device import DeviceSource
+from edged.sources.file import FileCamera, FileSource
+from edged.sources.folder import FolderCamera, FolderSource
+from edged.sources.gst import GstSource
+from edged.sources.stream import StreamSource
 
 N_STREAM_FRAMES = 60
 
@@ -52,10 +58,62 @@ def mjpeg_url() -> Iterator[str]:
 
 
 def test_source_kinds(tmp_path: Path) -> None:
-    assert source_kind("0") == "device" and source_kind("/dev/video2") == "device"
-    assert source_kind("rtsp://cam/1") == "stream" and source_kind("https://cam/x.mjpg") == "stream"
-    assert source_kind("gst:nvarguscamerasrc ! appsink") == "gstreamer"
-    assert source_kind(str(tmp_path)) == "folder" and source_kind(str(tmp_path / "v.mp4")) == "file"
+    assert classify("0") == "device" and classify("/dev/video2") == "device"
+    assert classify("rtsp://cam/1") == "stream" and classify("https://cam/x.mjpg") == "stream"
+    assert classify("file:///tmp/pipe") == "stream"
+    assert classify("gst:nvarguscamerasrc ! appsink") == "gst"
+    assert classify("gst:rtspsrc location=rtsp://cam/1 ! decodebin ! appsink") == "gst"  # not a stream
+    assert classify(str(tmp_path)) == "folder" and classify(str(tmp_path / "v.mp4")) == "file"
+
+
+def test_paths_not_there_yet_and_relative_paths(tmp_path: Path) -> None:
+    """A folder mounted after start has no extension (a video file has one); an existing path is what it is;
+    a relative path is classified from the config's folder, where it will be opened."""
+    assert classify("/mnt/line3/frames") == "folder" and classify("/mnt/line3/frames/") == "folder"
+    assert classify("/mnt/line3/clip.mp4") == "file"
+    assert classify("/mnt/line3/2026.11") == "file"  # ambiguous: `kind: folder` settles it (test_config)
+    (tmp_path / "recording").write_bytes(b"")  # an existing file without an extension
+    (tmp_path / "frames.d").mkdir()  # an existing folder with one
+    assert classify(str(tmp_path / "recording")) == "file" and classify(str(tmp_path / "frames.d")) == "folder"
+    assert classify("frames.d", base=tmp_path) == "folder" and classify("frames.d") == "file"  # not in the cwd
+
+
+def test_every_kind_builds_its_own_source() -> None:
+    """One registry: each kind's config class and source class, the kind's name from its config."""
+    samples = {"device": "0", "stream": "rtsp://cam/1", "file": "/x.mp4", "folder": "/x", "gst": "gst:x ! appsink"}
+    expected = {"device": DeviceSource, "stream": StreamSource, "file": FileSource, "folder": FolderSource,
+                "gst": GstSource}
+    assert set(KINDS) == set(samples)
+    for name, source in samples.items():
+        cam = KINDS[name].config.model_validate({"name": "c", "source": source})
+        assert cam.kind == name and classify(source) == name and isinstance(cam, CameraConfig)
+        assert type(open_source(cam)) is expected[name]
+
+
+def test_every_camera_key_is_described() -> None:
+    """The config documentation is generated from these descriptions (scripts/config_docs.py)."""
+    for kind in KINDS.values():
+        for name, info in kind.config.model_fields.items():
+            assert info.description and len(info.description) > 20, (kind.name, name)
+
+
+def test_only_replays_are_paced_and_only_when_realtime(tmp_path: Path) -> None:
+    live = FileCamera(name="c", source="/x.mp4")
+    paced = FileCamera(name="c", source="/x.mp4", realtime=True, fps=12)
+    assert FileSource(live).pacing is None and not FileSource(live).live
+    assert FileSource(paced).pacing == 12
+    assert FileSource(FileCamera(name="c", source="/x.mp4", realtime=True)).pacing == 30.0  # file rate unknown yet
+    assert FolderSource(FolderCamera(name="c", source=str(tmp_path), realtime=True)).pacing == 30.0
+    assert open_source(KINDS["stream"].config.model_validate({"name": "c", "source": "rtsp://x"})).live
+
+
+def test_a_replay_camera_keeps_the_common_keys_only(tmp_path: Path) -> None:
+    """`edged replay` runs the first camera's settings over a file: the common keys, not the kind's own."""
+    cam = KINDS["folder"].config.model_validate({"name": "c", "source": str(tmp_path), "watch": True, "loop": True,
+                                                 "threshold": 0.3, "trigger": {"gap_ms": 0}})
+    video = camera_for(str(tmp_path / "v.mp4"), like=cam)
+    assert isinstance(video, FileCamera) and video.threshold == 0.3 and video.trigger.gap_ms == 0
+    assert not video.loop and not video.realtime
 
 
 @pytest.mark.slow
@@ -82,7 +140,7 @@ def test_watched_folder_picks_up_new_files(tmp_path: Path) -> None:
     folder = tmp_path / "incoming"
     folder.mkdir()
     cv2.imwrite(str(folder / "a.png"), spot_frame(False))
-    src = FolderSource(str(folder), watch=True, poll_s=0.01)
+    src = FolderSource(FolderCamera(name="c", source=str(folder), watch=True), poll_s=0.01)
     src.open()
     with pytest.raises(NoFrameYet):
         src.read()  # a file written this instant may still be growing: wait until it settles
@@ -103,7 +161,7 @@ def test_watched_folder_picks_up_new_files(tmp_path: Path) -> None:
 def test_folder_without_watch_ends(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "a.png"), spot_frame(False))
     (tmp_path / "notes.txt").write_text("ignored: not an image extension")
-    src = FolderSource(str(tmp_path))
+    src = FolderSource(FolderCamera(name="c", source=str(tmp_path)))
     src.open()
     src.read()
     with pytest.raises(SourceEnded):
@@ -113,7 +171,7 @@ def test_folder_without_watch_ends(tmp_path: Path) -> None:
 # --- pixel budget: an image's size is read from its header before it is decoded -----------------------
 
 @pytest.mark.parametrize(("ext", "channels"), [(e, c) for e in (".png", ".jpg", ".bmp", ".webp", ".tif")
-                                               for c in (1, 3)] + [(".pgm", 1), (".ppm", 3)])
+                                               for c in (1, 3)] + [(".pgm", 1), (".ppm", 3), (".pbm", 1)])
 def test_image_size_is_read_from_the_header(tmp_path: Path, ext: str, channels: int) -> None:
     import numpy as np
 

@@ -31,10 +31,10 @@ import numpy as np
 
 from edged.bundle import InputSpec
 from edged.preprocess import prepare_uint8
+from edged.sources import IMAGE_EXTENSIONS  # the one list, owned by the daemon
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"})
 GOOD = "good"
 
 
