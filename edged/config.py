@@ -37,16 +37,32 @@ _Section = Section  # the strict base of every section (edged/section.py, shared
 
 
 class ModelConfig(_Section):
-    bundle: Path
-    precision: Literal["int8", "fp32"] | None = None  # None: the bundle's default
-    runtime: Literal["onnxruntime", "opencv"] = "onnxruntime"
-    providers: tuple[Literal["tensorrt", "cuda", "openvino", "cpu"], ...] = ("cpu",)
-    intra_op_threads: int = Field(1, ge=0, le=64)  # 0: ONNX Runtime's default
-    workers: int = Field(2, ge=1, le=16)  # threads sharing one session: 2 x 1 thread beats 1 x 2 on 2 cores
-    batch_size: int = Field(1, ge=1, le=64)  # frames taken from the queue per inference at most
-    map_threshold: float | None = None  # overrides the bundle's pixel threshold for regions
-    min_region_area: int = Field(16, ge=1)  # smaller connected areas (frame pixels) are ignored
-    verify_sha256: bool = True
+    """The bundle the workers run, and how: precision, runtime, execution providers, threads."""
+
+    bundle: Path = Field(description="Folder written by `edged-train fit` (manifest.json and the ONNX files).",
+                         examples=["/var/lib/edged/models/current"], json_schema_extra={"common": True})
+    precision: Literal["int8", "fp32"] | None = Field(
+        None, description="Which of the bundle's models to run; null: the bundle's default (int8 unless int8 lost "
+                          "accuracy at fit).")
+    runtime: Literal["onnxruntime", "opencv"] = Field(
+        "onnxruntime", description="Inference library: onnxruntime, or opencv (cv2.dnn, fp32 only) for machines "
+                                   "without ONNX Runtime.")
+    providers: tuple[Literal["tensorrt", "cuda", "openvino", "cpu"], ...] = Field(
+        ("cpu",), description="ONNX Runtime execution providers in priority order; the first one available wins.",
+        json_schema_extra={"common": True})
+    intra_op_threads: int = Field(
+        1, ge=0, le=64, description="Threads per inference (0: ONNX Runtime's default); on small CPUs more workers "
+                                    "beat more threads.")
+    workers: int = Field(
+        2, ge=1, le=16, description="Inference threads sharing one model: two 1-thread inferences side by side beat "
+                                    "one 2-thread inference on a 2-core PC (docs/performance.md); 1 on a single core.",
+        json_schema_extra={"common": True})
+    batch_size: int = Field(1, ge=1, le=64, description="Queued frames taken into one inference call at most.")
+    map_threshold: float | None = Field(
+        None, description="Per-pixel anomaly threshold for defect regions; null: the bundle's calibrated one.")
+    min_region_area: int = Field(16, ge=1, description="Defect regions smaller than this (frame pixels) are ignored.")
+    verify_sha256: bool = Field(True, description="Refuse a bundle whose ONNX file does not match its manifest's "
+                                                  "checksum (a half-copied or edited model).")
 
     @field_validator("providers")
     @classmethod
@@ -57,60 +73,103 @@ class ModelConfig(_Section):
 
 
 class RetentionConfig(_Section):
-    max_age_days: float = Field(90.0, gt=0)
-    max_rows: int = Field(5_000_000, ge=1000)
+    """How long inspection rows stay in the local database."""
+
+    max_age_days: float = Field(90.0, gt=0, description="Inspection rows older than this are deleted (hourly).")
+    max_rows: int = Field(5_000_000, ge=1000, description="And never more rows than this; the oldest go first.")
 
 
 class ImagesConfig(_Section):
-    save: Literal["none", "rejects", "all"] = "rejects"
-    dir: Path = Path("images")  # relative paths are under storage.state_dir
-    quota_mb: float = Field(1024.0, gt=0)
-    overlay: bool = True  # also save the anomaly map over the frame
-    format: Literal["jpg", "png"] = "jpg"
+    """Which frames are kept on disk as image files, and how much disk they may take."""
+
+    save: Literal["none", "rejects", "all"] = Field(
+        "rejects", description="Which frames are written as image files.", json_schema_extra={"common": True})
+    dir: Path = Field(Path("images"), description="Image folder; a relative path is under storage.state_dir.")
+    quota_mb: float = Field(1024.0, gt=0, description="Above this many MB the oldest images are deleted.",
+                            json_schema_extra={"common": True})
+    overlay: bool = Field(True, description="Also save the anomaly map over the frame, beside it.")
+    format: Literal["jpg", "png"] = Field("jpg", description="Image file format (png: lossless, several times larger).")
 
 
 class StorageConfig(_Section):
-    state_dir: Path = Path(os.environ.get("STATE_DIRECTORY", "/var/lib/edged").split(":")[0])
-    database: Path = Path("edged.db")  # relative paths are under state_dir
-    retention: RetentionConfig = RetentionConfig()
-    images: ImagesConfig = ImagesConfig()
-    commit_interval_ms: float = Field(50.0, ge=0, le=5000)  # group commit: verdicts per transaction
+    """Where the daemon keeps its state: the SQLite database, the health file and the images."""
+
+    state_dir: Path = Field(
+        Path(os.environ.get("STATE_DIRECTORY", "/var/lib/edged").split(":")[0]),
+        description="Folder of the database, health file and images (systemd's StateDirectory; its default is "
+                    "$STATE_DIRECTORY or /var/lib/edged).", json_schema_extra={"doc_default": "/var/lib/edged"})
+    database: Path = Field(
+        Path("edged.db"), description="SQLite file (WAL mode), relative to state_dir. A folder or a file that is "
+                                      "not SQLite is refused (exit 2), never moved aside; only a file SQLite calls "
+                                      "corrupt is moved aside (edged.db.corrupt-<time>) and a fresh one created.")
+    retention: RetentionConfig = Field(RetentionConfig(), description="How long inspection rows are kept.")
+    images: ImagesConfig = Field(ImagesConfig(), description="Frames kept as image files.")
+    commit_interval_ms: float = Field(
+        50.0, ge=0, le=5000, description="Good verdicts are committed in groups at most this far apart (a reject "
+                                         "is committed at once).")
 
     def resolve(self, path: Path) -> Path:
         return path if path.is_absolute() else self.state_dir / path
 
 
 class TlsConfig(_Section):
-    enabled: bool = False
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure: bool = False  # skip host name verification (test benches only)
+    """TLS to the broker: server verification by a CA, and an optional client certificate."""
+
+    enabled: bool = Field(False, description="Connect with TLS (usually port 8883).")
+    ca_file: Path | None = Field(None, description="CA certificate(s) to verify the broker with; null: the "
+                                                   "system's CAs.")
+    cert_file: Path | None = Field(None, description="Client certificate, for brokers that authenticate clients "
+                                                     "by certificate.")
+    key_file: Path | None = Field(None, description="The client certificate's private key.")
+    insecure: bool = Field(False, description="Skip the broker's host name check (test benches only, never on a "
+                                              "line).")
 
 
 class OutboxConfig(_Section):
-    max_rows: int = Field(100_000, ge=100)
-    max_results: int = Field(10_000, ge=100)  # triggered parts' results kept pending (rejects go first)
-    rate_per_s: float = Field(200.0, gt=0)  # resend rate after an outage
-    audit_expired: bool = True  # publish expired rejects to <prefix>/<station>/audit
+    """The durable outbox: messages kept in SQLite until the broker acknowledges them."""
+
+    max_rows: int = Field(100_000, ge=100, description="Undelivered messages kept across outages and restarts; "
+                                                       "above it the oldest are dropped (counted).")
+    max_results: int = Field(10_000, ge=100, description="Of which triggered parts' results at most (rejects are "
+                                                         "always sent first).")
+    rate_per_s: float = Field(200.0, gt=0, description="Resend rate after an outage, messages per second.")
+    audit_expired: bool = Field(True, description="Rejects that expired undelivered go to <prefix>/<station>/audit "
+                                                  "so the MES learns of them.")
 
 
 class MqttConfig(_Section):
-    enabled: bool = True
-    host: str = "localhost"
-    port: int = Field(1883, ge=1, le=65535)
-    protocol: Literal["5", "3.1.1"] = "5"
-    client_id: str | None = None  # default: edged-<station>
-    keepalive_s: int = Field(30, ge=5, le=3600)
-    prefix: str = Field("edged", pattern=r"^[^#+\s]+$")
-    username: str | None = None
-    password: str | None = None
-    password_file: Path | None = None  # or $CREDENTIALS_DIRECTORY/mqtt-password (systemd LoadCredential=)
-    tls: TlsConfig = TlsConfig()
-    reject_ttl_ms: float = Field(2000.0, gt=0)  # a reject older than this is never published to /reject
-    publish_results: bool = False  # every verdict on <prefix>/<station>/result (QoS 0)
-    stats_interval_s: float = Field(10.0, ge=1)
-    outbox: OutboxConfig = OutboxConfig()
+    """The broker the rejects go to (and the triggers come from)."""
+
+    enabled: bool = Field(True, description="Publish rejects, states and stats over MQTT; false: SQLite only.")
+    host: str = Field("localhost", description="Broker host name or address.", json_schema_extra={"common": True})
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual for TLS).",
+                      json_schema_extra={"common": True})
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT version: 5 (rejects carry a message expiry) or "
+                                                             "3.1.1.")
+    client_id: str | None = Field(None, description="MQTT client id; null: edged-<station>. Two clients with one id "
+                                                    "take the session from each other.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive: a silent broker is noticed within 1.5 "
+                                                            "times this.")
+    prefix: str = Field("edged", pattern=r"^[^#+\s]+$",
+                        description="First level(s) of every topic: <prefix>/<station>/reject, /status, /result, "
+                                    "/stats, /trigger, ...")
+    username: str | None = Field(None, description="User name at the broker; null: anonymous.",
+                                 json_schema_extra={"common": True})
+    password: str | None = Field(None, description="Password in this file (better: password_file, or systemd "
+                                                   "LoadCredential=mqtt-password); never logged or shown.")
+    password_file: Path | None = Field(
+        None, description="File holding the password; without it and with a username, "
+                          "$CREDENTIALS_DIRECTORY/mqtt-password (systemd LoadCredential=) is read.",
+        json_schema_extra={"common": True})
+    tls: TlsConfig = Field(TlsConfig(), description="TLS to the broker.")
+    reject_ttl_ms: float = Field(2000.0, gt=0, description="A reject not delivered this long after its part's "
+                                                           "capture is never published to /reject (so never "
+                                                           "actuated): it goes to /audit.",
+                                 json_schema_extra={"common": True})
+    publish_results: bool = Field(False, description="Also publish every verdict on <prefix>/<station>/result "
+                                                     "(QoS 0).")
+    stats_interval_s: float = Field(10.0, ge=1, description="Seconds between <prefix>/<station>/stats messages.")
+    outbox: OutboxConfig = Field(OutboxConfig(), description="The durable outbox.")
 
     @model_validator(mode="after")
     def _one_password(self) -> MqttConfig:
@@ -135,24 +194,34 @@ class MqttConfig(_Section):
 
 
 class HealthConfig(_Section):
-    heartbeat_timeout_s: float = Field(20.0, gt=0)  # a thread silent this long is unhealthy
-    status_interval_s: float = Field(5.0, gt=0)  # sd_notify STATUS= and the health file
+    """When the daemon calls itself unhealthy, and how often it says how it is."""
+
+    heartbeat_timeout_s: float = Field(
+        20.0, gt=0, description="A capture or inference thread silent this long stops the systemd watchdog; a "
+                                "thread that dies stops it at once, and edged exits 1 this long after (restart).")
+    status_interval_s: float = Field(5.0, gt=0, description="Seconds between systemd STATUS= lines and health-file "
+                                                            "updates (what `edged status` reads).")
 
 
 class LoggingConfig(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    """What goes to the journal."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
 
 
 class Config(_Section):
-    station: str = Field("station1", pattern=NAME_RE)
-    model: ModelConfig
+    """The whole file: this station, its model, its cameras, and where verdicts go."""
+
+    station: str = Field("station1", pattern=NAME_RE, json_schema_extra={"common": True}, description=(
+        "This inspection station's name (letters, digits, _ . -); part of every MQTT topic and message."))
+    model: ModelConfig = Field(description="The model bundle and how it runs.")
     cameras: tuple[AnyCamera, ...] = Field(min_length=1, examples=[[{"name": "cam1", "source": "0"}]], description=(
         "The cameras, one capture thread each; a camera's own keys depend on its kind (device, stream, file, "
         "folder, gst), given by `kind` or following from `source`."))
-    storage: StorageConfig = StorageConfig()
-    mqtt: MqttConfig = MqttConfig()
-    health: HealthConfig = HealthConfig()
-    logging: LoggingConfig = LoggingConfig()
+    storage: StorageConfig = Field(StorageConfig(), description="The local record: database, images, retention.")
+    mqtt: MqttConfig = Field(MqttConfig(), description="The broker: rejects out (durable), triggers in.")
+    health: HealthConfig = Field(HealthConfig(), description="Watchdog and status reporting.")
+    logging: LoggingConfig = Field(LoggingConfig(), description="The journal's level.")
 
     @model_validator(mode="after")
     def _unique_camera_names(self) -> Config:

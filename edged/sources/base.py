@@ -145,8 +145,9 @@ class ReplayCamera(PathCamera):
     Both kinds share these keys, so they are declared (and described) once.
     """
 
-    loop: bool = Field(False, description="Start again at the end instead of finishing (demos, soak tests).")
-    realtime: bool = Field(False, description=(
+    loop: bool = Field(False, json_schema_extra={"common": True}, description=(
+        "Start again at the end instead of finishing (demos, soak tests)."))
+    realtime: bool = Field(False, json_schema_extra={"common": True}, description=(
         "Replay at `fps` like a live camera, dropping the oldest frame when inspection falls behind; "
         "false replays as fast as inspection goes and loses nothing."))
     fps: float | None = Field(None, gt=0, le=1000, description=(

@@ -29,7 +29,7 @@ class FolderCamera(ReplayCamera):
     dated "2026.11" needs `kind: folder`)."""
 
     kind: Literal["folder"] = Field("folder", description=KIND_HELP)
-    watch: bool = Field(False, description=(
+    watch: bool = Field(False, json_schema_extra={"common": True}, description=(
         "Keep watching the folder for new image files instead of finishing when they are all read."))
     max_image_megapixels: float = Field(50.0, gt=0, le=1000, json_schema_extra={"common": True}, description=(
         "Images with more megapixels (width x height from the file's header) are skipped before decoding "
