@@ -24,6 +24,7 @@ from edged.instance import InstanceLocked
 from edged.logsetup import setup_logging
 from edged.safetext import redact_url
 from edged.store import NotADatabase, StoreError, check_database_path
+from edged.topics import Topics
 
 log = logging.getLogger("edged")
 
@@ -98,7 +99,6 @@ def cmd_run(config: Config) -> int:
 def cmd_check_config(config: Config, out: TextIO) -> int:
     """Load everything that can be loaded without starting cameras, and say what will run."""
     from edged.detector import Detector
-    from edged.sources import source_kind
 
     m = config.model
     det = Detector(m.bundle, m.precision, m.runtime, m.providers, m.intra_op_threads, m.verify_sha256)
@@ -119,12 +119,12 @@ def cmd_check_config(config: Config, out: TextIO) -> int:
         trig = cam.trigger.mode + (f", gap {cam.trigger.gap_ms:g} ms" if cam.trigger.mode == "free_run" else
                                    f", delay {cam.trigger.delay_ms:g} ms, timeout {cam.trigger.timeout_ms:g} ms, "
                                    f"fail-safe {cam.trigger.fail_safe}")
-        w(f"camera:   {cam.name}: {source_kind(cam.source)} {redact_url(cam.source)}; queue {cam.queue_size}; "
+        w(f"camera:   {cam.name}: {cam.kind} {redact_url(cam.source)}; queue {cam.queue_size}; "
           f"{thr}; {trig}\n")
     mq = config.mqtt
     if mq.enabled:
         w(f"mqtt:     {mq.host}:{mq.port} (MQTT {mq.protocol}{', TLS' if mq.tls.enabled else ''}"
-          f"{', user ' + mq.username if mq.username else ''}), topics {mq.prefix}/{config.station}/..., "
+          f"{', user ' + mq.username if mq.username else ''}), topics {Topics.of(config).display}, "
           f"reject TTL {mq.reject_ttl_ms:g} ms\n")
     else:
         w("mqtt:     disabled (rejects are only logged)\n")
@@ -142,16 +142,19 @@ def cmd_replay(config: Config, source: str, json_out: Path | None, db: Path | No
                out: TextIO) -> int:
     """The production pipeline over a file or folder: nothing dropped, a summary at the end."""
     from edged.service import Service
-    from edged.sources import source_kind
+    from edged.sources import camera_for, classify
 
-    if source_kind(source) not in ("file", "folder") or not Path(source).exists():
+    path = Path(source).resolve()
+    kind = classify(str(path))
+    if kind not in ("file", "folder") or not path.exists():
         raise ConfigError(f"replay: {source} is not a video file or an image folder")
     tmp = None
     if db is None:
         tmp = tempfile.TemporaryDirectory(prefix="edged-replay-")
         db = Path(tmp.name) / "replay.db"
-    cam = config.cameras[0].model_copy(update={"source": str(Path(source).resolve()), "loop": False,
-                                               "realtime": False, "watch": False})
+    # the first camera's common settings (name, threshold, roi, trigger) over the file, its kind's own
+    # keys at their defaults: no loop, no realtime pacing, no watching
+    cam = camera_for(str(path), like=config.cameras[0], kind=kind)
     storage = config.storage.model_copy(update={
         "database": db.resolve(), "state_dir": db.resolve().parent,
         "images": config.storage.images.model_copy(update={"save": "none"})})
