@@ -1,7 +1,7 @@
 """Hand-made image features for the `classic` method, computed with numpy/OpenCV only.
 
 The daemon must not need scikit-image: this module reproduces the training code's features
-(`tools/methods/classic.py`) and a test proves the two agree. Registry: name -> function.
+(`tools/methods/classic/model.py`) and a test proves the two agree. Registry: name -> function.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ def test_lbp_equals_scikit_image(size: tuple[int, int]) -> None:
 
 
 def test_feature_vector_matches_training_code() -> None:
-    from tools.methods.classic import N_FEATURES, training_features
+    from tools.methods.classic.model import training_features
+    from tools.methods.classic.options import N_FEATURES
 
     for image in _gray_parts(8, (64, 48), seed=3):
         runtime = features.classic_v1(image)
@@ -64,7 +65,8 @@ def test_onnx_scores_match_scikit_learn(detector: str, tmp_path: Path) -> None:
     import onnxruntime as ort
 
     from tools.methods.base import FitOptions
-    from tools.methods.classic import METHOD, training_features
+    from tools.methods.classic import METHOD
+    from tools.methods.classic.model import training_features
 
     train = _gray_parts(30, (48, 48), seed=10)
     test = _gray_parts(16, (48, 48), seed=11)

@@ -144,6 +144,8 @@ def _add_threshold_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tools.methods.registry import METHODS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
@@ -154,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", parents=[common], help="train a detector on good images and write a model bundle")
     p.add_argument("data", type=Path, help="dataset folder (MVTec AD layout or a folder of good images)")
     p.add_argument("--method", "-m", default=DEFAULT_METHOD,
-                   help="detector: patchcore (default), featae, cae, cae-reference, classic, ...")
+                   help=f"detector: {', '.join(METHODS)} (default {DEFAULT_METHOD})")
     p.add_argument("--out", "-o", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--size", type=_size, default=None,
                    help="model input: auto (default: the training images' aspect at the method's pixel budget, "
@@ -240,8 +242,9 @@ def _progress(args: argparse.Namespace) -> bool:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from tools.calibrate import frr_text
-    from tools.fit import FitConfig, fit_bundle, get_method
+    from tools.fit import FitConfig, fit_bundle
     from tools.methods.base import FitOptions
+    from tools.methods.registry import get_method
 
     extra = dict(parse_opt(o) for o in args.opt)
     default_side = int(getattr(get_method(args.method), "default_size", 128))  # a method may declare its own
@@ -352,7 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tools.calibrate import CalibrationError
     from tools.dataset import DatasetError
     from tools.fit import FitError
-    from tools.methods.base import OptionError
+    from tools.methods.components.options import OptionError
+    from tools.methods.registry import UnknownMethodError
 
     def terminate(signum: int, frame: Any) -> None:
         raise Terminated
@@ -361,7 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, BundleError, DatasetError, FitError, CalibrationError, OptionError, OutputError) as exc:
+    except (UsageError, BundleError, DatasetError, FitError, CalibrationError, OptionError, OutputError,
+            UnknownMethodError) as exc:
         print(f"edged-train {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -74,7 +74,7 @@ def build_manifest(bundle_dir: Path, method: str, spec: InputSpec, outputs: Outp
     return Manifest(
         bundle_id=bundle_id, method=method, created=created.strftime("%Y-%m-%dT%H:%M:%SZ"), input=spec,
         outputs=outputs, models=models, default=default,  # type: ignore[arg-type]
-        training=training, quantization=_jsonable(quantization), versions=versions(),
+        training=training, quantization=jsonable(quantization), versions=versions(),
         runtimes=runtimes, complete=complete,  # type: ignore[arg-type]
     )
 
@@ -83,14 +83,14 @@ def write(bundle_dir: Path, manifest: Manifest) -> Path:
     return write_manifest(bundle_dir, manifest)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """numpy scalars and paths -> plain JSON types (the manifest is JSON)."""
     import numpy as np
 
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, Path):
@@ -98,6 +98,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
-
-
-jsonable = _jsonable

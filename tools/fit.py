@@ -4,7 +4,7 @@ load -> seeded hold-out split -> prepare with the daemon's own `edged.preprocess
 fp32 ONNX -> int8 QDQ ONNX -> score the hold-out (and the test split, when the data has one) with both
 models through `edged.detector.Detector` -> thresholds -> int8 vs fp32 parity -> manifest.
 
-Every method module in `tools/methods/` that exposes ``METHOD`` (or a dict ``METHODS``) can be run with
+Every method named in `tools/methods/registry.py` (or registered with `register_method`) can be run with
 ``--method NAME``.
 
 Before any work, `check_fit` validates every option and input (numbers finite and in range, ``--size``
@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import logging
 import math
-import pkgutil
 import random
 import shutil
 import sys
@@ -50,8 +48,11 @@ from tools.dataset import (
     load_images,
     model_sized,
 )
+from tools.evaluate import image_auroc
 from tools.methods import base
 from tools.methods.base import FitOptions, Method
+from tools.methods.components.options import parse_options
+from tools.methods.registry import UnknownMethodError, get_method
 
 log = logging.getLogger(__name__)
 
@@ -85,64 +86,6 @@ MAX_EPOCHS = 100_000
 
 class FitError(ValueError):
     """Bad input to fit (unknown method, no images, output path in the way); exit code 2."""
-
-
-# --- method registry ----------------------------------------------------------------------------------------------
-
-_REGISTERED: dict[str, Method] = {}
-
-
-def register_method(method: Method, name: str | None = None) -> None:
-    """Make a method object available by name without a module in tools/methods (plugins, tests)."""
-    _REGISTERED[name or method.name] = method
-
-
-def _methods_of(module: Any) -> dict[str, Method]:
-    found: dict[str, Method] = {}
-    table = getattr(module, "METHODS", None)
-    if isinstance(table, dict):
-        found.update({str(k): v for k, v in table.items()})
-    method = getattr(module, "METHOD", None)
-    if method is not None:
-        found.setdefault(str(getattr(method, "name", module.__name__.rsplit(".", 1)[-1])), method)
-    return found
-
-
-def _method_modules() -> list[str]:
-    import tools.methods as pkg
-
-    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name != "base" and not m.name.startswith("_"))
-
-
-def available_methods() -> dict[str, Method]:
-    """Every method of every importable module in tools/methods (a module that fails to import is logged)."""
-    found: dict[str, Method] = dict(_REGISTERED)
-    for name in _method_modules():
-        try:
-            module = importlib.import_module(f"tools.methods.{name}")
-        except Exception as exc:  # one broken method must not hide the others
-            log.warning("tools.methods.%s cannot be imported: %s", name, exc)
-            continue
-        for key, method in _methods_of(module).items():
-            found.setdefault(key, method)
-    return found
-
-
-def get_method(name: str) -> Method:
-    """The method registered as `name`; tries the module of that name first (imports nothing else)."""
-    if name in _REGISTERED:
-        return _REGISTERED[name]
-    modules = _method_modules()
-    for candidate in dict.fromkeys([name.replace("-", "_"), name.split("-")[0]]):
-        if candidate in modules:
-            module = importlib.import_module(f"tools.methods.{candidate}")
-            found = _methods_of(module)
-            if name in found:
-                return found[name]
-    methods = available_methods()
-    if name not in methods:
-        raise FitError(f"unknown method {name!r}; available: {', '.join(sorted(methods)) or 'none'}")
-    return methods[name]
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------------
@@ -244,7 +187,7 @@ def _check_method(method: Method, cfg: FitConfig) -> InputSpec:
     if width != height and not getattr(method, "non_square", False):
         raise FitError(f"--size {width}x{height}: method {cfg.method} takes square inputs only (--size N)")
     try:
-        base.parse_options(cfg.method, getattr(method, "options", {}) or {}, opts.extra)
+        parse_options(cfg.method, getattr(method, "options", {}) or {}, opts.extra)
         spec = method.input_spec(opts)
     except ValueError as exc:  # OptionError, or a method's own rule (e.g. cae: a multiple of 32)
         raise FitError(str(exc)) from None
@@ -276,7 +219,10 @@ def _images_needed(n_train: int, holdout: float) -> int:
 
 def check_fit(cfg: FitConfig) -> FitPlan:
     """Every option and input checked before any work starts; one `FitError` (or `DatasetError`) naming it."""
-    method = get_method(cfg.method)
+    try:
+        method = get_method(cfg.method)
+    except UnknownMethodError as exc:
+        raise FitError(str(exc)) from None
     _check_numbers(cfg)
     spec = _check_method(method, cfg)
     try:
@@ -375,14 +321,6 @@ def _model_rows(prepared: list[np.ndarray], spec: InputSpec, n: int, seed: int) 
     images = [prepared[i] for i in idx]
     images[len(images) - n_blemished:] = [with_blemishes(im, rng) for im in images[len(images) - n_blemished:]]
     return np.stack([to_tensor(im, spec) for im in images])
-
-
-def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    if len(set(labels.tolist())) < 2:
-        return None
-    return float(roc_auc_score(labels, scores))
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> dict[str, float | None]:
@@ -738,14 +676,14 @@ def verify_on_defects(scores: np.ndarray, records: list[Record], threshold: floa
         "threshold": threshold, "n_defective": int((~good).sum()), "n_good": int(good.sum()),
         "recall": float(np.mean(rejected[~good])),
         "frr": float(np.mean(rejected[good])) if good.any() else None,
-        "image_auroc": _auroc((~good).astype(int), s),
+        "image_auroc": image_auroc((~good).astype(int), s),
         "per_defect": per_defect, "chosen_on_these_images": False,
         "defect_files_sha256": file_list_sha256([r for r in records if not r.is_good], root or Path("/")),
     }
     if calibration_scores is not None and len(calibration_scores):
         d = s[~good]
         y = np.r_[np.zeros(len(calibration_scores)), np.ones(len(d))]
-        out["crossval_auroc"] = _auroc(y.astype(int), np.r_[np.asarray(calibration_scores, np.float64), d])
+        out["crossval_auroc"] = image_auroc(y.astype(int), np.r_[np.asarray(calibration_scores, np.float64), d])
     frr = f", false rejects on the test's good parts {100 * out['frr']:.1f}%" if out["frr"] is not None else ""
     out["summary"] = (f"recall at the threshold {100 * out['recall']:.1f}% of {out['n_defective']} ("
                       + ", ".join(f"{k} {100 * v['recall']:.0f}%" for k, v in per_defect.items()) + f"){frr}")
@@ -789,7 +727,7 @@ def _parity(scores: dict[str, dict[str, Any]], test_recs: list[Record], quantize
     }
     labels = np.asarray([0 if r.is_good else 1 for r in test_recs])
     if len(labels):
-        auroc_f, auroc_q = _auroc(labels, f["test"]), _auroc(labels, q["test"])
+        auroc_f, auroc_q = image_auroc(labels, f["test"]), image_auroc(labels, q["test"])
         parity["test"] = {"n": len(labels), **_correlation(f["test"], q["test"]),
                           "auroc_fp32": auroc_f, "auroc_int8": auroc_q,
                           "auroc_change": None if auroc_f is None or auroc_q is None else auroc_q - auroc_f}
@@ -799,7 +737,7 @@ def _parity(scores: dict[str, dict[str, Any]], test_recs: list[Record], quantize
         fr, qr = f.get("reference", f["hold"]), q.get("reference", q["hold"])
         y = np.r_[np.zeros(len(fr)), np.ones(len(f["synthetic"]))]
         fs, qs = np.r_[fr, f["synthetic"]], np.r_[qr, q["synthetic"]]
-        auroc_f, auroc_q = _auroc(y, fs), _auroc(y, qs)
+        auroc_f, auroc_q = image_auroc(y, fs), image_auroc(y, qs)
         check = parity["synthetic"] = {
             "n": len(y), **_correlation(fs, qs), "auroc_fp32": auroc_f, "auroc_int8": auroc_q,
             "auroc_change": None if auroc_f is None or auroc_q is None else auroc_q - auroc_f,

@@ -22,10 +22,6 @@ MAX_ASPECT = 4.0  # longer than 4:1, a part is better cut into several views
 SAMPLE = 32  # images decoded to learn the typical shape
 
 
-class SizeError(ValueError):
-    """A --size that cannot be used; the message names it."""
-
-
 def parse_size(text: str) -> tuple[int, int] | None:
     """'auto' -> None; 'N' -> (N, N); 'WxH' -> (W, H). ValueError with what was expected."""
     t = text.strip().lower()

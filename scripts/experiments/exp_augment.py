@@ -22,7 +22,8 @@ from exp_patchcore import load
 from exp_patchcore_diag import combine, nn_dist
 
 from tools.methods.base import FitOptions
-from tools.methods.patchcore import METHOD, greedy_coreset
+from tools.methods.components.sampling import greedy_coreset
+from tools.methods.patchcore import METHOD
 
 AUGMENTS = {
     "hflip": lambda im: np.ascontiguousarray(im[:, ::-1]),

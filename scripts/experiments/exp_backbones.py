@@ -26,7 +26,10 @@ from exp_patchcore_diag import combine, nn_dist
 
 from tools.backbones import Normalize, efficientnet_lite
 from tools.methods.base import FitOptions
-from tools.methods.patchcore import METHOD, gaussian_kernel, greedy_coreset, images_to_tensor
+from tools.methods.components.blur import gaussian_kernel
+from tools.methods.components.sampling import greedy_coreset
+from tools.methods.components.tensors import images_to_tensor
+from tools.methods.patchcore import METHOD
 
 STAGES = ["s2", "s3", "s4", "s5", "s6", "s7"]
 

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from tools.methods.cae import DEFAULT, REFERENCE, Autoencoder, CaeConfig, ErrorHead, position_stats, train_autoencoder
+from tools.methods.cae.model import Autoencoder, ErrorHead
+from tools.methods.cae.options import DEFAULT, REFERENCE, CaeConfig
+from tools.methods.cae.train import position_stats, train_autoencoder
 
 HEADS = [
     dict(error="l2", blur=0.0, score="mean", position_norm=False),

@@ -13,7 +13,8 @@ import torch
 from exp_cae import load_saved
 from sklearn.metrics import roc_auc_score
 
-from tools.methods.cae import ErrorHead, _Blur
+from tools.methods.cae.model import ErrorHead
+from tools.methods.components.blur import GaussianBlur
 
 
 def main(name: str) -> None:
@@ -26,7 +27,7 @@ def main(name: str) -> None:
     with torch.no_grad():
         y = torch.cat([model(x[i:i + 64]) for i in range(0, len(x), 64)])
     label, mask = d["label"], d["mask"].ravel()
-    big = _Blur(12.0, None, 1, 128, 128)
+    big = GaussianBlur(12.0, None, 1, 128, 128)
     for error in ("l1", "ssim", "ssim+l1"):
         for blur in (2.0, 4.0):
             head = ErrorHead(replace(cfg, error=error, blur=blur), 128, 128)

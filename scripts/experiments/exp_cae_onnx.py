@@ -23,7 +23,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from sklearn.metrics import roc_auc_score
 
 from edged.bundle import InputSpec
-from tools.methods.cae import CaeTrained, _quantize_options
+from tools.methods.cae.export import CaeTrained, quantize_options
 
 
 class Reader(CalibrationDataReader):
@@ -48,7 +48,7 @@ def main(name: str) -> None:
     cfg, model = load_saved(name)
     spec = (InputSpec(width=128, height=128, channels=1, color_order="gray") if cfg.channels == 1
             else InputSpec(width=128, height=128, channels=3, color_order="rgb"))
-    trained = CaeTrained(spec=spec, cfg=cfg, model=model, quantize=_quantize_options(cfg))
+    trained = CaeTrained(spec=spec, cfg=cfg, model=model, quantize=quantize_options(cfg))
     out = Path(f"/tmp/cae_exp/{name}")
     out.mkdir(exist_ok=True)
     fp32, pre, int8 = out / "model.fp32.onnx", out / "pre.onnx", out / "model.onnx"

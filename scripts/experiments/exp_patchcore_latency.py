@@ -25,7 +25,10 @@ from exp_patchcore import latency
 
 from tools.backbones import STAGE_OUTPUTS, efficientnet_lite0
 from tools.methods.base import FitOptions
-from tools.methods.patchcore import METHOD, PatchCoreGraph, PatchCoreTrained, PatchFeatures
+from tools.methods.components.features import PatchFeatures
+from tools.methods.patchcore import METHOD
+from tools.methods.patchcore.export import PatchCoreTrained
+from tools.methods.patchcore.model import PatchCoreGraph
 from tools.quantize import quantize
 
 

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import exp_patchcore_diag
 from exp_patchcore_diag import combine, evaluate_maps, nn_dist, stage_features
 
-from tools.methods.patchcore import gaussian_kernel, greedy_coreset
+from tools.methods.components.blur import gaussian_kernel
+from tools.methods.components.sampling import greedy_coreset
 
 EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
 

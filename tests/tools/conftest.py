@@ -17,8 +17,8 @@ import pytest
 from edged.bundle import InputSpec, OutputSpec
 from edged.preprocess import to_tensor
 from tools import synth
-from tools.fit import register_method
 from tools.methods.base import FitOptions, QuantizeOptions
+from tools.methods.registry import register_method
 
 
 def _smooth_kernel() -> np.ndarray:

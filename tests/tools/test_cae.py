@@ -11,17 +11,11 @@ import pytest
 import torch
 
 from tools.methods.base import FitOptions
-from tools.methods.cae import (
-    METHOD,
-    METHODS,
-    SSIM_C1,
-    SSIM_C2,
-    CaeConfig,
-    ErrorHead,
-    _gaussian_1d,
-    ssim_map,
-    ssim_window,
-)
+from tools.methods.cae import METHOD
+from tools.methods.cae.model import SSIM_C1, SSIM_C2, ErrorHead, ssim_map, ssim_window
+from tools.methods.cae.options import CaeConfig
+from tools.methods.components.blur import gaussian_kernel
+from tools.methods.registry import get_method
 
 SIZE = 32
 TINY = {"widths": "4/8/8/8/8", "batch_size": "4"}
@@ -41,7 +35,7 @@ def _images(n: int, channels: int, seed: int = 0) -> list[np.ndarray]:
 
 def _fit(name: str, n: int = 12, **extra: str) -> tuple[object, FitOptions]:
     opts = FitOptions(size=SIZE, seed=0, epochs=2, extra={**TINY, **extra}, progress=False)
-    method = METHODS[name]
+    method = get_method(name)
     spec = method.input_spec(opts)
     return method.fit(_images(n, spec.channels), opts), opts
 
@@ -77,7 +71,7 @@ def test_export_matches_torch_and_has_dynamic_batch(name: str, tmp_path: Path) -
 
 
 def test_variants_differ_as_documented() -> None:
-    ref = METHODS["cae-reference"].config(FitOptions())
+    ref = get_method("cae-reference").config(FitOptions())
     default = METHOD.config(FitOptions())
     assert METHOD.name == "cae"
     assert ref.widths == (32, 64, 128, 256, 512) and ref.decoder == "convT" and ref.score == "mean"
@@ -128,7 +122,7 @@ def test_stacked_ssim_equals_the_textbook_formula(channels: int) -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(2, channels, 24, 40, generator=gen)
     y = (x + 0.2 * torch.rand(2, channels, 24, 40, generator=gen)).clamp(0, 1)
-    g = _gaussian_1d(1.5, 11)
+    g = gaussian_kernel(1.5, 11)
     k2 = (g[:, None] * g[None, :]).view(1, 1, 11, 11)
 
     def win(t: torch.Tensor) -> torch.Tensor:
@@ -160,7 +154,7 @@ def test_error_head_scores_a_local_defect_higher(error: str) -> None:
 
 def test_position_norm_discounts_places_where_good_parts_always_differ() -> None:
     """An error every good image has at one place (e.g. a rim) must score lower than a new one elsewhere."""
-    from tools.methods.cae import position_stats
+    from tools.methods.cae.train import position_stats
 
     class Rim(torch.nn.Module):  # "reconstruction" that always misses the top-left corner
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,11 @@ import pytest
 import torch
 
 from edged.preprocess import prepare_uint8, to_tensor
-from tools.methods.base import FitOptions, OptionError
-from tools.methods.featae import METHOD, FeatAETrained, parse_options
+from tools.methods.base import FitOptions
+from tools.methods.components.options import OptionError
+from tools.methods.featae import METHOD
+from tools.methods.featae.export import FeatAETrained
+from tools.methods.featae.options import parse_options
 from tools.synth import make_part
 
 SIZE = 64

@@ -19,8 +19,9 @@ from edged.bundle import load_manifest, sha256_file
 from edged.detector import Detector
 from tests.tools.conftest import write_good
 from tools import synth
-from tools.fit import FitConfig, FitError, available_methods, check_fit, fit_bundle, get_method
+from tools.fit import FitConfig, FitError, check_fit, fit_bundle
 from tools.methods.base import FitOptions
+from tools.methods.registry import UnknownMethodError, available_methods, get_method
 
 
 def _fresh_parts(n: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -105,8 +106,10 @@ def test_holdout_never_trained_and_out_dir_safety(synth_data: Path, tmp_path: Pa
         fit_bundle(FitConfig(data=synth_data, method="classic", out=victim,
                              options=FitOptions(size=64, progress=False)))
     assert (victim / "precious.txt").exists()
-    with pytest.raises(FitError, match="unknown method"):
+    with pytest.raises(UnknownMethodError, match="unknown method"):
         get_method("no-such-method")
+    with pytest.raises(FitError, match="unknown method"):
+        check_fit(FitConfig(data=synth_data, method="no-such-method", out=tmp_path / "b"))
 
 
 def test_methods_are_discovered() -> None:

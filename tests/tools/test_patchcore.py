@@ -18,17 +18,26 @@ import torch
 from edged.preprocess import prepare_uint8, to_tensor
 from tools import backbones
 from tools.methods.base import FitOptions
-from tools.methods.patchcore import (
-    METHOD,
-    PatchCoreTrained,
-    greedy_coreset,
-    images_to_tensor,
-    parse_options,
-    reference_patch_distances,
-)
+from tools.methods.components.sampling import greedy_coreset
+from tools.methods.components.tensors import images_to_tensor
+from tools.methods.patchcore import METHOD
+from tools.methods.patchcore.export import PatchCoreTrained
+from tools.methods.patchcore.model import PatchCoreGraph
+from tools.methods.patchcore.options import parse_options
 from tools.synth import make_part
 
 SIZE = 64
+
+
+def reference_patch_distances(graph: PatchCoreGraph, x: torch.Tensor) -> torch.Tensor:
+    """Independent check of the graph's kNN step: plain torch.cdist + min over the bank, (N, 1, h, w)."""
+    with torch.no_grad():
+        f = graph.features(x)
+        n, d, h, w = f.shape
+        bank = (-0.5 * graph.bank_t).t()
+        a = f.flatten(2).transpose(1, 2).reshape(-1, d).double()
+        dist = torch.cdist(a, bank.double()).min(dim=1).values
+        return dist.view(n, 1, h, w).float()
 
 
 @pytest.fixture(autouse=True)

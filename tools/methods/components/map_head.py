@@ -1,24 +1,13 @@
-"""Pieces the feature-based methods share: the map head (patch grid -> anomaly map and image score) and
-the ONNX export, so patchcore and featae compute their maps and scores exactly alike."""
+"""The map head of the feature-based methods (patch grid -> anomaly map and image score), so patchcore
+and featae compute their maps and scores exactly alike."""
 
 from __future__ import annotations
-
-import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edged.bundle import InputSpec, OutputSpec
-
-
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    """A normalized 1D Gaussian (sigma in patch-grid cells), radius 2 sigma, at least 3 taps."""
-    radius = max(1, math.ceil(2 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / max(sigma, 1e-6)) ** 2)
-    return k / k.sum()
+from tools.methods.components.blur import gaussian_kernel
 
 
 class MapHead(nn.Module):
@@ -49,13 +38,3 @@ class MapHead(nn.Module):
         k = max(1, round(self.top * int(flat.shape[1])))
         score = flat.max(dim=1).values if k == 1 else flat.topk(k, dim=1).values.mean(dim=1)
         return score, amap
-
-
-def export_graph(graph: nn.Module, spec: InputSpec, outputs: OutputSpec, path: Path) -> None:
-    """The fp32 ONNX file of an image -> (score, map) module, with a dynamic batch (opset 17)."""
-    x = torch.zeros(1, 3, spec.height, spec.width)
-    amap = outputs.map or "anomaly_map"
-    with torch.no_grad():
-        torch.onnx.export(graph, (x,), str(path), input_names=[spec.name], output_names=[outputs.score, amap],
-                          dynamic_axes={spec.name: {0: "n"}, outputs.score: {0: "n"}, amap: {0: "n"}},
-                          opset_version=17, dynamo=False, external_data=False)

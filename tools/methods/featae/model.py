@@ -1,0 +1,43 @@
+"""featae's networks: the per-patch autoencoder and the inference graph around it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tools.methods.components.features import PatchFeatures
+from tools.methods.components.map_head import MapHead
+
+
+class FeatureAE(nn.Module):
+    """Per-patch autoencoder as 1x1 convolutions (so it runs on the whole grid in one graph)."""
+
+    def __init__(self, dims: int, hidden: int, bottleneck: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(dims, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, bottleneck, 1), nn.ReLU(),
+            nn.Conv2d(bottleneck, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, dims, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class FeatAEGraph(nn.Module):
+    """image -> (score [N], map [N, 1, H, W]): what `export_onnx` writes."""
+
+    def __init__(self, features: PatchFeatures, ae: FeatureAE, mean: torch.Tensor, inv_std: torch.Tensor,
+                 sigma_cells: float, size: tuple[int, int], top: float) -> None:
+        super().__init__()
+        self.features, self.ae = features, ae
+        self.head = MapHead(sigma_cells, size, top)
+        self.register_buffer("mean", mean.view(1, -1, 1, 1).clone())
+        self.register_buffer("inv_std", inv_std.view(1, -1, 1, 1).clone())
+
+    def errors(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction error of every patch, (N, 1, h, w)."""
+        f = (self.features(x) - self.mean) * self.inv_std
+        d = f - self.ae(f)
+        return torch.sqrt((d * d).sum(dim=1, keepdim=True) + 1e-12)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.errors(x))

@@ -1,0 +1,90 @@
+"""Fitting featae: standardized backbone features of the good images, then the autoencoder on them;
+`FeatAEMethod` is what ``--method featae`` runs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edged.bundle import InputSpec
+from tools.backbones import efficientnet_lite, stage_outputs
+from tools.methods.base import FitOptions
+from tools.methods.components.features import FeatureCache, PatchFeatures
+from tools.methods.featae.export import FeatAETrained
+from tools.methods.featae.model import FeatAEGraph, FeatureAE
+from tools.methods.featae.options import OPTIONS, parse_options
+
+log = logging.getLogger(__name__)
+
+
+def train_ae(patches: torch.Tensor, o: dict[str, Any], seed: int) -> tuple[FeatureAE, list[float]]:
+    """Fit the autoencoder to standardized patch vectors (P, D); returns it and the loss per epoch."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    ae = FeatureAE(patches.shape[1], o["hidden"], o["bottleneck"])
+    opt = torch.optim.Adam(ae.parameters(), lr=o["lr"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o["epochs"])
+    x4 = patches[:, :, None, None]
+    losses = []
+    for _ in range(o["epochs"]):
+        perm = torch.randperm(x4.shape[0], generator=g)
+        total = 0.0
+        for i in range(0, x4.shape[0], 1024):
+            xb = x4[perm[i:i + 1024]]
+            loss = F.mse_loss(ae(xb), xb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * xb.shape[0]
+        sched.step()
+        losses.append(total / x4.shape[0])
+    return ae.eval(), losses
+
+
+class FeatAEMethod:
+    name = "featae"
+    default_size = 160
+    min_size = 64
+    max_size = 1024
+    options = OPTIONS
+    non_square = True
+
+    def __init__(self) -> None:
+        self.cache = FeatureCache()
+
+    def input_spec(self, opts: FitOptions) -> InputSpec:
+        width, height = opts.shape
+        return InputSpec(width=width, height=height, channels=3, color_order="rgb",
+                         scale=1.0 / 255.0, mean=(0.0,), std=(1.0,))
+
+    def fit(self, images: list[np.ndarray], opts: FitOptions) -> FeatAETrained:
+        o = parse_options(opts.extra)
+        if opts.epochs is not None:
+            o["epochs"] = opts.epochs
+        spec = self.input_spec(opts)
+        layers = o["layers"].split(",")
+        t0 = time.perf_counter()
+        features = PatchFeatures(efficientnet_lite(o["backbone"]), layers).eval()
+        feats = self.cache.features(features, (o["backbone"], o["layers"], spec.width, spec.height), images,
+                                    o["batch"], opts.progress)
+        n, d, h, w = feats.shape
+        patches = feats.permute(0, 2, 3, 1).reshape(-1, d)
+        mean, inv_std = patches.mean(0), 1.0 / patches.std(0).clamp_min(1e-3)
+        t_feat = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        ae, losses = train_ae((patches - mean) * inv_std, o, opts.seed)
+        stride = min(stage_outputs(o["backbone"])[s][1] for s in layers)
+        graph = FeatAEGraph(features, ae, mean, inv_std, o["sigma"] / stride, (spec.height, spec.width),
+                            o["top"]).eval()
+        params = {**o, "grid": [h, w], "feature_dims": d, "train_patches": int(patches.shape[0]),
+                  "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
+                  "backbone": f"efficientnet-{o['backbone']} (ImageNet)", "feature_seconds": round(t_feat, 1),
+                  "train_seconds_ae": round(time.perf_counter() - t1, 1)}
+        log.info("featae: %d images, %d patches of %d dims -> %d epochs, loss %.3f -> %.3f (%.0f s)", n,
+                 patches.shape[0], d, o["epochs"], losses[0], losses[-1], time.perf_counter() - t1)
+        return FeatAETrained(spec=spec, graph=graph, params=params)

@@ -1,0 +1,32 @@
+"""PatchCore's ``--opt`` table (the reasons for the defaults: docs/patchcore.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tools.backbones import VARIANTS
+from tools.methods.components.features import check_layers
+from tools.methods.components.options import Option
+from tools.methods.components.options import parse_options as parse_table
+
+OPTIONS: dict[str, Option] = {
+    "backbone": Option("lite1", "ImageNet backbone: EfficientNet-Lite0, -Lite1 or -Lite2", choices=tuple(VARIANTS)),
+    "layers": Option("s4,s5,s6", "backbone stages whose features are compared", check=check_layers),
+    "coreset": Option(0.1, "fraction of the training patches kept in the memory bank", low=0.0, low_open=True,
+                      high=1.0),
+    "top": Option(0.1, "image score = mean of this fraction of the highest map cells (0: the maximum)", low=0.0,
+                  high=1.0),
+    "proj": Option(0, "0 = none, else PCA to that many dims", low=0, high=4096),
+    "max_patches": Option(200_000, "random cap on training patches before the coreset", low=1, high=50_000_000),
+    "sigma": Option(4.0, "smoothing of the map in input pixels", low=0.0, high=256.0),
+    "batch": Option(16, "feature extraction batch", low=1, high=1024),
+    "coreset_dims": Option(64, "random projection for the coreset distances", low=1, high=4096),
+    "standardize": Option(True, "divide each feature channel by its spread on the good patches"),
+}
+
+
+def parse_options(extra: dict[str, Any]) -> dict[str, Any]:
+    """`--opt` values (strings or CLI-typed) under the shared rules, ``layers`` normalized ("s5, s6" -> "s5,s6")."""
+    out = parse_table("patchcore", OPTIONS, extra)
+    out["layers"] = ",".join(s.strip() for s in str(out["layers"]).split(",") if s.strip())
+    return out
