@@ -23,6 +23,7 @@ import numpy as np
 
 from edged.frames import Verdict
 from edged.health import Heartbeats
+from edged.preprocess import to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +220,7 @@ class ImageWriter(threading.Thread):
 def render_overlay(image: np.ndarray, amap: np.ndarray, threshold: float, regions: tuple = ()) -> np.ndarray:
     """The frame with the anomaly map as a heat map and the defect boxes, for people to look at."""
     frame = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if frame.dtype != np.uint8:
-        frame = (frame >> 8).astype(np.uint8)
+    frame = to_uint8(frame)  # the one 16-bit rule (edged.preprocess); a 16-bit frame keeps its top 8 bits
     h, w = frame.shape[:2]
     lo, hi = float(np.min(amap)), float(np.max(amap))
     norm = np.clip((amap - lo) / (hi - lo + 1e-12), 0, 1)
