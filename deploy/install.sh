@@ -201,6 +201,9 @@ if [[ "$NO_VENV" != 1 ]]; then
     tar -C "$SRC" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' -cf - . \
       | tar -C "$BUILD_SRC" -xf -
   fi
+  # The device runs the daemon only: without tools/ the wheel has neither the training package nor the
+  # edged-train command (setup.py declares it only when tools/ is there).
+  rm -rf "$BUILD_SRC/tools"
   spec="$BUILD_SRC"
   [[ -z "$EXTRAS" ]] || spec="$BUILD_SRC[$EXTRAS]"
   if [[ ${#SKIP_DEPS[@]} -eq 0 ]]; then

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import queue
 import threading
 import time
@@ -65,7 +64,6 @@ class InferenceWorker(threading.Thread):
         self.stop_event = stop
         self.map_threshold = (model_cfg.map_threshold if model_cfg.map_threshold is not None
                               else detector.map_threshold)
-        self._freeze_file = os.environ.get("EDGED_TEST_FREEZE_FILE")  # test hook: hang while it exists
 
     def run(self) -> None:
         if self.model_cfg.workers > 1:
@@ -80,7 +78,6 @@ class InferenceWorker(threading.Thread):
                     if self.frames.closed or self.stop_event.is_set():
                         return
                     continue
-                self._frozen()
                 for decided in self.decide(batch):
                     self.out.put(decided)
         except Exception as exc:  # supervised: the daemon turns unhealthy and is restarted
@@ -88,10 +85,6 @@ class InferenceWorker(threading.Thread):
             self.heartbeats.died(self.name, exc)
         finally:
             self.heartbeats.forget(self.name)
-
-    def _frozen(self) -> None:
-        while self._freeze_file and os.path.exists(self._freeze_file) and not self.stop_event.is_set():
-            time.sleep(0.05)  # deliberately no heartbeat: this simulates a hung inference
 
     def decide(self, batch: list[Dispatched]) -> list[Decided]:
         dequeued = time.monotonic()

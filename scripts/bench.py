@@ -12,7 +12,7 @@ free port) at fixed input rates and flat out, once per bundle. A subscriber here
 on arrival: end-to-end latency is its `time.time()` minus the payload's `captured_at`. The child
 records per-stage timestamps of every frame (queue, preprocess, inference, hand-off to the recorder,
 commit), its CPU time and peak RSS. The baseline is the reference design's loop, measured in the same
-run: its PyTorch CAE (`tools/methods/cae.py`, variant `cae-reference`) called image by image
+run: its PyTorch CAE (`tools/methods/cae/`, variant `cae-reference`) called image by image
 (transform, forward, MSE, `.item()`) with 1 and 2 torch threads.
 
 Results: JSON (`--json`, default docs/performance.json) and a markdown table (`--md`). Nothing here
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools.localbroker import BrokerUnavailable, LocalBroker, free_port  # noqa: E402
+from devkit.localbroker import BrokerUnavailable, LocalBroker, free_port  # noqa: E402
 
 STAGES = ("queue", "preprocess", "infer", "handoff", "commit", "publish")
 
@@ -387,7 +387,8 @@ def reference_main(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
-    from tools.methods.cae import REFERENCE, Autoencoder
+    from tools.methods.cae.model import Autoencoder
+    from tools.methods.cae.options import REFERENCE
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -20,8 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from devkit.localbroker import BrokerUnavailable, LocalBroker  # noqa: E402
 from tools import synth  # noqa: E402
-from tools.localbroker import BrokerUnavailable, LocalBroker  # noqa: E402
 
 
 def step(text: str) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian machine (run as root), idempotently:
 # system packages (mosquitto broker, ffmpeg, libsystemd headers, GStreamer RTSP server for the stream
-# tests), then a virtual environment in .venv with edged, the training tools and the test tools.
+# tests), then a virtual environment in .venv with edged, the training tools and the test tools
+# (devkit/, the test and demo helpers, is used from the checkout and never installed).
 # Usage: scripts/setup.sh [runtime|train|dev]   (default dev = everything)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +38,7 @@ case "$level" in
   train)   extras="systemd,train" ;;
   *)       extras="systemd,train,dev" ;;
 esac
-stamp=".venv/.edged-installed-$level-$(cat pyproject.toml | sha256sum | cut -c1-12)"
+stamp=".venv/.edged-installed-$level-$(cat pyproject.toml setup.py | sha256sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing edged[$extras] into .venv (first run takes a few minutes)"
   python -m pip install -q -e ".[$extras]"

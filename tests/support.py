@@ -12,8 +12,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from devkit.localbroker import MOSQUITTO, LocalBroker, free_port  # noqa: F401 (re-exported)
 from edged.bundle import InputSpec, Manifest, ModelFile, OutputSpec, Threshold, sha256_file, write_manifest
-from tools.localbroker import MOSQUITTO, LocalBroker, free_port  # noqa: F401 (re-exported)
+
+# `edged` with a switch that hangs inference while $EDGED_TEST_FREEZE_FILE exists (kept out of edged/)
+FROZEN_DAEMON = Path(__file__).resolve().parents[1] / "devkit" / "frozen_daemon.py"
 
 
 class Broker(LocalBroker):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,9 +117,10 @@ def test_security_exposure(tmp_path: Path) -> None:
 
 # --- the installer --------------------------------------------------------------------------------
 
-def install(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def install(root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
+            ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(["bash", str(INSTALL), "--root", str(root), *args], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -189,6 +192,41 @@ def test_second_run_changes_nothing_and_keeps_an_edited_config(tmp_path: Path) -
     (root / "etc/systemd/system/edged.service").write_text("[Service]\nExecStart=/bin/false\n")
     install(root, "--no-venv")  # a damaged or outdated unit is replaced by the shipped one
     assert (root / "etc/systemd/system/edged.service").read_bytes() == UNIT.read_bytes()
+
+
+def runtime_dependencies() -> list[str]:
+    """The names of pyproject's runtime dependencies (what the device venv would get from PyPI)."""
+    text = (REPO / "pyproject.toml").read_text()
+    block = text.split("\ndependencies = [", 1)[1].split("]", 1)[0]
+    return [re.split(r"[<>=!~;\[ ]", line.strip().strip('",'), maxsplit=1)[0]
+            for line in block.splitlines() if line.strip().startswith('"')]
+
+
+@pytest.mark.slow
+def test_device_venv_has_the_runtime_only(tmp_path: Path) -> None:
+    """The device's venv gets the daemon, never the training package or its command.
+
+    A real install.sh run with a venv (the wheel built from its clean copy of this checkout); the runtime
+    dependencies are left out (--skip-dep) because what is tested is what the edged wheel itself holds."""
+    deps = runtime_dependencies()
+    assert "numpy" in deps and "onnxruntime" in deps, deps
+    root = tmp_path / "root"
+    install(root, "--python", sys.executable, *[a for d in deps for a in ("--skip-dep", d)], timeout=600)
+    venv = root / "opt/edged/venv"
+    assert (venv / "bin/edged").is_file()
+    assert not (venv / "bin/edged-train").exists()
+    probe = ("import importlib.metadata as md, importlib.util as u, json; "
+             "print(json.dumps([u.find_spec('edged') is not None, u.find_spec('tools') is None, "
+             "u.find_spec('devkit') is None, sorted(e.name for e in md.distribution('edged').entry_points), "
+             "sorted({str(f).split('/')[0] for f in md.files('edged')})]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    proc = subprocess.run([str(venv / "bin/python"), "-c", probe], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env=env)  # not the checkout: its tools/ would be importable from there
+    assert proc.returncode == 0, proc.stderr
+    has_edged, no_tools, no_devkit, scripts, top = json.loads(proc.stdout)
+    assert has_edged and no_tools and no_devkit
+    assert scripts == ["edged"]
+    assert {t for t in top if not t.endswith(".dist-info") and t != ".."} == {"edged"}, top
 
 
 def test_bundle_is_copied_and_made_current(tmp_path: Path, tiny_bundle: Path) -> None:

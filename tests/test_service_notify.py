@@ -1,7 +1,7 @@
 """`edged run` under a fake systemd: READY/STATUS/WATCHDOG arrive on NOTIFY_SOCKET, a hung inference
 worker stops the watchdog pings (while STATUS goes on), they resume when it recovers, STOPPING on SIGTERM.
 
-The worker is hung with the daemon's test hook: inference blocks while $EDGED_TEST_FREEZE_FILE exists.
+The worker is hung by devkit/frozen_daemon.py: inference blocks while $EDGED_TEST_FREEZE_FILE exists.
 No assertion depends on the machine's speed: every wait is for an event, bounded by a generous deadline.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import write_spot_video
+from support import FROZEN_DAEMON, write_spot_video
 
 from edged import status
 from edged.config import load_config
@@ -111,7 +111,7 @@ mqtt: {{enabled: false}}
     env.update(NOTIFY_SOCKET=systemd.path, WATCHDOG_USEC="2000000", EDGED_TEST_FREEZE_FILE=str(freeze))
     log = tmp_path / "edged.log"
     with log.open("wb") as log_fh:
-        proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(cfg_path)], env=env,
+        proc = subprocess.Popen([sys.executable, str(FROZEN_DAEMON), "run", "-c", str(cfg_path)], env=env,
                                 stdout=log_fh, stderr=subprocess.STDOUT)
     try:
         # 1. start-up: READY=1, then STATUS= and WATCHDOG=1 pings.

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Broker, Subscriber, report_figures, wait_until, write_config, write_spot_video
+from support import FROZEN_DAEMON, Broker, Subscriber, report_figures, wait_until, write_config, write_spot_video
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,8 @@ def test_signal_stops_cleanly(tmp_path: Path, tiny_bundle: Path, broker: Broker,
     log = tmp_path / "edged.log"
     env = {**os.environ, "EDGED_TEST_FREEZE_FILE": str(freeze), "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(cfg)], stdout=fh, stderr=fh, env=env)
+        proc = subprocess.Popen([sys.executable, str(FROZEN_DAEMON), "run", "-c", str(cfg)], stdout=fh, stderr=fh,
+                                env=env)
     try:
         wait_until(lambda: db_count(db_path, "SELECT COUNT(*) FROM inspections") >= 20 or proc.poll() is not None,
                    60, "inspections")
