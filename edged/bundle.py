@@ -160,7 +160,7 @@ class Manifest(_Strict):
         key = precision or self.default
         if key not in self.models:
             raise BundleError(f"bundle {self.bundle_id} has no {key} model (has: {', '.join(self.models)})")
-        return self.models[key]  # type: ignore[index]
+        return self.models[key]
 
 
 def sha256_file(path: Path) -> str:

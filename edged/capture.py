@@ -163,15 +163,15 @@ class CaptureThread(threading.Thread):
                     return f"no usable frame for {self.cam.stall_timeout_s:g} s"
                 continue
             mono, wall = time.monotonic(), time.time()
-            image = self._validate(image)
-            if image is None:
+            usable = self._validate(image)
+            if usable is None:
                 if mono - last_good > self.cam.stall_timeout_s:
                     return f"no usable frame for {self.cam.stall_timeout_s:g} s"
                 continue
             last_good = mono
             self._set_state("streaming")
             self.opened.set()
-            frame = Frame(camera=self.cam.name, seq=self._seq, image=image, captured_mono=mono,
+            frame = Frame(camera=self.cam.name, seq=self._seq, image=usable, captured_mono=mono,
                           captured_at=wall, source_name=name)
             self._seq += 1
             self.stats.frame_captured(mono, wall)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from edged.safetext import escape, redact_url
 from edged.section import NAME_RE, Section
@@ -301,7 +302,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _format_error(err: dict[str, Any], data: Any = None) -> str:
+def _format_error(err: ErrorDetails, data: Any = None) -> str:
     """One line per error, naming the key as written in the YAML; `data` (the document) lets a camera's
     message name its source."""
     loc = tuple(err["loc"])
@@ -333,7 +334,7 @@ def _format_error(err: dict[str, Any], data: Any = None) -> str:
     return f"{key}: {msg}{shown_value}"
 
 
-def _items_failed(err: dict[str, Any]) -> bool:
+def _items_failed(err: ErrorDetails) -> bool:
     """A list "too short" only because its items failed (each reported on its own): not worth a line."""
     got, ctx = err.get("input"), err.get("ctx") or {}
     return err["type"] == "too_short" and isinstance(got, list | tuple) and ctx.get("actual_length", 0) < len(got)

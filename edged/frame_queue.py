@@ -83,7 +83,7 @@ class FrameQueue:
                     self._next += 1
                     lane = self._lanes[camera]
                     if lane:
-                        out = []
+                        out: list[Dispatched] = []
                         while lane and len(out) < max_items:
                             out.append(Dispatched(lane.popleft(), self._dispatched[camera]))
                             self._dispatched[camera] += 1

@@ -55,13 +55,13 @@ class JournalPrefixFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in super().format(record).splitlines() or [""])
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at emit time (redirections and test capture keep working)."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> TextIO:
         return sys.stderr
 
@@ -99,7 +99,7 @@ def under_systemd(environ: Mapping[str, str] | None = None) -> bool:
 
 def _journal_handler() -> logging.Handler | None:
     try:
-        from systemd.journal import JournalHandler  # type: ignore[import-not-found]
+        from systemd.journal import JournalHandler
     except ImportError:
         return None
     handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER="edged")

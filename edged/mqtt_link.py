@@ -457,7 +457,7 @@ class MqttLink(threading.Thread):
         log.warning("MQTT broker did not acknowledge a reject before its deadline: resetting the connection "
                     "(%d message(s) in flight stay pending)", len(self._inflight))
         sock = client.socket() if client is not None else None
-        if sock is not None:
+        if isinstance(sock, socket.socket):  # plain TCP or TLS (ssl.SSLSocket is one); edged opens no websockets
             with contextlib.suppress(OSError):
                 # linger 0: paho's close (on the read error that shutdown causes) sends RST
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -482,7 +482,7 @@ class MqttLink(threading.Thread):
                 raise MessageRefused(f"a retained {route.what} (stale); publish {route.what}s with retain false")
             if len(msg.payload) > MAX_PAYLOAD_BYTES:
                 raise MessageRefused(f"payload of {len(msg.payload)} bytes is over the limit of {MAX_PAYLOAD_BYTES}")
-            route.handler(msg.payload, arrived)
+            route.handler(bytes(msg.payload), arrived)  # bytes(b) is b itself; paho may type it bytearray
         except MessageRefused as exc:
             self.refused += 1
             self._throttle.log(logging.WARNING, "refused", "refused a message on %s: %s (%d refused so far)",

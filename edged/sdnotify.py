@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def _load_systemd_notify() -> Callable[[str], bool] | None:
     try:
-        from systemd import daemon  # type: ignore[import-not-found]
+        from systemd import daemon
     except ImportError:
         return None
     notify = getattr(daemon, "notify", None)

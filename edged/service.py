@@ -184,7 +184,7 @@ class Service:
                 self._supervised("status", self._report)
             if self.link is not None and self.mqtt_announce and now >= next_stats:  # a replay's are not the station's
                 next_stats = now + self.config.mqtt.stats_interval_s
-                self._supervised("stats", lambda: self.link.send_stats(self.stats_message()))  # type: ignore[union-attr]
+                self._supervised("stats", self._send_stats)
             if self._dead_since is not None and now - self._dead_since >= self.config.health.heartbeat_timeout_s:
                 # the watchdog would abort us soon (if armed); a clean stop commits what the living threads
                 # hold, and exit code 1 has systemd restart edged (Restart=on-failure), watchdog or not
@@ -294,6 +294,10 @@ class Service:
             if job not in self.heartbeats.dead():
                 log.exception("supervisor job %s failed", job)
             self.heartbeats.died(job, exc)
+
+    def _send_stats(self) -> None:
+        if self.link is not None:
+            self.link.send_stats(self.stats_message())
 
     def _report(self) -> None:
         self.notifier.status(self.status_line())

@@ -277,7 +277,7 @@ def _mqtt_warnings(mqtt: Any) -> list[str]:
     """What came in over MQTT or what the broker did, for the technician (the daemon carried on)."""
     if not isinstance(mqtt, dict):
         return []
-    out = []
+    out: list[str] = []
     if _num(mqtt.get("callback_errors")) or _num(mqtt.get("paho_restarts")):
         out.append(f"MQTT: {_int(mqtt.get('callback_errors'))} callback error(s), {_int(mqtt.get('paho_restarts'))} "
                    "network thread restart(s): see the log (journalctl -u edged -p err)")
@@ -311,21 +311,21 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
         _line(out, "model", f"{h.get('model', '?')} ({h.get('method', '?')}, {h.get('precision', '?')})")
         _line(out, "runtime", f"{h.get('runtime', '?')} / {h.get('provider', '?')}   threshold "
                               f"{_fmt_float(h.get('threshold'))}")
-        lat = h.get("latency_ms") if isinstance(h.get("latency_ms"), dict) else {}
+        lat = _mapping(h.get("latency_ms"))
         _line(out, "latency", f"p50 {fmt_ms(lat.get('p50'))}   p99 {fmt_ms(lat.get('p99'))}   (all cameras)")
         _line(out, "broker", f"{h.get('broker', '?')}   outbox backlog {_int(h.get('outbox_backlog'))}   "
                              f"expired {_int(h.get('expired'))}   delivered {_int(h.get('delivered'))}")
-        mqtt = h.get("mqtt") if isinstance(h.get("mqtt"), dict) else {}
+        mqtt = _mapping(h.get("mqtt"))
         if mqtt:
             _line(out, "mqtt in", f"refused {_int(mqtt.get('refused'))}   triggers outstanding "
                                   f"{_int(mqtt.get('triggers_outstanding'))}   callback errors "
                                   f"{_int(mqtt.get('callback_errors'))}")
         _line(out, "inspected", f"{_int(h.get('inspected'))}   parts {_int(h.get('parts'))}   rejects "
                                 f"{_int(h.get('rejects'))}   (since start)")
-        by_reason = h.get("rejects_by_reason") if isinstance(h.get("rejects_by_reason"), dict) else {}
+        by_reason = _mapping(h.get("rejects_by_reason"))
         if by_reason:
             _line(out, "rejects by", "   ".join(f"{k} {_int(v)}" for k, v in sorted(by_reason.items())))
-        trig = h.get("triggers") if isinstance(h.get("triggers"), dict) else {}
+        trig = _mapping(h.get("triggers"))
         if _num(trig.get("received")):
             _line(out, "triggers", f"{_int(trig.get('received'))}   not inspected in time "
                                    f"{_int(trig.get('not_inspected'))}   late {_int(trig.get('late_verdicts'))}")
@@ -333,10 +333,10 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
     if db_note:
         _wrapped(out, "database", db_note)
 
-    cameras = h.get("cameras") if isinstance(h.get("cameras"), dict) else {}
+    cameras = _mapping(h.get("cameras"))
     names = list(cameras) + [c.name for c in config.cameras if c.name not in cameras]
     for name in names:
-        cam = cameras.get(name) if isinstance(cameras.get(name), dict) else {}
+        cam = _mapping(cameras.get(name))
         out.write("\n")
         source = cam.get("source") or next((c.source for c in config.cameras if c.name == name), "?")
         state = cam.get("state", "unknown (not in the health file)")
@@ -352,10 +352,15 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
             _line(out, "  latency", f"p50 {fmt_ms(percentile(lats, 50))}   p99 {fmt_ms(percentile(lats, 99))}"
                                     f"   (last 5 min, {len(lats)} frames)")
 
-    threads = h.get("threads") if isinstance(h.get("threads"), dict) else {}
+    threads = _mapping(h.get("threads"))
     if threads:
         out.write("\n")
         _wrapped(out, "heartbeats", "   ".join(f"{n} {fmt_duration(_num(a))}" for n, a in sorted(threads.items())))
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else {}: the health file is read defensively (any version, any damage)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _age(epoch: Any, now: float) -> float | None:
@@ -376,7 +381,8 @@ def main(config: Config, out: TextIO = sys.stdout, now: float | None = None) -> 
     db, db_note = read_database(config.storage.resolve(config.storage.database), now)
     render(config, health, db, db_note, out, now)
 
-    problems, warnings = ([health_problem] if health_problem else []), []
+    problems: list[str] = [health_problem] if health_problem else []
+    warnings: list[str] = []
     if health is not None:
         problems, warnings = check_health(health, config, now)
     out.write("\n")

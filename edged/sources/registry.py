@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Discriminator, Tag
 
@@ -102,11 +102,16 @@ def camera_kind(value: Any) -> str | None:
     return next((k.name for k in REGISTRY if keys <= set(k.config.model_fields)), REGISTRY[0].name)
 
 
-AnyCamera = Annotated[
-    Union[tuple(Annotated[k.config, Tag(k.name)] for k in REGISTRY)],  # type: ignore[valid-type]  # noqa: UP007
-    Discriminator(camera_kind, custom_error_type="camera_kind",
-                  custom_error_message=f"must be a camera with kind one of: {', '.join(KINDS)}"),
-]
+if TYPE_CHECKING:  # the union is built from REGISTRY at run time; to a type checker every camera is a CameraConfig
+    from typing import TypeAlias
+
+    AnyCamera: TypeAlias = CameraConfig
+else:
+    AnyCamera = Annotated[
+        Union[tuple(Annotated[k.config, Tag(k.name)] for k in REGISTRY)],  # noqa: UP007 (built, not written)
+        Discriminator(camera_kind, custom_error_type="camera_kind",
+                      custom_error_message=f"must be a camera with kind one of: {', '.join(KINDS)}"),
+    ]
 
 
 def open_source(cam: CameraConfig) -> Source:
