@@ -24,8 +24,6 @@ from edged.sources import (  # the camera sections live with the sources (edged/
     KINDS,
     AnyCamera,
     CameraConfig,  # noqa: F401 (re-exported: the common base of every camera kind, for worker, recorder, capture)
-    ReconnectConfig,  # noqa: F401 (re-exported)
-    TriggerConfig,  # noqa: F401 (re-exported)
     paths_relative_to,
 )
 
@@ -34,10 +32,7 @@ class ConfigError(Exception):
     """A config the daemon refuses to run with; str() is a message for a person, naming the key."""
 
 
-_Section = Section  # the strict base of every section (edged/section.py, shared with the camera kinds)
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """The bundle the workers run, and how: precision, runtime, execution providers, threads."""
 
     bundle: Path = Field(description="Folder written by `edged-train fit` (manifest.json and the ONNX files).",
@@ -73,14 +68,14 @@ class ModelConfig(_Section):
         return v
 
 
-class RetentionConfig(_Section):
+class RetentionConfig(Section):
     """How long inspection rows stay in the local database."""
 
     max_age_days: float = Field(90.0, gt=0, description="Inspection rows older than this are deleted (hourly).")
     max_rows: int = Field(5_000_000, ge=1000, description="And never more rows than this; the oldest go first.")
 
 
-class ImagesConfig(_Section):
+class ImagesConfig(Section):
     """Which frames are kept on disk as image files, and how much disk they may take."""
 
     save: Literal["none", "rejects", "all"] = Field(
@@ -92,7 +87,7 @@ class ImagesConfig(_Section):
     format: Literal["jpg", "png"] = Field("jpg", description="Image file format (png: lossless, several times larger).")
 
 
-class StorageConfig(_Section):
+class StorageConfig(Section):
     """Where the daemon keeps its state: the SQLite database, the health file and the images."""
 
     state_dir: Path = Field(
@@ -113,7 +108,7 @@ class StorageConfig(_Section):
         return path if path.is_absolute() else self.state_dir / path
 
 
-class TlsConfig(_Section):
+class TlsConfig(Section):
     """TLS to the broker: server verification by a CA, and an optional client certificate."""
 
     enabled: bool = Field(False, description="Connect with TLS (usually port 8883).")
@@ -126,7 +121,7 @@ class TlsConfig(_Section):
                                               "line).")
 
 
-class OutboxConfig(_Section):
+class OutboxConfig(Section):
     """The durable outbox: messages kept in SQLite until the broker acknowledges them."""
 
     max_rows: int = Field(100_000, ge=100, description="Undelivered messages kept across outages and restarts; "
@@ -138,7 +133,7 @@ class OutboxConfig(_Section):
                                                   "so the MES learns of them.")
 
 
-class MqttConfig(_Section):
+class MqttConfig(Section):
     """The broker the rejects go to (and the triggers come from)."""
 
     enabled: bool = Field(True, description="Publish rejects, states and stats over MQTT; false: SQLite only.")
@@ -194,7 +189,7 @@ class MqttConfig(_Section):
         return None
 
 
-class HealthConfig(_Section):
+class HealthConfig(Section):
     """When the daemon calls itself unhealthy, and how often it says how it is."""
 
     heartbeat_timeout_s: float = Field(
@@ -204,13 +199,13 @@ class HealthConfig(_Section):
                                                             "updates (what `edged status` reads).")
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(Section):
     """What goes to the journal."""
 
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
 
 
-class Config(_Section):
+class Config(Section):
     """The whole file: this station, its model, its cameras, and where verdicts go."""
 
     station: str = Field("station1", pattern=NAME_RE, json_schema_extra={"common": True}, description=(

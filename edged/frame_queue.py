@@ -120,10 +120,6 @@ class FrameQueue:
         with self._cond:
             return len(self._lanes[camera])
 
-    def total_depth(self) -> int:
-        with self._cond:
-            return sum(len(lane) for lane in self._lanes.values())
-
     def drops(self, camera: str) -> int:
         with self._cond:
             return self._drops[camera]

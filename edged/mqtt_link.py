@@ -126,8 +126,6 @@ class MqttLink(threading.Thread):
         self.connected = False
         self.delivered = 0
         self.expired = 0
-        self.published = 0
-        self.dropped = 0
         self.backlog = 0
         self._client: mqtt.Client | None = None
         self._lost = threading.Event()
@@ -244,7 +242,7 @@ class MqttLink(threading.Thread):
             self._pump()
         if now - self._last_cap_check > 5.0:
             self._last_cap_check = now
-            self.dropped += self.outbox.enforce_cap(self.cfg.outbox.max_rows, self.cfg.outbox.max_results)
+            self.outbox.enforce_cap(self.cfg.outbox.max_rows, self.cfg.outbox.max_results)
             self.backlog = self.outbox.backlog()
         if self.stop_event.is_set():
             if self._draining_since is None:
@@ -553,7 +551,6 @@ class MqttLink(threading.Thread):
             self._tokens -= 1
             sent.append(item.id)
         if sent:
-            self.published += len(sent)
             self.outbox.attempted(sent)
 
     def _expire(self, items: list[OutboxItem]) -> None:
@@ -588,7 +585,3 @@ class MqttLink(threading.Thread):
         client.loop_stop()
         self._client = None
         self.connected = False
-
-    def close_db(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self.outbox.conn.close()

@@ -143,12 +143,8 @@ class TriggerBook:
 
     def __init__(self) -> None:
         self.outstanding: dict[tuple[str, str], Trigger] = {}
-        self.received = 0
-        self.not_inspected = 0
-        self.late = 0
 
     def add(self, trig: Trigger) -> None:
-        self.received += 1
         self.outstanding[(trig.camera, trig.part_id)] = trig
 
     def settle(self, verdict: Verdict) -> bool:
@@ -157,12 +153,10 @@ class TriggerBook:
         if key in self.outstanding:
             del self.outstanding[key]
             return True
-        self.late += 1  # its deadline passed already: not_inspected went out, this verdict is only logged
-        return False
+        return False  # its deadline passed already: not_inspected went out, this verdict is only logged
 
     def expire(self, now: float) -> list[Trigger]:
         gone = [t for t in self.outstanding.values() if now >= t.deadline_at]
         for t in gone:
             del self.outstanding[(t.camera, t.part_id)]
-        self.not_inspected += len(gone)
         return gone

@@ -91,15 +91,3 @@ def to_tensor(prepared: np.ndarray, spec: InputSpec, out: np.ndarray | None = No
         out /= std
     return out
 
-
-def preprocess(image: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """One frame -> float32 CxHxW model input (for kind 'image')."""
-    return to_tensor(prepare_uint8(image, spec), spec)
-
-
-def preprocess_batch(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
-    """Frames -> float32 NxCxHxW, one allocation."""
-    batch = np.empty((len(images), spec.channels, spec.height, spec.width), dtype=np.float32)
-    for i, image in enumerate(images):
-        to_tensor(prepare_uint8(image, spec), spec, out=batch[i])
-    return batch

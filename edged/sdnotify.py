@@ -78,10 +78,6 @@ class Notifier:
         """Shutdown has begun (systemd then shows 'deactivating')."""
         self.notify("STOPPING=1")
 
-    def extend_timeout(self, seconds: float) -> None:
-        """Ask for more start-up/shutdown time (e.g. while TensorRT builds its engine)."""
-        self.notify(f"EXTEND_TIMEOUT_USEC={max(0, int(seconds * 1_000_000))}")
-
     def notify(self, state: str) -> None:
         """Send one raw message ("KEY=value" lines). Never raises."""
         if not self._socket_name or not state:
