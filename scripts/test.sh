@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh dev
 . .venv/bin/activate
 ruff check .
+mypy  # the whole tree, as configured in pyproject.toml [tool.mypy]
 exec python -m pytest -q -p no:cacheprovider "$@"

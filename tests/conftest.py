@@ -1,4 +1,4 @@
-"""Fixtures for every test; the helpers behind them live in support.py (import them from there)."""
+"""Fixtures for every test; the helpers behind them live in devkit/support.py (import them from there)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Broker, build_max_bundle
+
+from devkit.support import Broker, build_max_bundle
 
 
 @pytest.fixture

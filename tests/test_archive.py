@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import write_config, write_spot_video
 
+from devkit.support import write_config, write_spot_video
 from edged.archive import ImageArchive, ImageWriter
 from edged.config import load_config
 from edged.frames import Frame, Verdict

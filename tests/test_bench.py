@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import MOSQUITTO, build_max_bundle, write_spot_video
+
+from devkit.support import MOSQUITTO, build_max_bundle, write_spot_video
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import build_max_bundle
 
+from devkit.support import build_max_bundle
 from edged.bundle import BundleError, load_manifest, resolve_model
 from edged.detector import Detector
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import build_max_bundle, spot_frame
 
+from devkit.support import build_max_bundle, spot_frame
 from edged.bundle import BundleError
 from edged.detector import Detector
 
@@ -104,7 +104,7 @@ def test_check_config_and_run_exit_2_on_a_mismatched_bundle(tmp_path: Path) -> N
     then kill both inference workers on the first frame while the daemon looked healthy."""
     import subprocess
 
-    from support import write_config, write_spot_video
+    from devkit.support import write_config, write_spot_video
 
     bundle = bundle_with_input(tmp_path, manifest_size=64)
     video = tmp_path / "v.avi"

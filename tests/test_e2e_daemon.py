@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Broker, Subscriber, write_config, write_spot_video
+
+from devkit.support import Broker, Subscriber, write_config, write_spot_video
 
 pytestmark = pytest.mark.slow
 

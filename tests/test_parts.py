@@ -80,8 +80,8 @@ def test_a_capped_part_is_rejected_by_the_daemon_with_a_deadline_from_its_last_f
     """Through the real pipeline: 12 defective images, gap_ms far longer than the run, 5 frames at most
     per part: three rejects (two capped, the rest at the end), each still actionable when made."""
     import cv2
-    from support import spot_frame, write_config
 
+    from devkit.support import spot_frame, write_config
     from edged.config import load_config
     from edged.payloads import Reject
     from edged.sdnotify import Notifier

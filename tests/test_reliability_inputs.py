@@ -20,7 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from support import (
+
+from devkit.support import (
     Broker,
     DurableSubscriber,
     ServiceRunner,
@@ -30,7 +31,6 @@ from support import (
     write_config,
     write_spot_video,
 )
-
 from edged import status
 from edged.capture import SHAPE_SETTLE_FRAMES
 from edged.config import load_config

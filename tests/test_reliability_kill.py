@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Broker, DurableSubscriber, report_figures, wait_until, write_config, write_spot_video
+
+from devkit.support import Broker, DurableSubscriber, report_figures, wait_until, write_config, write_spot_video
 
 pytestmark = pytest.mark.slow
 

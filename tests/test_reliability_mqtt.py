@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from support import Broker, ServiceRunner, Subscriber, free_port, wait_until, write_config, write_spot_video
 
+from devkit.support import Broker, ServiceRunner, Subscriber, free_port, wait_until, write_config, write_spot_video
 from edged.config import load_config
 from edged.incoming import MAX_PART_ID_CHARS, MAX_PAYLOAD_BYTES
 

@@ -17,7 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support import (
+
+from devkit.support import (
     Broker,
     DurableSubscriber,
     ServiceRunner,
@@ -26,7 +27,6 @@ from support import (
     write_config,
     write_spot_video,
 )
-
 from edged.config import load_config
 
 TOPIC = "edged/test"

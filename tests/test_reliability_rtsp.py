@@ -24,7 +24,8 @@ from pathlib import Path
 
 import cv2
 import pytest
-from support import (
+
+from devkit.support import (
     Broker,
     ServiceRunner,
     Subscriber,
@@ -34,7 +35,6 @@ from support import (
     wait_until,
     write_config,
 )
-
 from edged.config import HealthConfig, load_config
 from edged.sdnotify import Notifier
 

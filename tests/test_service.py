@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import free_port, write_config, write_spot_video
 
+from devkit.support import free_port, write_config, write_spot_video
 from edged.config import load_config
 from edged.detector import Detector, Output
 from edged.sdnotify import Notifier
@@ -162,8 +162,7 @@ def test_a_thread_that_dies_makes_the_daemon_unhealthy(tmp_path: Path, tiny_bund
     import io
     import json
 
-    from support import ServiceRunner, wait_until
-
+    from devkit.support import ServiceRunner, wait_until
     from edged import status
 
     video = tmp_path / "v.avi"

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import FROZEN_DAEMON, write_spot_video
 
+from devkit.support import FROZEN_DAEMON, write_spot_video
 from edged import status
 from edged.config import load_config
 

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from support import FROZEN_DAEMON, Broker, Subscriber, report_figures, wait_until, write_config, write_spot_video
+
+from devkit.support import FROZEN_DAEMON, Broker, Subscriber, report_figures, wait_until, write_config, write_spot_video
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import cv2
 import pytest
-from support import spot_frame, write_config
 
+from devkit.support import spot_frame, write_config
 from edged.config import load_config
 from edged.sdnotify import Notifier
 from edged.service import Service

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from support import Broker, Subscriber, free_port, write_spot_video
+
+from devkit.support import Broker, Subscriber, free_port, write_spot_video
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import cv2
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from support import spot_frame, write_config
 
+from devkit.support import spot_frame, write_config
 from edged.bundle import InputSpec, Manifest, ModelFile, OutputSpec, Threshold, sha256_file, write_manifest
 from edged.config import load_config
 from edged.sdnotify import Notifier

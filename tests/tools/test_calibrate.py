@@ -7,9 +7,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from tests.support import build_max_bundle, spot_frame
 
 from edged.bundle import load_manifest, sha256_file
-from tests.support import build_max_bundle, spot_frame
 from tools.calibrate import (
     DEFAULT_PERCENTILE,
     CalibrationError,
