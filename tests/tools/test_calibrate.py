@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from tests.support import build_max_bundle, spot_frame
 
+from devkit.support import build_max_bundle, spot_frame
 from edged.bundle import load_manifest, sha256_file
 from tools.calibrate import (
     DEFAULT_PERCENTILE,

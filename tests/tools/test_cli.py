@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.support import build_max_bundle
 
+from devkit.support import build_max_bundle
 from tools import synth
 from tools.cli import UsageError, main, parse_opt
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from tests.support import build_max_bundle, spot_frame
 
+from devkit.support import build_max_bundle, spot_frame
 from tools import synth
 from tools.dataset import DatasetError
 from tools.evaluate import aupro, evaluate_bundle, perturbations, pixel_auroc, pro_curve, rates, recall_at_frr
