@@ -140,18 +140,15 @@ class CaptureThread(threading.Thread):
         while not self.stop_event.is_set():
             self._beat()
             if realtime_period is not None:
-                wait = next_due - time.monotonic()
-                if wait > 0 and not self._sleep(wait):
+                due = self._pace(next_due, realtime_period)
+                if due is None:
                     return "stopped"
-                next_due = max(next_due + realtime_period, time.monotonic() - realtime_period)
+                next_due = due
             try:
                 image, name = source.read()
             except NoFrameYet:
                 last_good = time.monotonic()  # a quiet watched folder is not a stalled camera
-                self._set_state("streaming")
-                if self.gate is not None:
-                    for item in self.gate.offer(None):
-                        self._enqueue(item, drop_oldest)
+                self._idle(drop_oldest)
                 continue
             except SourceEnded:
                 return "ended"
@@ -169,17 +166,37 @@ class CaptureThread(threading.Thread):
                     return f"no usable frame for {self.cam.stall_timeout_s:g} s"
                 continue
             last_good = mono
-            self._set_state("streaming")
-            self.opened.set()
-            frame = Frame(camera=self.cam.name, seq=self._seq, image=usable, captured_mono=mono,
-                          captured_at=wall, source_name=name)
-            self._seq += 1
-            self.stats.frame_captured(mono, wall)
-            selected = [frame] if self.gate is None else self.gate.offer(frame)
-            for item in selected:
-                if not self._enqueue(item, drop_oldest):
-                    return "stopped"
+            if not self._deliver(usable, name, mono, wall, drop_oldest):
+                return "stopped"
         return "stopped"
+
+    def _pace(self, next_due: float, period: float) -> float | None:
+        """Wait for `next_due` (a realtime replay, read like a camera; a late read is not caught up on).
+        The next read's due time; None when asked to stop while waiting."""
+        wait = next_due - time.monotonic()
+        if wait > 0 and not self._sleep(wait):
+            return None
+        return max(next_due + period, time.monotonic() - period)
+
+    def _idle(self, drop_oldest: bool) -> None:
+        """No new frame yet (a quiet watched folder): still streaming, and the trigger gate may still pick a
+        kept frame for a trigger that came late."""
+        self._set_state("streaming")
+        if self.gate is not None:
+            for item in self.gate.offer(None):
+                self._enqueue(item, drop_oldest)
+
+    def _deliver(self, image: np.ndarray, name: str, mono: float, wall: float, drop_oldest: bool) -> bool:
+        """A usable frame: numbered, counted, and queued (through the trigger gate when triggered);
+        False when asked to stop while waiting for room."""
+        self._set_state("streaming")
+        self.opened.set()
+        frame = Frame(camera=self.cam.name, seq=self._seq, image=image, captured_mono=mono,
+                      captured_at=wall, source_name=name)
+        self._seq += 1
+        self.stats.frame_captured(mono, wall)
+        selected = [frame] if self.gate is None else self.gate.offer(frame)
+        return all(self._enqueue(item, drop_oldest) for item in selected)  # stops at the first refusal
 
     def _enqueue(self, frame: Frame, drop_oldest: bool) -> bool:
         """Hand a frame to inspection; False when asked to stop while waiting for room."""

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from edged.archive import ImageArchive, ImageWriter
 from edged.config import CameraConfig, Config
@@ -30,6 +31,17 @@ from edged.worker import Decided
 log = logging.getLogger(__name__)
 
 RETENTION_EVERY_S = 3600.0
+
+
+@dataclass
+class _Group:
+    """What one commit holds, built in capture order by `RecorderThread._process`."""
+
+    rows: list[InspectionRow] = field(default_factory=list)
+    verdict_rows: dict[tuple[str, int], int] = field(default_factory=dict)  # defective (camera, seq) -> row index
+    events: list[PartEvent] = field(default_factory=list)  # free-run parts closed in this group
+    triggered: list[OutboxMessage] = field(default_factory=list)  # results and rejects of triggered parts
+    images: list[tuple[Verdict, int]] = field(default_factory=list)  # (verdict, row index): written after the commit
 
 
 class RecorderThread(threading.Thread):
@@ -133,80 +145,110 @@ class RecorderThread(threading.Thread):
         return out
 
     def _process(self, ordered: list[Decided], now_mono: float, final: bool = False) -> None:
-        rows: list[InspectionRow] = []
-        verdict_rows: dict[tuple[str, int], int] = {}
-        events: list[PartEvent] = []
-        triggered: list[OutboxMessage] = []
-        images: list[tuple[Verdict, int]] = []  # (verdict, row index): written after the commit
-        station = self.config.station
+        """One group, in capture order: rows and part events, their messages, ONE transaction for all of
+        them, then counters, the link's wake-up and the images (after the commit: no reject waits for a JPEG)."""
+        self._take_triggers()
+        group = _Group()
+        for d in ordered:
+            if d.verdict is None:
+                self._not_inspected_frame(d)
+            else:
+                self._add_verdict(group, d.verdict)
+        for grouper in self.groupers.values():
+            group.events.extend(grouper.flush() if final else grouper.tick(now_mono))
+        messages = [self._reject_message(e, group.verdict_rows) for e in group.events] + group.triggered
+        messages += self._expired_triggers(group.rows, final)
+        if not group.rows and not messages:
+            return
+        try:
+            ids = self.writer.record(group.rows, messages)
+        except sqlite3.Error as exc:
+            self._commit_failed(exc, group, messages)
+            return
+        self._committed(group, messages, ids)
+
+    def _take_triggers(self) -> None:
+        """Book the triggers the MQTT thread queued since the last group."""
         while not self.triggers.empty():
             self.book.add(self.triggers.get_nowait())
             self.counters.triggers += 1
-        for d in ordered:
-            if d.verdict is None:
-                self.counters.bad_frames_inference += 1
-                if d.invalid_output:  # a broken model: counted apart, and loud (every frame may do it)
-                    self.counters.invalid_outputs += 1
-                    self._throttle.log(logging.ERROR, f"invalid:{d.camera}", "%s: frame %s NOT INSPECTED: %s "
-                                       "(%d so far)", d.camera, d.frame.seq if d.frame else "?", d.error,
-                                       self.counters.invalid_outputs)
-                else:
-                    self._throttle.log(logging.WARNING, f"bad:{d.camera}", "%s: frame %s not inspected: %s",
-                                       d.camera, d.frame.seq if d.frame else "?", d.error)
-                continue
-            v = d.verdict
-            uid = uuid.uuid4().hex
-            image_path = self._plan_image(v, images, len(rows))
-            rows.append(InspectionRow(
-                uid=uid, seq=v.frame.seq, camera=v.frame.camera, part_id=v.frame.part_id,
-                captured_at=v.frame.captured_at, decided_at=v.decided_at, score=v.score, threshold=v.threshold,
-                is_defective=v.is_defective, confidence=v.confidence, latency_ms=round(v.latency_ms, 3),
-                model=v.model, regions=[r.to_dict() for r in v.regions], image_path=image_path, reason=v.reason))
-            if v.is_defective:
-                verdict_rows[(v.frame.camera, v.frame.seq)] = len(rows) - 1
-                self._defect_rows[(v.frame.camera, v.frame.seq)] = (-1, uid, image_path)
-            self.latency.add(v.latency_ms)
-            self.counters.inspected += 1
-            if self.send_result is not None:
-                self.send_result(Result.for_verdict(v, uid, station))
-            if self.on_verdict is not None:
-                self.on_verdict(v, uid)
-            if v.frame.camera in self.triggered:
-                triggered.extend(self._triggered_verdict(v, uid, image_path, len(rows) - 1))
-            else:
-                events.extend(self.groupers[v.frame.camera].feed(v))
-        for grouper in self.groupers.values():
-            events.extend(grouper.flush() if final else grouper.tick(now_mono))
-        messages = [self._reject_message(e, verdict_rows) for e in events] + triggered
-        messages += self._expired_triggers(rows, final)
-        if not rows and not messages:
-            return
-        try:
-            ids = self.writer.record(rows, messages)
-        except sqlite3.Error as exc:
-            self.db_errors += 1
-            self.db_full = is_disk_full(exc)
-            self.last_db_error = str(exc)
-            # one line per 30 s, not one per commit (15 a second on a full disk); the count says the rest
-            self._throttle.log(logging.ERROR, "db", "cannot write %d inspection rows to the database: %s (%d failed "
-                               "commits so far; rejects are published directly meanwhile)", len(rows), exc,
-                               self.db_errors)
-            if messages and self.publish_direct is not None:  # rejects still reach the line, not durably
-                for m in messages:
-                    self.publish_direct(m.topic, m.payload)
-            self._save_images(images, None)
-            return
+
+    def _not_inspected_frame(self, d: Decided) -> None:
+        """A frame the worker could not decide: counted and logged (rate-limited), no row."""
+        self.counters.bad_frames_inference += 1
+        if d.invalid_output:  # a broken model: counted apart, and loud (every frame may do it)
+            self.counters.invalid_outputs += 1
+            self._throttle.log(logging.ERROR, f"invalid:{d.camera}", "%s: frame %s NOT INSPECTED: %s "
+                               "(%d so far)", d.camera, d.frame.seq if d.frame else "?", d.error,
+                               self.counters.invalid_outputs)
+        else:
+            self._throttle.log(logging.WARNING, f"bad:{d.camera}", "%s: frame %s not inspected: %s",
+                               d.camera, d.frame.seq if d.frame else "?", d.error)
+
+    def _add_verdict(self, group: _Group, v: Verdict) -> None:
+        """A verdict's row (and planned image) into the group, then its result, and its part: a triggered
+        part's messages, or the free-run grouper's events."""
+        uid = uuid.uuid4().hex
+        image_path = self._plan_image(v, group.images, len(group.rows))
+        group.rows.append(InspectionRow(
+            uid=uid, seq=v.frame.seq, camera=v.frame.camera, part_id=v.frame.part_id,
+            captured_at=v.frame.captured_at, decided_at=v.decided_at, score=v.score, threshold=v.threshold,
+            is_defective=v.is_defective, confidence=v.confidence, latency_ms=round(v.latency_ms, 3),
+            model=v.model, regions=[r.to_dict() for r in v.regions], image_path=image_path, reason=v.reason))
+        if v.is_defective:
+            group.verdict_rows[(v.frame.camera, v.frame.seq)] = len(group.rows) - 1
+            self._defect_rows[(v.frame.camera, v.frame.seq)] = (-1, uid, image_path)
+        self.latency.add(v.latency_ms)
+        self.counters.inspected += 1
+        if self.send_result is not None:
+            self.send_result(Result.for_verdict(v, uid, self.config.station))
+        if self.on_verdict is not None:
+            self.on_verdict(v, uid)
+        if v.frame.camera in self.triggered:
+            group.triggered.extend(self._triggered_verdict(v, uid, image_path, len(group.rows) - 1))
+        else:
+            group.events.extend(self.groupers[v.frame.camera].feed(v))
+
+    def _commit_failed(self, exc: sqlite3.Error, group: _Group, messages: list[OutboxMessage]) -> None:
+        """The group's transaction failed: counted, logged rate-limited, its messages published directly
+        (not durably) so rejects still reach the line, its images saved without row ids."""
+        self.db_errors += 1
+        self.db_full = is_disk_full(exc)
+        self.last_db_error = str(exc)
+        # one line per 30 s, not one per commit (15 a second on a full disk); the count says the rest
+        self._throttle.log(logging.ERROR, "db", "cannot write %d inspection rows to the database: %s (%d failed "
+                           "commits so far; rejects are published directly meanwhile)", len(group.rows), exc,
+                           self.db_errors)
+        if messages and self.publish_direct is not None:  # rejects still reach the line, not durably
+            for m in messages:
+                self.publish_direct(m.topic, m.payload)
+        self._save_images(group.images, None)
+
+    def _committed(self, group: _Group, messages: list[OutboxMessage], ids: list[int]) -> None:
+        """After the group's transaction: row ids for open parts, counters, wake the link, hand over images."""
         if self.last_db_error:
             log.warning("the database accepts commits again (after %d failed ones)", self.db_errors)
             self.last_db_error, self.db_full = "", False
+        self._remember_defect_ids(group.verdict_rows, ids)
+        self._count(group.events, messages)
+        if messages:
+            self.wake_sender()
+        self._save_images(group.images, ids)
+
+    def _remember_defect_ids(self, verdict_rows: dict[tuple[str, int], int], ids: list[int]) -> None:
+        """Defective rows get their database ids (a later reject of their part refers to them); rows no
+        open part can refer to any more are forgotten."""
         for key, index in verdict_rows.items():
             _, uid, image = self._defect_rows[key]
             self._defect_rows[key] = (ids[index], uid, image)
-        for camera, grouper in self.groupers.items():  # forget rows no open part can refer to any more
+        for camera, grouper in self.groupers.items():
             keep_from = grouper.open.first.frame.seq if grouper.open is not None else None
             for key in [k for k in self._defect_rows if k[0] == camera]:
                 if keep_from is None or key[1] < keep_from:
                     del self._defect_rows[key]
+
+    def _count(self, events: list[PartEvent], messages: list[OutboxMessage]) -> None:
+        """Parts and rejects of a committed group (health file, /stats, `edged status`)."""
         rejects = [m for m in messages if m.kind == "reject"]
         for m in rejects:
             reason = str(m.payload.get("reason", "defect"))
@@ -215,9 +257,6 @@ class RecorderThread(threading.Thread):
         if rejects:
             self.counters.rejects += len(rejects)
             self.counters.last_reject_at = time.time()
-        if messages:
-            self.wake_sender()
-        self._save_images(images, ids)
 
     def _triggered_verdict(self, v: Verdict, uid: str, image: str | None, row_index: int) -> list[OutboxMessage]:
         """A verdict for a triggered part: exactly one durable result, and a reject when defective."""

@@ -214,63 +214,96 @@ def _rate(stats: CameraStats | None) -> str:
 
 def check_health(health: dict[str, Any], config: Config, now: float) -> tuple[list[str], list[str]]:
     """(reasons the daemon is unhealthy, warnings that do not change the exit code)."""
-    problems: list[str] = []
-    warnings: list[str] = []
+    problems = [*_stale_problems(health, config, now), *_death_problems(health), *_process_problems(health),
+                *_camera_problems(health, config), *_heartbeat_problems(health, config),
+                *_database_problems(health, config)]
+    warnings = [*_pipeline_warnings(health), *_mqtt_warnings(health.get("mqtt"))]
+    return problems, warnings
+
+
+def _stale_problems(health: dict[str, Any], config: Config, now: float) -> list[str]:
+    """A health file not rewritten in time: the daemon is hung or stopped, or its disk is full."""
     interval = config.health.status_interval_s
     updated = _num(health.get("updated_at"))
     if updated is None:
-        problems.append("health file has no updated_at")
-    elif now - updated > STALE_FACTOR * interval:
+        return ["health file has no updated_at"]
+    if now - updated > STALE_FACTOR * interval:
         full = disk_full(config.storage.state_dir)
-        problems.append(f"health file is {fmt_duration(now - updated)} old (written every "
-                        f"{fmt_duration(interval)}): " + (f"the disk of {config.storage.state_dir} is FULL (the "
-                                                          "daemon cannot write it), or the daemon is hung" if full
-                                                          else "the daemon is hung or stopped"))
+        return [f"health file is {fmt_duration(now - updated)} old (written every "
+                f"{fmt_duration(interval)}): " + (f"the disk of {config.storage.state_dir} is FULL (the "
+                                                  "daemon cannot write it), or the daemon is hung" if full
+                                                  else "the daemon is hung or stopped")]
+    return []
+
+
+def _death_problems(health: dict[str, Any]) -> list[str]:
     dead = health.get("dead_threads")
-    if isinstance(dead, dict):
-        for name, why in sorted(dead.items()):
-            problems.append(f"thread {name} DIED ({why}): the daemon stops for systemd to restart it")
+    if not isinstance(dead, dict):
+        return []
+    return [f"thread {name} DIED ({why}): the daemon stops for systemd to restart it"
+            for name, why in sorted(dead.items())]
+
+
+def _process_problems(health: dict[str, Any]) -> list[str]:
     pid = _num(health.get("pid"))
     if pid is None or not pid_alive(int(pid)):
-        problems.append(f"daemon process {_int(health.get('pid'))} is not running")
+        return [f"daemon process {_int(health.get('pid'))} is not running"]
+    return []
+
+
+def _camera_problems(health: dict[str, Any], config: Config) -> list[str]:
+    """Cameras not streaming, and configured cameras the daemon does not know (it runs an older config)."""
     cameras = health.get("cameras")
     if not isinstance(cameras, dict) or not cameras:
-        problems.append("no camera in the health file")
-    else:
-        for name, cam in sorted(cameras.items()):
-            state = cam.get("state", "?") if isinstance(cam, dict) else "?"
-            if state != "streaming":
-                problems.append(f"camera {name} is {state}, not streaming")
-        for cam_config in config.cameras:
-            if cam_config.name not in cameras:
-                problems.append(f"camera {cam_config.name} is not in the health file (config changed since "
-                                f"the daemon started? systemctl restart edged)")
+        return ["no camera in the health file"]
+    problems: list[str] = []
+    for name, cam in sorted(cameras.items()):
+        state = cam.get("state", "?") if isinstance(cam, dict) else "?"
+        if state != "streaming":
+            problems.append(f"camera {name} is {state}, not streaming")
+    problems.extend(f"camera {cam_config.name} is not in the health file (config changed since the daemon "
+                    f"started? systemctl restart edged)" for cam_config in config.cameras
+                    if cam_config.name not in cameras)
+    return problems
+
+
+def _heartbeat_problems(health: dict[str, Any], config: Config) -> list[str]:
     threads = health.get("threads")
-    if isinstance(threads, dict):
-        limit = config.health.heartbeat_timeout_s
-        for name, age in sorted(threads.items()):
-            seconds = _num(age)
-            if seconds is None or seconds > limit:
-                problems.append(f"thread {name} silent for {fmt_duration(seconds)} "
-                                f"(limit {fmt_duration(limit)}): hung")
-    broker = health.get("broker")
-    if broker == "disconnected":
+    if not isinstance(threads, dict):
+        return []
+    limit = config.health.heartbeat_timeout_s
+    problems: list[str] = []
+    for name, age in sorted(threads.items()):
+        seconds = _num(age)
+        if seconds is None or seconds > limit:
+            problems.append(f"thread {name} silent for {fmt_duration(seconds)} (limit {fmt_duration(limit)}): hung")
+    return problems
+
+
+def _database_problems(health: dict[str, Any], config: Config) -> list[str]:
+    disk = health.get("disk")
+    if isinstance(disk, dict) and disk.get("db_full"):
+        return [f"database disk FULL ({_int(disk.get('db_errors'))} failed commits): inspection rows are "
+                "not stored; rejects are published directly, not durably. Free space on "
+                f"{config.storage.state_dir}"]
+    if isinstance(disk, dict) and disk.get("db_error"):
+        return [f"database error: {disk.get('db_error')} ({_int(disk.get('db_errors'))} failed commits)"]
+    return []
+
+
+def _pipeline_warnings(health: dict[str, Any]) -> list[str]:
+    """What the daemon copes with but the technician should know: broker down, images paused, NaN outputs."""
+    warnings: list[str] = []
+    if health.get("broker") == "disconnected":
         warnings.append("MQTT broker disconnected: rejects wait in the outbox and expire after reject_ttl_ms")
     disk = health.get("disk")
     if isinstance(disk, dict) and disk.get("images_paused"):
         warnings.append("image saving paused: disk quota or free space reached")
-    if isinstance(disk, dict) and disk.get("db_full"):
-        problems.append(f"database disk FULL ({_int(disk.get('db_errors'))} failed commits): inspection rows are "
-                        "not stored; rejects are published directly, not durably. Free space on "
-                        f"{config.storage.state_dir}")
-    elif isinstance(disk, dict) and disk.get("db_error"):
-        problems.append(f"database error: {disk.get('db_error')} ({_int(disk.get('db_errors'))} failed commits)")
     invalid = _num(health.get("invalid_outputs"))
     if invalid:
         warnings.append(f"{int(invalid)} frame(s) not inspected: the model's output was NaN or infinite (a broken "
                         "model or bundle?)")
-    warnings.extend(_mqtt_warnings(health.get("mqtt")))
-    return problems, warnings
+    return warnings
 
 
 def _mqtt_warnings(mqtt: Any) -> list[str]:
