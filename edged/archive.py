@@ -32,6 +32,9 @@ RETRY_AFTER_S = 60.0  # after a disk error, saving is tried again this much late
 
 
 class ImageArchive:
+    """Defect images under a size quota (the oldest deleted first). A disk error never reaches inspection: saving pauses
+    for `retry_after_s` and is counted."""
+
     def __init__(self, folder: Path, quota_mb: float, overlay: bool = True, fmt: str = "jpg",
                  retry_after_s: float | None = None) -> None:
         self.folder = folder
@@ -48,6 +51,7 @@ class ImageArchive:
 
     @property
     def paused(self) -> bool:
+        """True while saving is paused after a disk error (full, read-only); shown in the health file."""
         return time.monotonic() < self.paused_until
 
     def _scan(self) -> None:
@@ -182,6 +186,8 @@ class ImageWriter(threading.Thread):
         self.inline = 0  # images written by the caller because the thread was behind
 
     def put(self, verdict: Verdict, row_id: int | None) -> None:
+        """Queue a frame for writing; never blocks: when the thread is behind, the image is written here, in
+        the caller."""
         try:
             self.todo.put_nowait((verdict, row_id))
         except queue.Full:
@@ -195,6 +201,7 @@ class ImageWriter(threading.Thread):
             self.join(timeout)
 
     def run(self) -> None:
+        """Write queued images at idle priority until `close`; a failure is reported as this thread's death."""
         # Linux: the scheduling class is per thread. Refused (a seccomp filter answers EPERM, not a kill:
         # deploy/edged.service sets SystemCallErrorNumber=EPERM), the thread keeps normal priority.
         with contextlib.suppress(OSError, AttributeError):

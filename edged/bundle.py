@@ -74,6 +74,8 @@ class InputSpec(_Strict):
 
 
 class OutputSpec(_Strict):
+    """The ONNX output names: the image score, and the anomaly map if the model has one (no map: no regions)."""
+
     score: str = "score"
     map: str | None = None  # name of the anomaly map output, or None when the model gives none
 
@@ -119,6 +121,8 @@ class ModelFile(_Strict):
 
 
 class TrainingSummary(_Strict):
+    """How the bundle was trained (data, image counts, method options), for audit; edged never acts on it."""
+
     count: int = 0  # images trained on
     holdout: int = 0  # good images held out for calibration
     file_list_sha256: str = ""
@@ -127,6 +131,9 @@ class TrainingSummary(_Strict):
 
 
 class Manifest(_Strict):
+    """A bundle's manifest.json: what its models take and give, and their thresholds. Validated on load; a
+    format_version this edged does not read is refused."""
+
     format_version: int = FORMAT_VERSION
     bundle_id: str
     method: str  # "classic", "cae", "cae-reference", "patchcore", ...
@@ -157,6 +164,7 @@ class Manifest(_Strict):
         return self
 
     def model(self, precision: str | None = None) -> ModelFile:
+        """The model file for `precision` (None: the bundle's default); raises BundleError when the bundle has none."""
         key = precision or self.default
         if key not in self.models:
             raise BundleError(f"bundle {self.bundle_id} has no {key} model (has: {', '.join(self.models)})")
@@ -164,6 +172,7 @@ class Manifest(_Strict):
 
 
 def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (model files are large)."""
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

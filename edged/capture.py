@@ -33,6 +33,9 @@ SHAPE_SETTLE_FRAMES = 30  # a new frame size that persists this long is accepted
 
 
 class CaptureThread(threading.Thread):
+    """One camera's thread: opens its source, reopens it with backoff, and queues its frames (through the trigger gate
+    in mqtt mode). State changes go to `events` for the supervisor."""
+
     def __init__(self, cam: CameraConfig, frames: FrameQueue, stats: CameraStats, heartbeats: Heartbeats,
                  stop: threading.Event, events: queue.Queue[tuple[str, str, str]] | None = None,
                  source_factory: Callable[[CameraConfig], Source] | None = None,
@@ -81,6 +84,8 @@ class CaptureThread(threading.Thread):
 
     # --- main loop ---------------------------------------------------------------------------------
     def run(self) -> None:
+        """Capture until stopped, the source ends, or reopening gives up; an unexpected error is logged and reported as
+        this thread's death, never raised."""
         try:
             self._run()
         except QueueClosed:

@@ -32,7 +32,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_CONFIG = os.environ.get("EDGED_CONFIG", "/etc/edged/edged.yaml")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edged", description="Find defective parts on a production line.")
     p.add_argument("--version", action="version", version=f"edged {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -58,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The `edged` command. Returns the exit code, never raises for a user's mistake: 2 bad input (config, bundle, not a
+    database), 1 failure (database error, state directory locked)."""
+    args = _build_parser().parse_args(argv)
     if args.command is None:
-        build_parser().print_help(sys.stderr)
+        _build_parser().print_help(sys.stderr)
         return EXIT_BAD_INPUT
     try:
         config = load_config(args.config)
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(config: Config) -> int:
+    """`edged run`: the daemon in the foreground until SIGTERM/SIGINT (or every file source has ended); its exit
+    code, non-zero asking systemd for a restart."""
     from edged.service import Service
 
     return Service(config).run()

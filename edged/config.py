@@ -105,6 +105,7 @@ class StorageConfig(Section):
                                          "is committed at once).")
 
     def resolve(self, path: Path) -> Path:
+        """A storage path as configured: a relative one is inside `state_dir`."""
         return path if path.is_absolute() else self.state_dir / path
 
 

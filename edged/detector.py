@@ -28,7 +28,7 @@ PROVIDER_NAMES = {
 }
 
 
-def onnxruntime_available() -> bool:
+def _onnxruntime_available() -> bool:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -38,6 +38,8 @@ def onnxruntime_available() -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Output:
+    """One frame's model output: the image score (compared with the threshold) and the anomaly map, if any."""
+
     score: float
     anomaly_map: np.ndarray | None  # HxW float32 at the model's input size
 
@@ -50,7 +52,7 @@ class Detector:
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = load_manifest(self.bundle_dir)
         self.precision = precision or self.manifest.default
-        if runtime == "onnxruntime" and not onnxruntime_available():
+        if runtime == "onnxruntime" and not _onnxruntime_available():
             log.warning("onnxruntime is not installed: running the model with OpenCV DNN instead")
             runtime = "opencv"
         if runtime == "opencv" and "opencv" not in self.manifest.runtimes:
@@ -86,6 +88,7 @@ class Detector:
 
     @property
     def bundle_id(self) -> str:
+        """The bundle's id, recorded with every verdict so each row and message says which model decided."""
         return self.manifest.bundle_id
 
     def _self_test(self) -> None:

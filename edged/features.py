@@ -14,7 +14,7 @@ Extractor = Callable[[np.ndarray], np.ndarray]
 _REGISTRY: dict[str, Extractor] = {}
 
 
-def register(name: str) -> Callable[[Extractor], Extractor]:
+def _register(name: str) -> Callable[[Extractor], Extractor]:
     def deco(fn: Extractor) -> Extractor:
         _REGISTRY[name] = fn
         return fn
@@ -22,6 +22,7 @@ def register(name: str) -> Callable[[Extractor], Extractor]:
 
 
 def get(name: str) -> Extractor:
+    """The extractor a features bundle names; KeyError for one this edged does not have."""
     return _REGISTRY[name]
 
 
@@ -76,7 +77,7 @@ def lbp_uniform(gray: np.ndarray, points: int = LBP_POINTS, radius: float = LBP_
     return np.where(changes <= 2, ones, points + 1)
 
 
-@register("classic-v1")
+@_register("classic-v1")
 def classic_v1(prepared: np.ndarray) -> np.ndarray:
     """33 float32 features of a gray uint8 image: LBP histogram (P=24, R=3, uniform, 26 bins, fractions),
     Sobel gradient magnitude (mean, std, 25th, 75th percentile), gray level (mean, std, median)."""

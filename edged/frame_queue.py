@@ -21,6 +21,8 @@ from edged.frames import Frame
 
 @dataclass(frozen=True, slots=True)
 class Dispatched:
+    """A frame as a worker took it, numbered per camera so verdicts can be put back in capture order."""
+
     frame: Frame
     dispatch: int  # per camera, contiguous in the order frames left the queue
 
@@ -30,6 +32,9 @@ class QueueClosed(Exception):
 
 
 class FrameQueue:
+    """Bounded per-camera lanes between capture threads and workers (see the module docstring); every method is
+    thread-safe."""
+
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._lanes: dict[str, deque[Frame]] = {}
@@ -41,6 +46,7 @@ class FrameQueue:
         self._closed = False
 
     def add_lane(self, camera: str, capacity: int) -> None:
+        """A lane of `capacity` frames for `camera`; add every camera's before frames are put."""
         with self._cond:
             self._lanes[camera] = deque()
             self._capacity[camera] = capacity
@@ -114,12 +120,15 @@ class FrameQueue:
 
     @property
     def closed(self) -> bool:
+        """True once `close` was called: producers get QueueClosed, workers drain what is left."""
         return self._closed
 
     def depth(self, camera: str) -> int:
+        """Frames waiting in `camera`'s lane now (health file)."""
         with self._cond:
             return len(self._lanes[camera])
 
     def drops(self, camera: str) -> int:
+        """Frames dropped from `camera`'s full lane so far (a live camera drops the oldest)."""
         with self._cond:
             return self._drops[camera]

@@ -36,6 +36,7 @@ class Region:
     peak: float  # highest anomaly value inside
 
     def to_dict(self) -> dict[str, float | int]:
+        """The region as it goes into messages and rows: frame pixels, the map's peak rounded."""
         return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "area": self.area,
                 "peak": round(self.peak, 6)}
 
@@ -66,4 +67,5 @@ class Verdict:
 
     @property
     def latency_ms(self) -> float:
+        """Capture to decision in milliseconds, on the monotonic clock (a wall-clock step does not show)."""
         return (self.decided_mono - self.frame.captured_mono) * 1000.0

@@ -18,12 +18,16 @@ from dataclasses import dataclass, field
 
 
 class Heartbeats:
+    """Each thread's last sign of life and why threads died; thread-safe. The supervisor stops the watchdog pings when
+    one is silent or dead."""
+
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
         self._dead: dict[str, str] = {}  # thread name -> why it died
         self._lock = threading.Lock()
 
     def beat(self, name: str) -> None:
+        """A watched thread is alive; cheap enough to call for every frame (one dict store)."""
         self._last[name] = time.monotonic()  # a single dict store: atomic in CPython
 
     def forget(self, name: str) -> None:
@@ -39,15 +43,18 @@ class Heartbeats:
             self._dead.setdefault(name, " ".join(text.split())[:300])
 
     def dead(self) -> dict[str, str]:
+        """Threads that died: name -> why (a copy)."""
         with self._lock:
             return dict(self._dead)
 
     def ages(self, now: float | None = None) -> dict[str, float]:
+        """Seconds since each watched thread's last beat (monotonic clock)."""
         now = time.monotonic() if now is None else now
         with self._lock:
             return {name: max(0.0, now - t) for name, t in list(self._last.items())}
 
     def stale(self, timeout_s: float) -> list[str]:
+        """Threads silent for longer than `timeout_s`: hung."""
         return [name for name, age in self.ages().items() if age > timeout_s]
 
 
@@ -65,11 +72,13 @@ class CameraStats:
     _times: deque[float] = field(default_factory=lambda: deque(maxlen=64))
 
     def frame_captured(self, mono: float, wall: float) -> None:
+        """Count one frame (the capture thread only): `mono` for the frame rate, `wall` for the last-frame time."""
         self.frames += 1
         self.last_frame_at = wall
         self._times.append(mono)
 
     def fps(self, now: float | None = None) -> float:
+        """Frames per second over the recent frames; 0 when none came in the last 5 s."""
         times = list(self._times)
         now = time.monotonic() if now is None else now
         if len(times) < 2 or now - times[-1] > 5.0:
@@ -95,9 +104,11 @@ class LatencyWindow:
         self._values: deque[float] = deque(maxlen=size)
 
     def add(self, ms: float) -> None:
+        """One verdict's capture-to-verdict latency in ms; only the most recent `size` are kept."""
         self._values.append(ms)
 
     def percentiles(self) -> dict[str, float | None]:
+        """p50 and p99 in ms (nearest rank), None while the window is empty."""
         values = list(self._values)
         out: dict[str, float | None] = {}
         for name, q in (("p50", 50.0), ("p99", 99.0)):

@@ -149,6 +149,8 @@ class TriggerAdmission:
         self._until: dict[tuple[str, str], float] = {}  # (camera, part id) -> deadline (Unix seconds)
 
     def admit(self, triggers: list[Trigger], now: float | None = None) -> list[Trigger]:
+        """The triggers to act on: repeats of an outstanding part are left out. Raises MessageRefused when all are
+        repeats, or when they would pass the limit."""
         now = time.time() if now is None else now
         if not triggers:
             return []
@@ -165,5 +167,6 @@ class TriggerAdmission:
         return fresh
 
     def outstanding(self, now: float | None = None) -> int:
+        """Parts still awaiting their result (health file); safe from another thread."""
         now = time.time() if now is None else now
         return sum(1 for d in list(self._until.values()) if d > now)  # list(): read from another thread

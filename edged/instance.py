@@ -21,6 +21,9 @@ class InstanceLocked(Exception):
 
 
 class InstanceLock:
+    """The state directory's lock (flock on edged.lock): the kernel releases it when the process ends,
+    however it ends."""
+
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / LOCK_FILE
         self._fd: int | None = None
@@ -43,6 +46,7 @@ class InstanceLock:
         return self
 
     def release(self) -> None:
+        """Give the lock up; harmless when not held."""
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)  # closing the descriptor releases the lock

@@ -30,6 +30,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 def syslog_priority(levelno: int) -> int:
+    """The syslog priority (7 debug .. 2 critical) of a Python log level, for journald's `<N>` prefix."""
     for threshold, priority in _PRIORITIES:
         if levelno >= threshold:
             return priority
@@ -51,6 +52,7 @@ class JournalPrefixFormatter(logging.Formatter):
         super().__init__("%(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        """The formatted record with the `<N>` prefix on every line."""
         prefix = f"<{syslog_priority(record.levelno)}>"
         return "\n".join(prefix + line for line in super().format(record).splitlines() or [""])
 

@@ -164,6 +164,7 @@ class MqttLink(threading.Thread):
 
     # --- called from other threads -----------------------------------------------------------------
     def wake(self) -> None:
+        """Have the link's thread look at the outbox now (a commit added rejects); from any thread."""
         self.wake_event.set()
 
     def send(self, topic: str, payload: Payload | str, qos: int = 0, retain: bool = False) -> None:
@@ -177,9 +178,11 @@ class MqttLink(threading.Thread):
         self.wake_event.set()
 
     def send_result(self, result: Result) -> None:
+        """Publish a verdict's result, QoS 0, not durable (`mqtt.publish_results`); from any thread."""
         self.send(self.topics.result, result, qos=0)
 
     def send_stats(self, stats: Stats) -> None:
+        """Publish the periodic stats, QoS 0, not durable; from any thread."""
         self.send(self.topics.stats, stats, qos=0)
 
     def publish_direct(self, topic: str, payload: dict[str, Any]) -> None:
@@ -191,11 +194,14 @@ class MqttLink(threading.Thread):
         self.wake_event.set()
 
     def camera_state(self, camera: str, state: CameraState) -> None:
+        """Publish a camera's state, retained (sent again on each connection); nothing when not announcing (replay)."""
         if self.announce:
             self.send(self.topics.camera(camera), state.value, qos=1, retain=True)
 
     # --- the thread --------------------------------------------------------------------------------
     def run(self) -> None:
+        """The link's thread: connect, publish the outbox, handle acks and incoming messages until stopped; an
+        unexpected error is reported as its death."""
         try:
             self.outbox = Outbox(connect(self.database))
             self._loop()

@@ -21,6 +21,8 @@ from edged.frames import Frame, Verdict
 
 @dataclass
 class PartEvent:
+    """One free-run part: a camera's defective frames closer than the gap; `best` (highest score) is rejected."""
+
     camera: str
     first: Verdict
     best: Verdict
@@ -32,6 +34,7 @@ class PartEvent:
 
     @property
     def part_id(self) -> str:
+        """The part's id in messages: the trigger's, else `<camera>-<seq of its first frame>`."""
         return self.given_id or f"{self.camera}-{self.first.frame.seq}"
 
 
@@ -46,6 +49,7 @@ class FreeRunGrouper:
         self.open: PartEvent | None = None
 
     def feed(self, verdict: Verdict) -> list[PartEvent]:
+        """One verdict, in capture order; returns the parts it closes (by the gap, or by the part's caps)."""
         closed: list[PartEvent] = []
         t = verdict.frame.captured_mono
         if self.open is not None and t - self.open.last_defect_mono > self.gap_s:
@@ -71,12 +75,14 @@ class FreeRunGrouper:
                 or event.last_defect_mono - event.first.frame.captured_mono >= self.max_s)
 
     def tick(self, now_mono: float) -> list[PartEvent]:
+        """Close the open part when no defect came within the gap (call also while no frame arrives)."""
         if self.open is not None and now_mono - self.open.last_defect_mono > self.gap_s:
             event, self.open = self.open, None
             return [event]
         return []
 
     def flush(self) -> list[PartEvent]:
+        """Close the open part now (shutdown, end of a replay)."""
         event, self.open = self.open, None
         return [event] if event is not None else []
 
@@ -145,6 +151,7 @@ class TriggerBook:
         self.outstanding: dict[tuple[str, str], Trigger] = {}
 
     def add(self, trig: Trigger) -> None:
+        """An admitted trigger: it now awaits a verdict or its deadline."""
         self.outstanding[(trig.camera, trig.part_id)] = trig
 
     def settle(self, verdict: Verdict) -> bool:
@@ -156,6 +163,7 @@ class TriggerBook:
         return False  # its deadline passed already: not_inspected went out, this verdict is only logged
 
     def expire(self, now: float) -> list[Trigger]:
+        """Remove and return the triggers whose deadline is past at `now` (Unix seconds): each gets not_inspected."""
         gone = [t for t in self.outstanding.values() if now >= t.deadline_at]
         for t in gone:
             del self.outstanding[(t.camera, t.part_id)]

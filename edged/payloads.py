@@ -50,9 +50,11 @@ class Payload:
     __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
+        """The message as published (a JSON object); each payload class defines it."""
         raise NotImplementedError
 
     def to_json(self) -> str:
+        """The published text: strict JSON (NaN or Infinity raise instead of going out)."""
         return jsonout.dumps(self.to_dict())
 
 
@@ -95,6 +97,7 @@ class Reject(Payload):
         return _t(self.expires_at)
 
     def to_dict(self) -> dict[str, Any]:
+        """The /reject message (its keys are the contract with the line's controller)."""
         return {
             "id": self.id, "station": self.station, "camera": self.camera, "part_id": self.part_id,
             "seq": self.seq, "reason": "defect", "captured_at": _t(self.captured_at),
@@ -120,14 +123,17 @@ class NotInspected(Payload):
 
     @classmethod
     def for_trigger(cls, trig: Trigger, uid: str, station: str, ttl_ms: float, decided_at: float) -> NotInspected:
+        """The result of a triggered part with no verdict by its deadline; it expires `ttl_ms` after that."""
         return cls(id=uid, station=station, camera=trig.camera, part_id=trig.part_id, decided_at=decided_at,
                    triggered_at=trig.due_at, expires_at=trig.deadline_at + ttl_ms / 1000.0)
 
     @property
     def deadline(self) -> float:
+        """Unix seconds after which this message must not actuate anything (the outbox expires it)."""
         return _t(self.expires_at)
 
     def to_dict(self) -> dict[str, Any]:
+        """The /result (and, fail-safe, /reject) message of a part not inspected: the verdict's fields are null."""
         return {
             "id": self.id, "station": self.station, "camera": self.camera, "part_id": self.part_id, "seq": None,
             "reason": "not_inspected", "is_defective": None, "captured_at": None,
@@ -157,12 +163,14 @@ class Result(Payload):
 
     @classmethod
     def for_verdict(cls, v: Verdict, uid: str, station: str) -> Result:
+        """The result of one inspected frame."""
         return cls(id=uid, station=station, camera=v.frame.camera, seq=v.frame.seq, part_id=v.frame.part_id,
                    reason=v.reason, is_defective=v.is_defective, captured_at=v.frame.captured_at,
                    decided_at=v.decided_at, score=v.score, threshold=v.threshold, confidence=v.confidence,
                    regions=v.regions, model=v.model)
 
     def to_dict(self) -> dict[str, Any]:
+        """The /result message."""
         return {
             "id": self.id, "station": self.station, "camera": self.camera, "seq": self.seq,
             "part_id": self.part_id, "reason": self.reason, "is_defective": self.is_defective,
@@ -184,9 +192,11 @@ class Audit(Payload):
 
     @classmethod
     def of_stored(cls, payload: str) -> Audit:
+        """The audit message for an expired reject, from the payload stored in the outbox."""
         return cls(json.loads(payload))
 
     def to_dict(self) -> dict[str, Any]:
+        """The stored reject marked `expired: true`: to /audit, never to /reject."""
         return {**self.reject, "expired": True}
 
 
@@ -224,6 +234,7 @@ class Stats(Payload):
                    cpu_percent=cpu_percent, rss_bytes=rss_bytes)
 
     def to_dict(self) -> dict[str, Any]:
+        """The /stats message."""
         return {"station": self.station, "at": self.at, "inspected": self.inspected, "rejects": self.rejects,
                 "cameras": self.cameras, "latency_ms": self.latency_ms, "outbox_backlog": self.outbox_backlog,
                 "expired": self.expired, "broker": self.broker, "db_errors": self.db_errors,

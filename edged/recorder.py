@@ -45,6 +45,9 @@ class _Group:
 
 
 class RecorderThread(threading.Thread):
+    """The only writer of inspection rows (see the module docstring); when the database fails, rejects are published
+    directly, not durably."""
+
     def __init__(self, config: Config, decided: queue.Queue[Decided], writer: InspectionWriter,
                  archive: ImageArchive | None, counters: Counters, latency: LatencyWindow,
                  heartbeats: Heartbeats, stop: threading.Event, wake_sender: Callable[[], None],
@@ -84,6 +87,8 @@ class RecorderThread(threading.Thread):
         self.workers_done = threading.Event()  # set by the service when no verdict can arrive any more
 
     def run(self) -> None:
+        """Record until the workers are done and the queue is empty, then close the open parts; an unexpected error is
+        reported as this thread's death."""
         if self.images is not None:
             self.images.start()
         try:

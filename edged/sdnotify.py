@@ -92,6 +92,7 @@ class Notifier:
             self._report(exc)
 
     def close(self) -> None:
+        """Close the notify socket; a later message opens a new one."""
         with self._lock:
             if self._sock is not None:
                 self._sock.close()

@@ -60,6 +60,8 @@ WORKER_DRAIN_S = 3.0  # at shutdown, queued frames get this long to be inspected
 
 @dataclass
 class RunSummary:
+    """Totals since start: `edged replay`'s last line."""
+
     frames: int = 0
     inspected: int = 0
     rejects: int = 0
@@ -72,6 +74,9 @@ class RunSummary:
 
 
 class Service:
+    """The daemon: wires capture, queue, workers, recorder, MQTT link and images, supervises them (heartbeats, watchdog,
+    health file) and stops them in order. Driven from one thread."""
+
     def __init__(self, config: Config, *, detector: Detector | None = None, mqtt_enabled: bool | None = None,
                  on_verdict: Callable[[Verdict, str], None] | None = None, notifier: Notifier | None = None,
                  handle_signals: bool = True, mqtt_client_id: str | None = None, mqtt_announce: bool = True) -> None:
@@ -118,6 +123,8 @@ class Service:
 
     # --- start -------------------------------------------------------------------------------------
     def start(self) -> None:
+        """Take the state directory (InstanceLocked if another daemon has it), load the model (BundleError), open the
+        database and start every thread."""
         cfg = self.config
         # first: a second daemon on this state directory must not touch its database or its outbox
         self.instance_lock.acquire()
@@ -315,6 +322,7 @@ class Service:
         return out
 
     def status_line(self) -> str:
+        """The STATUS= line of `systemctl status edged`: problems first, then rates, broker and latency."""
         problems = self.problems()
         head = f"UNHEALTHY: {'; '.join(problems)} | " if problems else ""
         fps = sum(s.fps() for s in self.stats.values())
@@ -334,6 +342,7 @@ class Service:
         return "connected" if self.link.connected else "disconnected"
 
     def health(self) -> dict[str, Any]:
+        """The health file's content (what `edged status` reads); only after `start`."""
         det = self.detector
         assert det is not None
         cams = {}
@@ -411,6 +420,7 @@ class Service:
             return False
 
     def stats_message(self) -> Stats:
+        """The /stats message: the health summary plus this process's CPU and memory."""
         with self._process.oneshot():
             cpu = self._process.cpu_percent(None)
             rss = self._process.memory_info().rss
@@ -450,6 +460,7 @@ class Service:
         log.info("stopped: %d inspected, %d rejects", self.counters.inspected, self.counters.rejects)
 
     def summary(self) -> RunSummary:
+        """Totals since start (frames, verdicts, drops, latency)."""
         return RunSummary(
             frames=sum(s.frames for s in self.stats.values()), inspected=self.counters.inspected,
             rejects=self.counters.rejects, drops=sum(self.frames.drops(n) for n in self.stats),

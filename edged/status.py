@@ -73,23 +73,24 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s // 86400} d {s % 86400 // 3600:02d} h"
 
 
-def fmt_time(epoch: float | None, now: float) -> str:
+def _fmt_time(epoch: float | None, now: float) -> str:
     if epoch is None or epoch <= 0:
         return "never"
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
     return f"{stamp} ({fmt_duration(now - epoch)} ago)"
 
 
-def fmt_ms(value: Any) -> str:
+def _fmt_ms(value: Any) -> str:
     n = _num(value)
     return "-" if n is None else f"{n:.1f} ms"
 
 
-def clip(text: str, width: int) -> str:
+def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 3)] + "..."
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether the process exists (one owned by another user, the service user, counts)."""
     if pid <= 0:
         return False
     try:
@@ -197,7 +198,7 @@ def read_database(path: Path, now: float) -> tuple[dict[float, dict[str, CameraS
 # --- the report -----------------------------------------------------------------------------------
 
 def _line(out: TextIO, label: str, text: str) -> None:
-    out.write(clip(f"{label:<{LABEL}}{text}", WIDTH).rstrip() + "\n")
+    out.write(_clip(f"{label:<{LABEL}}{text}", WIDTH).rstrip() + "\n")
 
 
 def _wrapped(out: TextIO, label: str, text: str) -> None:
@@ -345,7 +346,7 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
         _line(out, "runtime", f"{h.get('runtime', '?')} / {h.get('provider', '?')}   threshold "
                               f"{_fmt_float(h.get('threshold'))}")
         lat = _mapping(h.get("latency_ms"))
-        _line(out, "latency", f"p50 {fmt_ms(lat.get('p50'))}   p99 {fmt_ms(lat.get('p99'))}   (all cameras)")
+        _line(out, "latency", f"p50 {_fmt_ms(lat.get('p50'))}   p99 {_fmt_ms(lat.get('p99'))}   (all cameras)")
         _line(out, "broker", f"{h.get('broker', '?')}   outbox backlog {_int(h.get('outbox_backlog'))}   "
                              f"expired {_int(h.get('expired'))}   delivered {_int(h.get('delivered'))}")
         mqtt = _mapping(h.get("mqtt"))
@@ -362,7 +363,7 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
         if _num(trig.get("received")):
             _line(out, "triggers", f"{_int(trig.get('received'))}   not inspected in time "
                                    f"{_int(trig.get('not_inspected'))}   late {_int(trig.get('late_verdicts'))}")
-        _line(out, "last reject", fmt_time(_num(h.get("last_reject_at")), now))
+        _line(out, "last reject", _fmt_time(_num(h.get("last_reject_at")), now))
     if db_note:
         _wrapped(out, "database", db_note)
 
@@ -374,7 +375,7 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
         source = cam.get("source") or next((c.source for c in config.cameras if c.name == name), "?")
         state = cam.get("state", "unknown (not in the health file)")
         _line(out, "camera", f"{name}: {state}   {redact_url(str(source))}")
-        _line(out, "  last frame", fmt_time(_num(cam.get("last_frame_at")), now))
+        _line(out, "  last frame", _fmt_time(_num(cam.get("last_frame_at")), now))
         _line(out, "  capture", f"fps {_fmt_float(cam.get('fps'), '.1f')}   frames {_int(cam.get('frames'))}   "
                                 f"queue {_int(cam.get('queue_depth'))}   drops {_int(cam.get('drops'))}")
         _line(out, "  faults", f"bad frames {_int(cam.get('bad_frames'))}   reconnects {_int(cam.get('reconnects'))}")
@@ -382,7 +383,7 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
         if db:
             _line(out, "  rejects", f"5 min: {_rate(short)}   60 min: {_rate(long_)}")
             lats = short.latencies if short else []
-            _line(out, "  latency", f"p50 {fmt_ms(percentile(lats, 50))}   p99 {fmt_ms(percentile(lats, 99))}"
+            _line(out, "  latency", f"p50 {_fmt_ms(percentile(lats, 50))}   p99 {_fmt_ms(percentile(lats, 99))}"
                                     f"   (last 5 min, {len(lats)} frames)")
 
     threads = _mapping(h.get("threads"))

@@ -116,6 +116,8 @@ def check_database_path(path: Path) -> str:
 
 
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    """A connection usable from any one thread at a time: autocommit (transactions are explicit), WAL and
+    synchronous=NORMAL for writers, a 10 s busy timeout; `readonly` cannot write."""
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0, check_same_thread=False)
     else:
@@ -184,6 +186,8 @@ def _check(path: Path, timeout_s: float = 10.0) -> str:
 
 @dataclass(frozen=True, slots=True)
 class InspectionRow:
+    """One inspections row as the recorder writes it (columns: SCHEMA)."""
+
     uid: str
     seq: int
     camera: str
@@ -215,6 +219,8 @@ class OutboxMessage:
 
 @dataclass(frozen=True, slots=True)
 class OutboxItem:
+    """One pending outbox message, as the link publishes it."""
+
     id: int
     kind: str
     topic: str
@@ -286,6 +292,7 @@ class Outbox:
         self.conn = conn
 
     def pending(self, limit: int, after_id: int = 0) -> list[OutboxItem]:
+        """Pending messages in id order after `after_id`, at most `limit` (tests and checks)."""
         rows = self.conn.execute(
             "SELECT id, kind, topic, payload, expires_at, attempts FROM outbox "
             "WHERE state = 'pending' AND id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
@@ -305,6 +312,8 @@ class Outbox:
         return out[:limit]
 
     def mark(self, ids: list[int], state: str) -> None:
+        """Move pending messages to `state` (delivered, expired, dropped) in one transaction; rows no longer pending
+        stay as they are."""
         if not ids:
             return
         now = time.time()
@@ -328,18 +337,22 @@ class Outbox:
                 [(topic, payload, now) for topic, payload in audit])
 
     def attempted(self, ids: list[int]) -> None:
+        """One more publish attempt for each message."""
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", [(i,) for i in ids])
 
     def add(self, kind: str, topic: str, payload: str, expires_at: float | None) -> None:
+        """A pending message, committed at once (tests; the recorder adds its messages in its own transaction)."""
         self.conn.execute("INSERT INTO outbox (kind, topic, payload, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
                           (kind, topic, payload, time.time(), expires_at))
 
     def backlog(self) -> int:
+        """Messages still pending (health file, the outbox cap)."""
         return int(self.conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0])
 
     def count(self, state: str) -> int:
+        """Messages in `state` (tests and checks)."""
         return int(self.conn.execute("SELECT COUNT(*) FROM outbox WHERE state = ?", (state,)).fetchone()[0])
 
     def enforce_cap(self, max_rows: int, max_results: int | None = None) -> int:

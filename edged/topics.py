@@ -20,6 +20,7 @@ class Topics:
 
     @classmethod
     def of(cls, config: Config) -> Topics:
+        """The tree of a config: `<mqtt.prefix>/<station>/...`."""
         return cls(f"{config.mqtt.prefix}/{config.station}")
 
     def _sub(self, subtopic: str) -> str:
@@ -48,6 +49,7 @@ class Topics:
 
     @property
     def stats(self) -> str:
+        """Every `mqtt.stats_interval_s`: counts, latency, CPU and memory (not retained)."""
         return self._sub("stats")
 
     def camera(self, name: str) -> str:

@@ -51,6 +51,9 @@ def _not_finite(score: float, amap: np.ndarray | None) -> str:
 
 
 class InferenceWorker(threading.Thread):
+    """One inference thread: batches of one camera from the frame queue through the shared detector, one Decided per
+    frame to the recorder (with the reason when a frame cannot be inspected)."""
+
     def __init__(self, index: int, detector: Detector, frames: FrameQueue, out: queue.Queue[Decided],
                  cameras: Mapping[str, CameraConfig], model_cfg: ModelConfig, heartbeats: Heartbeats,
                  stop: threading.Event) -> None:
@@ -66,6 +69,8 @@ class InferenceWorker(threading.Thread):
                               else detector.map_threshold)
 
     def run(self) -> None:
+        """Infer until stopped or the queue is closed and empty; an unexpected error is reported as this
+        thread's death."""
         if self.model_cfg.workers > 1:
             # OpenCV's own pool (one thread per core) would fight the other workers for the cores in
             # every resize and color conversion; each worker already has one to itself.
@@ -87,6 +92,8 @@ class InferenceWorker(threading.Thread):
             self.heartbeats.forget(self.name)
 
     def decide(self, batch: list[Dispatched]) -> list[Decided]:
+        """A Decided per frame of the batch: a frame that cannot be prepared, or whose output is NaN or infinite, gets
+        no verdict (never passes as good)."""
         dequeued = time.monotonic()
         good: list[tuple[Dispatched, np.ndarray]] = []
         results: list[Decided] = []

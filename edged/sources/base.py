@@ -135,6 +135,7 @@ class PathCamera(CameraConfig):
     """A camera whose source is a path (files, folders): relative paths are from the config's folder."""
 
     def with_paths_from(self, base: Path) -> Self:
+        """This camera with a relative source path taken from `base`."""
         path = Path(self.source)
         return self if path.is_absolute() else self.model_copy(update={"source": str(base / path)})
 
@@ -176,6 +177,7 @@ class Source:
         return None
 
     def open(self) -> None:
+        """Open (or reopen) the source; raises SourceFailed when it cannot deliver frames now."""
         raise NotImplementedError
 
     def read(self) -> tuple[np.ndarray, str]:
@@ -183,9 +185,11 @@ class Source:
         raise NotImplementedError
 
     def close(self) -> None:
+        """Release the source; safe when not open and more than once."""
         pass
 
     def describe(self) -> str:
+        """The source for log lines, credentials masked."""
         return redact_url(self.spec)  # never log credentials in a URL (streams, GStreamer pipelines)
 
 
@@ -208,6 +212,7 @@ class CaptureSource(Source):
         raise SourceFailed("read failed (stream ended, timeout or device lost)")
 
     def open(self) -> None:
+        """Open the capture (closing a previous one first); raises SourceFailed when it does not open."""
         self.close()
         cap = self._create()
         if not cap.isOpened():
@@ -219,6 +224,7 @@ class CaptureSource(Source):
         self.cap = cap
 
     def read(self) -> tuple[np.ndarray, str]:
+        """The next frame (its name ''); what a failed read means is the kind's `_read_failed`."""
         if self.cap is None:
             raise SourceFailed("not open")
         ok, frame = self.cap.read()
@@ -231,6 +237,7 @@ class CaptureSource(Source):
         """Called after every good frame (files count them to tell an empty file from its end)."""
 
     def close(self) -> None:
+        """Release the capture; safe when not open."""
         if self.cap is not None:
             self.cap.release()
             self.cap = None

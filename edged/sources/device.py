@@ -28,6 +28,7 @@ class DeviceCamera(CameraConfig):
 
     @classmethod
     def claims(cls, source: str, base: Path | None) -> bool:
+        """A V4L2 device: `N` or `/dev/videoN`."""
         return _DEVICE.fullmatch(source) is not None
 
     @property

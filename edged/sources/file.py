@@ -19,6 +19,7 @@ class FileCamera(ReplayCamera):
 
     @classmethod
     def claims(cls, source: str, base: Path | None) -> bool:
+        """Any path: the last resort, asked after every other kind."""
         return True
 
 
@@ -34,6 +35,7 @@ class FileSource(CaptureSource):
 
     @property
     def pacing(self) -> float | None:
+        """`fps` (or the video's own rate) when realtime; None: as fast as inspection goes."""
         return self.cam.pacing(self.nominal_fps)
 
     def _create(self) -> cv2.VideoCapture:

@@ -37,6 +37,7 @@ class FolderCamera(ReplayCamera):
 
     @classmethod
     def claims(cls, source: str, base: Path | None) -> bool:
+        """An existing folder, or a path not there yet that ends in / or has no extension (mounted later)."""
         path = Path(source)
         if base is not None and not path.is_absolute():
             path = base / path
@@ -55,6 +56,7 @@ class FolderSource(Source):
 
     @property
     def pacing(self) -> float | None:
+        """`fps` (else 30) when realtime; None: as fast as inspection goes."""
         return self.cam.pacing(None)
 
     def __init__(self, cam: FolderCamera, poll_s: float = 0.1) -> None:
@@ -70,6 +72,7 @@ class FolderSource(Source):
         self._any = False
 
     def open(self) -> None:
+        """Start from the folder's first file; raises SourceFailed when it is not there or not a folder."""
         try:
             is_dir = self.folder.is_dir()
         except OSError as exc:  # e.g. a name too long: pathlib ignores only "not found" errors
@@ -90,6 +93,8 @@ class FolderSource(Source):
         self._pending.extend(self.folder / n for n in new)
 
     def read(self) -> tuple[np.ndarray, str]:
+        """The next image and its file name. NoFrameYet while a watched folder has nothing new (or a file is still being
+        written), BadFrame for an unreadable or oversized image, SourceEnded at the end."""
         while not self._pending:
             if self.watch:
                 time.sleep(self.poll_s)

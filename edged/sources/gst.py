@@ -21,14 +21,18 @@ class GstCamera(CameraConfig):
 
     @classmethod
     def claims(cls, source: str, base: Path | None) -> bool:
+        """`gst:<pipeline>` (asked before stream: a pipeline may hold a URL)."""
         return source.startswith(PREFIX)
 
     @property
     def pipeline(self) -> str:
+        """The pipeline as GStreamer gets it (without `gst:`)."""
         return self.source.removeprefix(PREFIX).strip()
 
 
 class GstSource(CaptureSource):
+    """A GStreamer pipeline ending in appsink, through OpenCV; SourceFailed when OpenCV lacks GStreamer."""
+
     def __init__(self, cam: GstCamera) -> None:
         super().__init__(cam.source)
         self.cam = cam

@@ -48,6 +48,7 @@ class Kind:
 
     @property
     def name(self) -> str:
+        """The kind's name: its config class's `kind` default."""
         return str(self.config.model_fields["kind"].default)
 
 

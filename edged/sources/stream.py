@@ -27,6 +27,7 @@ class StreamCamera(CameraConfig):
 
     @classmethod
     def claims(cls, source: str, base: Path | None) -> bool:
+        """A URL (with "://"): rtsp, http(s), file:// and other FFmpeg inputs."""
         return "://" in source
 
     @field_validator("source")
@@ -38,6 +39,8 @@ class StreamCamera(CameraConfig):
 
 
 class StreamSource(CaptureSource):
+    """An rtsp/http stream through FFmpeg, with open and read timeouts, so a dead camera fails instead of hanging."""
+
     def __init__(self, cam: StreamCamera) -> None:
         super().__init__(cam.source)
         self.cam = cam
