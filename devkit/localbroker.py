@@ -21,6 +21,7 @@ class BrokerUnavailable(RuntimeError):
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it; another process could take it before use)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -14,6 +16,18 @@ from onnx import TensorProto, helper
 
 from devkit.localbroker import MOSQUITTO, LocalBroker, free_port  # noqa: F401 (re-exported)
 from edged.bundle import InputSpec, Manifest, ModelFile, OutputSpec, Threshold, sha256_file, write_manifest
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from edged.config import Config
+    from edged.sdnotify import Notifier
+
+# A decoded JSON object, as the daemon publishes them (results, rejects, stats, health): its values are
+# whatever JSON types the message carried, for the test to compare.
+JsonObject = dict[str, Any]
 
 # `edged` with a switch that hangs inference while $EDGED_TEST_FREEZE_FILE exists (kept out of edged/)
 FROZEN_DAEMON = Path(__file__).resolve().parents[1] / "devkit" / "frozen_daemon.py"
@@ -52,13 +66,13 @@ def build_max_bundle(out: Path, size: int = 32, threshold: float = 0.5, map_thre
     for precision, name in (("fp32", "model.fp32.onnx"), ("int8", "model.onnx")):
         onnx.save(model, out / name)
         models[precision] = ModelFile(
-            file=name, sha256=sha256_file(out / name), precision=precision,  # type: ignore[arg-type]
+            file=name, sha256=sha256_file(out / name), precision=precision,
             threshold=Threshold(value=threshold, method="manual"), map_threshold=map_threshold)
     manifest = Manifest(
         bundle_id="test-max", method="test-max", created="2026-11-27T00:00:00Z",
-        input=InputSpec(width=size, height=size, channels=channels,  # type: ignore[arg-type]
+        input=InputSpec(width=size, height=size, channels=channels,
                         color_order="gray" if channels == 1 else "rgb"),
-        outputs=OutputSpec(score="score", map="anomaly_map"), models=models,  # type: ignore[arg-type]
+        outputs=OutputSpec(score="score", map="anomaly_map"), models=models,
         runtimes=("onnxruntime", "opencv"),
     )
     write_manifest(out, manifest)
@@ -82,7 +96,7 @@ def write_spot_video(path: Path, n_frames: int, defective: set[int], fps: float 
     """An MJPG video of spot frames (readable by OpenCV's FFmpeg backend); returns the labels."""
     import cv2
 
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, size)
     assert writer.isOpened()
     labels = []
     for i in range(n_frames):
@@ -130,26 +144,38 @@ class Subscriber:
                                   protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
         self.connected = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe([(t, 1) for t in topics]), self.connected.set())
+        self.topics = topics
+        self.client.on_connect = self._on_connect
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         assert self.connected.wait(5)
         time.sleep(0.2)
 
-    def _on_message(self, client: object, userdata: object, msg: object) -> None:
-        text = msg.payload.decode(errors="replace")  # type: ignore[attr-defined]
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags, rc: ReasonCode,
+                    props: Properties | None) -> None:
+        client.subscribe([(t, 1) for t in self.topics])
+        self.connected.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        text = msg.payload.decode(errors="replace")
         try:
             payload = self._json.loads(text)
         except (ValueError, RecursionError):  # anything may arrive (the fuzz tests publish everywhere)
             payload = text
         with self._lock:
-            self.messages.append((msg.topic, payload, bool(msg.retain)))  # type: ignore[attr-defined]
+            self.messages.append((msg.topic, payload, bool(msg.retain)))
 
     def on(self, topic: str) -> list[object]:
+        """Every payload on topic so far: parsed JSON when it is JSON, else the text."""
         with self._lock:
             return [p for t, p, _ in self.messages if t == topic]
 
+    def objects(self, topic: str) -> list[JsonObject]:
+        """The payloads on topic that are JSON objects (what the daemon publishes on its topics)."""
+        return [p for p in self.on(topic) if isinstance(p, dict)]
+
     def wait_for(self, topic: str, count: int, timeout: float = 10.0) -> list[object]:
+        """The payloads on topic once there are `count` of them, or all there are after `timeout` s."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             got = self.on(topic)
@@ -157,6 +183,16 @@ class Subscriber:
                 return got
             time.sleep(0.05)
         return self.on(topic)
+
+    def wait_for_objects(self, topic: str, count: int, timeout: float = 10.0) -> list[JsonObject]:
+        """`wait_for` counting only the JSON-object payloads, which it returns."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.objects(topic)
+            if len(got) >= count:
+                return got
+            time.sleep(0.05)
+        return self.objects(topic)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -178,7 +214,7 @@ class DurableSubscriber:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        self.raw: list[tuple[float, str, bytes, bool, dict[str, object]]] = []  # (time, topic, payload, retain, props)
+        self.raw: list[tuple[float, str, bytes, bool, dict[str, int]]] = []  # (time, topic, payload, retain, props)
         self._lock = threading.Lock()
         self.connects = 0
         self.connected_at: list[float] = []  # time.time() of each (re)connect
@@ -186,10 +222,11 @@ class DurableSubscriber:
         self.topics = topics
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"durable-{free_port()}",
                                   protocol=mqtt.MQTTv5)
-        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]
+        # paho annotates the delays as int; they are sleep times in seconds, and fractions work
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]  # float is fine
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
+        self.client.on_disconnect = self._on_disconnect
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
@@ -197,25 +234,30 @@ class DurableSubscriber:
         assert self.connected.wait(5)
         time.sleep(0.2)
 
-    def _on_connect(self, client: object, userdata: object, flags: object, rc: object, props: object) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags, rc: ReasonCode,
+                    props: Properties | None) -> None:
         self.connects += 1
         self.connected_at.append(time.time())
         self.client.subscribe([(t, 1) for t in self.topics])
         self.connected.set()
 
-    def _on_message(self, client: object, userdata: object, msg: object) -> None:
-        props: dict[str, object] = {}
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags, rc: ReasonCode,
+                       props: Properties | None) -> None:
+        self.connected.clear()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        props: dict[str, int] = {}  # the MQTT 5 properties the tests check
         p = getattr(msg, "properties", None)
         if p is not None and hasattr(p, "MessageExpiryInterval"):
-            props["MessageExpiryInterval"] = p.MessageExpiryInterval
+            props["MessageExpiryInterval"] = int(p.MessageExpiryInterval)
         with self._lock:
-            self.raw.append((time.time(), msg.topic, msg.payload, bool(msg.retain), props))  # type: ignore[attr-defined]
+            self.raw.append((time.time(), msg.topic, bytes(msg.payload), bool(msg.retain), props))
 
-    def on(self, topic: str) -> list[tuple[float, object, dict[str, object]]]:
+    def on(self, topic: str) -> list[tuple[float, object, dict[str, int]]]:
         """(arrival time, payload parsed as JSON when it is JSON, properties) for each raw message."""
         import json
 
-        out = []
+        out: list[tuple[float, object, dict[str, int]]] = []
         with self._lock:
             raw = list(self.raw)
         for t, top, payload, _, props in raw:
@@ -229,9 +271,13 @@ class DurableSubscriber:
             out.append((t, value, props))
         return out
 
+    def objects(self, topic: str) -> list[tuple[float, JsonObject, dict[str, int]]]:
+        """`on`, for the messages whose payload is a JSON object."""
+        return [(t, p, props) for t, p, props in self.on(topic) if isinstance(p, dict)]
+
     def ids(self, topic: str) -> list[str]:
         """The `id` of every message on topic, in arrival order, duplicates included."""
-        return [p["id"] for _, p, _ in self.on(topic) if isinstance(p, dict) and "id" in p]
+        return [str(p["id"]) for _, p, _ in self.objects(topic) if "id" in p]
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -241,14 +287,13 @@ class DurableSubscriber:
 class ServiceRunner:
     """An in-process `Service` running in a background thread (no signal handlers), stopped on demand."""
 
-    def __init__(self, config: object, **kwargs: object) -> None:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         import threading
 
         from edged.sdnotify import Notifier
         from edged.service import Service
 
-        kwargs.setdefault("notifier", Notifier({}))
-        self.service = Service(config, handle_signals=False, **kwargs)  # type: ignore[arg-type]
+        self.service = Service(config, handle_signals=False, notifier=notifier or Notifier({}))
         self.error: BaseException | None = None
         self.exit_code: int | None = None
         self.thread = threading.Thread(target=self._run, name="test-service", daemon=True)
@@ -271,11 +316,11 @@ class ServiceRunner:
             raise self.error
 
 
-def wait_until(condition: object, timeout: float, what: str, poll: float = 0.05) -> None:
+def wait_until(condition: Callable[[], object], timeout: float, what: str, poll: float = 0.05) -> None:
     """Poll `condition()` until it is true; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
+        if condition():
             return
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")

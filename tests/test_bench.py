@@ -11,6 +11,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -19,7 +20,7 @@ from devkit.support import MOSQUITTO, build_max_bundle, write_spot_video
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_bench():  # type: ignore[no-untyped-def]
+def load_bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("edged_bench", ROOT / "scripts" / "bench.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from edged.config import ConfigError, load_config, parse_config
 
@@ -86,8 +87,17 @@ def test_each_kind_takes_its_own_keys() -> None:
         {"name": "f", "source": "nvarguscamerasrc ! appsink", "kind": "gst"},
     ]}).cameras
     assert [c.kind for c in cams] == ["folder", "stream", "device", "file", "folder", "gst"]
-    assert cams[0].watch and cams[1].read_timeout_s == 1 and cams[2].index == 1 and cams[3].fps == 20  # type: ignore
-    assert cams[5].pipeline == "nvarguscamerasrc ! appsink"  # type: ignore[attr-defined]
+    from edged.sources.device import DeviceCamera
+    from edged.sources.file import FileCamera
+    from edged.sources.folder import FolderCamera
+    from edged.sources.gst import GstCamera
+    from edged.sources.stream import StreamCamera
+
+    a, b, c, d, _, f = cams
+    assert isinstance(a, FolderCamera) and isinstance(b, StreamCamera) and isinstance(c, DeviceCamera)
+    assert isinstance(d, FileCamera) and isinstance(f, GstCamera)
+    assert a.watch and b.read_timeout_s == 1 and c.index == 1 and d.fps == 20
+    assert f.pipeline == "nvarguscamerasrc ! appsink"
 
 
 def test_missing_required_keys() -> None:
@@ -193,16 +203,14 @@ def test_trigger_mode_mqtt_needs_mqtt() -> None:
 SAMPLE_SOURCES = {"device": "0", "stream": "rtsp://cam/1", "file": "/x.mp4", "folder": "/frames", "gst": "gst:x"}
 
 
-def float_keys(model: type, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+def float_keys(model: type[BaseModel], prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     """The key path of every float key in the config tree (cameras as cameras[0], once per kind: the kind
     in the path, as in pydantic's error locations)."""
-    from pydantic import BaseModel
-
     from edged.config import _section_type
     from edged.sources import KINDS
 
     out: list[tuple[object, ...]] = []
-    for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+    for name, info in model.model_fields.items():
         ann = info.annotation
         args = getattr(ann, "__args__", ()) or ()
         section = _section_type(ann)
@@ -227,7 +235,8 @@ def with_value(path: tuple[object, ...], value: object) -> dict[str, object]:
     for i, key in enumerate(path[:-1]):
         nxt = path[i + 1]
         if isinstance(node, list):
-            node = node[key]  # type: ignore[index]
+            assert isinstance(key, int), path
+            node = node[key]
             continue
         assert isinstance(node, dict)
         node = node.setdefault(key, [] if isinstance(nxt, int) else {})

@@ -31,18 +31,18 @@ def test_video_rejects_match_defective_frames(tmp_path: Path, tiny_bundle: Path,
         proc = run_edged(["run", "-c", str(cfg)])
         assert proc.returncode == 0, proc.stderr
         assert "Traceback" not in proc.stderr
-        rejects = sub.wait_for("edged/test/reject", len(DEFECTIVE))
+        rejects = sub.wait_for_objects("edged/test/reject", len(DEFECTIVE))
         status = sub.wait_for("edged/test/status", 2)
     finally:
         sub.close()
     # one reject per defective frame, none for good ones
-    assert sorted(r["seq"] for r in rejects) == sorted(DEFECTIVE)  # type: ignore[index]
-    assert len({r["id"] for r in rejects}) == len(rejects)  # type: ignore[index]
+    assert sorted(r["seq"] for r in rejects) == sorted(DEFECTIVE)
+    assert len({r["id"] for r in rejects}) == len(rejects)
     for r in rejects:
-        assert r["camera"] == "cam1" and r["reason"] == "defect"  # type: ignore[index]
-        assert r["expires_at"] > r["captured_at"]  # type: ignore[index,operator]
-        assert r["score"] > r["threshold"] and r["regions"], r  # type: ignore[index,operator]
-        box = r["regions"][0]  # type: ignore[index]
+        assert r["camera"] == "cam1" and r["reason"] == "defect"
+        assert r["expires_at"] > r["captured_at"]
+        assert r["score"] > r["threshold"] and r["regions"], r
+        box = r["regions"][0]
         assert box["x"] <= 40 <= box["x"] + box["w"] and box["y"] <= 30 <= box["y"] + box["h"]
     assert status[0] == "online" and status[-1] == "stopped"
     # the database matches frame for frame
@@ -55,7 +55,7 @@ def test_video_rejects_match_defective_frames(tmp_path: Path, tiny_bundle: Path,
     assert all(abs(r[4] - min(r[2] / r[3], 2.0)) < 1e-6 for r in rows)
     outbox = db.execute("SELECT state, payload FROM outbox WHERE kind = 'reject'").fetchall()
     assert len(outbox) == len(DEFECTIVE) and {s for s, _ in outbox} == {"delivered"}
-    assert {json.loads(p)["id"] for _, p in outbox} == {r["id"] for r in rejects}  # type: ignore[index]
+    assert {json.loads(p)["id"] for _, p in outbox} == {r["id"] for r in rejects}
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     # the reject images were saved
     images = list((tmp_path / "state" / "images").rglob("*.jpg"))
@@ -87,14 +87,14 @@ def test_free_run_one_reject_per_defective_part(tmp_path: Path, tiny_bundle: Pat
     try:
         proc = run_edged(["run", "-c", str(cfg)])
         assert proc.returncode == 0, proc.stderr
-        rejects = sub.wait_for("edged/test/reject", 2)
+        sub.wait_for("edged/test/reject", 2)
         time.sleep(0.5)
-        rejects = sub.on("edged/test/reject")
+        rejects = sub.objects("edged/test/reject")
     finally:
         sub.close()
     assert len(rejects) == 2, rejects
-    a, b = sorted(rejects, key=lambda r: r["seq"])  # type: ignore[index]
-    assert a["part_id"] == "cam1-10" and a["frames"] == 5 and a["seq"] in part_a  # type: ignore[index]
-    assert b["part_id"] == "cam1-40" and b["frames"] == 4 and b["seq"] in part_b  # type: ignore[index]
+    a, b = sorted(rejects, key=lambda r: r["seq"])
+    assert a["part_id"] == "cam1-10" and a["frames"] == 5 and a["seq"] in part_a
+    assert b["part_id"] == "cam1-40" and b["frames"] == 4 and b["seq"] in part_b
     db = sqlite3.connect(tmp_path / "state" / "edged.db")
     assert db.execute("SELECT COUNT(*) FROM inspections WHERE is_defective = 1").fetchone()[0] == 9

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ def verdict(seq: int, t: float, score: float, threshold: float = 1.0) -> Verdict
     return Verdict(f, score, threshold, score > threshold, t + 0.01, 1000 + t, "m")
 
 
-def run(grouper: FreeRunGrouper, scores: list[float], period: float = 0.033) -> list[tuple[int, int, int]]:
+def run(grouper: FreeRunGrouper, scores: Sequence[float], period: float = 0.033) -> list[tuple[int, int, int]]:
     events = []
     for i, s in enumerate(scores):
         events += grouper.feed(verdict(i, i * period, s))

@@ -21,14 +21,14 @@ def test_same_pixels_as_convert_then_resize(order: str, shape: tuple[int, ...], 
     rng = np.random.default_rng(sum(shape) + size[0])
     image = rng.integers(0, 256, size=shape, dtype=np.uint8)
     channels = 1 if order == "gray" else 3
-    spec = InputSpec(width=size[0], height=size[1], channels=channels, color_order=order)  # type: ignore[arg-type]
+    spec = InputSpec(width=size[0], height=size[1], channels=channels, color_order=order)
     got = prepare_uint8(image, spec)
     np.testing.assert_array_equal(got, reference(image, spec))
     assert got.shape == ((size[1], size[0]) if order == "gray" else (size[1], size[0], 3))
 
 
 def test_16_bit_and_empty_frames_keep_their_handling() -> None:
-    spec = InputSpec(width=32, height=32, channels=3, color_order="rgb")  # type: ignore[arg-type]
+    spec = InputSpec(width=32, height=32, channels=3, color_order="rgb")
     deep = (np.arange(64 * 48 * 3, dtype=np.uint16).reshape(48, 64, 3) * 7)
     np.testing.assert_array_equal(prepare_uint8(deep, spec), reference(deep, spec))
     with pytest.raises(FrameError):
@@ -44,6 +44,6 @@ def test_12_bit_frames_use_their_bit_depth() -> None:
     twelve = np.array([[0, 16, 2048, 4095, 65535]], np.uint16)
     np.testing.assert_array_equal(to_uint8(twelve, 12), [[0, 1, 128, 255, 255]])  # above 12 bits: saturated
     np.testing.assert_array_equal(to_uint8(twelve, 16), [[0, 0, 8, 15, 255]])  # the old rule: nearly black
-    spec = InputSpec(width=4, height=4, channels=1, color_order="gray", bit_depth=12)  # type: ignore[arg-type]
+    spec = InputSpec(width=4, height=4, channels=1, color_order="gray", bit_depth=12)
     assert int(prepare_uint8(np.full((8, 8), 4000, np.uint16), spec).min()) == 250
     assert InputSpec(width=4, height=4).bit_depth == 16  # bundles written before the field keep their rule

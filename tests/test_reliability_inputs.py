@@ -24,6 +24,7 @@ import pytest
 from devkit.support import (
     Broker,
     DurableSubscriber,
+    JsonObject,
     ServiceRunner,
     report_figures,
     spot_frame,
@@ -278,7 +279,7 @@ def test_full_database_disk_keeps_rejects_flowing(tmp_path: Path, tiny_bundle: P
         filler = state / "filler.bin"
         health_path = state / "health.json"
 
-        def health() -> dict[str, object]:
+        def health() -> JsonObject:
             for _ in range(5):  # rewritten in place while the disk is full: a read may catch it half written
                 try:
                     return dict(json.loads(health_path.read_text()))
@@ -292,20 +293,21 @@ def test_full_database_disk_keeps_rejects_flowing(tmp_path: Path, tiny_bundle: P
                 with filler.open("wb") as fh, pytest.raises(OSError):
                     fh.write(b"\0" * 100_000_000)
                 assert svc.recorder is not None and svc.link is not None
-                wait_until(lambda: svc.recorder.db_errors > 0, 30, "a failed commit on the full disk")
+                recorder = svc.recorder
+                wait_until(lambda: recorder.db_errors > 0, 30, "a failed commit on the full disk")
                 errors, received = svc.recorder.db_errors, len(sub.ids("edged/test/reject"))
                 wait_until(lambda: len(sub.ids("edged/test/reject")) >= received + 5, 30,
                            "rejects while the database cannot be written")
                 assert svc.recorder.db_errors > errors, "still failing: the rejects above were published directly"
                 assert svc.link.is_alive() and svc.recorder.is_alive(), "no thread died of the full disk"
                 t_full = time.time()
-                wait_until(lambda: float(health()["updated_at"]) > t_full + 1.0  # type: ignore[arg-type]
-                           and bool(health()["disk"]["db_full"]), 30,  # type: ignore[index]
+                wait_until(lambda: float(health()["updated_at"]) > t_full + 1.0
+                           and bool(health()["disk"]["db_full"]), 30,
                            "a fresh health file saying the database disk is full")
                 out = io.StringIO()
                 assert status.main(cfg, out=out) == 1
                 assert "database disk FULL" in out.getvalue() and "hung" not in out.getvalue(), out.getvalue()
-                wait_until(lambda: svc.recorder.db_errors >= errors + 20, 30, "more failed commits")  # type: ignore[union-attr]
+                wait_until(lambda: recorder.db_errors >= errors + 20, 30, "more failed commits")
                 lines = [r.getMessage() for r in caplog.records if "cannot write" in r.getMessage()]
             assert 1 <= len(lines) <= 3, f"{len(lines)} log lines for {svc.recorder.db_errors} failed commits"
             assert "database or disk is full" in lines[0]

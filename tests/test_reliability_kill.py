@@ -90,7 +90,7 @@ def test_sigkill_in_a_loop_loses_no_committed_row_and_the_outbox_resumes(tmp_pat
     try:
         for i in range(KILLS):
             onlines = status_count("online")
-            proc = start(cfg, log)
+            proc = running = start(cfg, log)
             t_start = time.monotonic()
             before, box = snapshot(db_path)
             if i == 1:
@@ -102,7 +102,7 @@ def test_sigkill_in_a_loop_loses_no_committed_row_and_the_outbox_resumes(tmp_pat
                            f"the {len(waiting)} rejects left pending before restart {i} to be delivered")
                 resumed_after.append(len(waiting))
                 want = len(before) + rng.randint(5, 40)
-                wait_until(lambda: len(snapshot(db_path)[0]) >= want or proc.poll() is not None, 60,  # noqa: B023
+                wait_until(lambda: len(snapshot(db_path)[0]) >= want or running.poll() is not None, 60,  # noqa: B023
                            "inspections to flow")
                 assert proc.poll() is None, log.read_text()[-3000:]
                 time.sleep(rng.uniform(0.0, 0.5))

@@ -79,8 +79,7 @@ def triggered_config(tmp_path: Path, bundle: Path, port: int, mqtt_extra: str = 
 def answered(sub: Subscriber, parts: list[str], timeout: float = 15.0) -> dict[str, dict[str, Any]]:
     """Wait until every part has its result; returns part id -> result."""
     def results() -> dict[str, dict[str, Any]]:
-        return {r["part_id"]: r for r in sub.on(f"{BASE}/result")  # type: ignore[index,misc]
-                if isinstance(r, dict) and r.get("part_id") in parts}
+        return {r["part_id"]: r for r in sub.objects(f"{BASE}/result") if r.get("part_id") in parts}
     wait_until(lambda: len(results()) == len(parts), timeout, f"results for {parts}")
     return results()
 

@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -32,37 +33,62 @@ from edged.config import load_config
 TOPIC = "edged/test"
 
 
-def outbox_rows(db_path: Path) -> list[dict[str, object]]:
+class OutboxRow(TypedDict):
+    """A row of the daemon's outbox table (edged/store.py)."""
+
+    id: int
+    kind: str
+    state: str
+    attempts: int
+    created_at: float
+    expires_at: float | None  # set on every reject (a reject has a TTL)
+    delivered_at: float | None  # set once delivered or expired
+    payload: str
+
+
+def outbox_rows(db_path: Path) -> list[OutboxRow]:
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
     try:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute(
+        return [OutboxRow(id=i, kind=k, state=s, attempts=a, created_at=c, expires_at=e, delivered_at=d, payload=p)
+                for i, k, s, a, c, e, d, p in db.execute(
             "SELECT id, kind, state, attempts, created_at, expires_at, delivered_at, payload FROM outbox ORDER BY id")]
     finally:
         db.close()
 
 
-def rejects(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+def rejects(rows: list[OutboxRow]) -> list[OutboxRow]:
     return [r for r in rows if r["kind"] == "reject"]
 
 
-def uid(row: dict[str, object]) -> str:
-    return str(json.loads(str(row["payload"]))["id"])
+def uid(row: OutboxRow) -> str:
+    return str(json.loads(row["payload"])["id"])
+
+
+def deadline(row: OutboxRow) -> float:
+    """A reject's expires_at."""
+    assert row["expires_at"] is not None, f"a reject without a deadline: {row}"
+    return row["expires_at"]
+
+
+def settled_at(row: OutboxRow) -> float:
+    """When a delivered or expired row was marked so."""
+    assert row["delivered_at"] is not None, f"a settled row without delivered_at: {row}"
+    return row["delivered_at"]
 
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def must_arrive(rows: list[dict[str, object]], sub: DurableSubscriber, t_down: float) -> set[str]:
+def must_arrive(rows: list[OutboxRow], sub: DurableSubscriber, t_down: float) -> set[str]:
     """Delivered rejects the subscriber must get: all, except one the broker acknowledged around or after
     the outage and had to hold while the subscriber reconnected (slower on a loaded machine), and whose
     deadline passed before it was back: the broker drops that by its MQTT 5 message expiry, by design
     (a stale reject is never actuated)."""
     back = sub.connected_at[-1]
 
-    def excused(r: dict[str, object]) -> bool:
-        return float(r["expires_at"]) <= back and float(r["delivered_at"]) >= t_down - 1.0  # type: ignore[arg-type]
+    def excused(r: OutboxRow) -> bool:
+        return deadline(r) <= back and settled_at(r) >= t_down - 1.0
 
     return {uid(r) for r in rows if r["state"] == "delivered" and not excused(r)}
 
@@ -150,22 +176,22 @@ def test_broker_outage_delivers_live_rejects_and_expires_stale_ones(tmp_path: Pa
     # 1. nothing made before the broker returned is left pending
     assert all(r["state"] in ("delivered", "expired") for r in settled)
     # 2. a reject whose deadline passed while the broker was down cannot have been delivered: expired
-    dead = [r for r in during if float(r["expires_at"]) <= t_up]  # type: ignore[arg-type]
+    dead = [r for r in during if deadline(r) <= t_up]
     assert dead, "the outage was longer than the TTL, so some rejects must have expired"
     assert all(r["state"] == "expired" for r in dead), [(r["id"], r["state"]) for r in dead]
     # ...and nothing is marked expired before its deadline
     for r in rj:
         if r["state"] == "expired":
-            assert float(r["delivered_at"]) >= float(r["expires_at"])  # type: ignore[arg-type]
+            assert settled_at(r) >= deadline(r)
     # 3. every reject whose deadline had not passed when the link came back is delivered (the 1.5 s
     #    margin is for the sender's first pass; it publishes the backlog at rate_per_s = 200/s)
-    live = [r for r in during if float(r["expires_at"]) > t_reconnected + 1.5]  # type: ignore[arg-type]
+    live = [r for r in during if deadline(r) > t_reconnected + 1.5]
     assert all(r["state"] == "delivered" for r in live), [(r["id"], r["state"]) for r in live]
     # 4. at the subscriber: each delivered id at least once; an expired reject that was never published
     #    before its deadline never shows up on /reject (one published before the outage whose ack was
     #    lost may: it left in time)
     assert must_arrive(rj, sub, t_down) <= set(received)
-    never_sent = {uid(r) for r in rj if r["state"] == "expired" and int(r["attempts"]) == 0}  # type: ignore[arg-type]
+    never_sent = {uid(r) for r in rj if r["state"] == "expired" and r["attempts"] == 0}
     assert not never_sent & set(received)
     assert set(received) <= set(by_uid), "no reject the daemon did not record"
     # 5. expired ones go to /audit (marked), each expired id there
@@ -174,7 +200,7 @@ def test_broker_outage_delivers_live_rejects_and_expires_stale_ones(tmp_path: Pa
     # 6. MQTT 5 message expiry on every reject, never longer than the TTL
     for _, _, props in sub.on(f"{TOPIC}/reject"):
         assert "MessageExpiryInterval" in props
-        assert 1 <= int(props["MessageExpiryInterval"]) <= math.ceil(ttl_s)  # type: ignore[call-overload]
+        assert 1 <= props["MessageExpiryInterval"] <= math.ceil(ttl_s)
     # 7. the counters the technician sees agree with the database
     health = json.loads((tmp_path / "state" / "health.json").read_text())
     assert health["expired"] == len(expired)
@@ -309,7 +335,8 @@ def test_database_locked_for_longer_than_the_busy_timeout(tmp_path: Path, tiny_b
         holder.execute("BEGIN EXCLUSIVE")
         try:
             received = len(sub.ids(f"{TOPIC}/reject"))
-            wait_until(lambda: svc.recorder.db_errors > 0, 60, "a commit to fail on the lock")  # type: ignore[union-attr]
+            recorder = svc.recorder
+            wait_until(lambda: recorder.db_errors > 0, 60, "a commit to fail on the lock")
             wait_until(lambda: len(sub.ids(f"{TOPIC}/reject")) > received, 30, "rejects published directly")
             time.sleep(11.0)  # past the link's 10 s busy timeout: its outbox writes fail too
         finally:
@@ -390,4 +417,4 @@ def test_frozen_broker_is_reset_and_its_rejects_expire(tmp_path: Path, tiny_bund
     # late arrivals are only rejects published before the stall showed: those created in the last
     # ACK_STALL_S (+ one link pass) before the freeze or just after it, at 4 rejects/s
     assert len(late) <= 4 * (ACK_STALL_S + 0.5) + 2, late
-    assert not set(late) & {uid(r) for r in rj if r["state"] == "expired" and int(r["attempts"]) == 0}  # type: ignore[arg-type]
+    assert not set(late) & {uid(r) for r in rj if r["state"] == "expired" and r["attempts"] == 0}

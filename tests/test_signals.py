@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from devkit.support import FROZEN_DAEMON, Broker, Subscriber, report_figures, wait_until, write_config, write_spot_video
+from devkit.support import (
+    FROZEN_DAEMON,
+    Broker,
+    JsonObject,
+    Subscriber,
+    report_figures,
+    wait_until,
+    write_config,
+    write_spot_video,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +45,9 @@ def db_count(db_path: Path, sql: str) -> int:
         db.close()
 
 
-def read_health(path: Path) -> dict[str, object]:
+def read_health(path: Path) -> JsonObject:
     try:
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
+        return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
         return {}
 
@@ -65,7 +74,7 @@ def test_signal_stops_cleanly(tmp_path: Path, tiny_bundle: Path, broker: Broker,
         assert proc.poll() is None, log.read_text()[-3000:]
         if stuck_inference:
             freeze.touch()  # the worker hangs mid-batch: the queue fills up behind it
-            wait_until(lambda: read_health(state / "health.json").get("cameras", {}).get("cam1", {})  # type: ignore[union-attr]
+            wait_until(lambda: read_health(state / "health.json").get("cameras", {}).get("cam1", {})
                        .get("queue_depth") == 4, 30, "the frame queue to fill")
         t0 = time.monotonic()
         proc.send_signal(getattr(signal, signame))
@@ -83,7 +92,7 @@ def test_signal_stops_cleanly(tmp_path: Path, tiny_bundle: Path, broker: Broker,
     m = re.search(r"(\d+) queued frame\(s\) dropped at shutdown", text)
     dropped_at_shutdown = int(m.group(1)) if m else 0
     health = read_health(state / "health.json")
-    cam = health["cameras"]["cam1"]  # type: ignore[index]
+    cam = health["cameras"]["cam1"]
     rows = db_count(db_path, "SELECT COUNT(*) FROM inspections")
     assert cam["frames"] == rows + cam["drops"] + dropped_at_shutdown, (cam, rows, dropped_at_shutdown)
     assert health["inspected"] == rows

@@ -92,24 +92,24 @@ mqtt: {{host: 127.0.0.1, port: {broker.port}}}
             publish(broker.port, "edged/test/trigger", {"part_id": part, "t": due, "camera": "cam1"})
         publish(broker.port, "edged/test/trigger", {"part_id": "P-dark", "camera": "cam2"})
         publish(broker.port, "edged/test/trigger", {"part_id": ""})  # bad trigger: ignored, logged
-        results = sub.wait_for("edged/test/result", len(plan) + 1, timeout=15)
-        rejects = sub.wait_for("edged/test/reject", 3, timeout=10)
+        results = sub.wait_for_objects("edged/test/result", len(plan) + 1, timeout=15)
+        rejects = sub.wait_for_objects("edged/test/reject", 3, timeout=10)
         time.sleep(1.0)  # anything extra would arrive now
-        results, rejects = sub.on("edged/test/result"), sub.on("edged/test/reject")
+        results, rejects = sub.objects("edged/test/result"), sub.objects("edged/test/reject")
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
         sub.close()
     assert proc.returncode == 0, err
-    by_part = {r["part_id"]: r for r in results}  # type: ignore[index]
+    by_part = {r["part_id"]: r for r in results}
     assert len(results) == len(by_part) == len(plan) + 1, results  # exactly one result per trigger
     for part in plan:
-        assert by_part[part]["reason"] == ("defect" if "bad" in part else "ok")  # type: ignore[index]
-        assert by_part[part]["captured_at"] >= by_part[part]["decided_at"] - 5  # type: ignore[index,operator]
-    assert by_part["P-dark"]["reason"] == "not_inspected"  # type: ignore[index]
-    reject_parts = sorted(r["part_id"] for r in rejects)  # type: ignore[index]
+        assert by_part[part]["reason"] == ("defect" if "bad" in part else "ok")
+        assert by_part[part]["captured_at"] >= by_part[part]["decided_at"] - 5
+    assert by_part["P-dark"]["reason"] == "not_inspected"
+    reject_parts = sorted(r["part_id"] for r in rejects)
     assert reject_parts == ["P-bad-1", "P-bad-2", "P-dark"]
-    assert {r["reason"] for r in rejects if r["part_id"] == "P-dark"} == {"not_inspected"}  # type: ignore[index]
+    assert {r["reason"] for r in rejects if r["part_id"] == "P-dark"} == {"not_inspected"}
     db = sqlite3.connect(tmp_path / "state" / "edged.db")
     rows = dict(db.execute("SELECT part_id, reason FROM inspections WHERE part_id IS NOT NULL").fetchall())
     assert rows == {"P-good-1": "ok", "P-bad-1": "defect", "P-good-2": "ok", "P-bad-2": "defect",
