@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +45,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from devkit.localbroker import BrokerUnavailable, LocalBroker, free_port  # noqa: E402
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from edged.frames import Verdict
 
 STAGES = ("queue", "preprocess", "infer", "handoff", "commit", "publish")
 
@@ -139,14 +146,19 @@ class RejectListener:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{free_port()}",
                                   protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe([("edged/+/reject", 1)]), self.connected.set())
+        self.client.on_connect = self._on_connect
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not self.connected.wait(10):
             raise RuntimeError("bench subscriber could not connect to the broker")
         time.sleep(0.2)
 
-    def _on_message(self, client: object, userdata: object, msg: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags, rc: ReasonCode,
+                    props: Properties | None) -> None:
+        client.subscribe([("edged/+/reject", 1)])
+        self.connected.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         now = time.time()
         try:
             payload = json.loads(msg.payload)
@@ -180,7 +192,7 @@ def read_frames(video: Path, limit: int) -> list[np.ndarray]:
     import cv2
 
     cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
-    out = []
+    out: list[np.ndarray] = []
     while len(out) < limit:
         ok, frame = cap.read()
         if not ok:
@@ -242,7 +254,7 @@ def child_main(args: argparse.Namespace) -> int:
     import edged.service as service_mod
     from edged.config import load_config
     from edged.logsetup import setup_logging
-    from edged.store import InspectionWriter
+    from edged.store import InspectionRow, InspectionWriter, OutboxMessage
 
     cfg = load_config(args.config)
     setup_logging("warning")
@@ -254,7 +266,7 @@ def child_main(args: argparse.Namespace) -> int:
     commits: list[float] = []
 
     class TimedWriter(InspectionWriter):
-        def record(self, rows: Any, messages: Any) -> list[int]:
+        def record(self, rows: list[InspectionRow], messages: list[OutboxMessage]) -> list[int]:
             t0 = time.monotonic()
             ids = super().record(rows, messages)
             t1, wall = time.monotonic(), time.time()
@@ -266,14 +278,14 @@ def child_main(args: argparse.Namespace) -> int:
                 pending.clear()
             return ids
 
-    def on_verdict(v: Any, uid: str) -> None:
+    def on_verdict(v: Verdict, uid: str) -> None:
         f = v.frame
         with lock:
             pending.append({"seq": f.seq, "captured": f.captured_mono, "captured_at": f.captured_at,
                             "dequeued": v.dequeued_mono, "prepared": v.prepared_mono, "decided": v.decided_mono,
                             "recorded": time.monotonic(), "defective": v.is_defective})
 
-    service_mod.InspectionWriter = TimedWriter  # type: ignore[misc]
+    service_mod.InspectionWriter = TimedWriter  # type: ignore[misc]  # a timed subclass, for this run only
     svc = service_mod.Service(cfg, on_verdict=on_verdict)
     proc = psutil.Process()
     window: dict[str, Any] = {}
@@ -658,8 +670,8 @@ def prepare_inputs(args: argparse.Namespace, work: Path) -> tuple[Path, list[np.
             raise SystemExit(f"bench: cannot read frames from {video}")
         args.video_size = f"{frames[0].shape[1]}x{frames[0].shape[0]}"
         return video, frames
-    size = tuple(int(v) for v in args.video_size.split("x"))
-    video = make_video(work / f"line-{size[0]}x{size[1]}-{args.frames}.avi", args.frames, size)  # type: ignore[arg-type]
+    w, h = (int(v) for v in args.video_size.split("x"))
+    video = make_video(work / f"line-{w}x{h}-{args.frames}.avi", args.frames, (w, h))
     return video, read_frames(video, min(args.frames, 200))
 
 

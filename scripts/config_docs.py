@@ -152,7 +152,7 @@ def _default(info: FieldInfo) -> Any:
     if info.default is not PydanticUndefined:
         return info.default
     if info.default_factory is not None:
-        return info.default_factory()  # type: ignore[call-arg]
+        return info.get_default(call_default_factory=True)  # a factory that needs the other fields' values raises
     return PydanticUndefined
 
 
@@ -270,8 +270,8 @@ def keys(model: type[BaseModel] = Config, prefix: str = "", applies_to: str = ""
         if members:
             yield from _union_keys(members, path + "[].")
             continue
-        if item is not None and _section(item) is not None:
-            yield from keys(_section(item), path + "[].", applies_to)  # type: ignore[arg-type]
+        if item is not None and (section := _section(item)) is not None:
+            yield from keys(section, path + "[].", applies_to)
             continue
         default = _default(info)
         shown = "required" if default is PydanticUndefined else scalar(default)

@@ -16,12 +16,19 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from devkit.localbroker import BrokerUnavailable, LocalBroker  # noqa: E402
 from tools import synth  # noqa: E402
+
+if TYPE_CHECKING:
+    import numpy as np
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
 
 
 def step(text: str) -> None:
@@ -50,11 +57,17 @@ def camera_round_trip(pngs: list[Path], work: Path) -> None:
     judged on what the camera delivers, not on cleaner pictures)."""
     import cv2
 
-    first = cv2.imread(str(pngs[0]))
+    def read(png: Path) -> np.ndarray:
+        image = cv2.imread(str(png))
+        if image is None:
+            raise RuntimeError(f"cannot read {png}")
+        return image
+
+    first = read(pngs[0])
     video = work / "test_images.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (first.shape[1], first.shape[0]))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 30.0, (first.shape[1], first.shape[0]))
     for png in pngs:
-        writer.write(cv2.imread(str(png)))
+        writer.write(read(png))
     writer.release()
     cap = cv2.VideoCapture(str(video))
     for png in pngs:
@@ -92,15 +105,20 @@ class RejectCounter:
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-plc")
         self.client.on_message = self._on_message
-        ready = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe("edged/demo/reject", qos=1), ready.set())
+        self.ready = threading.Event()
+        self.client.on_connect = self._on_connect
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        ready.wait(5)
+        self.ready.wait(5)
 
-    def _on_message(self, client: object, userdata: object, msg: object) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags, rc: ReasonCode,
+                    props: Properties | None) -> None:
+        client.subscribe("edged/demo/reject", qos=1)
+        self.ready.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
-            self.rejects.append(json.loads(msg.payload))  # type: ignore[attr-defined]
+            self.rejects.append(json.loads(msg.payload))
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -38,8 +38,8 @@ def _jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _defect(image: np.ndarray, kind: str, rng: np.random.Generator, foreign: np.ndarray,
             ) -> tuple[np.ndarray, np.ndarray]:
     out = image.astype(np.float32)
-    mask = np.zeros(image.shape[:2], np.uint8)
-    h, w = mask.shape
+    h, w = image.shape[:2]
+    mask = np.zeros((h, w), np.uint8)
     cx, cy = int(rng.integers(w // 5, 4 * w // 5)), int(rng.integers(h // 5, 4 * h // 5))
     if kind == "scratch":
         angle, length = rng.uniform(0, np.pi), rng.uniform(0.25, 0.5) * w
