@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -22,16 +23,27 @@ from tools.methods.cae.model import Autoencoder, ErrorHead
 from tools.methods.cae.options import DEFAULT, REFERENCE, CaeConfig
 from tools.methods.cae.train import position_stats, train_autoencoder
 
-HEADS = [
-    dict(error="l2", blur=0.0, score="mean", position_norm=False),
-    dict(error="l1", blur=2.0, score="topk", topk=0.01, position_norm=False),
-    dict(error="l1", blur=2.0, score="topk", topk=0.01, position_norm=True),
-    dict(error="ssim", blur=2.0, score="topk", topk=0.01, position_norm=False),
-    dict(error="ssim", blur=2.0, score="topk", topk=0.01, position_norm=True),
-    dict(error="ssim+l1", blur=2.0, score="topk", topk=0.01, position_norm=False),
-    dict(error="ssim+l1", blur=2.0, score="topk", topk=0.01, position_norm=True),
-    dict(error="ssim+l1", blur=4.0, score="topk", topk=0.01, position_norm=True),
-    dict(error="ssim+l1", blur=2.0, score="max", position_norm=True),
+
+class Head(TypedDict, total=False):
+    """The scoring-head fields of a CaeConfig that one row of HEADS sets."""
+
+    error: str
+    blur: float
+    score: str
+    topk: float
+    position_norm: bool
+
+
+HEADS: list[Head] = [
+    Head(error="l2", blur=0.0, score="mean", position_norm=False),
+    Head(error="l1", blur=2.0, score="topk", topk=0.01, position_norm=False),
+    Head(error="l1", blur=2.0, score="topk", topk=0.01, position_norm=True),
+    Head(error="ssim", blur=2.0, score="topk", topk=0.01, position_norm=False),
+    Head(error="ssim", blur=2.0, score="topk", topk=0.01, position_norm=True),
+    Head(error="ssim+l1", blur=2.0, score="topk", topk=0.01, position_norm=False),
+    Head(error="ssim+l1", blur=2.0, score="topk", topk=0.01, position_norm=True),
+    Head(error="ssim+l1", blur=4.0, score="topk", topk=0.01, position_norm=True),
+    Head(error="ssim+l1", blur=2.0, score="max", position_norm=True),
 ]
 
 

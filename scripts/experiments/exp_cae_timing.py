@@ -26,8 +26,8 @@ def main(bundle: str, runs: int = 60) -> None:
             t = time.perf_counter()
             d.infer_tensor(x)
             times[p].append((time.perf_counter() - t) * 1000)
-    for p, t in times.items():
-        print(f"{p}: min {min(t):.2f} ms, median {np.median(t):.2f} ms ({runs} interleaved runs, 1 thread)")
+    for p, ms in times.items():
+        print(f"{p}: min {min(ms):.2f} ms, median {np.median(ms):.2f} ms ({runs} interleaved runs, 1 thread)")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from edged.bundle import InputSpec
 from edged.preprocess import prepare_uint8, to_tensor
 from tools.methods.base import FitOptions, QuantizeOptions
 from tools.methods.patchcore import METHOD
@@ -32,22 +33,31 @@ from tools.methods.patchcore import METHOD
 EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-def load(data: Path, spec):
+def imread(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """cv2.imread that raises, naming the file, where the image cannot be read."""
+    image = cv2.imread(str(path), flags)
+    if image is None:
+        raise OSError(f"cannot read {path}")
+    return image
+
+
+def load(data: Path, spec: InputSpec) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
     train = sorted(p for p in (data / "train" / "good").iterdir() if p.suffix.lower() in EXTS)
-    test, labels, masks = [], [], []
+    test: list[Path] = []
+    labels: list[int] = []
+    masks: list[np.ndarray] = []
     for d in sorted((data / "test").iterdir()):
         for p in sorted(q for q in d.iterdir() if q.suffix.lower() in EXTS):
             test.append(p)
             labels.append(0 if d.name == "good" else 1)
             mp = data / "ground_truth" / d.name / f"{p.stem}_mask.png"
             if d.name != "good" and mp.exists():
-                m = cv2.imread(str(mp), cv2.IMREAD_GRAYSCALE)
-                m = cv2.resize(m, (spec.width, spec.height), interpolation=cv2.INTER_NEAREST) > 127
+                gray = imread(mp, cv2.IMREAD_GRAYSCALE)
+                masks.append(cv2.resize(gray, (spec.width, spec.height), interpolation=cv2.INTER_NEAREST) > 127)
             else:
-                m = np.zeros((spec.height, spec.width), bool)
-            masks.append(m)
-    tr = [prepare_uint8(cv2.imread(str(p), cv2.IMREAD_UNCHANGED), spec) for p in train]
-    te = [prepare_uint8(cv2.imread(str(p), cv2.IMREAD_UNCHANGED), spec) for p in test]
+                masks.append(np.zeros((spec.height, spec.width), bool))
+    tr = [prepare_uint8(imread(p), spec) for p in train]
+    te = [prepare_uint8(imread(p), spec) for p in test]
     return tr, te, np.array(labels), np.stack(masks)
 
 
@@ -61,9 +71,10 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), sess_options=o, providers=["CPUExecutionProvider"])
 
 
-def score(path: Path, images: list[np.ndarray], spec, batch: int = 8):
+def score(path: Path, images: list[np.ndarray], spec: InputSpec, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
     s = session(path, 1)
-    scores, maps = [], []
+    scores: list[np.ndarray] = []
+    maps: list[np.ndarray] = []
     for i in range(0, len(images), batch):
         x = np.stack([to_tensor(im, spec) for im in images[i:i + batch]])
         sc, am = s.run(None, {spec.name: x})
@@ -72,7 +83,7 @@ def score(path: Path, images: list[np.ndarray], spec, batch: int = 8):
     return np.concatenate(scores), np.concatenate(maps)
 
 
-def latency(path: Path, spec, threads: int, runs: int = 100) -> dict[str, float]:
+def latency(path: Path, spec: InputSpec, threads: int, runs: int = 100) -> dict[str, float]:
     """Batch-1 wall time, and with 1 thread also the CPU time of the calling thread (ORT runs a 1-thread
     session in the caller): on a shared, overloaded machine that is the better estimate of the latency
     the model has on an idle core."""
@@ -80,7 +91,8 @@ def latency(path: Path, spec, threads: int, runs: int = 100) -> dict[str, float]
     x = np.random.default_rng(0).random((1, 3, spec.height, spec.width), dtype=np.float32)
     for _ in range(10):
         s.run(None, {spec.name: x})
-    wall, cpu = [], []
+    wall: list[float] = []
+    cpu: list[float] = []
     for _ in range(runs):
         c0, t0 = time.thread_time(), time.perf_counter()
         s.run(None, {spec.name: x})
@@ -94,14 +106,14 @@ def latency(path: Path, spec, threads: int, runs: int = 100) -> dict[str, float]
 
 
 class Reader(CalibrationDataReader):
-    def __init__(self, images: list[np.ndarray], spec) -> None:
+    def __init__(self, images: list[np.ndarray], spec: InputSpec) -> None:
         self.items = iter([{spec.name: to_tensor(im, spec)[None]} for im in images])
 
-    def get_next(self) -> dict | None:
+    def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.items, None)
 
 
-def quantize(fp32: Path, out: Path, q: QuantizeOptions, calib: list[np.ndarray], spec) -> None:
+def quantize(fp32: Path, out: Path, q: QuantizeOptions, calib: list[np.ndarray], spec: InputSpec) -> None:
     quantize_static(str(fp32), str(out), Reader(calib, spec), quant_format=QuantFormat.QDQ,
                     per_channel=q.per_channel, op_types_to_quantize=q.op_types,
                     nodes_to_exclude=q.nodes_to_exclude, activation_type=QuantType.QUInt8,

@@ -36,7 +36,7 @@ def stage_features(images: list[np.ndarray], batch: int = 16, variant: str = "")
     if "sym" in variant:  # symmetric padding instead of TensorFlow SAME
         for mod in net.modules():
             if isinstance(mod, SameConv2d):
-                mod.__class__ = torch.nn.Conv2d
+                mod.__class__ = torch.nn.Conv2d  # type: ignore[assignment]  # a deliberate class swap, same weights
                 mod.padding = (mod.kernel_size[0] // 2,) * 2
     if "inet" in variant:  # torchvision's ImageNet mean/std instead of Lite's (x*255 - 127) / 128
         norm = Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)

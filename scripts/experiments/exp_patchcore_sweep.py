@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import exp_patchcore_diag
+from exp_patchcore import imread
 from exp_patchcore_diag import combine, evaluate_maps, nn_dist, stage_features
 
 from tools.methods.components.blur import gaussian_kernel
@@ -53,19 +54,20 @@ def geom(img: np.ndarray, size: int, how: str, nearest: bool = False) -> np.ndar
     raise ValueError(how)
 
 
-def load(data: Path, size: int, how: str):
+def load(data: Path, size: int, how: str) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
     def rgb(p: Path) -> np.ndarray:
-        im = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        return cv2.cvtColor(geom(im, size, how), cv2.COLOR_BGR2RGB)
+        return cv2.cvtColor(geom(imread(p, cv2.IMREAD_COLOR), size, how), cv2.COLOR_BGR2RGB)
     train = [rgb(p) for p in sorted((data / "train" / "good").iterdir()) if p.suffix.lower() in EXTS]
-    test, labels, masks = [], [], []
+    test: list[np.ndarray] = []
+    labels: list[int] = []
+    masks: list[np.ndarray] = []
     for d in sorted((data / "test").iterdir()):
         for p in sorted(q for q in d.iterdir() if q.suffix.lower() in EXTS):
             test.append(rgb(p))
             labels.append(0 if d.name == "good" else 1)
             mp = data / "ground_truth" / d.name / f"{p.stem}_mask.png"
             if d.name != "good" and mp.exists():
-                m = geom(cv2.imread(str(mp), cv2.IMREAD_GRAYSCALE), size, how, nearest=True) > 127
+                m = geom(imread(mp, cv2.IMREAD_GRAYSCALE), size, how, nearest=True) > 127
             else:
                 m = np.zeros((size, size), bool)
             masks.append(m)
