@@ -210,6 +210,9 @@ class Normalize(nn.Module):
     """RGB in [0, 1] -> the backbone's input normalization, as a graph op so the bundle's input spec
     stays plain /255 (the same for every backbone; no per-channel constants in the manifest)."""
 
+    mean: torch.Tensor  # buffers, (1, C, 1, 1)
+    inv_std: torch.Tensor
+
     def __init__(self, mean: tuple[float, ...] = LITE_MEAN, std: tuple[float, ...] = LITE_STD) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))

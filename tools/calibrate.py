@@ -40,14 +40,15 @@ import hashlib
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edged.bundle import Manifest, Threshold, load_manifest, write_manifest
+from edged.bundle import Manifest, ModelFile, Threshold, load_manifest, write_manifest
 from edged.detector import Detector
+from tools.export import Precision
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +201,9 @@ def score_images(detector: Detector, images: Sequence[np.ndarray], batch_size: i
     return np.asarray(scores, dtype=np.float64), (maps if maps else None)
 
 
-def unique_models(manifest: Manifest) -> dict[str, list[str]]:
+def _unique_models(manifest: Manifest) -> dict[str, list[Precision]]:
     """file -> precisions using it (int8 may point at the fp32 file when quantization does not apply)."""
-    files: dict[str, list[str]] = {}
+    files: dict[str, list[Precision]] = {}
     for precision, entry in manifest.models.items():
         files.setdefault(entry.file, []).append(precision)
     return files
@@ -235,7 +236,7 @@ def _history_entry(manifest: Manifest) -> dict[str, object]:
             "map_threshold": e.map_threshold} for p, e in manifest.models.items()}}
 
 
-def new_bundle_id(manifest: Manifest, models: dict[str, Any], when: str) -> str:
+def _new_bundle_id(manifest: Manifest, models: Mapping[Precision, ModelFile], when: str) -> str:
     """``<the bundle's first id>-r<N>-<8 hex>``: N counts calibrations, the hex (of the new thresholds and
     the time) tells apart two copies of one bundle calibrated on different lines."""
     stem = str(manifest.history[0]["bundle_id"]) if manifest.history else manifest.bundle_id
@@ -266,9 +267,9 @@ def recalibrate(bundle_dir: str | Path, good_dir: str | Path, percentile: float 
         raise CalibrationError(f"{good_dir}: no readable good image")
     notes = warnings if warnings is not None else []
     dropped: list[str] = []
-    models = dict(manifest.models)
+    models: dict[Precision, ModelFile] = dict(manifest.models)
     scored: dict[str, tuple[np.ndarray, list[np.ndarray] | None]] = {}
-    for _file, precisions in unique_models(manifest).items():
+    for _file, precisions in _unique_models(manifest).items():
         detector = Detector(bundle_dir, precision=precisions[0])
         scored[_file] = score_images(detector, images, progress=progress, desc=f"scoring ({precisions[0]})")
     reference = scored[manifest.model().file][0]
@@ -277,35 +278,35 @@ def recalibrate(bundle_dir: str | Path, good_dir: str | Path, percentile: float 
         from tools.fit import outlier_message
 
         root = Path(good_dir)
-        listed = [{"file": _relative(records[i].path, root), "score": float(reference[i])} for i in bad]
+        dropped = [_relative(records[i].path, root) for i in bad]
+        listed = [{"file": name, "score": float(reference[i])} for name, i in zip(dropped, bad, strict=True)]
         message = outlier_message(listed, len(images), "calibration images")
         if not drop_outliers:
             raise CalibrationError(message)
-        dropped = [o["file"] for o in listed]
         notes.append(f"dropped {len(bad)} calibration image(s) from the threshold: {', '.join(dropped)}")
         log.warning("!!! %s", notes[-1])
     keep = [i for i in range(len(images)) if i not in set(bad)]
     source = (f"{Path(good_dir)} ({where}, {len(keep)} images" + (f", {len(bad)} outliers dropped" if bad else "")
               + ", edged-train calibrate)")
-    for file, precisions in unique_models(manifest).items():
+    for file, precisions in _unique_models(manifest).items():
         scores, maps = scored[file]
         threshold = image_threshold(scores[keep], percentile, target_frr, source)
         mthr = map_threshold([maps[i] for i in keep] if maps is not None else None, percentile, target_frr)
         for precision in precisions:
-            old = models[precision]  # type: ignore[index]
-            models[precision] = old.model_copy(update={"threshold": threshold, "map_threshold": mthr})  # type: ignore[index]
+            old = models[precision]
+            models[precision] = old.model_copy(update={"threshold": threshold, "map_threshold": mthr})
             log.info("%s: threshold %.6g -> %.6g (%s, %d images, %s)", precision, old.threshold.value,
                      threshold.value,
                      f"target FRR {target_frr}" if target_frr is not None else f"percentile {threshold.percentile}",
                      threshold.n_images, frr_text(threshold))
-    trust = trust_warning(models[manifest.default].threshold)  # type: ignore[index]
+    trust = trust_warning(models[manifest.default].threshold)
     if trust:
         notes.append(trust)
         log.info("%s", trust)
     when = utc_now().strftime("%Y-%m-%dT%H:%M:%SZ")
     entry = {**_history_entry(manifest), "replaced": when, "by": f"edged-train calibrate {Path(good_dir)}",
              "dropped_outliers": dropped}
-    updated = manifest.model_copy(update={"models": models, "bundle_id": new_bundle_id(manifest, models, when),
+    updated = manifest.model_copy(update={"models": models, "bundle_id": _new_bundle_id(manifest, models, when),
                                           "history": [*manifest.history, entry]})
     updated = Manifest.model_validate(updated.model_dump(mode="json"))
     write_manifest(bundle_dir, updated)

@@ -101,7 +101,8 @@ def _install(chosen: Path, out: Path, table: list[dict[str, Any]], name: str, wh
     """Record the choice in the chosen bundle's manifest and swap it in at `out`."""
     m = load_manifest(chosen)
     params = dict(m.training.params)
-    verification = dict(params.get("verification") or {})  # type: ignore[call-overload]
+    found = params.get("verification")
+    verification = dict(found) if isinstance(found, dict) else {}
     verification["chosen_on_these_images"] = True
     params["verification"] = verification
     params["choice"] = {"chosen": name, "why": why, "candidates": table}

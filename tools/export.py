@@ -11,9 +11,10 @@ import contextlib
 import importlib.metadata
 import logging
 import sys
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from edged.bundle import (
     InputSpec,
@@ -31,8 +32,15 @@ log = logging.getLogger(__name__)
 FP32_FILE = "model.fp32.onnx"
 INT8_FILE = "model.onnx"
 
+Precision = Literal["int8", "fp32"]  # the keys of a manifest's models (edged.bundle.ModelFile.precision)
+PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")
+Runtime = Literal["onnxruntime", "opencv"]  # what a manifest's runtimes may name
+# A model entry as fit assembles it: (file name in the bundle, image threshold, map threshold or None)
+Entry = tuple[str, Threshold, float | None]
+
 
 def utc_now() -> datetime:
+    """Now in UTC to the second: manifest times (``created``, history's ``replaced``) carry no microseconds."""
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
@@ -57,29 +65,30 @@ def versions() -> dict[str, str]:
     return out
 
 
-def model_entry(bundle_dir: Path, file: str, precision: str, threshold: Threshold,
-                map_threshold: float | None) -> ModelFile:
-    return ModelFile(file=file, sha256=sha256_file(bundle_dir / file), precision=precision,  # type: ignore[arg-type]
+def _model_entry(bundle_dir: Path, file: str, precision: Precision, threshold: Threshold,
+                 map_threshold: float | None) -> ModelFile:
+    return ModelFile(file=file, sha256=sha256_file(bundle_dir / file), precision=precision,
                      threshold=threshold, map_threshold=map_threshold)
 
 
 def build_manifest(bundle_dir: Path, method: str, spec: InputSpec, outputs: OutputSpec,
-                   entries: dict[str, tuple[str, Threshold, float | None]], default: str,
+                   entries: Mapping[Precision, Entry], default: Precision,
                    training: TrainingSummary, quantization: dict[str, Any], created: datetime | None = None,
-                   runtimes: tuple[str, ...] = ("onnxruntime",), complete: bool = True) -> Manifest:
+                   runtimes: tuple[Runtime, ...] = ("onnxruntime",), complete: bool = True) -> Manifest:
     """Hash the ONNX files and assemble the manifest. ``entries``: precision -> (file, threshold, map thr)."""
     created = created or utc_now()
-    models = {p: model_entry(bundle_dir, f, p, thr, mthr) for p, (f, thr, mthr) in entries.items()}
+    models = {p: _model_entry(bundle_dir, f, p, thr, mthr) for p, (f, thr, mthr) in entries.items()}
     bundle_id = make_bundle_id(method, created, models["fp32"].sha256)
     return Manifest(
         bundle_id=bundle_id, method=method, created=created.strftime("%Y-%m-%dT%H:%M:%SZ"), input=spec,
-        outputs=outputs, models=models, default=default,  # type: ignore[arg-type]
+        outputs=outputs, models=models, default=default,
         training=training, quantization=jsonable(quantization), versions=versions(),
-        runtimes=runtimes, complete=complete,  # type: ignore[arg-type]
+        runtimes=runtimes, complete=complete,
     )
 
 
 def write(bundle_dir: Path, manifest: Manifest) -> Path:
+    """Write BUNDLE/manifest.json atomically (`edged.bundle.write_manifest`); its path."""
     return write_manifest(bundle_dir, manifest)
 
 

@@ -11,7 +11,7 @@ Sizes are ``(width, height)``, OpenCV's order, everywhere in this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -174,7 +174,8 @@ def write_dataset(root: Path, n_train: int = 40, n_test_good: int = 10, n_test_d
     return root
 
 
-def _frames(n_frames: int, defective: Iterable[int], size: tuple[int, int], seed: int, color: bool = True):
+def _frames(n_frames: int, defective: Iterable[int], size: tuple[int, int], seed: int, color: bool = True,
+            ) -> Iterator[tuple[np.ndarray, bool]]:
     bad = set(defective)
     for i in range(n_frames):
         rng = np.random.default_rng([seed, i])  # frame i is the same whatever n_frames is
@@ -188,7 +189,7 @@ def write_video(path: Path, n_frames: int, defective: Iterable[int], size: tuple
     """An MJPG .avi where frame i shows a part, defective when i is in ``defective``. Returns the labels."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), float(fps), tuple(size))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), float(fps), tuple(size))
     if not writer.isOpened():
         raise OSError(f"OpenCV cannot write an MJPG video to {path}")
     labels = []

@@ -7,7 +7,7 @@ import copy
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -21,7 +21,10 @@ from tools.methods.cae.options import CaeConfig
 HEAD_PREFIX = "/head/"  # ONNX node names of the error-map/score part (kept fp32 when quantizing)
 
 
-def _fuse_batchnorm(model: nn.Module) -> nn.Module:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _fuse_batchnorm(model: _M) -> _M:
     """Fold eval-mode BatchNorm into the preceding (transposed) convolution: fewer ops, cleaner int8."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 

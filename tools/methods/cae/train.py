@@ -20,6 +20,7 @@ from tools.methods.base import FitOptions
 from tools.methods.cae.export import CaeTrained, quantize_options
 from tools.methods.cae.model import Autoencoder, ErrorHead, ssim_map, ssim_window
 from tools.methods.cae.options import CaeConfig, option_table
+from tools.methods.components.blur import GaussianBlur
 from tools.methods.components.options import Option
 from tools.methods.components.tensors import images_to_tensor
 
@@ -45,7 +46,7 @@ def _augment(batch: torch.Tensor, cfg: CaeConfig, gen: torch.Generator) -> torch
     return batch
 
 
-def _loss(x: torch.Tensor, y: torch.Tensor, cfg: CaeConfig, window: nn.Module) -> torch.Tensor:
+def _loss(x: torch.Tensor, y: torch.Tensor, cfg: CaeConfig, window: GaussianBlur) -> torch.Tensor:
     if cfg.loss == "mse":
         return F.mse_loss(y, x)
     if cfg.loss == "l1":

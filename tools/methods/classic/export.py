@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -77,7 +77,7 @@ class TrainedClassic:
         graph = model.graph
         projected = graph.output[0].name
         forest = self.pipeline.named_steps["detector"]
-        attrs = iforest_tree_attributes(forest)
+        attrs = _iforest_tree_attributes(forest)
         denominator = len(forest.estimators_) * _average_path_length(forest._max_samples)
         graph.node.extend([
             helper.make_node("TreeEnsembleRegressor", [projected], ["path_sum"], domain="ai.onnx.ml",
@@ -116,12 +116,29 @@ def _float32_at_most(values: np.ndarray) -> np.ndarray:
     return t32
 
 
-def iforest_tree_attributes(forest: Any) -> dict[str, list[Any]]:
+class _TreeEnsembleAttributes(TypedDict):
+    """The ai.onnx.ml TreeEnsembleRegressor node's per-node and per-leaf attribute lists."""
+
+    nodes_treeids: list[int]
+    nodes_nodeids: list[int]
+    nodes_featureids: list[int]
+    nodes_modes: list[str]
+    nodes_values: list[float]
+    nodes_truenodeids: list[int]
+    nodes_falsenodeids: list[int]
+    nodes_missing_value_tracks_true: list[int]
+    target_treeids: list[int]
+    target_nodeids: list[int]
+    target_ids: list[int]
+    target_weights: list[float]
+
+
+def _iforest_tree_attributes(forest: Any) -> _TreeEnsembleAttributes:
     """TreeEnsembleRegressor attributes whose per-tree leaf value is the sample's path length in that tree."""
-    a: dict[str, list[Any]] = {k: [] for k in (
-        "nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_modes", "nodes_values", "nodes_truenodeids",
-        "nodes_falsenodeids", "nodes_missing_value_tracks_true", "target_treeids", "target_nodeids",
-        "target_ids", "target_weights")}
+    a = _TreeEnsembleAttributes(
+        nodes_treeids=[], nodes_nodeids=[], nodes_featureids=[], nodes_modes=[], nodes_values=[],
+        nodes_truenodeids=[], nodes_falsenodeids=[], nodes_missing_value_tracks_true=[], target_treeids=[],
+        target_nodeids=[], target_ids=[], target_weights=[])
     for t, (estimator, features) in enumerate(zip(forest.estimators_, forest.estimators_features_, strict=True)):
         tree = estimator.tree_
         left, right = tree.children_left, tree.children_right

@@ -27,6 +27,9 @@ class GaussianBlur(nn.Module):
     channels folded into the batch: ONNX Runtime runs the depthwise form in its blocked-channel kernels,
     which made the CAE's error head about twice as fast (same numbers)."""
 
+    kh: torch.Tensor  # buffers: the horizontal (C, 1, 1, k) and vertical (C, 1, k, 1) taps
+    kv: torch.Tensor
+
     def __init__(self, sigma: float, size: int | None, channels: int, height: int, width: int) -> None:
         super().__init__()
         g = gaussian_kernel(sigma, size or 2 * math.ceil(3 * sigma) + 1)  # default: radius 3 sigma

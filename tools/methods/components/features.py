@@ -26,6 +26,8 @@ def check_layers(value: Any) -> str | None:
 class PatchFeatures(nn.Module):
     """Image batch in [0, 1] RGB -> locally aware patch features on the finest chosen grid (N, D, h, w)."""
 
+    scale: torch.Tensor | None  # buffer: per-channel factor (1, D, 1, 1), or None
+
     def __init__(self, backbone: EfficientNetLite, layers: list[str], proj: torch.Tensor | None = None,
                  scale: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -36,9 +38,12 @@ class PatchFeatures(nn.Module):
         self.proj: nn.Conv2d | None = None
         if proj is not None:  # (D_out, D_in) projection, centred data -> a 1x1 conv with bias
             w, b = proj[:, :-1], proj[:, -1]
-            self.proj = nn.Conv2d(w.shape[1], w.shape[0], 1)
-            self.proj.weight.data.copy_(w[:, :, None, None])
-            self.proj.bias.data.copy_(b)
+            conv = nn.Conv2d(w.shape[1], w.shape[0], 1)
+            bias = conv.bias
+            assert bias is not None  # nn.Conv2d has a bias unless told bias=False
+            conv.weight.data.copy_(w[:, :, None, None])
+            bias.data.copy_(b)
+            self.proj = conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone.features(self.norm(x), self.layers)

@@ -20,6 +20,9 @@ class MapHead(nn.Module):
     false rejects 0.68 vs 0.59; docs/detection.md) while a defect of a tenth of the part still scores in full.
     """
 
+    blur_h: torch.Tensor  # buffers: the grid's smoothing taps, (1, 1, 1, k) and (1, 1, k, 1)
+    blur_v: torch.Tensor
+
     def __init__(self, sigma_cells: float, size: tuple[int, int], top: float = 0.0) -> None:
         super().__init__()
         k = gaussian_kernel(sigma_cells)

@@ -56,12 +56,12 @@ def _typed(raw: Any, default: Any) -> Any:
     if isinstance(default, tuple):
         text = "/".join(str(v) for v in raw) if isinstance(raw, list | tuple) else str(raw)
         try:
-            value = tuple(int(v) for v in text.replace(",", "/").split("/") if v.strip())
+            numbers = tuple(int(v) for v in text.replace(",", "/").split("/") if v.strip())
         except ValueError:
-            value = ()
-        if not value:
+            numbers = ()
+        if not numbers:
             raise ValueError("whole numbers separated by / (e.g. 16/32/64)")
-        return value
+        return numbers
     return str(raw).strip()
 
 

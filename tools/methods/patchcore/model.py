@@ -12,6 +12,9 @@ from tools.methods.components.map_head import MapHead
 class PatchCoreGraph(nn.Module):
     """The whole inference path (what `export_onnx` writes): image -> (score [N], map [N, 1, H, W])."""
 
+    bank_t: torch.Tensor  # buffers: -2 x the memory bank transposed (D, M), and its squared norms (M,)
+    bank_sq: torch.Tensor
+
     def __init__(self, features: PatchFeatures, bank: torch.Tensor, sigma_cells: float, size: tuple[int, int],
                  top: float = 0.0) -> None:
         super().__init__()
