@@ -17,17 +17,28 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from edged.bundle import load_manifest
+from edged.bundle import Manifest, load_manifest
 from edged.detector import Detector
 from tools.bundle_out import OutputError, check_writable_dir
 from tools.calibrate import score_images
-from tools.dataset import DatasetError, Record, load_dataset, load_images, model_sized, read_image, read_mask
+from tools.dataset import (
+    DatasetError,
+    Record,
+    file_list_sha256,
+    load_dataset,
+    load_images,
+    model_sized,
+    read_image,
+    read_mask,
+)
+from tools.export import PRECISIONS, Precision, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +159,8 @@ def perturbations(seed: int = 0) -> dict[str, Callable[[np.ndarray, int], np.nda
         """Through a camera's or a stream's lossy encoding (MJPG, H.264 behave alike: blocks, ringing)."""
         def encode(im: np.ndarray, i: int) -> np.ndarray:
             ok, buf = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else im
+            decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else None
+            return im if decoded is None else decoded
         return encode
 
     def occlusion(im: np.ndarray, i: int) -> np.ndarray:
@@ -202,12 +214,87 @@ def _test_records(data: Path) -> tuple[list[Record], str]:
     return ds.train, "folder of good images"
 
 
+def _model_precision(manifest: Manifest, precision: str | None, bundle: Path) -> Precision:
+    """The model to evaluate: `precision`, else the manifest's default; DatasetError when the bundle lacks it."""
+    wanted = precision or manifest.default
+    for key in manifest.models:
+        if key == wanted:
+            return key
+    raise DatasetError(f"bundle {bundle} has no {wanted} model (has: {', '.join(manifest.models)})")
+
+
+def _read_test_images(records: list[Record], manifest: Manifest, progress: bool, data: str | Path,
+                      ) -> tuple[list[np.ndarray], list[Record], dict[int, np.ndarray]]:
+    """The readable test images at the model's size, their records, and their masks by image index (at the
+    model's size, checked against the image's stored size)."""
+    shapes: list[tuple[int, int]] = []
+    images, records = load_images(records, progress=progress, desc="reading test images",
+                                  transform=model_sized(manifest.input), shapes=shapes)
+    if not images:
+        raise DatasetError(f"{data}: no readable test image")
+    size = (manifest.input.height, manifest.input.width)
+    masks = {i: read_mask(r.mask, size, shapes[i]) for i, r in enumerate(records) if r.mask is not None}
+    return images, records, masks
+
+
+def _recall_per_defect(records: list[Record], scores: np.ndarray, threshold: float) -> dict[str, dict[str, Any]]:
+    """Defect label -> {"n": images, "recall": fraction above the threshold}, labels sorted."""
+    per_defect = {}
+    for t in sorted({r.label for r in records if not r.is_good}):
+        sel = np.asarray([r.label == t for r in records])
+        per_defect[t] = {"n": int(sel.sum()), "recall": float((scores[sel] > threshold).mean())}
+    return per_defect
+
+
+@dataclass
+class _PixelMetrics:
+    pixel_auroc: float | None = None
+    aupro: float | None = None
+    n_masks: int = 0
+    masks: list[np.ndarray] | None = None  # one per image at its map's shape (for the report); None: no masks
+
+
+def _pixel_metrics(records: list[Record], maps: list[np.ndarray] | None, full_masks: dict[int, np.ndarray],
+                   n_images: int) -> _PixelMetrics:
+    """Pixel AUROC and AUPRO of the maps against the masks; images without a mask: good ones count as
+    all-good pixels, defective ones are left out."""
+    pixel = _PixelMetrics()
+    if maps is None or len(maps) != n_images:
+        return pixel
+    with_masks = [r.mask is not None for r in records]
+    pixel.n_masks = int(sum(with_masks))
+    if any(with_masks):
+        keep = [i for i, r in enumerate(records) if r.is_good or r.mask is not None]
+        masks = [_at(full_masks.get(i), maps[i].shape) for i in keep]
+        kept_maps = [maps[i] for i in keep]
+        pixel.pixel_auroc = pixel_auroc(masks, kept_maps)
+        pixel.aupro = aupro(masks, kept_maps)
+        masks_by_index = dict(zip(keep, masks, strict=True))
+        pixel.masks = [masks_by_index.get(i, np.zeros(maps[i].shape, bool)) for i in range(n_images)]
+    return pixel
+
+
+def _time_models(bundle: Path, manifest: Manifest, records: Sequence[Record]) -> dict[Precision, float | None]:
+    """Median ms per image of each precision (None: no such model); a file both entries use is timed once."""
+    ms: dict[Precision, float | None] = {}
+    for p in PRECISIONS:
+        entry = manifest.models.get(p)
+        if entry is None:
+            ms[p] = None
+            continue
+        other: Precision = "int8" if p == "fp32" else "fp32"
+        if other in ms and ms[other] is not None and manifest.models[other].file == entry.file:
+            ms[p] = ms[other]  # the same file: no need to time it twice
+            continue
+        ms[p] = time_per_image(bundle, p, records)
+    return ms
+
+
 def evaluate_bundle(bundle: str | Path, data: str | Path, report_dir: str | Path, precision: str | None = None,
                     robustness: bool = False, timing_images: int = 30, progress: bool = True,
                     write_html: bool = True) -> dict[str, Any]:
     """Score the test set with the bundle, write DIR/report.json (+ html and plots); return the report."""
     from tools import report as report_mod
-    from tools.export import jsonable
 
     t0 = time.perf_counter()
     bundle = Path(bundle)
@@ -219,67 +306,30 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, report_dir: str | Path
     if timing_images < 0:
         raise DatasetError(f"--timing-images {timing_images}: must be >= 0")
     manifest = load_manifest(bundle)
-    precision = precision or manifest.default
-    if precision not in manifest.models:
-        raise DatasetError(f"bundle {bundle} has no {precision} model (has: {', '.join(manifest.models)})")
-    detector = Detector(bundle, precision=precision, intra_op_threads=1)
+    chosen = _model_precision(manifest, precision, bundle)
+    detector = Detector(bundle, precision=chosen, intra_op_threads=1)
     records, what = _test_records(Path(data))
-    shapes: list[tuple[int, int]] = []
-    images, records = load_images(records, progress=progress, desc="reading test images",
-                                  transform=model_sized(manifest.input), shapes=shapes)
-    if not images:
-        raise DatasetError(f"{data}: no readable test image")
-    size = (manifest.input.height, manifest.input.width)
-    full_masks = {i: read_mask(r.mask, size, shapes[i]) for i, r in enumerate(records) if r.mask is not None}
+    images, records, full_masks = _read_test_images(records, manifest, progress, data)
     labels = np.asarray([0 if r.is_good else 1 for r in records])
-    scores, maps = score_images(detector, images, progress=progress, desc=f"scoring ({precision})")
+    scores, maps = score_images(detector, images, progress=progress, desc=f"scoring ({chosen})")
     threshold = detector.threshold
     frr, recall = rates(labels, scores, threshold)
-    per_defect = {}
-    for t in sorted({r.label for r in records if not r.is_good}):
-        sel = np.asarray([r.label == t for r in records])
-        per_defect[t] = {"n": int(sel.sum()), "recall": float((scores[sel] > threshold).mean())}
-
-    pixel = {"pixel_auroc": None, "aupro": None, "n_masks": 0}
-    masks: list[np.ndarray] | None = None
-    if maps is not None and len(maps) == len(images):
-        with_masks = [r.mask is not None for r in records]
-        pixel["n_masks"] = int(sum(with_masks))
-        if any(with_masks):
-            # images without a mask: good ones count as all-good pixels, defective ones are left out
-            keep = [i for i, r in enumerate(records) if r.is_good or r.mask is not None]
-            masks = [_at(full_masks.get(i), maps[i].shape) for i in keep]
-            kept_maps = [maps[i] for i in keep]
-            pixel["pixel_auroc"] = pixel_auroc(masks, kept_maps)
-            pixel["aupro"] = aupro(masks, kept_maps)
-            masks_by_index = dict(zip(keep, masks, strict=True))
-            masks = [masks_by_index.get(i, np.zeros(maps[i].shape, bool)) for i in range(len(images))]
-
+    pixel = _pixel_metrics(records, maps, full_masks, len(images))
     timing_set = records[:timing_images]
-    ms = {}
-    for p in ("fp32", "int8"):
-        entry = manifest.models.get(p)  # type: ignore[call-overload]
-        if entry is None:
-            ms[p] = None
-            continue
-        other = "int8" if p == "fp32" else "fp32"
-        if other in ms and ms[other] is not None and manifest.models[other].file == entry.file:  # type: ignore[index]
-            ms[p] = ms[other]  # the same file: no need to time it twice
-            continue
-        ms[p] = time_per_image(bundle, p, timing_set)
+    ms = _time_models(bundle, manifest, timing_set)
 
     result: dict[str, Any] = {
-        "bundle": str(bundle), "bundle_id": manifest.bundle_id, "method": manifest.method, "precision": precision,
-        "model_file": manifest.models[precision].file,  # type: ignore[index]
+        "bundle": str(bundle), "bundle_id": manifest.bundle_id, "method": manifest.method, "precision": chosen,
+        "model_file": manifest.models[chosen].file,
         "data": str(data), "evaluated_on": what, "n_good": int((labels == 0).sum()),
         "n_defect": int((labels == 1).sum()),
         "image_auroc": image_auroc(labels, scores),
-        "pixel_auroc": pixel["pixel_auroc"], "aupro": pixel["aupro"], "n_masks": pixel["n_masks"],
+        "pixel_auroc": pixel.pixel_auroc, "aupro": pixel.aupro, "n_masks": pixel.n_masks,
         "threshold": threshold, "map_threshold": detector.map_threshold,
-        "threshold_info": manifest.models[precision].threshold.model_dump(),  # type: ignore[index]
-        "frr": frr, "recall": recall, "recall_per_defect": per_defect,
+        "threshold_info": manifest.models[chosen].threshold.model_dump(),
+        "frr": frr, "recall": recall, "recall_per_defect": _recall_per_defect(records, scores, threshold),
         "recall_at_1pct_frr": recall_at_frr(labels, scores, 0.01),
-        "ms_per_image": ms.get(precision), "ms_per_image_fp32": ms.get("fp32"), "ms_per_image_int8": ms.get("int8"),
+        "ms_per_image": ms.get(chosen), "ms_per_image_fp32": ms.get("fp32"), "ms_per_image_int8": ms.get("int8"),
         "timing": {"images": len(timing_set), "statistic": "median", "intra_op_threads": 1,
                    "includes": "preprocessing + inference via edged.detector.Detector, batch 1"},
         "input": f"{manifest.input.width}x{manifest.input.height} {manifest.input.color_order}",
@@ -297,14 +347,12 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, report_dir: str | Path
     report_dir.mkdir(parents=True, exist_ok=True)
     report_mod.write_json(report_dir / "report.json", result)
     if write_html:
-        report_mod.write_report(report_dir, result, images, records, scores, maps, masks, detector)
+        report_mod.write_report(report_dir, result, images, records, scores, maps, pixel.masks, detector)
     return result
 
 
-def chosen_on(manifest: Any, records: Sequence[Record], root: Path) -> bool:
+def chosen_on(manifest: Manifest, records: Sequence[Record], root: Path) -> bool:
     """True when `fit --choose` picked this bundle on exactly these defect images."""
-    from tools.dataset import file_list_sha256
-
     v = manifest.training.params.get("verification")
     if not isinstance(v, dict) or not v.get("chosen_on_these_images"):
         return False

@@ -396,7 +396,7 @@ def _drop_holdout_outliers(cfg: FitConfig, scores: dict[str, dict[str, Any]], ho
     return [hold_recs[i] for i in keep], [hold_images[i] for i in keep], outliers
 
 
-def _export_models(trained: Any, prepared: list[np.ndarray], spec: InputSpec, folder: Path, cfg: FitConfig,
+def _export_models(trained: base.Trained, prepared: list[np.ndarray], spec: InputSpec, folder: Path, cfg: FitConfig,
                    warnings: list[str]) -> tuple[str, dict[str, Any]]:
     """Write the fp32 ONNX file and, where the method allows, the int8 one; (int8 entry's file, quant info)."""
     fp32_path = folder / export.FP32_FILE
@@ -416,12 +416,13 @@ def _export_models(trained: Any, prepared: list[np.ndarray], spec: InputSpec, fo
         return export.FP32_FILE, {"enabled": False, "error": msg}
 
 
-def _write_provisional(folder: Path, cfg: FitConfig, spec: InputSpec, trained: Any, int8_file: str,
+def _write_provisional(folder: Path, cfg: FitConfig, spec: InputSpec, trained: base.Trained, int8_file: str,
                        training: TrainingSummary, quant: dict[str, Any]) -> None:
     """A manifest with placeholder thresholds (complete: false) so that `Detector` (the daemon's code) can
     score with each model; the daemon's loader refuses it, should the fit die before the real one."""
     placeholder = Threshold(value=0.0, method="manual", source="provisional")
-    entries = {"fp32": (export.FP32_FILE, placeholder, None), "int8": (int8_file, placeholder, None)}
+    entries: dict[export.Precision, export.Entry] = {"fp32": (export.FP32_FILE, placeholder, None),
+                                                     "int8": (int8_file, placeholder, None)}
     provisional = export.build_manifest(folder, cfg.method, spec, trained.outputs, entries, "fp32", training, quant,
                                         runtimes=("onnxruntime", "opencv"), complete=False)
     export.write(folder, provisional)
@@ -439,7 +440,8 @@ def through_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     import cv2
 
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else image
+    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else None
+    return image if decoded is None else decoded
 
 
 def _score_as_camera(folder: Path, precision: str, images: list[np.ndarray], cfg: FitConfig, desc: str,
@@ -505,145 +507,179 @@ def _crossfit_source(n: int, folds: int) -> str:
             f"that never saw it; the bundle's model is trained on all of them)")
 
 
+@dataclass
+class _FitImages:
+    """The decoded images of one fit at the model's size (`_read`), with their records in the same order."""
+
+    prepared: list[np.ndarray]  # training images as the method takes them (`prepare_uint8`)
+    det_train: list[np.ndarray]  # the same images for `Detector` (cross-fitting only; [] with a hold-out split)
+    train_recs: list[Record]
+    hold_images: list[np.ndarray]  # hold-out images for `Detector` ([] when cross-fitting)
+    hold_recs: list[Record]
+    test_images: list[np.ndarray]  # the data's test split, when `check_test` (empty otherwise)
+    test_recs: list[Record]
+
+
+def _read_fit_images(cfg: FitConfig, plan: FitPlan, spec: InputSpec) -> _FitImages:
+    """Decode the plan's images once; unreadable ones are skipped, then the amounts are checked again."""
+    progress = cfg.options.progress
+    det_train: list[np.ndarray] = []
+    hold_images: list[np.ndarray] = []
+    hold_recs: list[Record] = []
+    if cfg.folds:
+        # Read once at model size; the method's copy is the same pixels in its color order.
+        det_train, train_recs = _read(plan.train, progress, "reading train", spec, for_detector=True)
+        prepared = [prepare_uint8(im, spec) for im in det_train]
+        _check_folds(plan.method, cfg, len(prepared))
+    else:
+        prepared, train_recs = _read(plan.train, progress, "reading train", spec)
+        hold_images, hold_recs = _read(plan.hold, progress, "reading hold-out", spec, for_detector=True)
+        _check_amounts(plan.method, cfg, len(prepared), len(hold_images), "readable ")
+    test_images: list[np.ndarray] = []
+    test_recs: list[Record] = []
+    if cfg.check_test and plan.dataset.test:
+        test_images, test_recs = _read(plan.dataset.test, progress, "reading test", spec, for_detector=True)
+    return _FitImages(prepared, det_train, train_recs, hold_images, hold_recs, test_images, test_recs)
+
+
+def _cross_fit_step(cfg: FitConfig, method: Method, images: _FitImages, spec: InputSpec, staging: Path, root: Path,
+                    warnings: list[str]) -> tuple[crossfit.OutOfFold | None, list[dict[str, Any]]]:
+    """With --folds: the out-of-fold scores, and the outliers among them (dropped from `images` and the scores)."""
+    if not cfg.folds:
+        return None, []
+    oof = _cross_fit(cfg, method, images.prepared, images.det_train, spec, staging)
+    outliers = _oof_outliers(cfg, oof, images.train_recs, root, warnings)
+    if outliers:
+        bad = {o["index"] for o in outliers}
+        keep = [i for i in range(len(images.prepared)) if i not in bad]
+        images.prepared = [images.prepared[i] for i in keep]
+        images.det_train = [images.det_train[i] for i in keep]
+        images.train_recs = [images.train_recs[i] for i in keep]
+        for key in list(oof.scores):
+            oof.scores[key] = oof.scores[key][keep]
+            peaks = oof.peaks.get(key)
+            oof.peaks[key] = None if peaks is None else peaks[keep]
+    return oof, outliers
+
+
+@dataclass
+class _FinalModel:
+    """The bundle's own model, trained on all training images and exported to the staging folder."""
+
+    trained: base.Trained
+    spec: InputSpec  # the trained model's input spec, with the data's bit depth
+    int8_file: str  # the int8 entry's file: `export.INT8_FILE`, or `export.FP32_FILE` when not quantized
+    quant: dict[str, Any]  # the manifest's quantization section
+    train_seconds: float
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the bundle has a separate int8 model."""
+        return self.int8_file != export.FP32_FILE
+
+
+def _train_final(cfg: FitConfig, method: Method, images: _FitImages, spec: InputSpec, staging: Path,
+                 warnings: list[str]) -> _FinalModel:
+    """Fit the bundle's model on `images.prepared` (then emptied: the pixels are no longer needed) and export it."""
+    seed_everything(cfg.options.seed)
+    t_train = time.perf_counter()
+    trained = method.fit(images.prepared, cfg.options)
+    train_seconds = time.perf_counter() - t_train
+    if trained.spec.model_copy(update={"bit_depth": spec.bit_depth}) != spec:
+        log.info("method %s changed its input spec while fitting; using the trained one", cfg.method)
+    spec = trained.spec.model_copy(update={"bit_depth": spec.bit_depth})
+    int8_file, quant = _export_models(trained, images.prepared, spec, staging, cfg, warnings)
+    images.prepared = []  # the training pixels are no longer needed
+    return _FinalModel(trained, spec, int8_file, quant, train_seconds)
+
+
+def _score_models(cfg: FitConfig, staging: Path, final: _FinalModel, oof: crossfit.OutOfFold | None,
+                  images: _FitImages, reference: list[np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Per precision: calibration scores (out-of-fold, or the hold-out's as a camera delivers it) and maps,
+    map peaks, test scores, and the scores of `reference` images and their synthetically blemished copies.
+    int8 is the same dict as fp32 when the bundle has no separate int8 model."""
+    opts = cfg.options
+    has_both = len({r.is_good for r in images.test_recs}) == 2
+    synthetic: list[np.ndarray] = []
+    if final.quantized and not has_both:
+        # No defective test images: judge int8 on good images with synthetic blemishes instead.
+        rng = np.random.default_rng(opts.seed + 1)
+        synthetic = [with_blemishes(im, rng) for im in reference]
+    scores: dict[str, dict[str, Any]] = {}
+    for precision in ("fp32", "int8"):
+        if precision == "int8" and not final.quantized:
+            scores["int8"] = scores["fp32"]
+            continue
+        if oof is not None:
+            hold_scores, hold_maps = oof.scores[precision], None
+            peaks = oof.peaks.get(precision)
+        else:
+            hold_scores, hold_maps = _score_as_camera(staging, precision, images.hold_images, cfg,
+                                                      f"scoring hold-out ({precision})")
+            peaks = None
+        test_scores, _ = _score(staging, precision, images.test_images, opts.progress, f"scoring test ({precision})",
+                                keep_maps=False)
+        synth_scores, _ = _score(staging, precision, synthetic, False, "", keep_maps=False)
+        ref_scores = hold_scores if oof is None else _score(staging, precision, reference, False, "",
+                                                            keep_maps=False)[0]
+        scores[precision] = {"hold": hold_scores, "maps": hold_maps, "peaks": peaks, "test": test_scores,
+                             "synthetic": synth_scores, "reference": ref_scores}
+    return scores
+
+
+def _final_entries(cfg: FitConfig, final: _FinalModel, scores: dict[str, dict[str, Any]], source: str,
+                   ) -> dict[export.Precision, export.Entry]:
+    """Each model's image threshold (from the calibration scores) and map threshold (from their maps' peaks)."""
+    has_map = bool(final.trained.outputs.map)
+    entries: dict[export.Precision, export.Entry] = {}
+    files: tuple[tuple[export.Precision, str], ...] = (("fp32", export.FP32_FILE), ("int8", final.int8_file))
+    for precision, file in files:
+        s = scores[precision]
+        thr = calibrate.image_threshold(s["hold"], cfg.percentile, cfg.target_frr, source)
+        mthr: float | None = None
+        if has_map and s["peaks"] is not None:
+            mthr = calibrate.image_threshold(s["peaks"], cfg.percentile, cfg.target_frr).value
+        elif has_map:
+            mthr = calibrate.map_threshold(s["maps"], cfg.percentile, cfg.target_frr)
+        entries[precision] = (file, thr, mthr)
+    return entries
+
+
+def _training_params(cfg: FitConfig, final: _FinalModel, calibration: dict[str, Any], skipped: int,
+                     outliers: list[dict[str, Any]], verification: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest's ``training.params``: the method's own, then how the fit ran (as plain JSON types)."""
+    opts, spec = cfg.options, final.spec
+    return export.jsonable({
+        **final.trained.params,
+        "size": [spec.width, spec.height], "size_chosen_from_data": cfg.auto_size,
+        "seed": opts.seed, "epochs": opts.epochs, "options": dict(opts.extra),
+        **calibration, "calibration_jpeg_quality": cfg.jpeg_quality or None,
+        "skipped_unreadable": skipped,
+        "holdout_outliers": [{k: v for k, v in o.items() if k != "index"} for o in outliers],
+        "holdout_outliers_dropped": bool(outliers),
+        "bit_depth": spec.bit_depth,
+        "train_seconds": round(final.train_seconds, 1),
+        "verification": verification,
+    })
+
+
 def fit_bundle(cfg: FitConfig) -> FitResult:
     """Run the whole pipeline; returns the written bundle's manifest and the int8 parity figures."""
     t_start = time.perf_counter()
     plan = check_fit(cfg)
-    opts, method, ds = cfg.options, plan.method, plan.dataset
-    log.info("data: %s", ds.describe())
+    log.info("data: %s", plan.dataset.describe())
     spec = plan.spec.model_copy(update={"bit_depth": _bit_depth(cfg, plan.train)})
     cfg = dataclasses.replace(cfg, jpeg_quality=jpeg_quality_for(cfg, plan.train))
-    if cfg.folds:
-        # Read once at model size; the method's copy is the same pixels in its color order.
-        det_train, train_recs = _read(plan.train, opts.progress, "reading train", spec, for_detector=True)
-        prepared = [prepare_uint8(im, spec) for im in det_train]
-        _check_folds(method, cfg, len(prepared))
-        hold_images, hold_recs = [], []
-    else:
-        prepared, train_recs = _read(plan.train, opts.progress, "reading train", spec)
-        hold_images, hold_recs = _read(plan.hold, opts.progress, "reading hold-out", spec, for_detector=True)
-        _check_amounts(method, cfg, len(prepared), len(hold_images), "readable ")
-    test_images: list[np.ndarray] = []
-    test_recs: list[Record] = []
-    if cfg.check_test and ds.test:
-        test_images, test_recs = _read(ds.test, opts.progress, "reading test", spec, for_detector=True)
-    log.info("method %s: training on %d images (%s), %s", cfg.method, len(prepared),
+    images = _read_fit_images(cfg, plan, spec)
+    log.info("method %s: training on %d images (%s), %s", cfg.method, len(images.prepared),
              f"{spec.width}x{spec.height} {spec.color_order}",
-             f"threshold from {cfg.folds}-fold cross-fitting" if cfg.folds else f"{len(hold_images)} held out")
+             f"threshold from {cfg.folds}-fold cross-fitting" if cfg.folds else f"{len(images.hold_images)} held out")
 
     out = Path(cfg.out)
     tmp = bundle_out.staging(out)
     warnings: list[str] = []
     try:
-        oof: crossfit.OutOfFold | None = None
-        outliers: list[dict[str, Any]] = []
-        if cfg.folds:
-            oof = _cross_fit(cfg, method, prepared, det_train, spec, tmp)
-            outliers = _oof_outliers(cfg, oof, train_recs, ds.root, warnings)
-            if outliers:
-                bad = {o["index"] for o in outliers}
-                keep = [i for i in range(len(prepared)) if i not in bad]
-                prepared = [prepared[i] for i in keep]
-                det_train = [det_train[i] for i in keep]
-                train_recs = [train_recs[i] for i in keep]
-                for key in list(oof.scores):
-                    oof.scores[key] = oof.scores[key][keep]
-                    peaks = oof.peaks.get(key)
-                    oof.peaks[key] = None if peaks is None else peaks[keep]
-        seed_everything(opts.seed)
-        t_train = time.perf_counter()
-        trained = method.fit(prepared, opts)
-        train_seconds = time.perf_counter() - t_train
-        if trained.spec.model_copy(update={"bit_depth": spec.bit_depth}) != spec:
-            log.info("method %s changed its input spec while fitting; using the trained one", cfg.method)
-        spec = trained.spec.model_copy(update={"bit_depth": spec.bit_depth})
-        int8_file, quant = _export_models(trained, prepared, spec, tmp, cfg, warnings)
-        del prepared  # the training pixels are no longer needed
-
-        training = TrainingSummary(count=len(train_recs), holdout=len(hold_recs), data=str(cfg.data),
-                                   file_list_sha256=file_list_sha256(train_recs, ds.root))
-        _write_provisional(tmp, cfg, spec, trained, int8_file, training, quant)
-
-        has_both = len({r.is_good for r in test_recs}) == 2
-        reference = det_train[:len(hold_images) or 64] if oof is not None else hold_images
-        synthetic: list[np.ndarray] = []
-        if int8_file != export.FP32_FILE and not has_both:
-            # No defective test images: judge int8 on good images with synthetic blemishes instead.
-            rng = np.random.default_rng(opts.seed + 1)
-            synthetic = [with_blemishes(im, rng) for im in reference]
-        scores: dict[str, dict[str, Any]] = {}
-        for precision in ("fp32", "int8"):
-            if precision == "int8" and int8_file == export.FP32_FILE:
-                scores["int8"] = scores["fp32"]
-                continue
-            if oof is not None:
-                hold_scores, hold_maps = oof.scores[precision], None
-                peaks = oof.peaks.get(precision)
-            else:
-                hold_scores, hold_maps = _score_as_camera(tmp, precision, hold_images, cfg,
-                                                          f"scoring hold-out ({precision})")
-                peaks = None
-            test_scores, _ = _score(tmp, precision, test_images, opts.progress, f"scoring test ({precision})",
-                                    keep_maps=False)
-            synth_scores, _ = _score(tmp, precision, synthetic, False, "", keep_maps=False)
-            ref_scores = hold_scores if oof is None else _score(tmp, precision, reference, False, "",
-                                                                keep_maps=False)[0]
-            scores[precision] = {"hold": hold_scores, "maps": hold_maps, "peaks": peaks, "test": test_scores,
-                                 "synthetic": synth_scores, "reference": ref_scores}
-        with unfinished_allowed(tmp):
-            runtimes = opencv_parity(tmp, reference[:OPENCV_CHECK_IMAGES], scores["fp32"]["reference"])
-
-        n_hold_scored = len(hold_recs)
-        if oof is None:
-            hold_recs, hold_images, outliers = _drop_holdout_outliers(cfg, scores, hold_recs, hold_images, ds.root,
-                                                                      warnings)
-            source = _threshold_source(len(hold_recs), cfg.holdout)
-        else:
-            source = _crossfit_source(len(train_recs), cfg.folds)
-        final_entries: dict[str, tuple[str, Threshold, float | None]] = {}
-        for precision, file in (("fp32", export.FP32_FILE), ("int8", int8_file)):
-            s = scores[precision]
-            thr = calibrate.image_threshold(s["hold"], cfg.percentile, cfg.target_frr, source)
-            mthr: float | None = None
-            if trained.outputs.map and s["peaks"] is not None:
-                mthr = calibrate.image_threshold(s["peaks"], cfg.percentile, cfg.target_frr).value
-            elif trained.outputs.map:
-                mthr = calibrate.map_threshold(s["maps"], cfg.percentile, cfg.target_frr)
-            final_entries[precision] = (file, thr, mthr)
-        trust = calibrate.trust_warning(final_entries["fp32"][1])
-        if trust:
-            log.info("%s", trust)  # a warning for the caller: the CLI prints it once
-            warnings.append(trust)
-
-        parity, default = _parity(scores, test_recs, int8_file != export.FP32_FILE, cfg)
-        if parity.get("warning"):
-            warnings.append(parity["warning"])
-        verification = verify_on_defects(scores[default]["test"], test_recs, final_entries[default][1].value,
-                                         scores[default]["hold"], ds.root)
-        if verification:
-            log.info("defect images (verification only, nothing was chosen on them): %s", verification["summary"])
-        quant["parity"] = parity
-        quant["default_reason"] = parity.get("decision", "")
-
-        calibration: dict[str, Any] = ({"calibration": "cross-fit", "folds": cfg.folds,
-                                        "crossfit_seconds": round(oof.seconds, 1)} if oof is not None else
-                                       {"calibration": "hold-out", "holdout_fraction": cfg.holdout,
-                                        "holdout_file_list_sha256": file_list_sha256(hold_recs, ds.root)})
-        training = training.model_copy(update={"holdout": len(hold_recs), "params": export.jsonable({
-            **trained.params,
-            "size": [spec.width, spec.height], "size_chosen_from_data": cfg.auto_size,
-            "seed": opts.seed, "epochs": opts.epochs, "options": dict(opts.extra),
-            **calibration, "calibration_jpeg_quality": cfg.jpeg_quality or None,
-            "skipped_unreadable": len(ds.train) - len(train_recs) - n_hold_scored - len(outliers),
-            "holdout_outliers": [{k: v for k, v in o.items() if k != "index"} for o in outliers],
-            "holdout_outliers_dropped": bool(outliers),
-            "bit_depth": spec.bit_depth,
-            "train_seconds": round(train_seconds, 1),
-            "verification": verification,
-        })})
-        manifest = export.build_manifest(tmp, cfg.method, spec, trained.outputs, final_entries, default, training,
-                                         quant, runtimes=runtimes)
-        export.write(tmp, manifest)  # complete: written last, the bundle is whole from here on
+        manifest, parity = _fit_in(tmp, cfg, plan, spec, images, warnings)
         bundle_out.install(tmp, out)
     except BaseException:
         bundle_out.discard(tmp)
@@ -651,6 +687,58 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
     seconds = time.perf_counter() - t_start
     log.info("bundle %s written to %s in %.1f s (default %s)", manifest.bundle_id, out, seconds, manifest.default)
     return FitResult(out, manifest, seconds, parity, warnings)
+
+
+def _fit_in(tmp: Path, cfg: FitConfig, plan: FitPlan, spec: InputSpec, images: _FitImages, warnings: list[str],
+            ) -> tuple[Manifest, dict[str, Any]]:
+    """Train, export, score and calibrate into the staging folder `tmp`; the complete manifest (written last)
+    and the int8 parity figures."""
+    ds = plan.dataset
+    oof, outliers = _cross_fit_step(cfg, plan.method, images, spec, tmp, ds.root, warnings)
+    final = _train_final(cfg, plan.method, images, spec, tmp, warnings)
+    training = TrainingSummary(count=len(images.train_recs), holdout=len(images.hold_recs), data=str(cfg.data),
+                               file_list_sha256=file_list_sha256(images.train_recs, ds.root))
+    _write_provisional(tmp, cfg, final.spec, final.trained, final.int8_file, training, final.quant)
+
+    reference = images.det_train[:len(images.hold_images) or 64] if oof is not None else images.hold_images
+    scores = _score_models(cfg, tmp, final, oof, images, reference)
+    with unfinished_allowed(tmp):
+        runtimes = opencv_parity(tmp, reference[:OPENCV_CHECK_IMAGES], scores["fp32"]["reference"])
+
+    n_hold_scored = len(images.hold_recs)
+    if oof is None:
+        images.hold_recs, images.hold_images, outliers = _drop_holdout_outliers(
+            cfg, scores, images.hold_recs, images.hold_images, ds.root, warnings)
+        source = _threshold_source(len(images.hold_recs), cfg.holdout)
+    else:
+        source = _crossfit_source(len(images.train_recs), cfg.folds)
+    entries = _final_entries(cfg, final, scores, source)
+    trust = calibrate.trust_warning(entries["fp32"][1])
+    if trust:
+        log.info("%s", trust)  # a warning for the caller: the CLI prints it once
+        warnings.append(trust)
+
+    parity, default = _parity(scores, images.test_recs, final.quantized, cfg)
+    if parity.get("warning"):
+        warnings.append(parity["warning"])
+    verification = verify_on_defects(scores[default]["test"], images.test_recs, entries[default][1].value,
+                                     scores[default]["hold"], ds.root)
+    if verification:
+        log.info("defect images (verification only, nothing was chosen on them): %s", verification["summary"])
+    final.quant["parity"] = parity
+    final.quant["default_reason"] = parity.get("decision", "")
+
+    calibration: dict[str, Any] = ({"calibration": "cross-fit", "folds": cfg.folds,
+                                    "crossfit_seconds": round(oof.seconds, 1)} if oof is not None else
+                                   {"calibration": "hold-out", "holdout_fraction": cfg.holdout,
+                                    "holdout_file_list_sha256": file_list_sha256(images.hold_recs, ds.root)})
+    skipped = len(ds.train) - len(images.train_recs) - n_hold_scored - len(outliers)
+    training = training.model_copy(update={"holdout": len(images.hold_recs), "params": _training_params(
+        cfg, final, calibration, skipped, outliers, verification)})
+    manifest = export.build_manifest(tmp, cfg.method, final.spec, final.trained.outputs, entries, default, training,
+                                     final.quant, runtimes=runtimes)
+    export.write(tmp, manifest)  # complete: written last, the bundle is whole from here on
+    return manifest, parity
 
 
 def verify_on_defects(scores: np.ndarray, records: list[Record], threshold: float,
@@ -694,7 +782,7 @@ OPENCV_CHECK_IMAGES = 8
 OPENCV_TOLERANCE = 1e-3  # relative score difference allowed between cv2.dnn and ONNX Runtime (fp32)
 
 
-def opencv_parity(bundle: Path, images: list[np.ndarray], ort_scores: np.ndarray) -> tuple[str, ...]:
+def opencv_parity(bundle: Path, images: list[np.ndarray], ort_scores: np.ndarray) -> tuple[export.Runtime, ...]:
     """Runtimes the bundle may declare: OpenCV DNN only when it reproduces ONNX Runtime's fp32 scores."""
     if not images:
         return ("onnxruntime",)
@@ -716,7 +804,7 @@ def opencv_parity(bundle: Path, images: list[np.ndarray], ort_scores: np.ndarray
 
 
 def _parity(scores: dict[str, dict[str, Any]], test_recs: list[Record], quantized: bool, cfg: FitConfig,
-            ) -> tuple[dict[str, Any], str]:
+            ) -> tuple[dict[str, Any], export.Precision]:
     """int8 vs fp32 on the same images, and which model the manifest makes the default."""
     if not quantized:
         return {"decision": "fp32: no separate int8 model"}, "fp32"
