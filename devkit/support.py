@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -28,6 +29,18 @@ if TYPE_CHECKING:
 # A decoded JSON object, as the daemon publishes them (results, rejects, stats, health): its values are
 # whatever JSON types the message carried, for the test to compare.
 JsonObject = dict[str, Any]
+
+
+def json_object(value: object) -> JsonObject:
+    """`value` (a nested section of a manifest or message) as the JSON object the test expects there."""
+    assert isinstance(value, dict), f"not a JSON object: {value!r}"
+    return value
+
+
+def json_array(value: object) -> list[Any]:
+    """`value` (a nested section of a manifest or message) as the JSON array the test expects there."""
+    assert isinstance(value, list), f"not a JSON array: {value!r}"
+    return value
 
 # `edged` with a switch that hangs inference while $EDGED_TEST_FREEZE_FILE exists (kept out of edged/)
 FROZEN_DAEMON = Path(__file__).resolve().parents[1] / "devkit" / "frozen_daemon.py"
@@ -91,11 +104,16 @@ def spot_frame(defective: bool, size: tuple[int, int] = (80, 60), seed: int = 0,
     return img
 
 
+def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """`cv2.imread` for a file the test wrote: fails naming the file where it cannot be read (imread's None)."""
+    image = cv2.imread(str(path), flags)
+    assert image is not None, f"cannot read the image {path}"
+    return image
+
+
 def write_spot_video(path: Path, n_frames: int, defective: set[int], fps: float = 30.0,
                      size: tuple[int, int] = (80, 60)) -> list[bool]:
     """An MJPG video of spot frames (readable by OpenCV's FFmpeg backend); returns the labels."""
-    import cv2
-
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, size)
     assert writer.isOpened()
     labels = []

@@ -12,8 +12,10 @@ import torch
 
 from tools.methods.base import FitOptions
 from tools.methods.cae import METHOD
+from tools.methods.cae.export import CaeTrained
 from tools.methods.cae.model import SSIM_C1, SSIM_C2, ErrorHead, ssim_map, ssim_window
 from tools.methods.cae.options import CaeConfig
+from tools.methods.cae.train import CaeMethod
 from tools.methods.components.blur import gaussian_kernel
 from tools.methods.registry import get_method
 
@@ -33,17 +35,23 @@ def _images(n: int, channels: int, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-def _fit(name: str, n: int = 12, **extra: str) -> tuple[object, FitOptions]:
-    opts = FitOptions(size=SIZE, seed=0, epochs=2, extra={**TINY, **extra}, progress=False)
+def _cae(name: str) -> CaeMethod:
     method = get_method(name)
+    assert isinstance(method, CaeMethod), method
+    return method
+
+
+def _fit(name: str, n: int = 12, **extra: str) -> tuple[CaeTrained, FitOptions]:
+    opts = FitOptions(size=SIZE, seed=0, epochs=2, extra={**TINY, **extra}, progress=False)
+    method = _cae(name)
     spec = method.input_spec(opts)
     return method.fit(_images(n, spec.channels), opts), opts
 
 
-def _batch(trained: object, n: int) -> np.ndarray:
+def _batch(trained: CaeTrained, n: int) -> np.ndarray:
     from edged.preprocess import to_tensor
 
-    spec = trained.spec  # type: ignore[attr-defined]
+    spec = trained.spec
     return np.stack([to_tensor(im, spec) for im in _images(n, spec.channels, seed=1)])
 
 
@@ -71,7 +79,7 @@ def test_export_matches_torch_and_has_dynamic_batch(name: str, tmp_path: Path) -
 
 
 def test_variants_differ_as_documented() -> None:
-    ref = get_method("cae-reference").config(FitOptions())
+    ref = _cae("cae-reference").config(FitOptions())
     default = METHOD.config(FitOptions())
     assert METHOD.name == "cae"
     assert ref.widths == (32, 64, 128, 256, 512) and ref.decoder == "convT" and ref.score == "mean"

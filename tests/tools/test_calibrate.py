@@ -133,7 +133,8 @@ def test_defective_parts_among_calibration_images_are_refused_or_dropped(tmp_pat
     t = m.models["fp32"].threshold
     assert t.n_images == 20 and "2 outliers dropped" in t.source
     assert any("dropped 2 calibration image(s)" in n and "odd_0.png" in n for n in notes)
-    assert sorted(m.history[-1]["dropped_outliers"]) == ["odd_0.png", "odd_1.png"]  # type: ignore[arg-type]
+    dropped = m.history[-1]["dropped_outliers"]
+    assert isinstance(dropped, list) and sorted(dropped) == ["odd_0.png", "odd_1.png"]
 
 
 def test_each_calibration_has_its_own_identity_and_the_history(tmp_path: Path) -> None:
@@ -147,6 +148,8 @@ def test_each_calibration_has_its_own_identity_and_the_history(tmp_path: Path) -
     assert len({first.bundle_id, m1.bundle_id, m2.bundle_id}) == 3
     assert m1.bundle_id.startswith(first.bundle_id + "-r1-") and m2.bundle_id.startswith(first.bundle_id + "-r2-")
     assert [h["bundle_id"] for h in m2.history] == [first.bundle_id, m1.bundle_id]
-    assert m2.history[0]["thresholds"]["fp32"]["value"] == first.models["fp32"].threshold.value  # type: ignore[index]
-    assert m2.history[1]["thresholds"]["fp32"]["n_images"] == 12  # type: ignore[index]
+    before, after = m2.history[0]["thresholds"], m2.history[1]["thresholds"]
+    assert isinstance(before, dict) and isinstance(after, dict)
+    assert before["fp32"]["value"] == first.models["fp32"].threshold.value
+    assert after["fp32"]["n_images"] == 12
     assert load_manifest(bundle) == m2

@@ -142,10 +142,11 @@ def test_any_arguments_exit_0_or_2_never_a_traceback(arena: dict[str, Path], tmp
                                                      capsys: pytest.CaptureFixture[str], case: tuple[Any, ...]) -> None:
     out = Path(tempfile.mkdtemp(dir=tmp_path)) / "out"  # fresh per example
     argv = _argv(case, arena, out)
+    code: int | str | None
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse: bad syntax
-        code = exc.code  # type: ignore[assignment]
+        code = exc.code
     err = capsys.readouterr().err
     assert code in (0, 2), (argv, code, err)
     assert "Traceback" not in err, (argv, err)

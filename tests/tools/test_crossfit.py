@@ -3,11 +3,13 @@ saw it, through the daemon's Detector; the threshold comes from all n out-of-fol
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from devkit.support import read_image
 from edged.bundle import load_manifest
 from edged.detector import Detector
 from tools import crossfit, synth
@@ -32,7 +34,7 @@ def test_out_of_fold_puts_each_score_back_in_image_order() -> None:
     """Each image's score comes from the one fold whose model did not train on it."""
     seen: list[tuple[set[int], set[int]]] = []
 
-    def fit_and_score(train: list[int], held: list[int], fold: int) -> dict[str, crossfit.HeldScores]:
+    def fit_and_score(train: Sequence[int], held: Sequence[int], fold: int) -> dict[str, crossfit.HeldScores]:
         seen.append((set(train), set(held)))
         return {"fp32": crossfit.HeldScores(np.asarray(held, float) + 0.5, np.asarray(held, float))}
 
@@ -86,7 +88,7 @@ def test_a_fold_model_never_trains_on_the_images_it_scores(tmp_path: Path) -> No
     synth.write_folder(good, 20, [], size=(48, 48), seed=4)
     import cv2
 
-    odd = 255 - cv2.imread(str(sorted(good.iterdir())[0]))
+    odd = 255 - read_image(sorted(good.iterdir())[0])
     cv2.imwrite(str(good / "zz_odd.png"), odd)
     with pytest.raises(ValueError, match=r"zz_odd\.png"):
         fit_bundle(FitConfig(data=good, method="mean-distance-test", out=tmp_path / "b", folds=4,

@@ -30,7 +30,9 @@ def test_aupro_perfect_and_hand_computed() -> None:
     half[2:4, 2:4] = 1.0
     half[7:9, 6:9] = 0.0
     assert aupro([mask], [half]) == pytest.approx(0.5)
-    fpr, pro = pro_curve([mask], [half])  # type: ignore[misc]
+    curve = pro_curve([mask], [half])
+    assert curve is not None
+    fpr, pro = curve
     assert fpr[-1] == pytest.approx(1.0) and pro[-1] == pytest.approx(1.0)
     # an inverted map finds nothing before every good pixel is flagged
     assert aupro([mask], [1.0 - perfect]) == pytest.approx(0.0)
@@ -45,7 +47,8 @@ def test_aupro_weights_regions_equally() -> None:
     found_big = np.where(mask, 0.0, 0.5)
     found_big[0:10, 0:10] = 1.0
     assert aupro([mask], [found_big]) == pytest.approx(0.5)
-    assert pixel_auroc([mask], [found_big]) > 0.99
+    auroc = pixel_auroc([mask], [found_big])
+    assert auroc is not None and auroc > 0.99
 
 
 def test_rates_and_recall_at_frr() -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
+from devkit.support import read_image
 from edged.preprocess import prepare_uint8, to_tensor
 from tools.methods.base import FitOptions
 from tools.methods.components.options import OptionError
@@ -76,9 +76,11 @@ def test_pipeline_bundle_runs_in_the_daemon_detector(synth_data: Path, tmp_path:
     result = fit_bundle(FitConfig(data=synth_data, method="featae", out=tmp_path / "b", folds=2,
                                   options=FitOptions(size=SIZE, extra=EXTRA, progress=False)))
     m = result.manifest
-    assert m.method == "featae" and m.quantization["enabled"] and "Conv" in m.quantization["ops"]["int8"]
-    assert m.quantization["ops"]["fp32"]["Conv"] >= 4  # the autoencoder's four stay fp32
-    frames = [cv2.imread(str(p)) for p in sorted((synth_data / "test").rglob("*.png"))]
+    ops = m.quantization["ops"]
+    assert isinstance(ops, dict)
+    assert m.method == "featae" and m.quantization["enabled"] and "Conv" in ops["int8"]
+    assert ops["fp32"]["Conv"] >= 4  # the autoencoder's four stay fp32
+    frames = [read_image(p) for p in sorted((synth_data / "test").rglob("*.png"))]
     fp32 = [o.score for o in Detector(result.bundle, precision="fp32").infer(frames)]
     int8 = Detector(result.bundle, precision="int8").infer(frames)
     assert int8[0].anomaly_map is not None and int8[0].anomaly_map.shape == (SIZE, SIZE)

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
+from devkit.support import read_image
 from edged.bundle import load_manifest
 from edged.detector import Detector
 from tools import input_size, synth
@@ -57,7 +57,7 @@ def test_non_square_bundle_end_to_end(tmp_path: Path) -> None:
     assert fit.returncode == 0, fit.stderr
     m = load_manifest(out)
     assert (m.input.width, m.input.height) == (256, 64) and m.training.params["size_chosen_from_data"]
-    frames = [cv2.imread(str(p)) for p in sorted((data / "test").rglob("*.png"))]
+    frames = [read_image(p) for p in sorted((data / "test").rglob("*.png"))]
     labels = [p.parent.name != "good" for p in sorted((data / "test").rglob("*.png"))]
     results = Detector(out).infer(frames)
     assert results[0].anomaly_map is not None and results[0].anomaly_map.shape == (64, 256)

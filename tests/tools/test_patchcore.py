@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from devkit.support import read_image
 from edged.preprocess import prepare_uint8, to_tensor
 from tools import backbones
 from tools.methods.base import FitOptions
@@ -216,8 +217,9 @@ def test_pipeline_bundle_runs_in_the_daemon_detector(synth_data: Path, tmp_path:
     assert m.method == "patchcore" and set(m.models) == {"int8", "fp32"}
     assert (m.input.color_order, m.input.mean, m.input.std) == ("rgb", (0.0,), (1.0,))
     ops = m.quantization["ops"]
+    assert isinstance(ops, dict)
     assert "MatMul" in ops["int8"] and {"Sqrt", "TopK"} <= set(ops["fp32"])
-    frames = [cv2.imread(str(p)) for p in sorted((synth_data / "test").rglob("*.png"))]
+    frames = [read_image(p) for p in sorted((synth_data / "test").rglob("*.png"))]
     fp32 = [o.score for o in Detector(result.bundle, precision="fp32").infer(frames)]
     int8 = Detector(result.bundle).infer(frames)
     assert int8[0].anomaly_map is not None and int8[0].anomaly_map.shape == (SIZE, SIZE)

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.text import Text
 
 from tools import report
 
@@ -27,14 +30,15 @@ def _data(n: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[Rec]
     return labels, scores, records
 
 
-def _texts_px(fig: object) -> list[tuple[str, float]]:
+def _texts_px(fig: Figure) -> list[tuple[str, float]]:
     """(text, height in screen pixels on the report page) of every visible text of a figure."""
-    width_px = fig.get_figwidth() * fig.dpi  # type: ignore[attr-defined]
+    width_px = fig.get_figwidth() * fig.dpi
     shrink = min(1.0, report.PAGE_WIDTH_PX / width_px)
     out = []
-    for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and hasattr(a, "get_text")):  # type: ignore[attr-defined]
+    for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and hasattr(a, "get_text")):
+        assert isinstance(t, Text), t  # what has a font size and a text is a Text (or an Annotation)
         if t.get_visible() and t.get_text().strip():
-            out.append((t.get_text(), t.get_fontsize() * fig.dpi / 72 * shrink))  # type: ignore[attr-defined]
+            out.append((t.get_text(), float(t.get_fontsize()) * fig.dpi / 72 * shrink))
     return out
 
 
@@ -44,7 +48,7 @@ def _robustness_report() -> dict[str, object]:
         "noise": {"frr": None, "recall": 1.0}}}
 
 
-def _examples() -> object:
+def _examples() -> tuple[Figure, int]:
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, (40, 40, 3), dtype=np.uint8) for _ in range(6)]
     maps = [rng.random((32, 32)).astype(np.float32) for _ in range(6)]
@@ -60,25 +64,28 @@ def test_every_text_is_readable_on_the_page(which: str) -> None:
     fig = (_examples()[0] if which == "examples" else
            report.histogram_figure(labels, scores, records, {"threshold": 1.4}) if which == "histogram" else
            report.robustness_figure(_robustness_report()))
-    fig.canvas.draw()  # type: ignore[attr-defined]
+    fig.canvas.draw()
     small = [(t, round(px, 1)) for t, px in _texts_px(fig) if px < report.MIN_TEXT_PX]
     assert not small, small
-    assert fig.get_figwidth() * fig.dpi <= report.PAGE_WIDTH_PX  # type: ignore[attr-defined]
+    assert fig.get_figwidth() * fig.dpi <= report.PAGE_WIDTH_PX
 
 
 def test_every_anomaly_map_has_a_colour_scale() -> None:
     fig, n = _examples()
-    maps = [a for a in fig.axes if a.get_title() == "anomaly map"]  # type: ignore[attr-defined]
-    bars = [a for a in fig.axes if a.get_label() == "<colorbar>"]  # type: ignore[attr-defined]
+    maps = [a for a in fig.axes if a.get_title() == "anomaly map"]
+    bars = [a for a in fig.axes if a.get_label() == "<colorbar>"]
     assert len(maps) == n == len(bars)
 
 
 def test_robustness_legend_hides_no_bar() -> None:
-    fig = report.robustness_figure(_robustness_report())
-    fig.canvas.draw()  # type: ignore[attr-defined]
-    ax = fig.axes[0]  # type: ignore[attr-defined]
-    legend = ax.get_legend().get_window_extent()
-    bars = [p.get_window_extent() for p in ax.patches if np.isfinite(p.get_height()) and p.get_height() > 0]
+    fig: Figure = report.robustness_figure(_robustness_report())
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend_box = ax.get_legend()
+    assert legend_box is not None and all(isinstance(p, Rectangle) for p in ax.patches)
+    legend = legend_box.get_window_extent()
+    bars = [p.get_window_extent() for p in ax.patches
+            if isinstance(p, Rectangle) and np.isfinite(p.get_height()) and p.get_height() > 0]
     assert len(bars) == 5 and not [b for b in bars if b.overlaps(legend)]
     assert {t.get_text() for t in ax.texts} >= {"100", "0", "92"}  # values written, a 0 bar visible too
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
+from devkit.support import read_image
 from edged.bundle import BundleError
 from edged.detector import Detector
 from tools import synth
@@ -26,7 +26,7 @@ def test_cae_runs_the_same_in_both_runtimes(tmp_path: Path, data: Path) -> None:
     bundle = tmp_path / "cae"
     assert train(["fit", str(data), "--method", "cae", "--out", str(bundle), "--size", "64", "--epochs", "2",
                   "-q"]) == 0
-    frames = [cv2.imread(str(p)) for p in sorted((data / "test").rglob("*.png"))]
+    frames = [read_image(p) for p in sorted((data / "test").rglob("*.png"))]
     ort = Detector(bundle, precision="fp32").infer(frames)
     cv = Detector(bundle, runtime="opencv")
     assert cv.manifest.runtimes == ("onnxruntime", "opencv") and cv.precision == "fp32"
