@@ -27,5 +27,5 @@ def _frozen_decide(self: worker.InferenceWorker, batch: list[Any]) -> list[Any]:
 
 
 if __name__ == "__main__":
-    worker.InferenceWorker.decide = _frozen_decide  # type: ignore[method-assign]
+    worker.InferenceWorker.decide = _frozen_decide  # type: ignore[method-assign]  # the test-only switch, see above
     sys.exit(main(sys.argv[1:]))

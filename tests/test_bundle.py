@@ -6,20 +6,21 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from devkit.support import build_max_bundle
+from devkit.support import JsonObject, build_max_bundle, json_object
 from edged.bundle import BundleError, load_manifest, resolve_model
 from edged.detector import Detector
 
 
-def edit_manifest(bundle: Path, change: object) -> None:
+def edit_manifest(bundle: Path, change: Callable[[JsonObject], None]) -> None:
     """Rewrite manifest.json after change(raw dict) (NaN/Infinity written as JSON's non-standard tokens)."""
     path = bundle / "manifest.json"
     raw = json.loads(path.read_text())
-    change(raw)  # type: ignore[operator]
+    change(raw)
     path.write_text(json.dumps(raw))
 
 
@@ -83,11 +84,11 @@ def test_manifest_numbers_are_finite_and_in_range(tmp_path: Path, where: tuple[s
                                                   expected: str) -> None:
     bundle = build_max_bundle(tmp_path / "b")
 
-    def change(raw: dict[str, object]) -> None:
-        node: object = raw
+    def change(raw: JsonObject) -> None:
+        node = raw
         for key in where[:-1]:
-            node = node[key]  # type: ignore[index]
-        node[where[-1]] = value  # type: ignore[index]
+            node = json_object(node[key])
+        node[where[-1]] = value
 
     edit_manifest(bundle, change)
     with pytest.raises(BundleError) as exc:

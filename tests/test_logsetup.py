@@ -134,8 +134,8 @@ def test_journal_handler_when_systemd_python_is_importable(monkeypatch: pytest.M
 
     pkg = types.ModuleType("systemd")
     journal = types.ModuleType("systemd.journal")
-    journal.JournalHandler = FakeJournalHandler  # type: ignore[attr-defined]
-    pkg.journal = journal  # type: ignore[attr-defined]
+    monkeypatch.setattr(journal, "JournalHandler", FakeJournalHandler, raising=False)
+    monkeypatch.setattr(pkg, "journal", journal, raising=False)
     monkeypatch.setitem(sys.modules, "systemd", pkg)
     monkeypatch.setitem(sys.modules, "systemd.journal", journal)
     setup_logging("info", environ={"INVOCATION_ID": "x"})

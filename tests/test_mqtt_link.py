@@ -51,15 +51,15 @@ def test_subscriptions_are_the_tables_topics(tmp_path: Path) -> None:
               topics.command("recipe"): Route(lambda p, t: None, "recipe", retained=True)}
     link = _link(tmp_path, routes)
     client = FakeClient()
-    link._client = client  # type: ignore[assignment]
-    link._on_connect(client, None, None, SimpleNamespace(is_failure=False), None)  # type: ignore[arg-type]
+    link._client = client  # type: ignore[assignment]  # a fake paho client records the calls
+    link._on_connect(client, None, None, SimpleNamespace(is_failure=False), None)  # type: ignore[arg-type]  # fakes for paho
     assert client.subscribed == [[("edged/line1/trigger", 1), ("edged/line1/cmd/recipe", 1)]]
     assert ("edged/line1/status", "online") in client.published
 
     quiet = _link(tmp_path, {})  # no table entry: nothing subscribed (no camera in trigger mode mqtt)
     client = FakeClient()
-    quiet._client = client  # type: ignore[assignment]
-    quiet._on_connect(client, None, None, SimpleNamespace(is_failure=False), None)  # type: ignore[arg-type]
+    quiet._client = client  # type: ignore[assignment]  # a fake paho client records the calls
+    quiet._on_connect(client, None, None, SimpleNamespace(is_failure=False), None)  # type: ignore[arg-type]  # fakes for paho
     assert client.subscribed == []
 
 
@@ -76,15 +76,15 @@ def test_each_message_goes_to_its_topics_handler_or_is_refused(tmp_path: Path,
     routes = {topics.trigger: Route(on_trigger, "trigger"),
               topics.command("recipe"): Route(lambda p, t: got.append(("recipe", p)), "recipe", retained=True)}
     link = _link(tmp_path, routes)
-    link._on_message(None, None, _message(topics.trigger, b"a"))  # type: ignore[arg-type]
-    link._on_message(None, None, _message(topics.command("recipe"), b"r", retain=True))  # type: ignore[arg-type]
+    link._on_message(None, None, _message(topics.trigger, b"a"))  # type: ignore[arg-type]  # a fake message
+    link._on_message(None, None, _message(topics.command("recipe"), b"r", retain=True))  # type: ignore[arg-type]  # a fake message
     assert got == [("trigger", b"a"), ("recipe", b"r")] and link.refused == 0
 
     for msg in (_message(topics.trigger, b"a", retain=True),  # a retained event is stale (logged: the first)
                 _message(topics.trigger, b"bad"),  # the handler refuses it (the log is rate-limited from here)
                 _message(topics.trigger, b"x" * (MAX_PAYLOAD_BYTES + 1)),  # over the limit, never parsed
                 _message(topics.stats), _message("edged/line1/trigger/extra"), _message("other")):
-        link._on_message(None, None, msg)  # type: ignore[arg-type]
+        link._on_message(None, None, msg)  # type: ignore[arg-type]  # a fake message
     assert len(got) == 2 and link.refused == 6 and link.callback_errors == 0
     assert "a retained trigger (stale); publish triggers with retain false" in caplog.text
 

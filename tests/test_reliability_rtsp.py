@@ -118,6 +118,7 @@ def test_rtsp_camera_lost_and_back_repeatedly(tmp_path: Path, tiny_bundle: Path,
     stats = runner.service.stats["cam1"]
     runner.start()
     cycles: list[dict[str, object]] = []
+    counts: list[dict[str, int]] = []  # each cycle's census()
     try:
         wait_until(lambda: runner.service.counters.inspected >= 10, 30, "the first inspections from the stream")
         for kind in ("SIGTERM", "SIGKILL", "SIGSTOP", "SIGKILL", "SIGTERM", "SIGSTOP"):
@@ -142,8 +143,9 @@ def test_rtsp_camera_lost_and_back_repeatedly(tmp_path: Path, tiny_bundle: Path,
             wait_until(lambda: runner.service.counters.inspected >= inspected_before + 10, 30,  # noqa: B023
                        f"inspections again after {kind}")
             assert stats.state == "streaming"
+            counts.append(census())
             cycles.append({"fault": kind, "detected_s": round(detected_s, 2), "reconnect_s": round(reconnect_s, 2),
-                           **census()})
+                           **counts[-1]})
     finally:
         runner.stop()
         server.stop()
@@ -156,11 +158,11 @@ def test_rtsp_camera_lost_and_back_repeatedly(tmp_path: Path, tiny_bundle: Path,
     assert states.count("reconnecting") >= len(cycles) and states[-1] in ("streaming", "finished", "reconnecting")
     assert states.count("streaming") >= len(cycles) + 1
     # nothing grows from cycle to cycle (the first cycle is the reference: the stream's own threads are up)
-    first = cycles[0]
-    for c in cycles[1:]:
-        assert c["threads"] <= first["threads"], cycles  # type: ignore[operator]
-        assert c["tasks"] <= first["tasks"] + 2, cycles  # type: ignore[operator]
-        assert c["fds"] <= first["fds"] + 2, cycles  # type: ignore[operator]
+    first = counts[0]
+    for c in counts[1:]:
+        assert c["threads"] <= first["threads"], cycles
+        assert c["tasks"] <= first["tasks"] + 2, cycles
+        assert c["fds"] <= first["fds"] + 2, cycles
 
 
 def test_a_read_that_never_returns_stops_the_watchdog_pings(tmp_path: Path, tiny_bundle: Path) -> None:

@@ -141,8 +141,8 @@ def test_systemd_python_is_used_when_importable(monkeypatch: pytest.MonkeyPatch)
 
     pkg = types.ModuleType("systemd")
     daemon = types.ModuleType("systemd.daemon")
-    daemon.notify = fake_notify  # type: ignore[attr-defined]
-    pkg.daemon = daemon  # type: ignore[attr-defined]
+    monkeypatch.setattr(daemon, "notify", fake_notify, raising=False)
+    monkeypatch.setattr(pkg, "daemon", daemon, raising=False)
     monkeypatch.setitem(sys.modules, "systemd", pkg)
     monkeypatch.setitem(sys.modules, "systemd.daemon", daemon)
     monkeypatch.setenv("NOTIFY_SOCKET", "/nonexistent/notify")

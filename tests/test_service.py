@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from devkit.support import free_port, write_config, write_spot_video
+from devkit.support import Broker, free_port, write_config, write_spot_video
 from edged.config import load_config
 from edged.detector import Detector, Output
 from edged.sdnotify import Notifier
@@ -116,9 +117,9 @@ class NotifySocket:
         self.sock.close()
 
 
-def _boom_after(n: int, fired: list[float]) -> object:
+def _boom_after(n: int, fired: list[float]) -> Callable[[type, str, pytest.MonkeyPatch], None]:
     """A replacement method that works n times (through the original), then raises: a bug deep inside."""
-    def install(cls: type, name: str, monkeypatch: object) -> None:
+    def install(cls: type, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
         original = getattr(cls, name)
         calls = [0]
 
@@ -130,7 +131,7 @@ def _boom_after(n: int, fired: list[float]) -> object:
                 raise RuntimeError(f"injected fault in {cls.__name__}.{name}")
             return original(self, *args, **kwargs)
 
-        monkeypatch.setattr(cls, name, method)  # type: ignore[attr-defined]
+        monkeypatch.setattr(cls, name, method)
     return install
 
 
@@ -154,7 +155,7 @@ def _component(which: str) -> tuple[type, str, str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["capture", "inference", "recorder", "mqtt", "images", "stats"])
-def test_a_thread_that_dies_makes_the_daemon_unhealthy(tmp_path: Path, tiny_bundle: Path, broker: object,
+def test_a_thread_that_dies_makes_the_daemon_unhealthy(tmp_path: Path, tiny_bundle: Path, broker: Broker,
                                                        which: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Kill one long-lived component with an exception deep inside it: the daemon must not look healthy.
     STATUS= names the dead thread and why, WATCHDOG=1 stops at once (well within the heartbeat timeout),
@@ -168,7 +169,7 @@ def test_a_thread_that_dies_makes_the_daemon_unhealthy(tmp_path: Path, tiny_bund
     video = tmp_path / "v.avi"
     write_spot_video(video, 40, set(range(3, 40, 5)))
     cfg_path = write_config(tmp_path / "edged.yaml", tiny_bundle, video, tmp_path / "state",
-                            broker.port,  # type: ignore[attr-defined]
+                            broker.port,
                             extra_camera="    loop: true\n    realtime: true\n    fps: 20")
     cfg_path.write_text(cfg_path.read_text().replace(
         "health: {status_interval_s: 0.5}",
@@ -178,7 +179,7 @@ def test_a_thread_that_dies_makes_the_daemon_unhealthy(tmp_path: Path, tiny_bund
         "images": cfg.storage.images.model_copy(update={"save": "all"})})})
     cls, method, thread = _component(which)
     fired: list[float] = []
-    _boom_after(15 if which != "stats" else 1, fired)(cls, method, monkeypatch)  # type: ignore[operator]
+    _boom_after(15 if which != "stats" else 1, fired)(cls, method, monkeypatch)
     systemd = NotifySocket(tmp_path)
     notifier = Notifier({"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "500000"})
     runner = ServiceRunner(cfg, notifier=notifier).start()

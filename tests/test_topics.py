@@ -6,19 +6,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from edged.config import parse_config
+from edged.config import Config, parse_config
 from edged.topics import Topics
 
 EDGED = Path(__file__).resolve().parent.parent / "edged"
 
 
-def _config(**mqtt: object) -> object:
+def _config(**mqtt: object) -> Config:
     return parse_config({"station": "line1", "model": {"bundle": "b"}, "cameras": [{"name": "cam1", "source": "0"}],
                          "mqtt": mqtt})
 
 
 def test_every_topic_of_the_contract() -> None:
-    t = Topics.of(_config())  # type: ignore[arg-type]
+    t = Topics.of(_config())
     assert (t.reject, t.result, t.audit, t.status, t.stats, t.trigger) == (
         "edged/line1/reject", "edged/line1/result", "edged/line1/audit", "edged/line1/status", "edged/line1/stats",
         "edged/line1/trigger")
@@ -28,7 +28,7 @@ def test_every_topic_of_the_contract() -> None:
 
 
 def test_the_prefix_comes_from_the_config() -> None:
-    t = Topics.of(_config(prefix="plant/hall3"))  # type: ignore[arg-type]
+    t = Topics.of(_config(prefix="plant/hall3"))
     assert t.base == "plant/hall3/line1" and t.reject == "plant/hall3/line1/reject"
 
 
