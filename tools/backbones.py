@@ -105,6 +105,7 @@ class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow 'SAME' padding, computed from the (static) input size."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution after TensorFlow's asymmetric SAME padding (more on the bottom/right)."""
         ih, iw = int(x.shape[-2]), int(x.shape[-1])
         kh, kw = self.kernel_size
         sh, sw = self.stride
@@ -136,6 +137,7 @@ class MBConv(nn.Module):
         self.residual = stride == 1 and c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """expand (1x1) -> depthwise -> project (1x1), plus the input when shapes allow (stride 1, same width)."""
         y = x
         if self.has_expand:
             y = F.relu6(self._bn0(self._expand_conv(y)))
@@ -219,4 +221,5 @@ class Normalize(nn.Module):
         self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) RGB in [0, 1] -> normalized, same shape."""
         return (x - self.mean) * self.inv_std

@@ -144,6 +144,8 @@ def _add_threshold_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The edged-train argument parser (fit, calibrate, evaluate, synth); syntax and ranges only, the
+    commands check the rest."""
     from tools.methods.registry import METHODS
 
     common = argparse.ArgumentParser(add_help=False)
@@ -240,7 +242,7 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
+def _cmd_fit(args: argparse.Namespace) -> int:
     from tools.calibrate import frr_text
     from tools.fit import FitConfig, fit_bundle
     from tools.methods.base import FitOptions
@@ -291,7 +293,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
+def _cmd_calibrate(args: argparse.Namespace) -> int:
     from tools.calibrate import frr_text, recalibrate
 
     warnings: list[str] = []
@@ -307,7 +309,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tools.evaluate import evaluate_bundle
 
     report = evaluate_bundle(args.bundle, args.data, args.report, precision="fp32" if args.fp32 else None,
@@ -328,7 +330,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_synth(args: argparse.Namespace) -> int:
+def _cmd_synth(args: argparse.Namespace) -> int:
     from tools.synth import write_dataset
 
     root = write_dataset(args.out, n_train=args.train, n_test_good=args.test_good, n_test_defect=args.test_defect,
@@ -337,7 +339,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"fit": cmd_fit, "calibrate": cmd_calibrate, "evaluate": cmd_evaluate, "synth": cmd_synth}
+COMMANDS = {"fit": _cmd_fit, "calibrate": _cmd_calibrate, "evaluate": _cmd_evaluate, "synth": _cmd_synth}
 
 
 TRAIN_PACKAGES = {"torch", "sklearn", "skimage", "skl2onnx", "onnx", "matplotlib", "tqdm",
@@ -345,6 +347,8 @@ TRAIN_PACKAGES = {"torch", "sklearn", "skimage", "skl2onnx", "onnx", "matplotlib
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The edged-train command; its exit code: 0, 2 for a bad input (one line on stderr, no traceback),
+    130 on Ctrl-C, 143 on SIGTERM (a fit's unfinished bundle folder is removed on the way out)."""
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse exits 2 on bad usage
     args.verbose = getattr(args, "verbose", False)

@@ -53,11 +53,14 @@ class Record:
 
     @property
     def is_good(self) -> bool:
+        """A good part (label "good"); anything else is a defect type."""
         return self.label == GOOD
 
 
 @dataclass
 class Dataset:
+    """What `load_dataset` found: good training records and, in the MVTec layout, the test split."""
+
     root: Path
     layout: str  # "mvtec" | "folder"
     train: list[Record] = field(default_factory=list)
@@ -65,9 +68,11 @@ class Dataset:
 
     @property
     def defect_types(self) -> list[str]:
+        """The test split's defect labels, sorted (empty without defective test images)."""
         return sorted({r.label for r in self.test if not r.is_good})
 
     def describe(self) -> str:
+        """One line for the log: root, layout and the image count of each split and label."""
         counts = {GOOD: sum(r.is_good for r in self.test)}
         for t in self.defect_types:
             counts[t] = sum(r.label == t for r in self.test)
@@ -75,7 +80,7 @@ class Dataset:
         return f"{self.root} ({self.layout}): train/good {len(self.train)}, test: {test}"
 
 
-def is_image(path: Path) -> bool:
+def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
@@ -83,7 +88,7 @@ def _images_in(folder: Path, recursive: bool) -> list[Path]:
     if not folder.is_dir():
         return []
     pattern = folder.rglob("*") if recursive else folder.iterdir()
-    found = [p for p in pattern if is_image(p) and not any(part.startswith(".") for part in
+    found = [p for p in pattern if _is_image(p) and not any(part.startswith(".") for part in
                                                              p.relative_to(folder).parts)]
     return sorted(found)
 

@@ -49,6 +49,7 @@ PIXEL_AUROC_MAX_PIXELS = 30_000_000  # above this the pixels are subsampled (see
 # --- metrics ------------------------------------------------------------------------------------------------------
 
 def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """ROC AUC of scores against labels (1 = defective); None unless both classes are present."""
     from sklearn.metrics import roc_auc_score
 
     if len(np.unique(labels)) < 2:
@@ -68,6 +69,8 @@ def recall_at_frr(labels: np.ndarray, scores: np.ndarray, max_frr: float = 0.01)
 
 
 def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], seed: int = 0) -> float | None:
+    """ROC AUC of all map pixels against the masks' (same shapes, pairwise); None unless both kinds of pixel
+    occur. Above `PIXEL_AUROC_MAX_PIXELS` pixels a seeded sample of that many is used."""
     from sklearn.metrics import roc_auc_score
 
     y = np.concatenate([m.ravel() for m in masks])
@@ -108,6 +111,8 @@ def pro_curve(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> tuple[
 
 
 def aupro(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], max_fpr: float = AUPRO_MAX_FPR) -> float | None:
+    """Area under the PRO curve up to `max_fpr`, divided by it (1.0 = perfect); None without a defect region
+    or a good pixel."""
     curve = pro_curve(masks, maps)
     if curve is None:
         return None
@@ -248,6 +253,8 @@ def _recall_per_defect(records: list[Record], scores: np.ndarray, threshold: flo
 
 @dataclass
 class _PixelMetrics:
+    """What `_pixel_metrics` found; all None / 0 for a model without maps or data without masks."""
+
     pixel_auroc: float | None = None
     aupro: float | None = None
     n_masks: int = 0
@@ -347,7 +354,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, report_dir: str | Path
     report_dir.mkdir(parents=True, exist_ok=True)
     report_mod.write_json(report_dir / "report.json", result)
     if write_html:
-        report_mod.write_report(report_dir, result, images, records, scores, maps, pixel.masks, detector)
+        report_mod.write_report(report_dir, result, images, records, scores, maps, pixel.masks)
     return result
 
 

@@ -92,6 +92,8 @@ class FitError(ValueError):
 
 @dataclass
 class FitConfig:
+    """Everything `edged-train fit` was asked for; `check_fit` validates it before any work."""
+
     data: Path
     method: str
     out: Path
@@ -125,6 +127,9 @@ class FitPlan:
 
 @dataclass
 class FitResult:
+    """The installed bundle: its folder and manifest, the fit's wall time in s, the int8 parity figures
+    (``parity``, as in the manifest's quantization section) and the warnings the CLI prints."""
+
     bundle: Path
     manifest: Manifest
     seconds: float
@@ -132,7 +137,8 @@ class FitResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def seed_everything(seed: int) -> None:
+def _seed_everything(seed: int) -> None:
+    """Seed Python, numpy and (when imported) torch: the same seed gives the same model."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch = sys.modules.get("torch")
@@ -366,6 +372,7 @@ def _bit_depth(cfg: FitConfig, records: list[Record]) -> int:
 
 
 def outlier_message(outliers: list[dict[str, Any]], n: int, what: str, flag: str = "--drop-outliers") -> str:
+    """The refusal (or warning) naming up to 5 outliers ({"file", "score"}) among `n` images and how to proceed."""
     names = ", ".join(f"{o['file']} ({o['score']:.4g})" for o in outliers[:5])
     more = f" and {len(outliers) - 5} more" if len(outliers) > 5 else ""
     return (f"{len(outliers)} of {n} {what} score far above the other good images: {names}{more}. Defective, "
@@ -463,7 +470,7 @@ def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_i
     def fit_and_score(train_idx: Any, held_idx: Any, fold: int) -> dict[str, crossfit.HeldScores]:
         folder = staging / "folds" / str(fold)
         folder.mkdir(parents=True, exist_ok=True)
-        seed_everything(cfg.options.seed + fold + 1)
+        _seed_everything(cfg.options.seed + fold + 1)
         fold_images = [prepared[i] for i in train_idx]
         trained = method.fit(fold_images, cfg.options)
         fold_spec = trained.spec.model_copy(update={"bit_depth": spec.bit_depth})
@@ -581,7 +588,7 @@ class _FinalModel:
 def _train_final(cfg: FitConfig, method: Method, images: _FitImages, spec: InputSpec, staging: Path,
                  warnings: list[str]) -> _FinalModel:
     """Fit the bundle's model on `images.prepared` (then emptied: the pixels are no longer needed) and export it."""
-    seed_everything(cfg.options.seed)
+    _seed_everything(cfg.options.seed)
     t_train = time.perf_counter()
     trained = method.fit(images.prepared, cfg.options)
     train_seconds = time.perf_counter() - t_train

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
-class CalibrationReader:
+class _CalibrationReader:
     """Feeds calibration batches to onnxruntime's calibrator (a `CalibrationDataReader`)."""
 
     def __init__(self, input_name: str, data: np.ndarray, batch_size: int) -> None:
@@ -34,14 +34,12 @@ class CalibrationReader:
         self._next = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next batch as {input name: float32 array}; None when all were given (onnxruntime's protocol)."""
         if self._next >= len(self.batches):
             return None
         batch = self.batches[self._next]
         self._next += 1
         return {self.input_name: batch}
-
-    def rewind(self) -> None:
-        self._next = 0
 
 
 def _fixed_batch(model_path: Path, input_name: str) -> int | None:
@@ -121,7 +119,7 @@ def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, input_na
         except Exception as exc:  # the pre-processing is an optimization; quantize the plain graph instead
             log.warning("quant_pre_process failed (%s); quantizing the graph as exported", exc)
             summary["pre_process"] = f"skipped: {type(exc).__name__}"
-        reader = CalibrationReader(input_name, calibration, fixed or batch_size)
+        reader = _CalibrationReader(input_name, calibration, fixed or batch_size)
         if fixed:  # drop a short last batch the graph cannot take
             reader.batches = [b for b in reader.batches if len(b) == fixed] or reader.batches[:1]
         quantize_static(

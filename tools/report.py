@@ -33,6 +33,7 @@ SMALL_PT = 9  # 12.5 px: legends, tick labels, captions
 
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
+    """report.json: the report as returned by `evaluate_bundle` (already plain JSON types), indented."""
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
@@ -64,7 +65,8 @@ def blend(*layers: tuple[str, float]) -> tuple[float, float, float]:
     return (float(out[0]), float(out[1]), float(out[2]))
 
 
-def plot_roc(path: Path, labels: np.ndarray, scores: np.ndarray, report: dict[str, Any]) -> bool:
+def _plot_roc(path: Path, labels: np.ndarray, scores: np.ndarray, report: dict[str, Any]) -> bool:
+    """roc.png with the bundle's operating point; False (nothing written) without both good and defective images."""
     from sklearn.metrics import roc_curve
 
     if len(np.unique(labels)) < 2:
@@ -133,11 +135,6 @@ def histogram_figure(labels: np.ndarray, scores: np.ndarray, records: Sequence[A
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig
-
-
-def plot_histograms(path: Path, labels: np.ndarray, scores: np.ndarray, records: Sequence[Any],
-                    report: dict[str, Any]) -> None:
-    _save(histogram_figure(labels, scores, records, report), path)
 
 
 SHOWN_AS = {"highest defect": "highest-scoring", "lowest defect": "lowest-scoring", "highest good": "highest-scoring",
@@ -224,12 +221,6 @@ def examples_figure(picks: list[tuple[int, str]], images: Sequence[np.ndarray], 
     return fig
 
 
-def plot_examples(path: Path, picks: list[tuple[int, str]], images: Sequence[np.ndarray], records: Sequence[Any],
-                  scores: np.ndarray, maps: Sequence[np.ndarray] | None, masks: Sequence[np.ndarray] | None,
-                  threshold: float, map_threshold: float | None) -> None:
-    _save(examples_figure(picks, images, records, scores, maps, masks, threshold, map_threshold), path)
-
-
 def robustness_figure(report: dict[str, Any]) -> Any:
     """False rejects and recall per perturbation; values written on the bars, the legend beside the axes."""
     plt = _plt()
@@ -255,10 +246,6 @@ def robustness_figure(report: dict[str, Any]) -> Any:
     return fig
 
 
-def plot_robustness(path: Path, report: dict[str, Any]) -> None:
-    _save(robustness_figure(report), path)
-
-
 def _fmt(v: Any, pct: bool = False) -> str:
     if v is None:
         return "n/a"
@@ -267,7 +254,8 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return html.escape(str(v))
 
 
-def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+def _summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, HTML-escaped value) rows of the summary table, shared by report.md and report.html."""
     t = report["threshold_info"]
     how = (f"{t['method']} {t['percentile'] if t['method'] == 'percentile' else t['target_frr']} of "
            f"{t['n_images']} good images ({t['source']})")
@@ -291,21 +279,25 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
 
 def write_report(report_dir: Path, report: dict[str, Any], images: Sequence[np.ndarray], records: Sequence[Any],
                  scores: np.ndarray, maps: Sequence[np.ndarray] | None, masks: Sequence[np.ndarray] | None,
-                 detector: Any) -> Path:
+                 ) -> Path:
+    """report.md, report.html and their PNG plots in `report_dir` (which must exist); the HTML file's path.
+
+    `images`, `records`, `scores` and `maps`/`masks` (at the model's size, or None) are in one order, that
+    of the report's evaluation."""
     labels = np.asarray([0 if r.is_good else 1 for r in records])
     plots: list[tuple[str, str]] = []
-    if plot_roc(report_dir / "roc.png", labels, scores, report):
+    if _plot_roc(report_dir / "roc.png", labels, scores, report):
         plots.append(("roc.png", "ROC curve"))
-    plot_histograms(report_dir / "histogram.png", labels, scores, records, report)
+    _save(histogram_figure(labels, scores, records, report), report_dir / "histogram.png")
     plots.append(("histogram.png", "Score histograms"))
     picks = pick_examples(labels, scores)
-    plot_examples(report_dir / "examples.png", picks, images, records, scores, maps, masks, report["threshold"],
-                  report["map_threshold"])
+    _save(examples_figure(picks, images, records, scores, maps, masks, report["threshold"], report["map_threshold"]),
+          report_dir / "examples.png")
     plots.append(("examples.png", "Examples"))
     if report.get("robustness"):
-        plot_robustness(report_dir / "robustness.png", report)
+        _save(robustness_figure(report), report_dir / "robustness.png")
         plots.append(("robustness.png", "Robustness"))
-    rows = summary_rows(report)
+    rows = _summary_rows(report)
     defects = report["recall_per_defect"]
     rob = report.get("robustness") or {}
 

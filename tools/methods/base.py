@@ -26,6 +26,8 @@ MIN_IMAGES = 8  # good images to train on; fewer gives a model of a handful of p
 
 @dataclass
 class FitOptions:
+    """The options every method takes (`--size`, `--seed`, `--epochs`, `--opt`), passed to `Method.fit`."""
+
     size: int = 128  # model input width in pixels (and height, unless `height` is given)
     height: int | None = None  # model input height; None: square (size x size)
     seed: int = 0
@@ -65,6 +67,11 @@ class Trained(Protocol):
 
 
 class Method(Protocol):
+    """A detector method as `--method NAME` runs it (tools/methods/registry.py lists them).
+
+    Optional attributes the pipeline reads with defaults: ``min_size``/``max_size``, ``min_images``,
+    ``default_size``, ``non_square``, ``options`` (its ``--opt`` table)."""
+
     name: str
 
     def input_spec(self, opts: FitOptions) -> InputSpec:

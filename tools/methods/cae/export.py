@@ -55,6 +55,7 @@ class CaeTrained:
     position_stats: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) of the error map per pixel
 
     def scoring_model(self) -> ScoringModel:
+        """A fresh eval-mode graph (BatchNorm folded into a copy of the autoencoder; the model is untouched)."""
         head = ErrorHead(self.cfg, self.spec.height, self.spec.width)
         if self.position_stats is not None:
             head.set_position_stats(*self.position_stats)
@@ -67,6 +68,7 @@ class CaeTrained:
         return amap.numpy(), score.numpy()
 
     def export_onnx(self, path: Path) -> None:
+        """fp32 graph with a dynamic batch; records the error head's nodes for int8 to leave alone."""
         import onnx
 
         model = self.scoring_model()
@@ -82,6 +84,7 @@ class CaeTrained:
 
 
 def quantize_options(cfg: CaeConfig) -> QuantizeOptions:
+    """How the autoencoder's layers go int8; the error head's nodes are added at export (kept fp32)."""
     # Only the autoencoder's layers: the error head (SSIM statistics, blur, top-k) needs fp32 precision
     # for differences of nearly equal numbers, and is cheap. ConvTranspose has no int8 CPU kernel, but
     # listing it costs nothing when the decoder has none. uint8 activations: with them ONNX Runtime's CPU

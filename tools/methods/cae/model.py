@@ -27,6 +27,7 @@ class Upsample2x(nn.Module):
         self.mode = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C, 2H, 2W)."""
         size = (x.shape[2] * 2, x.shape[3] * 2)
         if self.mode == "bilinear":
             return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -65,6 +66,7 @@ class Autoencoder(nn.Module):
         self.decoder = nn.Sequential(*dec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction in [0, 1] (sigmoid output) of an image batch (N, C, H, W), same shape."""
         return self.decoder(self.encoder(x))
 
 
@@ -89,6 +91,7 @@ class ErrorHead(nn.Module):
         self.sd = torch.as_tensor(sd, dtype=torch.float32).reshape(1, 1, *sd.shape[-2:])
 
     def error_map(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Raw per-pixel error of reconstruction `y` against `x` (the ``error`` option), (N, 1, H, W)."""
         if self.error == "l2":
             return ((x - y) ** 2).mean(1, keepdim=True)
         l1 = (x - y).abs().mean(1, keepdim=True)
@@ -99,6 +102,7 @@ class ErrorHead(nn.Module):
         return dssim if self.error == "ssim" else 0.5 * (dssim + l1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input, reconstruction) -> (map [N, 1, H, W]: relative, smoothed, standardized error; score [N])."""
         amap = self.error_map(x, y)
         if self.relative:  # texture and noise amplitude grow with the light: compare errors relative to it
             # one axis at a time: OpenCV DNN reduces several axes at once differently from ONNX Runtime
@@ -154,4 +158,5 @@ class ScoringModel(nn.Module):
         self.head = head
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image batch in [0, 1] (N, C, H, W) -> (anomaly_map [N, 1, H, W], score [N])."""
         return self.head(x, self.ae(x))

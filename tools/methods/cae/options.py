@@ -42,10 +42,11 @@ class CaeConfig:
         cfg = replace(base, **values)
         if epochs is not None:
             cfg = replace(cfg, epochs=epochs)
-        cfg.validate()
+        cfg._validate()
         return cfg
 
-    def validate(self) -> None:
+    def _validate(self) -> None:
+        """The rules no single option's range can say (OptionError): epochs, batch_size and lr positive."""
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise OptionError("cae options epochs, batch_size, lr must be positive")
 

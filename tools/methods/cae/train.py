@@ -157,12 +157,15 @@ class CaeMethod:
 
     @property
     def options(self) -> dict[str, Option]:
+        """The --opt table: every `CaeConfig` field, with this variant's values as defaults."""
         return option_table(self.base)
 
     def config(self, opts: FitOptions) -> CaeConfig:
+        """The variant's config with --opt and --epochs applied; OptionError naming a bad value."""
         return CaeConfig.from_options(self.base, opts.extra, opts.epochs)
 
     def input_spec(self, opts: FitOptions) -> InputSpec:
+        """Square gray or RGB input at --size; ValueError unless --size is a multiple of 2 ** stages."""
         cfg = self.config(opts)
         if opts.size < 2 ** len(cfg.widths) or opts.size % 2 ** len(cfg.widths):
             raise ValueError(f"cae: --size must be a multiple of {2 ** len(cfg.widths)} (one halving per stage)")
@@ -171,6 +174,8 @@ class CaeMethod:
         return InputSpec(width=opts.size, height=opts.size, channels=3, color_order="rgb")
 
     def fit(self, images: list[np.ndarray], opts: FitOptions) -> CaeTrained:
+        """Train the autoencoder (and the per-pixel error statistics with ``position_norm``); exports once to
+        learn the error head's node names, so the result is ready to quantize."""
         cfg = self.config(opts)
         spec = self.input_spec(opts)
         started = time.monotonic()

@@ -18,6 +18,8 @@ ONNX_ML_OPSET = 3
 
 @dataclass
 class TrainedClassic:
+    """A fitted scikit-learn pipeline on the daemon's feature vectors; exports one fp32 ONNX graph (no int8)."""
+
     pipeline: Any
     spec: InputSpec
     outputs: OutputSpec = field(default_factory=lambda: OutputSpec(score="score", map=None))
@@ -29,6 +31,7 @@ class TrainedClassic:
         return -self.pipeline.decision_function(features)
 
     def export_onnx(self, path: Path) -> None:
+        """features [N, F] -> score [N] (``-decision_function``); graph name fixed so builds are reproducible."""
         import onnx
 
         detector = self.pipeline.named_steps["detector"]

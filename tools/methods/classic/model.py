@@ -28,6 +28,7 @@ def training_features(gray: np.ndarray) -> np.ndarray:
 
 
 def build_pipeline(extra: dict[str, Any], seed: int, n_samples: int) -> Any:
+    """The unfitted scikit-learn Pipeline (scaler, PCA, ``detector``) the ``--opt`` values describe."""
     from sklearn.decomposition import PCA
     from sklearn.ensemble import IsolationForest
     from sklearn.pipeline import Pipeline

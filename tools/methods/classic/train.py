@@ -17,15 +17,19 @@ log = logging.getLogger(__name__)
 
 
 class ClassicMethod:
+    """LBP + gradient features (`edged.features`, computed by the daemon) scored by an IsolationForest or OCSVM."""
+
     name = "classic"
     min_size = 32  # the LBP radius is 3 px and the gradient statistics need some texture to describe
     options = OPTIONS
 
     def input_spec(self, opts: FitOptions) -> InputSpec:
+        """Gray images at --size, square; the model's input is their feature vector, not the pixels."""
         return InputSpec(name="features", kind="features", width=opts.size, height=opts.size, channels=1,
                          color_order="gray", scale=1.0, features=FEATURES)
 
     def fit(self, images: list[np.ndarray], opts: FitOptions) -> TrainedClassic:
+        """Features of every image, then the pipeline fitted on them in float32 (what the ONNX graph sees)."""
         import sklearn
 
         if len(images) < 2:

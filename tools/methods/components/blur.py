@@ -39,6 +39,7 @@ class GaussianBlur(nn.Module):
         self.register_buffer("kv", g.view(1, 1, -1, 1).repeat(channels, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) at the shape given to __init__ -> blurred, same shape."""
         c = self.shape[0]
         p = self.pad
         x = F.pad(x, (p, p, p, p), mode="reflect")

@@ -46,6 +46,8 @@ class PatchFeatures(nn.Module):
             self.proj = conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, D, h, w): each stage 3x3-averaged, upsampled to the finest grid, concatenated,
+        then projected and scaled when those were given."""
         feats = self.backbone.features(self.norm(x), self.layers)
         grid = max((f.shape[-2], f.shape[-1]) for f in feats)
         out = []

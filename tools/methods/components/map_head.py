@@ -33,6 +33,7 @@ class MapHead(nn.Module):
         self.top = top
 
     def forward(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 1, h, w) patch anomalies -> (score [N], map [N, 1, H, W] at the input size)."""
         p = self.pad
         m = F.conv2d(F.pad(grid, [p, p, 0, 0], mode="replicate"), self.blur_h)
         m = F.conv2d(F.pad(m, [0, 0, p, p], mode="replicate"), self.blur_v)

@@ -18,6 +18,8 @@ from tools.methods.featae.model import FeatAEGraph
 
 @dataclass
 class FeatAETrained:
+    """A trained feature autoencoder: the whole inference graph, ready to export."""
+
     spec: InputSpec
     graph: FeatAEGraph
     params: dict[str, Any]
@@ -39,6 +41,7 @@ class FeatAETrained:
             raise RuntimeError("featae export: no autoencoder nodes found to keep in fp32 (node names changed?)")
 
     def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The torch reference: (scores [N], maps [N, 1, H, W]) for prepared uint8 images."""
         with torch.no_grad():
             score, amap = self.graph(images_to_tensor(images))
         return score.numpy(), amap.numpy()

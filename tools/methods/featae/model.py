@@ -19,11 +19,15 @@ class FeatureAE(nn.Module):
             nn.Conv2d(bottleneck, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, dims, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of standardized patch features, (N, D, h, w) -> (N, D, h, w)."""
         return self.net(x)
 
 
 class FeatAEGraph(nn.Module):
     """image -> (score [N], map [N, 1, H, W]): what `export_onnx` writes."""
+
+    mean: torch.Tensor  # buffers: the patch features' per-channel mean and 1 / std, (1, D, 1, 1)
+    inv_std: torch.Tensor
 
     def __init__(self, features: PatchFeatures, ae: FeatureAE, mean: torch.Tensor, inv_std: torch.Tensor,
                  sigma_cells: float, size: tuple[int, int], top: float) -> None:
@@ -40,4 +44,5 @@ class FeatAEGraph(nn.Module):
         return torch.sqrt((d * d).sum(dim=1, keepdim=True) + 1e-12)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RGB batch in [0, 1] (N, 3, H, W) -> (score [N], map [N, 1, H, W])."""
         return self.head(self.errors(x))

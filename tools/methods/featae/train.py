@@ -47,6 +47,10 @@ def train_ae(patches: torch.Tensor, o: dict[str, Any], seed: int) -> tuple[Featu
 
 
 class FeatAEMethod:
+    """An autoencoder of frozen-backbone patch features; its reconstruction error is the anomaly map.
+
+    Holds a `FeatureCache`: cross-fitting's fold fits and the final fit extract each image's features once."""
+
     name = "featae"
     default_size = 160
     min_size = 64
@@ -58,11 +62,13 @@ class FeatAEMethod:
         self.cache = FeatureCache()
 
     def input_spec(self, opts: FitOptions) -> InputSpec:
+        """RGB / 255 at --size (any width x height): the backbone's normalization is inside the graph."""
         width, height = opts.shape
         return InputSpec(width=width, height=height, channels=3, color_order="rgb",
                          scale=1.0 / 255.0, mean=(0.0,), std=(1.0,))
 
     def fit(self, images: list[np.ndarray], opts: FitOptions) -> FeatAETrained:
+        """Extract (or reuse) patch features, standardize them, train the autoencoder on them."""
         o = parse_options(opts.extra)
         if opts.epochs is not None:
             o["epochs"] = opts.epochs

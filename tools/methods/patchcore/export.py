@@ -18,6 +18,8 @@ from tools.methods.patchcore.model import PatchCoreGraph
 
 @dataclass
 class PatchCoreTrained:
+    """A fitted PatchCore: the whole inference graph (features, memory bank, map head), ready to export."""
+
     spec: InputSpec
     graph: PatchCoreGraph
     params: dict[str, Any]

@@ -34,4 +34,5 @@ class PatchCoreGraph(nn.Module):
         return torch.sqrt(torch.clamp(nearest, min=0.0)).view(n, 1, h, w)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RGB batch in [0, 1] (N, 3, H, W) -> (score [N], map [N, 1, H, W])."""
         return self.head(self.patch_distances(x))

@@ -32,6 +32,10 @@ def pca_projection(x: torch.Tensor, dims: int) -> torch.Tensor:
 
 
 class PatchCoreMethod:
+    """Frozen-backbone patch features against a coreset memory bank of the good patches (docs/patchcore.md).
+
+    Holds a `FeatureCache`: cross-fitting's fold fits and the final fit extract each image's features once."""
+
     name = "patchcore"
     default_size = 160  # the pixel budget (160 x 160 = 25600 px, at the image aspect): docs/patchcore.md
     min_size = 64  # the stride-32 stage needs a 2x2 grid at least
@@ -43,12 +47,13 @@ class PatchCoreMethod:
         self.cache = FeatureCache()
 
     def input_spec(self, opts: FitOptions) -> InputSpec:
-        # The backbone's normalization is inside the graph, so the input stays plain RGB / 255.
+        """RGB / 255 at --size (any width x height): the backbone's normalization is inside the graph."""
         width, height = opts.shape
         return InputSpec(width=width, height=height, channels=3, color_order="rgb",
                          scale=1.0 / 255.0, mean=(0.0,), std=(1.0,))
 
     def fit(self, images: list[np.ndarray], opts: FitOptions) -> PatchCoreTrained:
+        """Extract (or reuse) patch features, optionally standardize and project them, keep a coreset."""
         o = parse_options(opts.extra)
         torch.manual_seed(opts.seed)
         spec = self.input_spec(opts)
