@@ -48,7 +48,7 @@ import numpy as np
 
 from edged.bundle import Manifest, ModelFile, Threshold, load_manifest, write_manifest
 from edged.detector import Detector
-from tools.export import Precision
+from tools.export import Precision, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,6 @@ def recalibrate(bundle_dir: str | Path, good_dir: str | Path, percentile: float 
     ``history`` and the bundle gets a new ``bundle_id``.
     """
     from tools.dataset import load_images, model_sized
-    from tools.export import utc_now
 
     bundle_dir = Path(bundle_dir)
     manifest = load_manifest(bundle_dir)

@@ -16,17 +16,15 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("edged-train")
 
 EXIT_OK = 0
-EXIT_FAILURE = 1
 EXIT_USAGE = 2
 DEFAULT_METHOD = "patchcore"  # the most accurate on every real set measured (docs/patchcore.md)
-DEFAULT_FOLDS = 5  # tools.crossfit.DEFAULT_FOLDS (not imported here: the CLI starts without numpy)
 
 
 class UsageError(ValueError):
@@ -108,7 +106,7 @@ def _size(text: str) -> tuple[int, int] | None:
     return shape
 
 
-def _int_in(low: int, high: int) -> Any:
+def _int_in(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number in [low, high]."""
     def parse(text: str) -> int:
         value = _int(text)
@@ -244,6 +242,7 @@ def _progress(args: argparse.Namespace) -> bool:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from tools.calibrate import frr_text
+    from tools.crossfit import DEFAULT_FOLDS
     from tools.fit import FitConfig, fit_bundle
     from tools.methods.base import FitOptions
     from tools.methods.registry import get_method
@@ -362,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tools.methods.components.options import OptionError
     from tools.methods.registry import UnknownMethodError
 
-    def terminate(signum: int, frame: Any) -> None:
+    def terminate(_signum: int, _frame: Any) -> None:
         raise Terminated
 
     main_thread = threading.current_thread() is threading.main_thread()

@@ -24,7 +24,6 @@ from edged.bundle import (
     Threshold,
     TrainingSummary,
     sha256_file,
-    write_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -85,11 +84,6 @@ def build_manifest(bundle_dir: Path, method: str, spec: InputSpec, outputs: Outp
         training=training, quantization=jsonable(quantization), versions=versions(),
         runtimes=runtimes, complete=complete,
     )
-
-
-def write(bundle_dir: Path, manifest: Manifest) -> Path:
-    """Write BUNDLE/manifest.json atomically (`edged.bundle.write_manifest`); its path."""
-    return write_manifest(bundle_dir, manifest)
 
 
 def jsonable(value: Any) -> Any:

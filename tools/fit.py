@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from edged import features as feature_extractors
-from edged.bundle import InputSpec, Manifest, Threshold, TrainingSummary, unfinished_allowed
+from edged.bundle import InputSpec, Manifest, Threshold, TrainingSummary, unfinished_allowed, write_manifest
 from edged.detector import Detector
 from edged.preprocess import prepare_uint8, to_tensor
 from tools import bundle_out, calibrate, crossfit, export, input_size
@@ -432,7 +432,7 @@ def _write_provisional(folder: Path, cfg: FitConfig, spec: InputSpec, trained: b
                                                      "int8": (int8_file, placeholder, None)}
     provisional = export.build_manifest(folder, cfg.method, spec, trained.outputs, entries, "fp32", training, quant,
                                         runtimes=("onnxruntime", "opencv"), complete=False)
-    export.write(folder, provisional)
+    write_manifest(folder, provisional)
 
 
 def _score(folder: Path, precision: str, images: list[np.ndarray], progress: bool, desc: str,
@@ -744,7 +744,7 @@ def _fit_in(tmp: Path, cfg: FitConfig, plan: FitPlan, spec: InputSpec, images: _
         cfg, final, calibration, skipped, outliers, verification)})
     manifest = export.build_manifest(tmp, cfg.method, final.spec, final.trained.outputs, entries, default, training,
                                      final.quant, runtimes=runtimes)
-    export.write(tmp, manifest)  # complete: written last, the bundle is whole from here on
+    write_manifest(tmp, manifest)  # complete: written last, the bundle is whole from here on
     return manifest, parity
 
 

@@ -8,11 +8,8 @@ line here. Entries are imported only when asked for, so fitting one method never
 from __future__ import annotations
 
 import importlib
-import logging
 
 from tools.methods.base import Method
-
-log = logging.getLogger(__name__)
 
 METHODS: dict[str, str] = {
     "patchcore": "tools.methods.patchcore:METHOD",
@@ -49,15 +46,3 @@ def get_method(name: str) -> Method:
         raise UnknownMethodError(f"unknown method {name!r}; available: {', '.join(known)}")
     return _load(name)
 
-
-def available_methods() -> dict[str, Method]:
-    """Every method that can be loaded here (one whose module fails to import is logged and left out)."""
-    found: dict[str, Method] = dict(_REGISTERED)
-    for name in METHODS:
-        if name in found:
-            continue
-        try:
-            found[name] = _load(name)
-        except Exception as exc:  # one broken method must not hide the others
-            log.warning("method %s cannot be imported: %s", name, exc)
-    return found

@@ -35,8 +35,8 @@ class CaeConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
 
-    @classmethod
-    def from_options(cls, base: CaeConfig, extra: dict[str, Any], epochs: int | None) -> CaeConfig:
+    @staticmethod
+    def from_options(base: CaeConfig, extra: dict[str, Any], epochs: int | None) -> CaeConfig:
         """Apply `--opt` strings (or already typed values) on top of a variant's defaults (shared rules)."""
         values = parse_options("cae", option_table(base), extra)
         cfg = replace(base, **values)

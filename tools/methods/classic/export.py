@@ -120,7 +120,9 @@ def _float32_at_most(values: np.ndarray) -> np.ndarray:
 
 
 class _TreeEnsembleAttributes(TypedDict):
-    """The ai.onnx.ml TreeEnsembleRegressor node's per-node and per-leaf attribute lists."""
+    """The ai.onnx.ml TreeEnsembleRegressor node's per-node and per-leaf attribute lists (typed keys, so that
+    ``make_node(**attributes)`` type-checks; vulture reports the keys as unused variables: they are read as
+    ``a["..."]`` and by ``**``)."""
 
     nodes_treeids: list[int]
     nodes_nodeids: list[int]
