@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edged.bundle import InputSpec
 from tools.backbones import STAGE_OUTPUTS, EfficientNetLite, Normalize
+from tools.methods.base import FitOptions
 from tools.methods.components.tensors import images_to_tensor
 
 
@@ -109,3 +111,28 @@ class FeatureCache:
         where = {i: j for j, i in enumerate(missing)}
         return torch.stack([fresh[where[i]] if i in where and fresh is not None else self.items[d].float()
                             for i, d in enumerate(digests)])
+
+
+class BackboneMethod:
+    """What the frozen-backbone methods (patchcore, featae) share: their input and sizes, and a
+    `FeatureCache`, so that cross-fitting's fold fits and the final fit extract each image's features once.
+
+    The input is plain RGB / 255 at any width x height: the backbone's ImageNet normalization is inside the
+    graph. Sizes: `default_size` is the pixel budget (160 x 160 = 25600 px at the images' aspect,
+    docs/patchcore.md); the stride-32 stage needs a 2x2 grid at least (64); beyond 1024 the 64x64 patches
+    per image outgrow a CPU's memory bank and kNN.
+    """
+
+    default_size = 160
+    min_size = 64
+    max_size = 1024
+    non_square = True
+
+    def __init__(self) -> None:
+        self.cache = FeatureCache()
+
+    def input_spec(self, opts: FitOptions) -> InputSpec:
+        """RGB / 255 at --size (any width x height)."""
+        width, height = opts.shape
+        return InputSpec(width=width, height=height, channels=3, color_order="rgb",
+                         scale=1.0 / 255.0, mean=(0.0,), std=(1.0,))

@@ -11,10 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edged.bundle import InputSpec
 from tools.backbones import efficientnet_lite, stage_outputs
 from tools.methods.base import FitOptions
-from tools.methods.components.features import FeatureCache, PatchFeatures
+from tools.methods.components.features import BackboneMethod, PatchFeatures
 from tools.methods.featae.export import FeatAETrained
 from tools.methods.featae.model import FeatAEGraph, FeatureAE
 from tools.methods.featae.options import OPTIONS, parse_options
@@ -46,26 +45,11 @@ def train_ae(patches: torch.Tensor, o: dict[str, Any], seed: int) -> tuple[Featu
     return ae.eval(), losses
 
 
-class FeatAEMethod:
-    """An autoencoder of frozen-backbone patch features; its reconstruction error is the anomaly map.
-
-    Holds a `FeatureCache`: cross-fitting's fold fits and the final fit extract each image's features once."""
+class FeatAEMethod(BackboneMethod):
+    """An autoencoder of frozen-backbone patch features; its reconstruction error is the anomaly map."""
 
     name = "featae"
-    default_size = 160
-    min_size = 64
-    max_size = 1024
     options = OPTIONS
-    non_square = True
-
-    def __init__(self) -> None:
-        self.cache = FeatureCache()
-
-    def input_spec(self, opts: FitOptions) -> InputSpec:
-        """RGB / 255 at --size (any width x height): the backbone's normalization is inside the graph."""
-        width, height = opts.shape
-        return InputSpec(width=width, height=height, channels=3, color_order="rgb",
-                         scale=1.0 / 255.0, mean=(0.0,), std=(1.0,))
 
     def fit(self, images: list[np.ndarray], opts: FitOptions) -> FeatAETrained:
         """Extract (or reuse) patch features, standardize them, train the autoencoder on them."""

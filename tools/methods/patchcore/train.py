@@ -9,10 +9,9 @@ import time
 import numpy as np
 import torch
 
-from edged.bundle import InputSpec
 from tools.backbones import efficientnet_lite, stage_outputs
 from tools.methods.base import FitOptions
-from tools.methods.components.features import FeatureCache, PatchFeatures
+from tools.methods.components.features import BackboneMethod, PatchFeatures
 from tools.methods.components.sampling import greedy_coreset
 from tools.methods.patchcore.export import PatchCoreTrained
 from tools.methods.patchcore.model import PatchCoreGraph
@@ -31,26 +30,11 @@ def pca_projection(x: torch.Tensor, dims: int) -> torch.Tensor:
     return torch.cat([w, (-(w @ mean))[:, None]], dim=1)
 
 
-class PatchCoreMethod:
-    """Frozen-backbone patch features against a coreset memory bank of the good patches (docs/patchcore.md).
-
-    Holds a `FeatureCache`: cross-fitting's fold fits and the final fit extract each image's features once."""
+class PatchCoreMethod(BackboneMethod):
+    """Frozen-backbone patch features against a coreset memory bank of the good patches (docs/patchcore.md)."""
 
     name = "patchcore"
-    default_size = 160  # the pixel budget (160 x 160 = 25600 px, at the image aspect): docs/patchcore.md
-    min_size = 64  # the stride-32 stage needs a 2x2 grid at least
-    max_size = 1024  # 64x64 patches per image: beyond that the feature bank and the kNN outgrow a CPU
     options = OPTIONS
-    non_square = True  # any width x height (convolutions and a kNN per patch)
-
-    def __init__(self) -> None:
-        self.cache = FeatureCache()
-
-    def input_spec(self, opts: FitOptions) -> InputSpec:
-        """RGB / 255 at --size (any width x height): the backbone's normalization is inside the graph."""
-        width, height = opts.shape
-        return InputSpec(width=width, height=height, channels=3, color_order="rgb",
-                         scale=1.0 / 255.0, mean=(0.0,), std=(1.0,))
 
     def fit(self, images: list[np.ndarray], opts: FitOptions) -> PatchCoreTrained:
         """Extract (or reuse) patch features, optionally standardize and project them, keep a coreset."""
