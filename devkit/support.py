@@ -3,10 +3,13 @@ tiny real model bundles, generated videos, configs and MQTT subscribers."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -29,6 +32,17 @@ if TYPE_CHECKING:
 # A decoded JSON object, as the daemon publishes them (results, rejects, stats, health): its values are
 # whatever JSON types the message carried, for the test to compare.
 JsonObject = dict[str, Any]
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/<name>.py as a module, for the tests that check a script (the scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"edged_script_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def json_object(value: object) -> JsonObject:

@@ -7,26 +7,19 @@ markdown are checked for their shape and for counts that must hold on any machin
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from devkit.support import MOSQUITTO, build_max_bundle, write_spot_video
+from devkit.support import MOSQUITTO, build_max_bundle, load_script, write_spot_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("edged_bench", ROOT / "scripts" / "bench.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench")
 
 
 @pytest.mark.timeout(300)

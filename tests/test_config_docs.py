@@ -6,25 +6,19 @@ docs/configuration.md and the README's key table, fails here with the command th
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import yaml
 
+from devkit.support import load_script
 from edged.config import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_docs() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("config_docs", ROOT / "scripts" / "config_docs.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("config_docs")
 
 
 def test_generated_files_are_current() -> None:
