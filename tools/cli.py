@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -200,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also test under brightness, gamma, blur, noise and occlusion perturbations")
     p.add_argument("--timing-images", type=_count, default=30, help="images timed per precision (default 30)")
 
+    p = sub.add_parser("methods", parents=[common], help="list the detectors and their --opt options")
+    p.add_argument("method", nargs="?", default=None, help="only this method")
+
     p = sub.add_parser("synth", parents=[common], help="write a synthetic MVTec-layout dataset (demo, tests)")
     p.add_argument("out", type=Path)
     p.add_argument("--train", type=_count, default=40)
@@ -338,7 +342,25 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"fit": _cmd_fit, "calibrate": _cmd_calibrate, "evaluate": _cmd_evaluate, "synth": _cmd_synth}
+def _cmd_methods(args: argparse.Namespace) -> int:
+    """Each method's options as `--opt KEY=VALUE` takes them: default, allowed range, meaning (the option
+    tables are the one place they are written, so this cannot drift from what fit accepts)."""
+    from tools.methods.components.options import describe_option
+    from tools.methods.registry import METHODS, get_method
+
+    names = [args.method] if args.method else list(METHODS)
+    for name in names:
+        method = get_method(name)  # UnknownMethodError (a ValueError): exit 2, naming the known ones
+        default = " (the default)" if name == DEFAULT_METHOD else ""
+        print(f"{name}{default}: {(type(method).__doc__ or '').strip().splitlines()[0]}")
+        table: dict[str, Any] = getattr(method, "options", {})  # optional in the Method protocol
+        for key, option in table.items():
+            print(f"  --opt {key}={describe_option(option)}")
+    return EXIT_OK
+
+
+COMMANDS = {"fit": _cmd_fit, "calibrate": _cmd_calibrate, "evaluate": _cmd_evaluate, "methods": _cmd_methods,
+            "synth": _cmd_synth}
 
 
 TRAIN_PACKAGES = {"torch", "sklearn", "skimage", "skl2onnx", "onnx", "matplotlib", "tqdm",
@@ -375,6 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"edged-train {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `edged-train methods | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the interpreter flushes it at exit)
+        return EXIT_OK
     except Terminated:
         print(f"edged-train {args.command}: terminated", file=sys.stderr)
         return 143

@@ -178,3 +178,19 @@ def test_quiet_means_quiet_and_logs_have_no_control_characters(tmp_path: Path) -
                 assert line.startswith("WARNING: ") or " WARNING " in line, line
             else:
                 assert re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) (tools|edged)[.\w-]*: |WARNING: |!!!", line), line
+
+
+def test_methods_lists_every_method_and_each_option_with_its_meaning(capsys: pytest.CaptureFixture[str]) -> None:
+    from tools.methods.registry import METHODS, get_method
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in METHODS:
+        assert f"\n{name}" in f"\n{out}"
+        table = getattr(get_method(name), "options", {})
+        for key, option in table.items():
+            assert option.doc, f"{name} option {key} has no description"
+            assert f"--opt {key}=" in out
+    assert "(the default)" in out
+    assert main(["methods", "nope"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err

@@ -12,25 +12,25 @@ from tools.methods.components.options import Option, OptionError, parse_options
 class CaeConfig:
     """All knobs of the autoencoder; `--opt KEY=VALUE` sets any of them."""
 
-    channels: int = 3  # 3: rgb (color defects visible; gray images are replicated), 1: gray
-    widths: tuple[int, ...] = (16, 32, 64, 128, 256)  # encoder channels, one stride-2 stage each
-    latent: int = 0  # >0: 1x1 convolution to this many channels at the bottleneck (a narrower code)
-    decoder: str = "resize"  # "resize" (upsample + 3x3 conv) | "convT" (4x4 stride-2 transposed conv)
-    upsample: str = "nearest"  # "nearest" | "bilinear" (decoder "resize" only)
-    act: str = "leaky"  # "relu" | "leaky"
-    loss: str = "ssim+l1"  # "mse" | "l1" | "ssim" | "ssim+l1"
-    error: str = "ssim+l1"  # per-pixel error map: "l2" | "l1" | "ssim" | "ssim+l1"
-    blur: float = 2.0  # Gaussian sigma (px) applied to the error map; 0: none
-    score: str = "topk"  # "mean" (whole-image) | "max" | "topk" (mean of the top-k fraction of pixels)
-    topk: float = 0.01  # fraction of pixels for score "topk"
-    position_norm: bool = True  # standardize the map per pixel with its mean/std over the training images
-    relative: bool = True  # divide the error by the image's mean intensity (brighter image, larger error)
+    channels: int = 3
+    widths: tuple[int, ...] = (16, 32, 64, 128, 256)
+    latent: int = 0
+    decoder: str = "resize"
+    upsample: str = "nearest"
+    act: str = "leaky"
+    loss: str = "ssim+l1"
+    error: str = "ssim+l1"
+    blur: float = 2.0
+    score: str = "topk"
+    topk: float = 0.01
+    position_norm: bool = True
+    relative: bool = True
     ssim_window: int = 11
-    augment: bool = True  # random brightness/contrast per training image
-    brightness: float = 0.1  # +- added to [0,1] pixels
-    contrast: float = 0.2  # +- relative gain
-    flip: bool = False  # random flips (only for parts without an orientation)
-    epochs: int = 15  # 36-50 s of CPU each on MTD's 566 images at 128 px: fit stays near 10 minutes
+    augment: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.2
+    flip: bool = False
+    epochs: int = 15
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -51,6 +51,30 @@ class CaeConfig:
             raise OptionError("cae options epochs, batch_size, lr must be positive")
 
 
+DOCS: dict[str, str] = {  # what each knob does (`edged-train methods cae` shows them)
+    "channels": "3: rgb (color defects visible; gray images are replicated), 1: gray",
+    "widths": "encoder channels, one stride-2 stage each",
+    "latent": ">0: 1x1 convolution to this many channels at the bottleneck (a narrower code)",
+    "decoder": "resize: upsample + 3x3 conv; convT: 4x4 stride-2 transposed conv",
+    "upsample": "interpolation of decoder resize",
+    "act": "activation (leaky: LeakyReLU)",
+    "loss": "training loss",
+    "error": "per-pixel error that makes the anomaly map",
+    "blur": "Gaussian sigma (px) applied to the error map; 0: none",
+    "score": "image score from the map: mean, max, or topk (mean of the topk fraction of pixels)",
+    "topk": "fraction of pixels for score 'topk'",
+    "position_norm": "standardize the map per pixel with its mean/std over the training images",
+    "relative": "divide the error by the image's mean intensity (brighter image, larger error)",
+    "ssim_window": "SSIM window side in pixels (loss and error map)",
+    "augment": "random brightness/contrast per training image",
+    "brightness": "+- added to [0,1] pixels",
+    "contrast": "+- relative gain",
+    "flip": "random flips (only for parts without an orientation)",
+    "epochs": "passes over the training images; 36-50 s of CPU each on MTD's 566 images at 128 px",
+    "batch_size": "training images per step",
+    "lr": "Adam learning rate",
+    "weight_decay": "Adam weight decay",
+}
 CHOICES: dict[str, tuple[str, ...]] = {
     "decoder": ("resize", "convT"), "upsample": ("nearest", "bilinear"), "act": ("relu", "leaky"),
     "loss": ("mse", "l1", "ssim", "ssim+l1"), "error": ("l2", "l1", "ssim", "ssim+l1"),
@@ -77,8 +101,8 @@ def _widths(value: Any) -> str | None:
 def option_table(base: CaeConfig) -> dict[str, Option]:
     """Every `CaeConfig` field is an option, typed by the variant's default, with its allowed values."""
     checks = {"channels": _channels, "widths": _widths}
-    return {f.name: Option(getattr(base, f.name), choices=CHOICES.get(f.name), check=checks.get(f.name),
-                           **RANGES.get(f.name, {}))
+    return {f.name: Option(getattr(base, f.name), DOCS[f.name], choices=CHOICES.get(f.name),
+                           check=checks.get(f.name), **RANGES.get(f.name, {}))
             for f in fields(CaeConfig)}
 
 

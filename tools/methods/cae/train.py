@@ -146,7 +146,9 @@ def position_stats(model: nn.Module, head: ErrorHead, data: torch.Tensor, batch:
 
 
 class CaeMethod:
-    """`Method` for one autoencoder variant (its defaults; `--opt` overrides any `CaeConfig` field)."""
+    """A convolutional autoencoder of the images; its reconstruction error is the anomaly map.
+
+    One object per variant (its `CaeConfig` defaults; `--opt` overrides any field)."""
 
     min_size = 32  # five halvings: the bottleneck is then 1x1
     max_size = 1024  # the training batch of 16 images no longer fits a few GB of memory beyond that

@@ -102,3 +102,17 @@ def parse_options(method: str, table: dict[str, Option], extra: dict[str, Any]) 
     for key, raw in extra.items():
         out[key] = coerce_option(method, key, raw, table[key])
     return out
+
+
+def describe_option(option: Option) -> str:
+    """`default  meaning (range)` for `edged-train methods`: what a user needs to write an --opt."""
+    default = "none" if option.default is None else str(option.default).lower() if isinstance(
+        option.default, bool) else str(option.default)
+    if option.choices:
+        allowed = "one of " + ", ".join(option.choices)
+    else:
+        low = "" if option.low is None else f"{'>' if option.low_open else '>='} {option.low:g}"
+        high = "" if option.high is None else f"<= {option.high:g}"
+        allowed = ", ".join(x for x in (low, high) if x)
+    allowed += ("; " if allowed else "") + "none allowed" if option.none_ok else ""
+    return f"{default}  {option.doc}" + (f" ({allowed})" if allowed else "")
