@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from edged.frames import Verdict
-from edged.health import Heartbeats
+from edged.health import Heartbeats, SupervisedThread
 from edged.preprocess import to_uint8
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class ImageArchive:
             self._total -= size
 
 
-class ImageWriter(threading.Thread):
+class ImageWriter(SupervisedThread):
     """Encodes and writes defect images behind the recorder, only when a core is otherwise idle.
 
     On a 2-core box, a 640x480 JPEG encoded right after a reject's commit competed with the MQTT thread
@@ -177,9 +177,10 @@ class ImageWriter(threading.Thread):
 
     def __init__(self, archive: ImageArchive, station: str, maxsize: int = 4,
                  heartbeats: Heartbeats | None = None) -> None:
-        super().__init__(name="images", daemon=True)
+        # no beat (it sleeps on its queue when idle): supervised for its death only
+        super().__init__("images", heartbeats)
+        self.what = "image writer"
         self.archive = archive
-        self.heartbeats = heartbeats  # no beat (it sleeps on its queue when idle); reports its death
         self.station = station
         self.todo: queue.Queue[tuple[Verdict, int | None] | None] = queue.Queue(maxsize)
         self.lost: queue.Queue[int] = queue.Queue()
@@ -200,19 +201,14 @@ class ImageWriter(threading.Thread):
             self.todo.put(None)
             self.join(timeout)
 
-    def run(self) -> None:
-        """Write queued images at idle priority until `close`; a failure is reported as this thread's death."""
+    def work(self) -> None:
+        """Write queued images at idle priority until `close` (supervised: `SupervisedThread`)."""
         # Linux: the scheduling class is per thread. Refused (a seccomp filter answers EPERM, not a kill:
         # deploy/edged.service sets SystemCallErrorNumber=EPERM), the thread keeps normal priority.
         with contextlib.suppress(OSError, AttributeError):
             os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
-        try:
-            while (item := self.todo.get()) is not None:
-                self._save(*item)
-        except Exception as exc:  # supervised: the daemon turns unhealthy and is restarted
-            log.exception("image writer failed")
-            if self.heartbeats is not None:
-                self.heartbeats.died(self.name, exc)
+        while (item := self.todo.get()) is not None:
+            self._save(*item)
 
     def _save(self, verdict: Verdict, row_id: int | None) -> None:
         try:

@@ -9,6 +9,7 @@ camera's typed config, says whether it is live and how fast to pace it (`Source.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
@@ -22,7 +23,7 @@ from edged.backoff import backoff_delay
 from edged.config import CameraConfig
 from edged.frame_queue import FrameQueue, QueueClosed
 from edged.frames import Frame
-from edged.health import CameraStats, Heartbeats
+from edged.health import CameraStats, Heartbeats, SupervisedThread
 from edged.parts import TriggerGate
 from edged.safetext import escape
 from edged.sources import BadFrame, NoFrameYet, Source, SourceEnded, SourceFailed, open_source
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 SHAPE_SETTLE_FRAMES = 30  # a new frame size that persists this long is accepted (camera reconfigured)
 
 
-class CaptureThread(threading.Thread):
+class CaptureThread(SupervisedThread):
     """One camera's thread: opens its source, reopens it with backoff, and queues its frames (through the trigger gate
     in mqtt mode). State changes go to `events` for the supervisor."""
 
@@ -40,11 +41,12 @@ class CaptureThread(threading.Thread):
                  stop: threading.Event, events: queue.Queue[tuple[str, str, str]] | None = None,
                  source_factory: Callable[[CameraConfig], Source] | None = None,
                  gate: TriggerGate | None = None) -> None:
-        super().__init__(name=f"capture:{cam.name}", daemon=True)
+        super().__init__(f"capture:{cam.name}", heartbeats)
+        self.heartbeats: Heartbeats = heartbeats
+        self.what = f"{cam.name}: capture thread"
         self.cam = cam
         self.frames = frames
         self.stats = stats
-        self.heartbeats = heartbeats
         self.stop_event = stop
         self.events = events
         self.source_factory = source_factory or _default_factory
@@ -83,20 +85,18 @@ class CaptureThread(threading.Thread):
         return False
 
     # --- main loop ---------------------------------------------------------------------------------
-    def run(self) -> None:
-        """Capture until stopped, the source ends, or reopening gives up; an unexpected error is logged and reported as
-        this thread's death, never raised."""
-        try:
+    def work(self) -> None:
+        """Capture until stopped, the source ends, or reopening gives up (supervised: `SupervisedThread`)."""
+        with contextlib.suppress(QueueClosed):  # the pipeline is shutting down
             self._run()
-        except QueueClosed:
-            pass
-        except Exception as exc:  # a bug here must not kill the daemon silently: supervised, reported dead
-            log.exception("%s: capture thread failed", self.cam.name)
-            self.heartbeats.died(self.name, exc)
-            self._set_state("failed", "internal error")
-        finally:
-            self.heartbeats.forget(self.name)
-            self.finished.set()
+
+    def on_death(self) -> None:
+        """The camera is failed: its state says so on MQTT and in the health file."""
+        self._set_state("failed", "internal error")
+
+    def finish(self) -> None:
+        """The service waits on this to know the camera is done for good."""
+        self.finished.set()
 
     def _run(self) -> None:
         failures = 0

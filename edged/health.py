@@ -9,6 +9,7 @@ vanish from the heartbeats, which would make a daemon with a dead thread look he
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -56,6 +57,48 @@ class Heartbeats:
     def stale(self, timeout_s: float) -> list[str]:
         """Threads silent for longer than `timeout_s`: hung."""
         return [name for name, age in self.ages().items() if age > timeout_s]
+
+
+class SupervisedThread(threading.Thread):
+    """A thread the daemon cannot do without (capture, inference, recorder, MQTT link, image writer).
+
+    `work()` is its body. Whatever escapes it is logged with its traceback and reported to `heartbeats` as this
+    thread's death (the supervisor stops the watchdog and edged exits for systemd to restart it); it never
+    reaches Python's thread machinery, which would only print it. `on_death()` says what else a death means
+    for this thread, `finish()` always runs last. One place, so that a new thread is supervised by subclassing
+    this, not by copying a try/except.
+    """
+
+    what = "thread"  # how the log names it: "<what> failed"
+
+    def __init__(self, name: str, heartbeats: Heartbeats | None) -> None:
+        super().__init__(name=name, daemon=True)
+        self.heartbeats = heartbeats
+
+    def work(self) -> None:
+        """The thread's body; returning ends the thread as it should (end of input, shutdown)."""
+        raise NotImplementedError
+
+    def on_death(self) -> None:
+        """After an unexpected exception was reported: what else it means (default: nothing)."""
+
+    def finish(self) -> None:
+        """Always, after `work` however it ended: release what the thread holds (default: nothing)."""
+
+    def run(self) -> None:
+        """`work` under supervision (see the class); not to be overridden."""
+        try:
+            self.work()
+        except Exception as exc:
+            logging.getLogger(type(self).__module__).exception("%s failed", self.what)  # the subclass's logger
+            if self.heartbeats is not None:
+                self.heartbeats.died(self.name, exc)
+            self.on_death()
+        finally:
+            if self.heartbeats is not None:
+                self.heartbeats.forget(self.name)
+            self.finish()
+
 
 
 @dataclass

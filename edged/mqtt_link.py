@@ -44,7 +44,7 @@ from paho.mqtt.properties import Properties
 from edged import jsonout
 from edged.backoff import backoff_delay
 from edged.config import Config
-from edged.health import Heartbeats
+from edged.health import Heartbeats, SupervisedThread
 from edged.incoming import MAX_PAYLOAD_BYTES, MessageRefused
 from edged.logsetup import LogThrottle
 from edged.payloads import Audit, CameraState, Payload, Result, Stats, Status
@@ -102,7 +102,7 @@ class Route:
     qos: int = 1
 
 
-class MqttLink(threading.Thread):
+class MqttLink(SupervisedThread):
     """`routes` is the incoming dispatch table (topic -> Route; empty: nothing is subscribed). `announce`
     False (edged replay --mqtt): no status, last will or camera states, so a replay beside the service never
     overwrites the service's retained state.
@@ -111,7 +111,9 @@ class MqttLink(threading.Thread):
     def __init__(self, config: Config, database: Path, heartbeats: Heartbeats, stop: threading.Event,
                  routes: Mapping[str, Route] | None = None, client_id: str | None = None,
                  announce: bool = True) -> None:
-        super().__init__(name="mqtt", daemon=True)
+        super().__init__("mqtt", heartbeats)
+        self.heartbeats: Heartbeats = heartbeats
+        self.what = "MQTT link"
         self.config = config
         self.cfg = config.mqtt
         self.topics = Topics.of(config)
@@ -199,19 +201,16 @@ class MqttLink(threading.Thread):
             self.send(self.topics.camera(camera), state.value, qos=1, retain=True)
 
     # --- the thread --------------------------------------------------------------------------------
-    def run(self) -> None:
-        """The link's thread: connect, publish the outbox, handle acks and incoming messages until stopped; an
-        unexpected error is reported as its death."""
-        try:
-            self.outbox = Outbox(connect(self.database))
-            self._loop()
-        except Exception as exc:  # supervised: the daemon turns unhealthy and is restarted
-            log.exception("MQTT link failed")
-            self.heartbeats.died(self.name, exc)
-        finally:
-            self.heartbeats.forget(self.name)
-            self._close(clean=True)
-            self.done.set()
+    def work(self) -> None:
+        """Connect, publish the outbox, handle acks and incoming messages until stopped (supervised:
+        `SupervisedThread`)."""
+        self.outbox = Outbox(connect(self.database))
+        self._loop()
+
+    def finish(self) -> None:
+        """Say `stopped` and disconnect (when connected); the service waits on `done`."""
+        self._close(clean=True)
+        self.done.set()
 
     def _loop(self) -> None:
         while True:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from edged.archive import ImageArchive, ImageWriter
 from edged.config import CameraConfig, Config
 from edged.frames import Verdict
-from edged.health import Counters, Heartbeats, LatencyWindow
+from edged.health import Counters, Heartbeats, LatencyWindow, SupervisedThread
 from edged.logsetup import LogThrottle
 from edged.parts import FreeRunGrouper, PartEvent, Trigger, TriggerBook
 from edged.payloads import NotInspected, Reject, Result
@@ -44,7 +44,7 @@ class _Group:
     images: list[tuple[Verdict, int]] = field(default_factory=list)  # (verdict, row index): written after the commit
 
 
-class RecorderThread(threading.Thread):
+class RecorderThread(SupervisedThread):
     """The only writer of inspection rows (see the module docstring); when the database fails, rejects are published
     directly, not durably."""
 
@@ -54,7 +54,9 @@ class RecorderThread(threading.Thread):
                  send_result: Callable[[Result], None] | None = None,
                  on_verdict: Callable[[Verdict, str], None] | None = None,
                  publish_direct: Callable[[str, dict[str, object]], None] | None = None) -> None:
-        super().__init__(name="recorder", daemon=True)
+        super().__init__("recorder", heartbeats)
+        self.heartbeats: Heartbeats = heartbeats
+        self.what = "recorder"
         self.config = config
         self.topics = Topics.of(config)
         self.decided = decided
@@ -86,29 +88,23 @@ class RecorderThread(threading.Thread):
         self._throttle = LogThrottle(log, 30.0)
         self.workers_done = threading.Event()  # set by the service when no verdict can arrive any more
 
-    def run(self) -> None:
-        """Record until the workers are done and the queue is empty, then close the open parts; an unexpected error is
-        reported as this thread's death."""
+    def work(self) -> None:
+        """Record until the workers are done and the queue is empty, then close the open parts (supervised:
+        `SupervisedThread`)."""
         if self.images is not None:
             self.images.start()
-        try:
-            while True:
-                self.heartbeats.beat(self.name)
-                items = self._collect()
-                ordered = [d for item in items for d in self._reorder(item)]
-                self._process(ordered, time.monotonic())
-                if not items and self.workers_done.is_set() and self.decided.empty():
-                    self._process([], time.monotonic(), final=True)
-                    if self.images is not None:
-                        self.images.close()
-                    self._forget_lost_images()
-                    return
-                self._maintain()
-        except Exception as exc:  # supervised: the daemon turns unhealthy and is restarted
-            log.exception("recorder failed")
-            self.heartbeats.died(self.name, exc)
-        finally:
-            self.heartbeats.forget(self.name)
+        while True:
+            self.heartbeats.beat(self.name)
+            items = self._collect()
+            ordered = [d for item in items for d in self._reorder(item)]
+            self._process(ordered, time.monotonic())
+            if not items and self.workers_done.is_set() and self.decided.empty():
+                self._process([], time.monotonic(), final=True)
+                if self.images is not None:
+                    self.images.close()
+                self._forget_lost_images()
+                return
+            self._maintain()
 
     def _collect(self) -> list[Decided]:
         """A group to commit: everything available now, plus, while it holds only good verdicts, what

@@ -22,7 +22,7 @@ from edged.config import CameraConfig, ModelConfig
 from edged.detector import Detector
 from edged.frame_queue import Dispatched, FrameQueue
 from edged.frames import Frame, Verdict
-from edged.health import Heartbeats
+from edged.health import Heartbeats, SupervisedThread
 from edged.preprocess import FrameError
 from edged.regions import find_regions
 
@@ -50,14 +50,16 @@ def _not_finite(score: float, amap: np.ndarray | None) -> str:
     return ""
 
 
-class InferenceWorker(threading.Thread):
+class InferenceWorker(SupervisedThread):
     """One inference thread: batches of one camera from the frame queue through the shared detector, one Decided per
     frame to the recorder (with the reason when a frame cannot be inspected)."""
 
     def __init__(self, index: int, detector: Detector, frames: FrameQueue, out: queue.Queue[Decided],
                  cameras: Mapping[str, CameraConfig], model_cfg: ModelConfig, heartbeats: Heartbeats,
                  stop: threading.Event) -> None:
-        super().__init__(name=f"inference:{index}", daemon=True)
+        super().__init__(f"inference:{index}", heartbeats)
+        self.heartbeats: Heartbeats = heartbeats
+        self.what = f"inference:{index}: inference worker"
         self.detector = detector
         self.frames = frames
         self.out = out
@@ -68,28 +70,21 @@ class InferenceWorker(threading.Thread):
         self.map_threshold = (model_cfg.map_threshold if model_cfg.map_threshold is not None
                               else detector.map_threshold)
 
-    def run(self) -> None:
-        """Infer until stopped or the queue is closed and empty; an unexpected error is reported as this
-        thread's death."""
+    def work(self) -> None:
+        """Infer until stopped or the queue is closed and empty (supervised: `SupervisedThread`)."""
         if self.model_cfg.workers > 1:
             # OpenCV's own pool (one thread per core) would fight the other workers for the cores in
             # every resize and color conversion; each worker already has one to itself.
             cv2.setNumThreads(1)
-        try:
-            while True:
-                self.heartbeats.beat(self.name)
-                batch = self.frames.get_batch(self.model_cfg.batch_size, timeout=0.25)
-                if not batch:
-                    if self.frames.closed or self.stop_event.is_set():
-                        return
-                    continue
-                for decided in self.decide(batch):
-                    self.out.put(decided)
-        except Exception as exc:  # supervised: the daemon turns unhealthy and is restarted
-            log.exception("%s: inference worker failed", self.name)
-            self.heartbeats.died(self.name, exc)
-        finally:
-            self.heartbeats.forget(self.name)
+        while True:
+            self.heartbeats.beat(self.name)
+            batch = self.frames.get_batch(self.model_cfg.batch_size, timeout=0.25)
+            if not batch:
+                if self.frames.closed or self.stop_event.is_set():
+                    return
+                continue
+            for decided in self.decide(batch):
+                self.out.put(decided)
 
     def decide(self, batch: list[Dispatched]) -> list[Decided]:
         """A Decided per frame of the batch: a frame that cannot be prepared, or whose output is NaN or infinite, gets

@@ -1,8 +1,11 @@
-"""Percentiles (edged/health.py): one nearest-rank definition for every latency figure a technician sees."""
+"""edged/health.py: one nearest-rank percentile for every latency figure a technician sees, and the one
+supervision of the threads that must live."""
 
 from __future__ import annotations
 
-from edged.health import LatencyWindow, percentile
+import pytest
+
+from edged.health import Heartbeats, LatencyWindow, SupervisedThread, percentile
 
 
 def test_nearest_rank_is_a_value_that_occurred() -> None:
@@ -20,3 +23,43 @@ def test_latency_window_uses_it_and_rounds_to_microseconds() -> None:
     for ms in (9.0, 1.0, 2.0001234, 3.0, 4.0):  # the window keeps the last 4
         window.add(ms)
     assert window.percentiles() == {"p50": 2.0, "p99": 4.0}
+
+
+class _Probe(SupervisedThread):
+    what = "probe"
+
+    def __init__(self, heartbeats: Heartbeats, fail: bool) -> None:
+        super().__init__("probe", heartbeats)
+        self.fail = fail
+        self.calls: list[str] = []
+
+    def work(self) -> None:
+        assert self.heartbeats is not None
+        self.heartbeats.beat(self.name)
+        if self.fail:
+            raise RuntimeError("boom\nsecond line")
+
+    def on_death(self) -> None:
+        self.calls.append("on_death")
+
+    def finish(self) -> None:
+        self.calls.append("finish")
+
+
+def test_a_supervised_thread_that_raises_is_reported_dead_and_still_finishes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    beats = Heartbeats()
+    probe = _Probe(beats, fail=True)
+    probe.start()
+    probe.join(5)
+    assert beats.dead() == {"probe": "RuntimeError: boom second line"}
+    assert probe.calls == ["on_death", "finish"] and "probe" not in beats.ages()
+    assert "probe failed" in caplog.text and "Traceback" in caplog.text  # logged with its traceback
+
+
+def test_a_supervised_thread_that_returns_is_forgotten_not_dead() -> None:
+    beats = Heartbeats()
+    probe = _Probe(beats, fail=False)
+    probe.start()
+    probe.join(5)
+    assert beats.dead() == {} and "probe" not in beats.ages() and probe.calls == ["finish"]
