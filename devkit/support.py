@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cv2
 import numpy as np
@@ -32,6 +32,20 @@ if TYPE_CHECKING:
 # A decoded JSON object, as the daemon publishes them (results, rejects, stats, health): its values are
 # whatever JSON types the message carried, for the test to compare.
 JsonObject = dict[str, Any]
+
+
+T = TypeVar("T")
+
+
+def _wait_count(get: Callable[[], list[T]], count: int, timeout: float) -> list[T]:
+    """`get()` once it holds `count` items, or what it holds after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = get()
+        if len(got) >= count:
+            return got
+        time.sleep(0.05)
+    return get()
 
 
 def load_script(name: str) -> ModuleType:
@@ -208,23 +222,11 @@ class Subscriber:
 
     def wait_for(self, topic: str, count: int, timeout: float = 10.0) -> list[object]:
         """The payloads on topic once there are `count` of them, or all there are after `timeout` s."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = self.on(topic)
-            if len(got) >= count:
-                return got
-            time.sleep(0.05)
-        return self.on(topic)
+        return _wait_count(lambda: self.on(topic), count, timeout)
 
     def wait_for_objects(self, topic: str, count: int, timeout: float = 10.0) -> list[JsonObject]:
         """`wait_for` counting only the JSON-object payloads, which it returns."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = self.objects(topic)
-            if len(got) >= count:
-                return got
-            time.sleep(0.05)
-        return self.objects(topic)
+        return _wait_count(lambda: self.objects(topic), count, timeout)
 
     def close(self) -> None:
         self.client.loop_stop()

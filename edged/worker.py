@@ -65,7 +65,6 @@ class InferenceWorker(SupervisedThread):
         self.out = out
         self.cameras = cameras
         self.model_cfg = model_cfg
-        self.heartbeats = heartbeats
         self.stop_event = stop
         self.map_threshold = (model_cfg.map_threshold if model_cfg.map_threshold is not None
                               else detector.map_threshold)
