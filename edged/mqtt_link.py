@@ -220,15 +220,19 @@ class MqttLink(SupervisedThread):
             except sqlite3.Error as exc:
                 # a locked or full database must not end the link for the rest of the process: rejects
                 # that cannot be stored are published directly meanwhile (recorder), and this retries
-                self.db_errors += 1
-                now = time.monotonic()
-                if now - self._last_db_error_log > 30.0:
-                    self._last_db_error_log = now
-                    log.error("outbox database error: %s (%d so far); retrying", exc, self.db_errors)
+                self._db_error(exc)
                 if self.stop_event.is_set():
                     self.drained.set()
                     return
                 self.stop_event.wait(0.5)
+
+    def _db_error(self, exc: sqlite3.Error) -> None:
+        """Count an outbox database failure; said once per 30 s (a full disk fails every step)."""
+        self.db_errors += 1
+        now = time.monotonic()
+        if now - self._last_db_error_log > 30.0:
+            self._last_db_error_log = now
+            log.error("outbox database error: %s (%d so far); retrying", exc, self.db_errors)
 
     def _step(self) -> bool:
         """One pass of the link's work; True when it is time to end (stopped, and drained or given up)."""
@@ -239,8 +243,8 @@ class MqttLink(SupervisedThread):
         self._check_paho_thread()
         if self._lost.is_set():
             self._on_lost()
+        self._flush_volatile()  # first: rejects published directly (database failing) wait for no bookkeeping
         self._handle_acks()
-        self._flush_volatile()
         if self.connected and self._inflight_deadline and min(self._inflight_deadline.values()) <= time.time():
             self._abort()
         if self.connected:
@@ -509,7 +513,13 @@ class MqttLink(SupervisedThread):
                 self._inflight_rows.discard(row)
         if self._acked:
             rows = self._acked
-            self.outbox.mark(rows, "delivered")  # a database error keeps them for the next try
+            try:
+                self.outbox.mark(rows, "delivered")
+            except sqlite3.Error as exc:
+                # kept for the next try; raising instead would end every step here, before the rest of
+                # the link's work, for as long as the disk stays full
+                self._db_error(exc)
+                return
             self._acked = []
             self._inflight_rows.difference_update(rows)
             self.delivered += len(rows)

@@ -4,6 +4,7 @@ through a real mosquitto, fuzzed, are in test_reliability_mqtt.py."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -97,3 +98,39 @@ def test_a_handler_that_fails_is_a_callback_error_not_a_dead_thread(tmp_path: Pa
     link = _link(tmp_path, {topics.trigger: Route(broken, "trigger")})
     link._guarded("on_message", link._on_message)(None, None, _message(topics.trigger))
     assert link.callback_errors == 1 and link.refused == 0
+
+
+class FullDiskOutbox:
+    """An outbox on a full disk: reads work, every write fails as SQLite says it."""
+
+    def mark(self, rows: list[int], state: str) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def next_to_send(self, n: int, skip: set[int]) -> list[Any]:
+        return []
+
+    def enforce_cap(self, max_rows: int, max_results: int) -> int:
+        return 0
+
+    def backlog(self) -> int:
+        return 0
+
+
+def test_an_ack_that_cannot_be_recorded_does_not_hold_back_direct_rejects(tmp_path: Path) -> None:
+    """The disk fills while a reject is in flight: its PUBACK cannot be marked. The step must still publish
+    what the recorder sent directly (its rows could not be stored), and keep the ack for the next try."""
+    link = _link(tmp_path, {})
+    client = FakeClient()
+    client._thread = threading.current_thread()  # type: ignore[attr-defined]  # paho's network thread, alive
+    link._client = client  # type: ignore[assignment]  # a fake paho client records the calls
+    link.outbox = FullDiskOutbox()  # type: ignore[assignment]  # a fake outbox on a full disk
+    link.connected = True
+    link._inflight[7] = 42
+    link._inflight_rows.add(42)
+    link._acks.put((7, True))
+    link.publish_direct("edged/line1/reject", {"id": "r1"})
+    for _ in range(3):
+        assert link._step() is False  # no sqlite3.Error escapes a step
+    assert [t for t, _ in client.published] == ["edged/line1/reject"]
+    assert link._acked == [42] and 42 in link._inflight_rows and link.delivered == 0  # kept for the next try
+    assert link.db_errors == 3
