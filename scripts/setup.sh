@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian machine (run as root), idempotently:
 # system packages (mosquitto broker, ffmpeg, libsystemd headers, GStreamer RTSP server for the stream
-# tests), then a virtual environment in .venv with edged, the training tools and the test tools
+# tests; for dev also chromium, postgresql and aravis), then a virtual environment in .venv with edged, the training tools and the test tools
 # (devkit/, the test and demo helpers, is used from the checkout and never installed).
 # Usage: scripts/setup.sh [runtime|train|dev]   (default dev = everything)
 set -euo pipefail
@@ -11,6 +11,11 @@ level="${1:-dev}"
 apt_packages=(mosquitto ffmpeg libsystemd-dev pkg-config gcc python3-venv python3-dev systemd
               python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base
               gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav)
+if [ "$level" = dev ]; then
+  # the tests' real components: headless browser, PostgreSQL server, Aravis and its fake GenICam cameras
+  apt_packages+=(chromium chromium-driver fonts-dejavu-core postgresql libaravis-0.8-0 gir1.2-aravis-0.8
+                 aravis-tools libgirepository1.0-dev libcairo2-dev)
+fi
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -36,7 +41,7 @@ python -m pip install -q --upgrade pip >/dev/null
 case "$level" in
   runtime) extras="systemd" ;;
   train)   extras="systemd,train" ;;
-  *)       extras="systemd,train,dev" ;;
+  *)       extras="systemd,train,dev,genicam,opcua,collect" ;;
 esac
 stamp=".venv/.edged-installed-$level-$(cat pyproject.toml setup.py | sha256sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
