@@ -26,6 +26,7 @@ from edged.sources import (  # the camera sections live with the sources (edged/
     CameraConfig,  # noqa: F401 (re-exported: the common base of every camera kind, for worker, recorder, capture)
     paths_relative_to,
 )
+from edged.topic_names import check_prefix
 
 
 class ConfigError(Exception):
@@ -147,9 +148,9 @@ class MqttConfig(Section):
                                                     "take the session from each other.")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive: a silent broker is noticed within 1.5 "
                                                             "times this.")
-    prefix: str = Field("edged", pattern=r"^[^#+\s]+$",
-                        description="First level(s) of every topic: <prefix>/<station>/reject, /status, /result, "
-                                    "/stats, /trigger, ...")
+    prefix: str = Field("edged", description="First level(s) of every topic: <prefix>/<station>/reject, /status, "
+                                             "/result, /stats, /trigger, ...; several levels name the place, e.g. "
+                                             "acme/plant1/press-shop/line3 (no + # $ or empty levels).")
     username: str | None = Field(None, description="User name at the broker; null: anonymous.",
                                  json_schema_extra={"common": True})
     password: str | None = Field(None, description="Password in this file (better: password_file, or systemd "
@@ -167,6 +168,11 @@ class MqttConfig(Section):
                                                      "(QoS 0).")
     stats_interval_s: float = Field(10.0, ge=1, description="Seconds between <prefix>/<station>/stats messages.")
     outbox: OutboxConfig = Field(OutboxConfig(), description="The durable outbox.")
+
+    @field_validator("prefix")
+    @classmethod
+    def _topic_prefix(cls, v: str) -> str:
+        return check_prefix(v)
 
     @model_validator(mode="after")
     def _one_password(self) -> MqttConfig:
@@ -200,6 +206,71 @@ class HealthConfig(Section):
                                                             "updates (what `edged status` reads).")
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+class WebConfig(Section):
+    """The line's web view (edged/web/): live frames, rejects, feedback, /metrics and the JSON API."""
+
+    enabled: bool = Field(True, description="Serve the web view from the daemon (its own threads; the pipeline never "
+                                            "waits on it).", json_schema_extra={"common": True})
+    bind: str = Field("127.0.0.1", min_length=1, description="Address to listen on; anything but loopback needs a "
+                                                             "password, or auth: none written explicitly.",
+                      json_schema_extra={"common": True})
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free port, for tests).",
+                      json_schema_extra={"common": True})
+    auth: Literal["password", "none"] | None = Field(
+        None, description="password: a login page (sessions by cookie); none: open to anyone who can reach it; "
+                          "null: password when one is configured, else none (loopback only).")
+    password: str | None = Field(None, description="Login password in this file (better: password_file, or systemd "
+                                                   "LoadCredential=web-password); never logged or shown.")
+    password_file: Path | None = Field(
+        None, description="File holding the login password; without it, $CREDENTIALS_DIRECTORY/web-password "
+                          "(systemd LoadCredential=) is read when present.")
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="A login lasts this long (one shift).")
+    max_clients: int = Field(8, ge=1, le=64, description="Requests served at once; more are answered 503 at once, "
+                                                         "so a crowd of browsers cannot pile up threads.")
+    request_timeout_s: float = Field(10.0, gt=0, le=300, description="A client silent this long in a request is "
+                                                                     "dropped (a slow or hostile browser).")
+    live_fps: float = Field(4.0, gt=0, le=30, description="The live frame is encoded at most this often per camera "
+                                                          "(in the web thread, shared by every viewer).")
+    feedback_dir: Path = Field(Path("feedback"), description="Folder of feedback images, relative to "
+                                                             "storage.state_dir: false rejects' frames go to its "
+                                                             "good/ (what `edged-train calibrate` reads).")
+
+    @model_validator(mode="after")
+    def _auth_outside_loopback(self) -> WebConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set either password or password_file, not both")
+        if self.auth == "none" or self.bind in LOOPBACK_HOSTS:
+            return self
+        if self.password is None and self.password_file is None and not os.environ.get("CREDENTIALS_DIRECTORY"):
+            raise ValueError(f"bind {self.bind} is not loopback: set password_file (or LoadCredential=web-password), "
+                             "or write auth: none to serve the view to anyone who can reach it")
+        return self
+
+    def read_password(self) -> str | None:
+        """The login password from the config, a file, or the systemd credential `web-password`; None: no login."""
+        if self.auth == "none":
+            return None
+        if self.password is not None:
+            return self.password
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text(encoding="utf-8").strip() or None
+            except OSError as exc:
+                raise ConfigError(f"web.password_file: cannot read {self.password_file}: {exc.strerror}") from None
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        cred = Path(cred_dir) / "web-password" if cred_dir else None
+        if cred is not None and cred.is_file():
+            return cred.read_text(encoding="utf-8").strip() or None
+        return None
+
+    def open_to_all(self) -> bool:
+        """True when the view may run without a login: auth none, or loopback without a password."""
+        return self.auth == "none" or self.bind in LOOPBACK_HOSTS
+
+
 class LoggingConfig(Section):
     """What goes to the journal."""
 
@@ -219,6 +290,7 @@ class Config(Section):
     mqtt: MqttConfig = Field(MqttConfig(), description="The broker: rejects out (durable), triggers in.")
     health: HealthConfig = Field(HealthConfig(), description="Watchdog and status reporting.")
     logging: LoggingConfig = Field(LoggingConfig(), description="The journal's level.")
+    web: WebConfig = Field(WebConfig(), description="The line's web view: live frames, rejects, feedback, /metrics.")
 
     @model_validator(mode="after")
     def _unique_camera_names(self) -> Config:
