@@ -130,6 +130,44 @@ class TrainingSummary(_Strict):
     params: dict[str, object] = Field(default_factory=dict)  # method options: epochs, loss, ...
 
 
+class InputStatistics(_Strict):
+    """What the training images looked like, for the daemon's input-health checks (edged.input_health).
+
+    Ranges are [lowest, highest] over the good training images, measured exactly as the daemon measures
+    frames (on a `stats_size` grey copy); the daemon adds the tolerances of its `input_health:` section.
+    `reference_low`/`reference_high` are per-pixel bounds of the training images at `reference_size`
+    (row-major, grey levels, each image first scaled to mean `reference_mean`) for the "differs grossly"
+    fraction. A bundle without this section still loads; then only the checks that need no reference run.
+    """
+
+    n_images: int = Field(ge=1)
+    stats_size: tuple[int, int]  # (width, height) of the grey copy the statistics are measured on
+    mean: tuple[float, float] = Field(description="brightness mean, grey levels 0..255")
+    spread: tuple[float, float] = Field(description="brightness standard deviation, grey levels")
+    sharpness: tuple[float, float] = Field(description="variance of the Laplacian at mean 128, grey levels^2")
+    clipped_low: tuple[float, float] = Field(description="fraction of pixels <= 2")
+    clipped_high: tuple[float, float] = Field(description="fraction of pixels >= 253")
+    differs: tuple[float, float] = Field(description="fraction of the reference grid outside its bounds")
+    reference_size: tuple[int, int]
+    reference_mean: float = Field(gt=0, le=255)
+    reference_low: tuple[int, ...]
+    reference_high: tuple[int, ...]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InputStatistics:
+        cells = self.reference_size[0] * self.reference_size[1]
+        if not 0 < cells <= 4096 or len(self.reference_low) != cells or len(self.reference_high) != cells:
+            raise ValueError(f"reference_low/high need reference_size[0] * [1] values (1..4096), got "
+                             f"{len(self.reference_low)}/{len(self.reference_high)} for {self.reference_size}")
+        if min(self.stats_size) < 8 or max(self.stats_size) > 1024:
+            raise ValueError("stats_size must be between 8 and 1024 pixels per side")
+        for name in ("mean", "spread", "sharpness", "clipped_low", "clipped_high", "differs"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise ValueError(f"{name} must be [low, high] with 0 <= low <= high")
+        return self
+
+
 class Manifest(_Strict):
     """A bundle's manifest.json: what its models take and give, and their thresholds. Validated on load; a
     format_version this edged does not read is refused."""
@@ -151,6 +189,8 @@ class Manifest(_Strict):
     # False while edged-train is still writing the bundle (placeholder thresholds): never loaded to run
     complete: bool = True
     history: list[dict[str, object]] = Field(default_factory=list)  # earlier ids/thresholds (re-calibrations)
+    # ranges of the training images for input health; None in bundles fitted before it (still loaded)
+    input_stats: InputStatistics | None = None
 
     @model_validator(mode="after")
     def _has_default(self) -> Manifest:

@@ -12,6 +12,24 @@ import numpy as np
 
 
 @dataclass(frozen=True, slots=True)
+class FrameInput:
+    """A frame's input health (edged.input_health), set by the capture thread: in range or not, and whether
+    its camera was degraded when it was captured."""
+
+    ok: bool
+    problems: tuple[str, ...] = ()  # what is out of range, most telling first
+    degraded: str = ""  # the camera's degraded reason at capture ('' when not degraded)
+
+
+@dataclass(frozen=True, slots=True)
+class CameraStamp:
+    """What the camera itself says of a frame (GenICam): its frame id and timestamp, beside the host's."""
+
+    frame_id: int  # the camera's block id (GigE Vision: 16 bits, wraps; USB3 Vision: 64 bits)
+    timestamp_ns: int  # the camera's clock in nanoseconds (its own epoch, not Unix time; 0 when it gives none)
+
+
+@dataclass(frozen=True, slots=True)
 class Frame:
     """One image from one camera, stamped at capture time."""
 
@@ -22,6 +40,8 @@ class Frame:
     captured_at: float  # time.time() at capture (Unix seconds): for logs and messages
     source_name: str = ""  # file name for folder sources, else ""
     part_id: str | None = None  # set when a trigger assigned this frame to a part
+    camera_stamp: CameraStamp | None = None  # the camera's frame id and clock (GenICam sources), else None
+    input: FrameInput | None = None  # input health; None when input_health is off
 
 
 @dataclass(frozen=True, slots=True)
