@@ -22,7 +22,7 @@ import numpy as np
 from edged.backoff import backoff_delay
 from edged.config import CameraConfig
 from edged.frame_queue import FrameQueue, QueueClosed
-from edged.frames import Frame
+from edged.frames import CameraStamp, Frame
 from edged.health import CameraStats, Heartbeats, SupervisedThread
 from edged.parts import TriggerGate
 from edged.safetext import escape
@@ -150,7 +150,7 @@ class CaptureThread(SupervisedThread):
                     return "stopped"
                 next_due = due
             try:
-                image, name = source.read()
+                image, name = self._read(source)
             except NoFrameYet:
                 last_good = time.monotonic()  # a quiet watched folder is not a stalled camera
                 self._idle(drop_oldest)
@@ -171,9 +171,16 @@ class CaptureThread(SupervisedThread):
                     return f"no usable frame for {self.cam.stall_timeout_s:g} s"
                 continue
             last_good = mono
-            if not self._deliver(usable, name, mono, wall, drop_oldest):
+            if not self._deliver(usable, name, mono, wall, drop_oldest, source.stamp):
                 return "stopped"
         return "stopped"
+
+    def _read(self, source: Source) -> tuple[np.ndarray, str]:
+        """One read; frames the camera says it lost meanwhile (GenICam) are counted, whatever the read raised."""
+        try:
+            return source.read()
+        finally:
+            self.stats.missed += source.take_missed()
 
     def _pace(self, next_due: float, period: float) -> float | None:
         """Wait for `next_due` (a realtime replay, read like a camera; a late read is not caught up on).
@@ -191,13 +198,14 @@ class CaptureThread(SupervisedThread):
             for item in self.gate.offer(None):
                 self._enqueue(item, drop_oldest)
 
-    def _deliver(self, image: np.ndarray, name: str, mono: float, wall: float, drop_oldest: bool) -> bool:
+    def _deliver(self, image: np.ndarray, name: str, mono: float, wall: float, drop_oldest: bool,
+                 stamp: CameraStamp | None = None) -> bool:
         """A usable frame: numbered, counted, and queued (through the trigger gate when triggered);
         False when asked to stop while waiting for room."""
         self._set_state("streaming")
         self.opened.set()
         frame = Frame(camera=self.cam.name, seq=self._seq, image=image, captured_mono=mono,
-                      captured_at=wall, source_name=name)
+                      captured_at=wall, source_name=name, camera_stamp=stamp)
         self._seq += 1
         self.stats.frame_captured(mono, wall)
         selected = [frame] if self.gate is None else self.gate.offer(frame)

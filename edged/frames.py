@@ -77,6 +77,7 @@ class Verdict:
     reason: str = "ok"  # "ok", "defect", "not_inspected"
     dequeued_mono: float = 0.0  # when a worker took the frame from the queue (stage timing; 0 = unknown)
     prepared_mono: float = 0.0  # when its preprocessing ended, inference began
+    degraded: str = ""  # the camera's degraded reason when input health made this verdict not_inspected or flagged it
 
     @property
     def confidence(self) -> float:

@@ -111,6 +111,7 @@ class CameraStats:
     frames: int = 0
     bad_frames: int = 0
     reconnects: int = 0
+    missed: int = 0  # frames the camera sent that never arrived whole (GenICam: incomplete buffers, id jumps)
     last_frame_at: float | None = None
     _times: deque[float] = field(default_factory=lambda: deque(maxlen=64))
 

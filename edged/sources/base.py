@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field, field_validator
 from typing_extensions import Self
 
+from edged.frames import CameraStamp
 from edged.safetext import redact_url
 from edged.section import NAME_RE, Section
 
@@ -36,6 +37,18 @@ class NoFrameYet(Exception):
 
 class BadFrame(Exception):
     """This one frame is unusable (corrupt file, empty image); the next may be fine."""
+
+
+class SettingRefused(SourceFailed):
+    """The camera refuses a configured setting (out of its range, not offered): a bad config, named by its key.
+
+    At start (and in check-config) it is exit 2; a camera that refuses on a later reopen (swapped for another
+    model) keeps being retried with the reason in its state, like any camera that cannot stream."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.reason = message
 
 
 # --- config: the fields every camera has ----------------------------------------------------------
@@ -76,8 +89,9 @@ class TriggerConfig(Section):
         "(pass)."))
 
 
-KIND_HELP = ("The camera's kind (device, stream, file, folder, gst); left out, it follows from `source`. Give it "
-             "where the string is ambiguous, e.g. a folder that is mounted after start and has a dot in its name.")
+KIND_HELP = ("The camera's kind (device, stream, file, folder, gst, genicam); left out, it follows from `source`. "
+             "Give it where the string is ambiguous, e.g. a folder that is mounted after start and has a dot in "
+             "its name.")
 
 
 class CameraConfig(Section):
@@ -91,7 +105,8 @@ class CameraConfig(Section):
         "The camera's name in MQTT topics, the database and image file names (letters, digits, _ . -)."))
     source: str = Field(examples=["0"], json_schema_extra={"common": True}, description=(
         'Where frames come from: "0" (/dev/video0), rtsp:// or http(s):// streams, a video file, an image '
-        'folder, or "gst:<pipeline> ! appsink"; the kind follows from it (see kind).'))
+        'folder, "gst:<pipeline> ! appsink" or "genicam:<device id, serial or IP address>"; the kind follows '
+        'from it (see kind).'))
     kind: str = Field(description=KIND_HELP)  # each kind's class narrows it to its own name, with that default
     queue_size: int = Field(4, ge=1, le=1024, description=(
         "Frames waiting for inference; a live camera drops the oldest when it is full (counted), a replay "
@@ -187,6 +202,21 @@ class Source:
     def close(self) -> None:
         """Release the source; safe when not open and more than once."""
         pass
+
+    def check(self) -> str:
+        """Before start (and in check-config): open the source to check its settings where it has any; a line
+        saying what was checked ('' when nothing). Raises SettingRefused for a refused setting."""
+        return ""
+
+    def take_missed(self) -> int:
+        """Frames the camera sent that never arrived whole (incomplete buffers, frame-id jumps) since the last
+        call; counted like drops. Only sources that can tell (GenICam) return more than 0."""
+        return 0
+
+    @property
+    def stamp(self) -> CameraStamp | None:
+        """The camera's own frame id and clock for the frame just read, where the camera gives them."""
+        return None
 
     def describe(self) -> str:
         """The source for log lines, credentials masked."""

@@ -2,7 +2,7 @@
 
 Each kind is a module with a config class (its own keys, with the common ones from `CameraConfig`)
 and a source class; `REGISTRY` lists them. Everything else is derived from it: the config's tagged
-union (`AnyCamera`), `classify`, `open_source`. Adding a kind (genicam next) is one module and one
+union (`AnyCamera`), `classify`, `open_source`. Adding a kind is one module and one
 line in `REGISTRY`.
 
 Classification rule, for a camera without an explicit `kind` (an explicit `kind` always wins):
@@ -11,6 +11,7 @@ the kinds are asked in `REGISTRY` order and the first that claims the string is 
     device   "0", "/dev/video0"
     gst      "gst:<pipeline>" (before stream: a pipeline may hold a URL)
     stream   anything with "://" (rtsp, http(s), file:// and other FFmpeg URLs)
+    genicam  "genicam:<device id, serial or address>" (Aravis)
     folder   an existing directory; a path that does not exist yet (mounted later) without an extension
     file     any other path (the last resort)
 
@@ -22,7 +23,7 @@ its kind and its keys. An ambiguous string (a folder not there yet with a dot in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -31,10 +32,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Discriminator, Tag
 
-from edged.sources.base import CameraConfig, Source
+from edged.sources.base import CameraConfig, SettingRefused, Source
 from edged.sources.device import DeviceCamera, DeviceSource
 from edged.sources.file import FileCamera, FileSource
 from edged.sources.folder import FolderCamera, FolderSource
+from edged.sources.genicam import GenicamCamera, GenicamSource
 from edged.sources.gst import GstCamera, GstSource
 from edged.sources.stream import StreamCamera, StreamSource
 
@@ -56,6 +58,7 @@ REGISTRY: tuple[Kind, ...] = (  # classification order: see the module docstring
     Kind(DeviceCamera, DeviceSource),
     Kind(GstCamera, GstSource),
     Kind(StreamCamera, StreamSource),
+    Kind(GenicamCamera, GenicamSource),
     Kind(FolderCamera, FolderSource),
     Kind(FileCamera, FileSource),
 )
@@ -126,3 +129,18 @@ def camera_for(source: str, like: CameraConfig, kind: str | None = None) -> Came
     kind = kind or classify(source)
     common = {name: getattr(like, name) for name in CameraConfig.model_fields if name != "kind"}
     return KINDS[kind].config.model_validate({**common, "source": source, "kind": kind})
+
+
+def check_cameras(cameras: Iterable[CameraConfig]) -> list[str]:
+    """Open each camera that has settings of its own (GenICam) to apply and read them back, before anything
+    starts: a line per camera checked. SettingRefused, its key as the config writes it (`cameras[0].gain`),
+    for the first refused setting; a camera not reachable now is a line, not an error."""
+    lines = []
+    for i, cam in enumerate(cameras):
+        try:
+            note = open_source(cam).check()
+        except SettingRefused as exc:
+            raise SettingRefused(f"cameras[{i}].{exc.key}", f"{exc.reason} (camera {cam.name}, {cam.source})") from None
+        if note:
+            lines.append(f"{cam.name}: {note}")
+    return lines
