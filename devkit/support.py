@@ -154,8 +154,10 @@ def write_spot_video(path: Path, n_frames: int, defective: set[int], fps: float 
 
 def write_config(path: Path, bundle: Path, source: str | Path, state_dir: Path, broker_port: int | None = None,
                  extra_camera: str = "", extra: str = "", mqtt_extra: str = "") -> Path:
-    """A small daemon config for tests (YAML text, as a technician would write it)."""
+    """A small daemon config for tests (YAML text, as a technician would write it). The web view is off unless
+    `extra` configures it (its default port 8080 is one per machine; a web test asks for port 0)."""
     more = f", {mqtt_extra}" if mqtt_extra else ""
+    extra = extra if "web:" in extra else f"{extra}\nweb: {{enabled: false}}"
     mqtt = (f"mqtt: {{host: 127.0.0.1, port: {broker_port}, stats_interval_s: 1{more}}}" if broker_port
             else "mqtt: {enabled: false}")
     path.write_text(f"""

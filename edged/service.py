@@ -17,13 +17,14 @@ import logging
 import os
 import queue
 import signal
+import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -36,16 +37,22 @@ from edged.frame_queue import FrameQueue
 from edged.frames import Verdict
 from edged.health import CameraStats, Counters, Heartbeats, LatencyWindow
 from edged.incoming import MessageRefused, TriggerAdmission, parse_trigger
+from edged.input_health import InputAlarm, InputHealth
 from edged.instance import InstanceLock
 from edged.mqtt_link import MqttLink, Route
 from edged.parts import TriggerGate
-from edged.payloads import CameraState, Stats
+from edged.payloads import Alarm, CameraState, Stats
 from edged.recorder import RecorderThread
 from edged.safetext import redact_url
 from edged.sdnotify import Notifier
+from edged.sources import SettingRefused, check_cameras
 from edged.store import InspectionWriter, open_database
 from edged.topics import Topics
+from edged.web.live import LiveView
 from edged.worker import Decided, InferenceWorker
+
+if TYPE_CHECKING:
+    from edged.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +86,12 @@ class Service:
 
     def __init__(self, config: Config, *, detector: Detector | None = None, mqtt_enabled: bool | None = None,
                  on_verdict: Callable[[Verdict, str], None] | None = None, notifier: Notifier | None = None,
-                 handle_signals: bool = True, mqtt_client_id: str | None = None, mqtt_announce: bool = True) -> None:
+                 handle_signals: bool = True, mqtt_client_id: str | None = None, mqtt_announce: bool = True,
+                 web_enabled: bool | None = None) -> None:
         self.config = config
+        self.web_enabled = config.web.enabled if web_enabled is None else web_enabled  # replay: never
+        self.live = LiveView([c.name for c in config.cameras])  # fed by the recorder only while the view runs
+        self.web: WebServer | None = None
         self.detector = detector
         self.mqtt_enabled = config.mqtt.enabled if mqtt_enabled is None else mqtt_enabled
         self.mqtt_client_id = mqtt_client_id  # None: the config's (edged replay uses its own)
@@ -118,6 +129,8 @@ class Service:
                                 if c.trigger.mode == "mqtt"}
         self._admission = TriggerAdmission()
         self.instance_lock = InstanceLock(config.storage.state_dir)  # taken in start()
+        self.input_health: InputHealth | None = None  # built in start(), from the bundle's ranges
+        self._alarms: dict[str, dict[str, InputAlarm]] = {}  # camera -> source -> its active alarm
         if self.gates and not self.mqtt_enabled:
             raise ConfigError("cameras with trigger mode mqtt need MQTT (triggers come over MQTT)")
 
@@ -128,6 +141,7 @@ class Service:
         cfg = self.config
         # first: a second daemon on this state directory must not touch its database or its outbox
         self.instance_lock.acquire()
+        self._check_cameras()
         if self.detector is None:
             m = cfg.model
             self.detector = Detector(m.bundle, m.precision, m.runtime, m.providers, m.intra_op_threads,
@@ -142,11 +156,13 @@ class Service:
         if self.mqtt_enabled:
             self.link = MqttLink(cfg, db_path, self.heartbeats, self.link_stop, routes=self.routes(),
                                  client_id=self.mqtt_client_id, announce=self.mqtt_announce)
+        self._start_input_health()
         self.recorder = RecorderThread(
             cfg, self.decided, self.writer, self.archive, self.counters, self.latency, self.heartbeats,
             self.worker_stop, wake_sender=self.link.wake if self.link else (lambda: None),
             send_result=self.link.send_result if (self.link and cfg.mqtt.publish_results) else None,
-            on_verdict=self.on_verdict, publish_direct=self.link.publish_direct if self.link else None)
+            on_verdict=self._on_verdict if self.web_enabled else self.on_verdict,
+            publish_direct=self.link.publish_direct if self.link else None, input_health=self.input_health)
         self.recorder.start()
         if self.link is not None:
             self.link.start()
@@ -159,11 +175,49 @@ class Service:
         for cam in cfg.cameras:
             self.frames.add_lane(cam.name, cam.queue_size)
             t = CaptureThread(cam, self.frames, self.stats[cam.name], self.heartbeats, self.capture_stop,
-                              self.camera_events, gate=self.gates.get(cam.name))
+                              self.camera_events, gate=self.gates.get(cam.name),
+                              input_monitor=self.input_health.monitors[cam.name] if self.input_health else None)
             self.captures.append(t)
             t.start()
         log.info("edged %s started: station %s, %d camera(s), model %s, %d worker(s)", __version__, cfg.station,
                  len(cfg.cameras), self.detector.bundle_id, len(self.workers))
+        self._start_web()
+
+    # --- web view ----------------------------------------------------------------------------------
+    def _start_web(self) -> None:
+        """The web view in its own threads (edged/web/); a port in use or a database it cannot prepare is logged
+        and the line runs on without the view (inspection matters more than the page)."""
+        if not self.web_enabled:
+            return
+        from edged.web.app import WebApp  # here: the daemon's other commands never load the server
+        from edged.web.server import WebServer
+        web = self.config.web
+        try:
+            self.web = WebServer(WebApp(self, self.live), web, self.heartbeats)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("web view: cannot serve on %s port %d (%s); running without it", web.bind, web.port, exc)
+            return
+        self.web.start()
+        log.info("web view on %s (%s)", self.web.listening.url,
+                 "login required" if self.web.login_required else "no login: open to this address")
+
+    def _on_verdict(self, verdict: Verdict, uid: str) -> None:
+        """The recorder's per-verdict hook while the view runs: references for the live view, then replay's hook."""
+        self.live.seen(verdict)
+        if self.on_verdict is not None:
+            self.on_verdict(verdict, uid)
+
+    def _stop_web(self) -> None:
+        if self.web is not None:
+            self.web.stop()
+
+    def _check_cameras(self) -> None:
+        """A camera that refuses a configured setting (GenICam) is a bad config, exit 2, found before anything runs."""
+        try:
+            for line in check_cameras(self.config.cameras):
+                log.info("camera %s", line)
+        except SettingRefused as exc:
+            raise ConfigError(f"camera setting refused: {exc}") from None
 
     # --- supervise ---------------------------------------------------------------------------------
     def run(self) -> int:
@@ -181,6 +235,7 @@ class Service:
         while not self.stop_requested.is_set():
             now = time.monotonic()
             self._camera_events()
+            self._input_alarms()
             self._maybe_ready(now)
             deaths = len(self._dead)
             healthy = self._healthy()
@@ -260,6 +315,53 @@ class Service:
                     continue
                 self.link.camera_state(name, typed)
 
+    # --- input health (edged.input_health) ---------------------------------------------------------
+    def _start_input_health(self) -> None:
+        """The per-camera monitors, from the loaded bundle's ranges; a camera's stale retained alarm (from before a
+        restart) is cleared, since a new spell must be measured first."""
+        cfg = self.config
+        if not cfg.input_health.enabled or self.detector is None:
+            return
+        self.input_health = InputHealth(cfg.input_health, [c.name for c in cfg.cameras], self.detector.manifest,
+                                        self.detector.precision)
+        if self.link is not None and self.mqtt_announce:
+            topics = Topics.of(cfg)
+            for cam in cfg.cameras:
+                self.link.send(topics.alarm(cam.name), "", qos=1, retain=True)
+
+    def _input_alarms(self) -> None:
+        """Alarm changes from the capture threads (input) and the recorder (reject rate): each camera's retained
+        alarm on <base>/alarm/<camera> while any is active, an empty retained message once none is."""
+        if self.input_health is None:
+            return
+        while True:
+            try:
+                alarm = self.input_health.events.get_nowait()
+            except queue.Empty:
+                return
+            active = self._alarms.setdefault(alarm.camera, {})
+            if alarm.reason:
+                active[alarm.source] = alarm
+            else:
+                active.pop(alarm.source, None)
+            if self.link is not None and self.mqtt_announce:
+                self.link.send(Topics.of(self.config).alarm(alarm.camera), self._alarm_message(alarm.camera),
+                               qos=1, retain=True)
+
+    def _alarm_message(self, camera: str) -> Alarm | str:
+        """The camera's alarm payload, '' (clears the retained alarm) when none is active."""
+        active = sorted(self._alarms.get(camera, {}).values(), key=lambda a: a.source != "input")  # input first
+        if not active:
+            return ""
+        detail = {k: v for a in active for k, v in a.detail.items()}
+        return Alarm(self.config.station, camera, tuple(a.reason for a in active), min(a.at for a in active),
+                     self.config.input_health.on_degraded, detail)
+
+    def degraded_cameras(self) -> dict[str, str]:
+        """Cameras whose alarm is active: name -> reasons (status line)."""
+        return {name: ", ".join(a.reason for a in sorted(active.values(), key=lambda a: a.source != "input"))
+                for name, active in sorted(self._alarms.items()) if active}
+
     def _healthy(self) -> bool:
         """Every thread alive and beating; a dead one makes the daemon unhealthy for good (no watchdog ping)."""
         stale = sorted(self.heartbeats.stale(self.config.health.heartbeat_timeout_s))
@@ -285,7 +387,7 @@ class Service:
         if self._stopping:
             return dead
         images = self.recorder.images if self.recorder is not None else None
-        for t in (*self.workers, self.recorder, self.link, images):
+        for t in (*self.workers, self.recorder, self.link, images, self.web):
             if t is not None and t.ident is not None and not t.is_alive() and t.name not in dead:
                 dead[t.name] = "ended unexpectedly"
         return dead
@@ -331,8 +433,9 @@ class Service:
         broker = self._broker_state()
         lat = self.latency.percentiles()
         p99 = f"{lat['p99']:.1f} ms" if lat["p99"] is not None else "-"
+        degraded = "".join(f", {name} DEGRADED ({why})" for name, why in self.degraded_cameras().items())
         return (f"{head}{fps:.1f} fps, {self.counters.inspected} inspected, {self.counters.rejects} rejects "
-                f"(last {last_text}), p99 {p99}, broker {broker}")
+                f"(last {last_text}), p99 {p99}, broker {broker}{degraded}")
 
     def _broker_state(self) -> str:
         if self.link is None:
@@ -349,8 +452,10 @@ class Service:
         for name, s in self.stats.items():
             cams[name] = {"state": s.state, "source": s.source, "last_frame_at": s.last_frame_at,
                           "fps": round(s.fps(), 2), "frames": s.frames, "drops": self.frames.drops(name),
-                          "bad_frames": s.bad_frames, "reconnects": s.reconnects,
+                          "bad_frames": s.bad_frames, "reconnects": s.reconnects, "missed": s.missed,
                           "queue_depth": self.frames.depth(name)}
+            if self.input_health is not None:
+                cams[name]["input"] = self.input_health.camera_health(name)
         link = self.link
         return {
             "version": __version__, "pid": os.getpid(), "station": self.config.station,
@@ -431,6 +536,7 @@ class Service:
         """Stop in pipeline order, each stage bounded in time, so a stop takes a few seconds at most."""
         self.notifier.stopping()
         self._stopping = True  # threads now end by design
+        self._stop_web()  # first: no page reads the pipeline while it is taken down
         self.capture_stop.set()
         for t in self.captures:
             t.join(timeout=2.0)
@@ -449,6 +555,7 @@ class Service:
             self.recorder.workers_done.set()
             self.recorder.join(timeout=5.0)
         self._camera_events()
+        self._input_alarms()
         if self.link is not None:
             self.link_stop.set()
             self.link.wake()

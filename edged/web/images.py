@@ -1,0 +1,127 @@
+"""JPEGs for the web view, encoded on demand in the web threads, never on the pipeline's.
+
+The live frame of a camera is encoded at most `live_fps` times a second whatever the number of viewers:
+the first request after the interval encodes (under the camera's lock), the others get the cached bytes.
+Stored images are read only from inside the image folder (a path from the database is still checked:
+the folder is the boundary, not the row).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edged.archive import render_overlay
+from edged.frames import Verdict
+from edged.preprocess import to_uint8
+
+JPEG_QUALITY = 80
+THUMB_WIDTH = 160
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One encoded image and what it shows."""
+
+    data: bytes
+    seq: int  # the frame's sequence number (-1: none)
+    encoded_at: float  # monotonic
+
+
+def encode_jpeg(image: np.ndarray, width: int | None = None) -> bytes:
+    """BGR or gray (8 or 16 bit) -> JPEG bytes, scaled down to `width` when given."""
+    frame = to_uint8(image)
+    if width is not None and frame.shape[1] > width:
+        h = max(1, round(frame.shape[0] * width / frame.shape[1]))
+        frame = cv2.resize(frame, (width, h), interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError("the frame cannot be encoded as JPEG")
+    return data.tobytes()
+
+
+def overlay_of(verdict: Verdict) -> np.ndarray:
+    """The verdict's frame with its anomaly map and regions (the frame itself when it has no map)."""
+    if verdict.anomaly_map is None:
+        return boxes_on(verdict.frame.image, [r.to_dict() for r in verdict.regions])
+    return render_overlay(verdict.frame.image, verdict.anomaly_map, verdict.threshold, verdict.regions)
+
+
+def boxes_on(image: np.ndarray, regions: list[dict[str, float | int]]) -> np.ndarray:
+    """A copy of the frame with the regions' boxes drawn (stored frames have no map, only their boxes)."""
+    out = to_uint8(image)
+    out = cv2.cvtColor(out, cv2.COLOR_GRAY2BGR) if out.ndim == 2 else out[:, :, :3].copy()
+    for r in regions:
+        x, y, w, h = (int(r.get(k, 0)) for k in ("x", "y", "w", "h"))
+        cv2.rectangle(out, (x, y), (x + max(w, 1) - 1, y + max(h, 1) - 1), (0, 0, 255), 2)
+    return out
+
+
+def colour_scale(width: int = 256, height: int = 14) -> bytes:
+    """The heat map's colour scale (low on the left, high on the right) as a JPEG, for the part page."""
+    ramp = np.tile(np.linspace(0, 255, width).astype(np.uint8), (height, 1))
+    return encode_jpeg(cv2.applyColorMap(ramp, cv2.COLORMAP_JET))
+
+
+class LiveEncoder:
+    """Per camera, the latest frame (or latest reject's overlay) as JPEG, re-encoded at most `fps` times a second."""
+
+    def __init__(self, fps: float) -> None:
+        self.interval = 1.0 / fps
+        self._cache: dict[tuple[str, bool], Encoded] = {}
+        self._locks: dict[tuple[str, bool], threading.Lock] = {}
+        self._guard = threading.Lock()
+        self.encodes = 0  # how many encodes the web threads did (bench, tests)
+
+    def get(self, camera: str, verdict: Verdict | None, overlay: bool) -> Encoded | None:
+        """The camera's current JPEG; None when it has no frame yet."""
+        if verdict is None:
+            return None
+        key = (camera, overlay)
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # one encode per interval per camera, however many browsers ask
+            cached = self._cache.get(key)
+            now = time.monotonic()
+            fresh = cached is not None and (cached.seq == verdict.frame.seq or now - cached.encoded_at < self.interval)
+            if cached is not None and fresh:
+                return cached
+            image = overlay_of(verdict) if overlay else verdict.frame.image
+            encoded = Encoded(encode_jpeg(image), verdict.frame.seq, now)
+            self.encodes += 1
+            self._cache[key] = encoded
+            return encoded
+
+
+def stored_image(folder: Path, path: str | None) -> Path | None:
+    """The stored file of a row when it exists inside the image folder; None otherwise (gone, or outside)."""
+    if not path:
+        return None
+    try:
+        root = folder.resolve()
+        candidate = Path(path).resolve()
+    except (OSError, ValueError):
+        return None
+    if not candidate.is_relative_to(root) or not candidate.is_file():
+        return None
+    return candidate
+
+
+def overlay_file(image: Path) -> Path | None:
+    """The archive's overlay beside a stored frame (`<name>_map.<ext>`), when it was written."""
+    candidate = image.with_name(image.stem + "_map" + image.suffix)
+    return candidate if candidate.is_file() else None
+
+
+def read_frame(path: Path) -> np.ndarray | None:
+    """A stored frame as pixels; None when it cannot be read (deleted by the quota meanwhile, truncated)."""
+    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
+    if data is None or data.size == 0:
+        return None
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    return image if isinstance(image, np.ndarray) else None

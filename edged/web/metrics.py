@@ -1,0 +1,128 @@
+"""/metrics: the daemon's counters in the Prometheus text format, read at scrape time.
+
+A custom collector (prometheus-client's documented way for values another component owns): nothing is
+counted twice and the pipeline does no work for a scrape; the collector reads the same counters as the
+health file (CameraStats, Counters, the frame queue, the MQTT link, the recorder) plus the latency
+histogram the live view keeps. Its own registry: the library's default one would add this process's
+Python internals under names a plant's dashboards did not ask for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from edged import __version__
+
+if TYPE_CHECKING:
+    from edged.service import Service
+    from edged.web.live import LiveView
+
+
+class PipelineCollector(Collector):
+    """Every metric of the daemon, built from its counters at each scrape."""
+
+    def __init__(self, service: Service, live: LiveView) -> None:
+        self.service = service
+        self.live = live
+
+    def collect(self) -> Iterator[Metric]:
+        """The metric families (prometheus-client calls this per scrape, in the web thread)."""
+        yield from self._cameras()
+        yield from self._latency()
+        yield from self._pipeline()
+        yield from self._link()
+        yield from self._model()
+
+    def _cameras(self) -> Iterator[Metric]:
+        svc = self.service
+        families = {
+            "frames": CounterMetricFamily("edged_frames", "Frames captured", labels=["camera"]),
+            "drops": CounterMetricFamily("edged_drops", "Frames dropped from a full queue (live cameras)",
+                                         labels=["camera"]),
+            "bad": CounterMetricFamily("edged_bad_frames", "Frames skipped as unusable at capture", labels=["camera"]),
+            "reconnects": CounterMetricFamily("edged_reconnects", "Times the camera was reopened", labels=["camera"]),
+            "defective": CounterMetricFamily("edged_defective_frames", "Frames over the threshold",
+                                             labels=["camera"]),
+        }
+        fps = GaugeMetricFamily("edged_camera_fps", "Recent frame rate", labels=["camera"])
+        depth = GaugeMetricFamily("edged_queue_depth", "Frames waiting for inference", labels=["camera"])
+        up = GaugeMetricFamily("edged_camera_streaming", "1 while the camera delivers frames", labels=["camera"])
+        for name, s in svc.stats.items():
+            families["frames"].add_metric([name], s.frames)
+            families["drops"].add_metric([name], svc.frames.drops(name))
+            families["bad"].add_metric([name], s.bad_frames)
+            families["reconnects"].add_metric([name], s.reconnects)
+            families["defective"].add_metric([name], self.live.defective.get(name, 0))
+            fps.add_metric([name], round(s.fps(), 3))
+            depth.add_metric([name], svc.frames.depth(name))
+            up.add_metric([name], 1.0 if s.state == "streaming" else 0.0)
+        yield from (*families.values(), fps, depth, up)
+
+    def _latency(self) -> Iterator[Metric]:
+        hist = HistogramMetricFamily("edged_latency_seconds", "Capture to verdict", labels=["camera"])
+        for name, h in self.live.latency.items():
+            hist.add_metric([name], h.cumulative(), sum_value=h.total_ms / 1000.0)
+        yield hist
+
+    def _pipeline(self) -> Iterator[Metric]:
+        c = self.service.counters
+        inspected = CounterMetricFamily("edged_inspected", "Frames inspected (a verdict recorded)")
+        inspected.add_metric([], c.inspected)
+        rejects = CounterMetricFamily("edged_rejects", "Reject messages committed, by reason", labels=["reason"])
+        for reason in sorted({"defect", *c.rejects_by_reason}):
+            rejects.add_metric([reason], dict(c.rejects_by_reason).get(reason, 0))
+        invalid = CounterMetricFamily("edged_invalid_outputs", "Frames whose model output was NaN or infinite")
+        invalid.add_metric([], c.invalid_outputs)
+        rec = self.service.recorder
+        db_errors = CounterMetricFamily("edged_db_errors", "Failed database commits")
+        db_errors.add_metric([], rec.db_errors if rec is not None else 0)
+        dead = GaugeMetricFamily("edged_dead_threads", "Threads that must live and have died (0 when healthy)")
+        dead.add_metric([], len(self.service.dead_threads()))
+        yield from (inspected, rejects, invalid, db_errors, dead)
+
+    def _link(self) -> Iterator[Metric]:
+        link = self.service.link
+        backlog = GaugeMetricFamily("edged_outbox_backlog", "MQTT messages waiting in the durable outbox")
+        expired = CounterMetricFamily("edged_rejects_expired", "Rejects that expired undelivered (sent to /audit)")
+        delivered = CounterMetricFamily("edged_mqtt_delivered", "Outbox messages the broker acknowledged")
+        connected = GaugeMetricFamily("edged_broker_connected", "1 while connected to the broker")
+        backlog.add_metric([], link.backlog if link else 0)
+        expired.add_metric([], link.expired if link else 0)
+        delivered.add_metric([], link.delivered if link else 0)
+        connected.add_metric([], 1.0 if link is not None and link.connected else 0.0)
+        yield from (backlog, expired, delivered, connected)
+
+    def _model(self) -> Iterator[Metric]:
+        det = self.service.detector
+        info = InfoMetricFamily("edged_model", "The model running")
+        threshold = GaugeMetricFamily("edged_model_threshold", "The bundle's calibrated score threshold")
+        if det is not None:
+            info.add_metric([], {"bundle": det.bundle_id, "method": det.manifest.method,
+                                 "precision": det.precision, "runtime": det.runtime, "provider": det.provider})
+            threshold.add_metric([], det.threshold)
+        build = InfoMetricFamily("edged_build", "This daemon")
+        build.add_metric([], {"version": __version__, "station": self.service.config.station})
+        yield from (info, threshold, build)
+
+
+def registry_for(service: Service, live: LiveView) -> CollectorRegistry:
+    """A registry holding only the daemon's collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PipelineCollector(service, live))
+    return registry
+
+
+def scrape(registry: CollectorRegistry) -> bytes:
+    """The text exposition of one scrape."""
+    return generate_latest(registry)
