@@ -70,3 +70,33 @@ class Topics:
     def command(self, name: str) -> str:
         """`cmd/<name>`: commands to the daemon (none yet; e.g. `cmd/recipe`). Give each its own property."""
         return self._sub(f"cmd/{name}")
+
+
+# --- the plant side: what `edged collect` subscribes to on the central broker ------------------------
+COLLECTED = ("result", "reject", "audit", "stats")  # the subtopics a collector records, one table each
+
+
+def collector_filters(prefixes: tuple[str, ...], share_group: str | None) -> tuple[str, ...]:
+    """`$share/<group>/<prefix>/+/<kind>` for each station prefix filter and kind: MQTT 5 shared
+    subscriptions, so the collectors of one group share the messages and one may die. `prefixes` may
+    hold `+` levels (checked by `edged.topic_names.check_prefix(wildcards=True)`)."""
+    share = f"$share/{share_group}/" if share_group else ""
+    return tuple(f"{share}{prefix}/+/{kind}" for prefix in prefixes for kind in COLLECTED)
+
+
+@dataclass(frozen=True, slots=True)
+class StationTopic:
+    """A collected message's topic read back: `<line>/<station>/<kind>`, the line being the prefix."""
+
+    line: str
+    station: str
+    kind: str
+
+    @classmethod
+    def parse(cls, topic: str) -> StationTopic | None:
+        """None for a topic that is not `<prefix>/<station>/<collected kind>`."""
+        levels = topic.rsplit("/", 2)
+        if len(levels) != 3 or not all(levels) or levels[2] not in COLLECTED:
+            return None
+        line, station, kind = levels
+        return cls(line=line, station=station, kind=kind)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.postgres import LocalPostgres
 from devkit.support import Broker, build_max_bundle
 
 
@@ -21,3 +22,15 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 @pytest.fixture
 def tiny_bundle(tmp_path: Path) -> Path:
     return build_max_bundle(tmp_path / "bundle")
+
+
+@pytest.fixture
+def postgres() -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server on loopback (devkit/postgres.py); skipped where it or psycopg is missing."""
+    pytest.importorskip("psycopg")
+    if not LocalPostgres.available():
+        pytest.skip("PostgreSQL is not installed (scripts/setup.sh dev installs it)")
+    server = LocalPostgres()
+    server.start()
+    yield server
+    server.stop()

@@ -240,20 +240,6 @@ class AravisCamera:
         _call("Gain", self._cam.set_gain, value)
         return float(_call("Gain", self._cam.get_gain))
 
-    def float_value(self, feature: str) -> float | None:
-        """ExposureTime, Gain or AcquisitionFrameRate now (whatever node the camera uses); None where it has none."""
-        getter = {"ExposureTime": self._cam.get_exposure_time, "Gain": self._cam.get_gain,
-                  "AcquisitionFrameRate": self._cam.get_frame_rate}[feature]
-        return float(_call(feature, getter)) if self.offers(feature) else None
-
-    def packet_size(self) -> int:
-        """GigE stream packet size in bytes now."""
-        return int(_call("GevSCPSPacketSize", self._cam.gv_get_packet_size))
-
-    def packet_delay_ns(self) -> int:
-        """GigE inter-packet delay in nanoseconds now."""
-        return int(_call("GevSCPD", self._cam.gv_get_packet_delay))
-
     def set_frame_rate(self, value: float) -> float:
         """Frames per second (AcquisitionFrameRateEnable on where the camera has it); read back."""
         _call("AcquisitionFrameRate", self._cam.set_frame_rate, value)

@@ -197,8 +197,8 @@ def _in_range(key: str, value: float, bounds: Bounds) -> None:
 
 def _read_back(key: str, asked: float, got: float) -> None:
     if not math.isfinite(got) or abs(got - asked) > READBACK_TOLERANCE * max(abs(asked), 1e-9):
-        raise SettingRefused(key, f"asked {asked:g}, the camera reads back {got:g} (its steps, or a limit the "
-                                  "other settings set, e.g. a rate the exposure does not allow); write one it takes")
+        raise SettingRefused(key, f"asked {asked:g}, the camera reads back {got:g} (it cannot give this value "
+                                  "with the other settings, e.g. a frame rate longer exposures do not allow)")
 
 
 def _apply_pixel_format(dev: AravisCamera, cam: GenicamCamera) -> str:

@@ -1,0 +1,164 @@
+"""`edged collect` (edged/collect/) against a real mosquitto and a real PostgreSQL: every message recorded
+once by id, bad ones counted and the loop alive, nothing lost when the collector or the database is down,
+two collectors sharing one subscription, the hourly reject-rate and station-health views."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from devkit.collecting import CollectorRunner, Publisher, collect_config, query, table_ids
+from devkit.postgres import LocalPostgres
+from devkit.support import Broker, wait_until
+from edged.cli import main as cli_main
+from edged.collect.config import parse_collect_config
+from edged.collect.store import PgStore
+from edged.config import ConfigError
+from tests.test_collect_messages import reject, result
+
+LINE = "acme/plant1/press-shop/line3"
+
+
+def _publish_results(pub: Publisher, station: str, uids: list[str], defective: bool = False) -> None:
+    for uid in uids:
+        pub.send(f"{LINE}/{station}/result", result(uid, station, defective).to_json())
+
+
+def test_every_kind_is_recorded_once_and_bad_messages_are_counted(broker: Broker, postgres: LocalPostgres) -> None:
+    dsn = postgres.create_database("plant")
+    runner = CollectorRunner(collect_config(broker.port, dsn, ["acme/plant1/+/+"])).start()
+    pub = Publisher(broker.port)
+    try:
+        _publish_results(pub, "st1", ["r1", "r2"])
+        pub.send(f"{LINE}/st1/result", result("r1", "st1").to_json())  # a redelivery: the same id again
+        pub.send(f"{LINE}/st1/reject", reject("j1", "st1").to_json())
+        pub.send(f"{LINE}/st1/audit", json.dumps({**reject("j0", "st1").to_dict(), "expired": True}))
+        pub.send(f"{LINE}/st1/stats", json.dumps({"station": "st1", "at": 1.8e9, "outbox_backlog": 0}))
+        for bad in (b"not json", b"[]", b'{"station": "st1", "x": "\\u0000"}', b'{"station": "other"}'):
+            pub.send(f"{LINE}/st1/result", bad)
+        pub.send(f"{LINE}/st1/result", result("r3", "st1").to_json())  # after the bad ones: the loop lives
+        counts = runner.collector.counts
+        wait_until(lambda: counts.recorded == 6 and counts.bad == 4, 15, "6 rows and 4 bad messages")
+        assert sorted(table_ids(dsn, "results")) == ["r1", "r2", "r3"]
+        assert table_ids(dsn, "rejects") == ["j1"] and table_ids(dsn, "audits") == ["j0"]
+        assert len(table_ids(dsn, "stats")) == 1
+        assert counts.duplicates == 1
+        assert query(dsn, "SELECT line, station, camera FROM results WHERE id = 'r1'") == [(LINE, "st1", "cam1")]
+    finally:
+        pub.close()
+        runner.stop()
+
+
+def test_a_stopped_collector_resumes_its_session_and_loses_nothing(broker: Broker, postgres: LocalPostgres) -> None:
+    dsn = postgres.create_database("plant")
+    config = collect_config(broker.port, dsn, [LINE], client_id="collector-a")
+    runner = CollectorRunner(config).start()
+    pub = Publisher(broker.port)
+    try:
+        _publish_results(pub, "st1", ["a1"])
+        wait_until(lambda: runner.collector.counts.recorded == 1, 15, "the first result")
+        runner.stop()
+        _publish_results(pub, "st1", [f"b{i}" for i in range(50)])  # queued in the collector's session
+        runner = CollectorRunner(config).start()
+        wait_until(lambda: runner.collector.counts.recorded == 50, 15, "the 50 queued results")
+        assert len(set(table_ids(dsn, "results"))) == len(table_ids(dsn, "results")) == 51
+    finally:
+        pub.close()
+        runner.stop()
+
+
+def test_a_database_outage_loses_nothing(broker: Broker, postgres: LocalPostgres) -> None:
+    """Messages arriving while PostgreSQL is down are not acknowledged; they are recorded once it is back."""
+    dsn = postgres.create_database("plant")
+    runner = CollectorRunner(collect_config(broker.port, dsn, [LINE])).start()
+    pub = Publisher(broker.port)
+    try:
+        _publish_results(pub, "st1", ["x0"])
+        wait_until(lambda: runner.collector.counts.recorded == 1, 15, "the first result")
+        postgres.halt()
+        _publish_results(pub, "st1", [f"y{i}" for i in range(20)])
+        wait_until(lambda: runner.collector.counts.store_errors > 0, 15, "the collector to notice the outage")
+        postgres.start()
+        wait_until(lambda: len(table_ids(dsn, "results")) == 21, 60, "all 21 results after the outage")
+        assert len(set(table_ids(dsn, "results"))) == 21
+    finally:
+        pub.close()
+        runner.stop()
+
+
+def test_messages_taken_but_not_committed_are_redelivered(broker: Broker, postgres: LocalPostgres) -> None:
+    """A collector holding messages it could not commit (database down) and then stopped never acknowledged
+    them: the broker gives them to the next collector of the same session."""
+    dsn = postgres.create_database("plant")
+    config = collect_config(broker.port, dsn, [LINE], client_id="collector-a")
+    runner = CollectorRunner(config).start()
+    pub = Publisher(broker.port)
+    try:
+        postgres.halt()
+        _publish_results(pub, "st1", [f"z{i}" for i in range(10)])
+        wait_until(lambda: runner.collector.counts.received == 10, 15, "the collector to hold the 10 messages")
+        runner.stop()
+        assert runner.collector.counts.recorded == 0
+        postgres.start()
+        runner = CollectorRunner(config).start()
+        wait_until(lambda: len(table_ids(dsn, "results")) == 10, 30, "the 10 redelivered results")
+        assert len(set(table_ids(dsn, "results"))) == 10
+    finally:
+        pub.close()
+        runner.stop()
+
+
+def test_two_collectors_share_one_subscription(broker: Broker, postgres: LocalPostgres) -> None:
+    dsn = postgres.create_database("plant")
+    runners = [CollectorRunner(collect_config(broker.port, dsn, [LINE], client_id=f"c{i}")).start() for i in (1, 2)]
+    pub = Publisher(broker.port)
+    try:
+        _publish_results(pub, "st1", [f"s{i}" for i in range(100)])
+        wait_until(lambda: sum(r.collector.counts.received for r in runners) >= 100, 15, "100 messages received")
+        wait_until(lambda: len(table_ids(dsn, "results")) == 100, 15, "100 rows")
+        got = [r.collector.counts.received for r in runners]
+        assert sum(got) == 100 and min(got) > 0, got  # shared: each message went to one collector only
+    finally:
+        pub.close()
+        for r in runners:
+            r.stop()
+
+
+def test_views_reject_rate_per_line_and_hour_and_station_health(postgres: LocalPostgres) -> None:
+    from edged.collect.messages import parse
+
+    dsn = postgres.create_database("plant")
+    store = PgStore(collect_config(1883, dsn, [LINE]).postgres)
+    store.connect()
+    store.connect()  # a second start: the schema is current, the views replaced
+    rows = [parse(f"{LINE}/st1/result", result(f"g{i}", "st1", defective=i < 2).to_json().encode())
+            for i in range(8)]
+    rows += [parse(f"{LINE}/st1/reject", reject(f"j{i}", "st1").to_json().encode()) for i in range(2)]
+    now = time.time()
+    rows += [parse(f"{LINE}/st1/stats", json.dumps({"station": "st1", "at": now - 100 + 10 * i,
+                                                      "outbox_backlog": i}).encode()) for i in range(3)]
+    rows += [parse(f"{LINE}/st2/stats", json.dumps({"station": "st2", "at": now - 1 - 10 * i,
+                                                      "outbox_backlog": 0}).encode()) for i in range(2)]
+    written = store.write(rows)
+    assert (written.new, written.duplicates) == (15, 0)
+    assert store.write(rows).duplicates == 15  # idempotent by id
+    store.close()
+    assert query(dsn, "SELECT line, results, defective, rejects, reject_rate FROM reject_rate_hourly") == [
+        (LINE, 8, 2, 2, 0.25)]
+    # st1's last stats is 80 s old at a 10 s interval: offline; st2's is 1 s old: online
+    health = query(dsn, "SELECT station, round(extract(epoch FROM stats_interval)), outbox_backlog, offline "
+                        "FROM station_health ORDER BY station")
+    assert health == [("st1", 10, 2, True), ("st2", 10, 0, False)]
+
+
+def test_a_bad_collect_yaml_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "collect.yaml"
+    path.write_text("stations: ['acme/#']\npostgres: {dsn: x}\nbroker: {port: 0}\n")
+    assert cli_main(["collect", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "stations: [0] 'acme/#' must not contain the wildcard '#'" in err and "broker.port:" in err
+    with pytest.raises(ConfigError, match="postgres: required key is missing"):
+        parse_collect_config({"stations": ["a"]})
