@@ -24,6 +24,7 @@ from edged.config import CameraConfig
 from edged.frame_queue import FrameQueue, QueueClosed
 from edged.frames import CameraStamp, Frame
 from edged.health import CameraStats, Heartbeats, SupervisedThread
+from edged.input_health import InputMonitor
 from edged.parts import TriggerGate
 from edged.safetext import escape
 from edged.sources import BadFrame, NoFrameYet, Source, SourceEnded, SourceFailed, open_source
@@ -40,7 +41,7 @@ class CaptureThread(SupervisedThread):
     def __init__(self, cam: CameraConfig, frames: FrameQueue, stats: CameraStats, heartbeats: Heartbeats,
                  stop: threading.Event, events: queue.Queue[tuple[str, str, str]] | None = None,
                  source_factory: Callable[[CameraConfig], Source] | None = None,
-                 gate: TriggerGate | None = None) -> None:
+                 gate: TriggerGate | None = None, input_monitor: InputMonitor | None = None) -> None:
         super().__init__(f"capture:{cam.name}", heartbeats)
         self.heartbeats: Heartbeats = heartbeats
         self.what = f"{cam.name}: capture thread"
@@ -51,6 +52,7 @@ class CaptureThread(SupervisedThread):
         self.events = events
         self.source_factory = source_factory or _default_factory
         self.gate = gate  # trigger mode mqtt: only frames chosen for a triggered part are inspected
+        self.input_monitor = input_monitor  # input health: every frame measured here, in order (~0.2 ms)
         self.opened = threading.Event()  # set once the camera delivered its first frame
         self.finished = threading.Event()  # set when the thread ends for good
         self._rng = random.Random()
@@ -204,8 +206,9 @@ class CaptureThread(SupervisedThread):
         False when asked to stop while waiting for room."""
         self._set_state("streaming")
         self.opened.set()
+        flag = self.input_monitor.feed(image, mono, wall) if self.input_monitor is not None else None
         frame = Frame(camera=self.cam.name, seq=self._seq, image=image, captured_mono=mono,
-                      captured_at=wall, source_name=name, camera_stamp=stamp)
+                      captured_at=wall, source_name=name, input=flag, camera_stamp=stamp)
         self._seq += 1
         self.stats.frame_captured(mono, wall)
         selected = [frame] if self.gate is None else self.gate.offer(frame)

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, Field, Tag, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from edged.input_health import InputHealthConfig
 from edged.safetext import escape, redact_url
 from edged.section import NAME_RE, Section
 from edged.sources import (  # the camera sections live with the sources (edged/sources/, one module per kind)
@@ -290,6 +291,9 @@ class Config(Section):
     mqtt: MqttConfig = Field(MqttConfig(), description="The broker: rejects out (durable), triggers in.")
     health: HealthConfig = Field(HealthConfig(), description="Watchdog and status reporting.")
     logging: LoggingConfig = Field(LoggingConfig(), description="The journal's level.")
+    input_health: InputHealthConfig = Field(
+        InputHealthConfig(), description="Per-frame checks against the bundle's training images (too dark or "
+                                         "bright, out of focus, blocked, frozen) and the reject-rate alarm.")
     web: WebConfig = Field(WebConfig(), description="The line's web view: live frames, rejects, feedback, /metrics.")
 
     @model_validator(mode="after")

@@ -380,3 +380,42 @@ class RejectRateMonitor:
     def _tell(self, reason: str) -> None:
         self.events.put(InputAlarm(self.camera, "reject_rate", reason, time.time(),
                                    {"reject_rate": round(self.rate, 4), "limit": round(self.limit, 4)}))
+
+
+class InputHealth:
+    """Every camera's input health: the monitors (one per camera, fed by its capture thread and by the recorder) and
+    the alarm queue the service publishes from. Built once the bundle is loaded (its ranges and threshold)."""
+
+    def __init__(self, cfg: InputHealthConfig, cameras: Iterable[str], manifest: Manifest,
+                 precision: str | None = None) -> None:
+        self.cfg = cfg
+        self.events: queue.Queue[InputAlarm] = queue.Queue()
+        ref = manifest.input_stats
+        if ref is None:
+            log.warning("bundle %s records no input statistics (fitted before edged-train recorded them): input "
+                        "health checks only frozen and uniform (covered) frames; fit again for the rest",
+                        manifest.bundle_id)
+        self.monitors = {name: InputMonitor(name, cfg, ref, self.events, manifest.input.bit_depth)
+                         for name in cameras}
+        expected = expected_reject_rate(manifest, precision)
+        self.rates = {name: RejectRateMonitor(name, cfg, expected, self.events) for name in self.monitors}
+        self.not_inspected = dict.fromkeys(self.monitors, 0)  # verdicts made not_inspected (the recorder writes)
+
+    def degraded(self, camera: str, frame: FrameInput | None = None) -> str:
+        """Why the camera is degraded ('' when not): its frame's flag (at capture) or a reject-rate alarm."""
+        if frame is not None and frame.degraded:
+            return frame.degraded
+        rate = self.rates.get(camera)
+        return "reject_rate" if rate is not None and rate.alarming else ""
+
+    def camera_health(self, camera: str) -> dict[str, object]:
+        """The health file's `input` of one camera: state, reason, since, counts, the last frame's statistics."""
+        out = self.monitors[camera].health()
+        rate = self.rates[camera]
+        if rate.alarming and not out["reason"]:
+            out.update(state="degraded", reason="reject_rate")
+        out["reject_rate"] = round(rate.rate, 4)
+        out["reject_rate_limit"] = round(rate.limit, 4)
+        out["alarms"] = self.monitors[camera].alarms + rate.alarms
+        out["not_inspected"] = self.not_inspected[camera]
+        return out

@@ -120,6 +120,8 @@ class NotInspected(Payload):
     decided_at: float
     triggered_at: float
     expires_at: float
+    input_ok: bool | None = None  # the frame's input health when one was taken (degraded camera), else null
+    degraded: str = ""  # why: the camera's degraded reason (input_health.on_degraded: not_inspected)
 
     @classmethod
     def for_trigger(cls, trig: Trigger, uid: str, station: str, ttl_ms: float, decided_at: float) -> NotInspected:
@@ -139,6 +141,7 @@ class NotInspected(Payload):
             "reason": "not_inspected", "is_defective": None, "captured_at": None,
             "decided_at": _t(self.decided_at), "triggered_at": _t(self.triggered_at), "expires_at": self.deadline,
             "score": None, "threshold": None, "confidence": None, "regions": [], "model": None,
+            "input_ok": self.input_ok, "degraded": self.degraded or None,
         }
 
 
@@ -160,14 +163,18 @@ class Result(Payload):
     confidence: float
     regions: tuple[Region, ...]
     model: str
+    input_ok: bool | None = None  # the frame's input health (edged.input_health); null when it is off
+    degraded: str = ""  # the camera's degraded reason when the frame was captured ('' when not)
 
     @classmethod
     def for_verdict(cls, v: Verdict, uid: str, station: str) -> Result:
         """The result of one inspected frame."""
+        flag = v.frame.input
         return cls(id=uid, station=station, camera=v.frame.camera, seq=v.frame.seq, part_id=v.frame.part_id,
                    reason=v.reason, is_defective=v.is_defective, captured_at=v.frame.captured_at,
                    decided_at=v.decided_at, score=v.score, threshold=v.threshold, confidence=v.confidence,
-                   regions=v.regions, model=v.model)
+                   regions=v.regions, model=v.model, input_ok=flag.ok if flag is not None else None,
+                   degraded=v.degraded)
 
     def to_dict(self) -> dict[str, Any]:
         """The /result message."""
@@ -177,8 +184,28 @@ class Result(Payload):
             "captured_at": _t(self.captured_at), "decided_at": _t(self.decided_at),
             "score": round(self.score, 6), "threshold": round(self.threshold, 6),
             "confidence": round(self.confidence, 4), "regions": [r.to_dict() for r in self.regions],
-            "model": self.model,
+            "model": self.model, "input_ok": self.input_ok, "degraded": self.degraded or None,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm(Payload):
+    """`<base>/alarm/<camera>`, retained while the camera is degraded: the camera changed, not the parts (too_dark,
+    too_bright, out_of_focus, blocked, frozen: its input; reject_rate: a flood of rejects). Cleared by an empty
+    retained message (which deletes the retained alarm at the broker: a late subscriber sees none)."""
+
+    station: str
+    camera: str
+    reasons: tuple[str, ...]  # every active reason; the first is the one shown
+    since: float  # Unix seconds the first active reason was raised
+    on_degraded: str  # what the station does with verdicts meanwhile: judge | not_inspected
+    detail: Mapping[str, float | None]  # the statistics that raised it (edged.input_health, units there)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The alarm message."""
+        return {"station": self.station, "camera": self.camera, "state": "degraded", "reason": self.reasons[0],
+                "reasons": list(self.reasons), "since": _t(self.since), "on_degraded": self.on_degraded,
+                "detail": dict(self.detail)}
 
 
 @dataclass(frozen=True, slots=True)

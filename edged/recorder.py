@@ -8,6 +8,7 @@ MQTT link is woken to publish them. The messages are `edged.payloads` on `edged.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import sqlite3
@@ -21,6 +22,7 @@ from edged.archive import ImageArchive, ImageWriter
 from edged.config import CameraConfig, Config
 from edged.frames import Verdict
 from edged.health import Counters, Heartbeats, LatencyWindow, SupervisedThread
+from edged.input_health import InputHealth
 from edged.logsetup import LogThrottle
 from edged.parts import FreeRunGrouper, PartEvent, Trigger, TriggerBook
 from edged.payloads import NotInspected, Reject, Result
@@ -53,7 +55,8 @@ class RecorderThread(SupervisedThread):
                  heartbeats: Heartbeats, stop: threading.Event, wake_sender: Callable[[], None],
                  send_result: Callable[[Result], None] | None = None,
                  on_verdict: Callable[[Verdict, str], None] | None = None,
-                 publish_direct: Callable[[str, dict[str, object]], None] | None = None) -> None:
+                 publish_direct: Callable[[str, dict[str, object]], None] | None = None,
+                 input_health: InputHealth | None = None) -> None:
         super().__init__("recorder", heartbeats)
         self.heartbeats: Heartbeats = heartbeats
         self.what = "recorder"
@@ -71,6 +74,7 @@ class RecorderThread(SupervisedThread):
         self.send_result = send_result
         self.on_verdict = on_verdict  # replay's per-frame output
         self.publish_direct = publish_direct  # when the database cannot be written
+        self.input_health = input_health  # reject rates (fed here) and what a degraded camera's verdicts become
         self.cameras: Mapping[str, CameraConfig] = {c.name: c for c in config.cameras}
         self.groupers = {c.name: FreeRunGrouper(c.name, c.trigger.gap_ms, c.trigger.max_part_ms,
                                                 c.trigger.max_part_frames)
@@ -189,13 +193,15 @@ class RecorderThread(SupervisedThread):
     def _add_verdict(self, group: _Group, v: Verdict) -> None:
         """A verdict's row (and planned image) into the group, then its result, and its part: a triggered
         part's messages, or the free-run grouper's events."""
+        v = self._input_checked(v)
         uid = uuid.uuid4().hex
         image_path = self._plan_image(v, group.images, len(group.rows))
         group.rows.append(InspectionRow(
             uid=uid, seq=v.frame.seq, camera=v.frame.camera, part_id=v.frame.part_id,
             captured_at=v.frame.captured_at, decided_at=v.decided_at, score=v.score, threshold=v.threshold,
             is_defective=v.is_defective, confidence=v.confidence, latency_ms=round(v.latency_ms, 3),
-            model=v.model, regions=[r.to_dict() for r in v.regions], image_path=image_path, reason=v.reason))
+            model=v.model, regions=[r.to_dict() for r in v.regions], image_path=image_path, reason=v.reason,
+            input_ok=v.frame.input.ok if v.frame.input is not None else None))
         if v.is_defective:
             group.verdict_rows[(v.frame.camera, v.frame.seq)] = len(group.rows) - 1
             self._defect_rows[(v.frame.camera, v.frame.seq)] = (-1, uid, image_path)
@@ -209,6 +215,21 @@ class RecorderThread(SupervisedThread):
             group.triggered.extend(self._triggered_verdict(v, uid, image_path, len(group.rows) - 1))
         else:
             group.events.extend(self.groupers[v.frame.camera].feed(v))
+
+    def _input_checked(self, v: Verdict) -> Verdict:
+        """The camera's reject rate is fed; a verdict of a degraded camera says so, and with `input_health.on_degraded:
+        not_inspected` it becomes not_inspected (no reject; a triggered part gets its fail-safe)."""
+        health = self.input_health
+        if health is None:
+            return v
+        health.rates[v.frame.camera].feed(v.is_defective)
+        why = health.degraded(v.frame.camera, v.frame.input)
+        if not why:
+            return v
+        if health.cfg.on_degraded == "not_inspected":
+            health.not_inspected[v.frame.camera] += 1
+            return dataclasses.replace(v, is_defective=False, reason="not_inspected", regions=(), degraded=why)
+        return dataclasses.replace(v, degraded=why)
 
     def _commit_failed(self, exc: sqlite3.Error, group: _Group, messages: list[OutboxMessage]) -> None:
         """The group's transaction failed: counted, logged rate-limited, its messages published directly
@@ -261,11 +282,14 @@ class RecorderThread(SupervisedThread):
 
     def _triggered_verdict(self, v: Verdict, uid: str, image: str | None, row_index: int) -> list[OutboxMessage]:
         """A verdict for a triggered part: exactly one durable result, and a reject when defective."""
-        if not self.book.settle(v):
+        trig = self.book.outstanding.get((v.frame.camera, v.frame.part_id or ""))
+        if trig is None or not self.book.settle(v):
             self.counters.late_verdicts += 1
             log.warning("%s: verdict for part %s came after its deadline: logged only (not_inspected was sent)",
                         v.frame.camera, v.frame.part_id)
             return []
+        if v.reason == "not_inspected":
+            return self._degraded_part(v, trig, uid, row_index)
         station = self.config.station
         out = [OutboxMessage("result", self.topics.result, Result.for_verdict(v, uid, station).to_dict(), None,
                              row_index=row_index)]
@@ -274,6 +298,21 @@ class RecorderThread(SupervisedThread):
             reject = Reject.for_part(event, uid, station, self.config.mqtt.reject_ttl_ms, image)
             out.append(OutboxMessage("reject", self.topics.reject, reject.to_dict(), reject.deadline,
                                      row_index=row_index))
+        return out
+
+    def _degraded_part(self, v: Verdict, trig: Trigger, uid: str, row_index: int) -> list[OutboxMessage]:
+        """A triggered part seen by a degraded camera (on_degraded: not_inspected): the not-inspected result, and the
+        trigger's fail-safe, so the PLC decides."""
+        self.counters.not_inspected += 1
+        log.warning("%s: part %s NOT INSPECTED (camera degraded: %s)", v.frame.camera, v.frame.part_id, v.degraded)
+        message = dataclasses.replace(
+            NotInspected.for_trigger(trig, uid, self.config.station, self.config.mqtt.reject_ttl_ms,
+                                     decided_at=v.decided_at),
+            input_ok=v.frame.input.ok if v.frame.input is not None else None, degraded=v.degraded)
+        payload = message.to_dict()
+        out = [OutboxMessage("result", self.topics.result, payload, None, row_index=row_index)]
+        if self.cameras[v.frame.camera].trigger.fail_safe == "reject":
+            out.append(OutboxMessage("reject", self.topics.reject, payload, message.deadline, row_index=row_index))
         return out
 
     def _expired_triggers(self, rows: list[InspectionRow], final: bool) -> list[OutboxMessage]:

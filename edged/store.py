@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS inspections (
     model        TEXT,                       -- bundle id
     regions      TEXT NOT NULL DEFAULT '[]', -- JSON list of {x, y, w, h, area, peak} in frame pixels
     image_path   TEXT,
-    reason       TEXT NOT NULL DEFAULT 'ok'  -- ok | defect | not_inspected
+    reason       TEXT NOT NULL DEFAULT 'ok', -- ok | defect | not_inspected
+    input_ok     INTEGER                     -- input health of the frame: 1 in range, 0 not, NULL unchecked
 );
 CREATE INDEX IF NOT EXISTS inspections_time ON inspections(captured_at);
 CREATE INDEX IF NOT EXISTS inspections_camera_time ON inspections(camera, captured_at);
@@ -156,9 +157,24 @@ def open_database(path: Path, timeout_s: float = 10.0) -> sqlite3.Connection:
     try:
         conn = connect(path)
         conn.executescript(SCHEMA)
+        _add_columns(conn)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open the database {path}: {exc}") from None
     return conn
+
+
+# columns added after the first release: (table, column, declaration); old databases get them at open, their old
+# rows read NULL (an older edged writing to a migrated file ignores them)
+ADDED_COLUMNS = (("inspections", "input_ok", "INTEGER"),)
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Migrate a database made by an older edged: ALTER TABLE ADD COLUMN for each column it lacks."""
+    for table, column, decl in ADDED_COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            log.info("database: added column %s.%s", table, column)
 
 
 def _check(path: Path, timeout_s: float = 10.0) -> str:
@@ -203,6 +219,7 @@ class InspectionRow:
     regions: list[dict[str, float | int]]
     image_path: str | None
     reason: str
+    input_ok: bool | None = None  # the frame's input health; None: not checked (input_health off, not_inspected)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,11 +262,12 @@ class InspectionWriter:
             for r in rows:
                 cur.execute(
                     "INSERT INTO inspections (uid, seq, camera, part_id, captured_at, decided_at, score, "
-                    "threshold, is_defective, confidence, latency_ms, model, regions, image_path, reason) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "threshold, is_defective, confidence, latency_ms, model, regions, image_path, reason, "
+                    "input_ok) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (r.uid, r.seq, r.camera, r.part_id, r.captured_at, r.decided_at, r.score, r.threshold,
                      int(r.is_defective), r.confidence, r.latency_ms, r.model,
-                     jsonout.dumps(r.regions), r.image_path, r.reason))
+                     jsonout.dumps(r.regions), r.image_path, r.reason,
+                     None if r.input_ok is None else int(r.input_ok)))
                 ids.append(int(cur.lastrowid or 0))
             for m in messages:
                 inspection_id = ids[m.row_index] if m.row_index is not None else m.inspection_id

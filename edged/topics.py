@@ -56,6 +56,10 @@ class Topics:
         """Retained state of one camera."""
         return self._sub(f"camera/{name}")
 
+    def alarm(self, name: str) -> str:
+        """Retained while camera `name` is degraded (input health, reject rate); an empty retained message clears it."""
+        return self._sub(f"alarm/{name}")
+
     @property
     def display(self) -> str:
         """`<prefix>/<station>/...`: how `edged check-config` names the whole tree (not a subscription)."""

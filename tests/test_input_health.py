@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import queue
+import sqlite3
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from edged.bundle import InputStatistics
+from devkit.support import Broker, ServiceRunner, Subscriber, build_max_bundle, json_object, wait_until, write_config
+from edged.bundle import InputStatistics, load_manifest, write_manifest
+from edged.config import load_config
 from edged.input_health import (
     STATS_SIZE,
     Bounds,
@@ -184,3 +188,131 @@ def test_reject_rate_alarm_and_hysteresis() -> None:
     for _ in range(19):
         mon.feed(False)
     assert not mon.alarming and events.get_nowait().reason == ""
+
+
+# --- the daemon: a generated line video that dims, blurs, freezes and is half-covered -----------------------
+
+FPS = 30.0
+SEG = 30  # frames per segment: 1 s
+PLAN = ("normal", "too_dark", "normal", "out_of_focus", "normal", "frozen", "normal", "blocked", "normal", "normal")
+
+
+def line_frame(i: int, condition: str) -> np.ndarray:
+    """A 320x240 textured part moving along the belt (2 px per frame), changed by the segment's condition."""
+    if condition == "frozen":
+        return cv2.resize(scene(999), (320, 240), interpolation=cv2.INTER_AREA)  # the same image, repeated
+    image = np.roll(cv2.resize(scene(i), (320, 240), interpolation=cv2.INTER_AREA), 2 * i, axis=1)
+    if condition == "too_dark":
+        return (image * 0.4).astype(np.uint8)
+    if condition == "out_of_focus":
+        return cv2.GaussianBlur(image, (0, 0), 4)
+    if condition == "blocked":
+        image[:, :160] = 0  # the left half covered
+    return image
+
+
+def write_line_video(path: Path) -> list[np.ndarray]:
+    """The video of PLAN; returns its normal frames as read back (what a fit on this camera's images sees)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), FPS, (320, 240))
+    assert writer.isOpened()
+    for i in range(SEG * len(PLAN)):
+        writer.write(line_frame(i, PLAN[i // SEG]))
+    writer.release()
+    cap = cv2.VideoCapture(str(path))
+    normal = []
+    for i in range(SEG * len(PLAN)):
+        ok, image = cap.read()
+        assert ok, f"cannot read frame {i} back"
+        if PLAN[i // SEG] == "normal":
+            normal.append(image)
+    cap.release()
+    return normal
+
+
+class _Triggers:
+    """A PLC stand-in: a trigger every 0.15 s until stopped (a real paho client on the test broker)."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-plc", protocol=mqtt.MQTTv5)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.stop = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import json
+
+        while not self.stop.wait(0.15):
+            self.client.publish("edged/test/trigger", json.dumps({"part_id": f"P{self.sent}", "camera": "cam1"}),
+                                qos=1)
+            self.sent += 1
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.mark.slow
+def test_daemon_degrades_alarms_clears_and_parts_are_not_inspected(tmp_path: Path, broker: Broker) -> None:
+    video = tmp_path / "line.avi"
+    normal = write_line_video(video)
+    bundle = build_max_bundle(tmp_path / "bundle", threshold=0.95)  # the texture alone never scores a defect
+    manifest = load_manifest(bundle)
+    write_manifest(bundle, manifest.model_copy(update={"input_stats": fit_statistics(normal)}))
+    cfg_path = write_config(
+        tmp_path / "edged.yaml", bundle, video, tmp_path / "state", broker.port,
+        extra_camera="    realtime: true\n    fps: 30\n"
+                     "    trigger: {mode: mqtt, delay_ms: 0, timeout_ms: 1500, fail_safe: reject}",
+        extra="input_health: {degraded_after_s: 0.3, recover_after_s: 0.3, on_degraded: not_inspected}")
+    cfg_path.write_text(cfg_path.read_text().replace("    trigger: {gap_ms: 0}\n", ""))
+    sub = Subscriber(broker.port, ["edged/test/alarm/cam1", "edged/test/result", "edged/test/reject"])
+    runner = ServiceRunner(load_config(cfg_path)).start()
+    triggers: _Triggers | None = None
+    try:
+        wait_until(lambda: runner.service.link is not None and runner.service.link.connected, 20, "the broker")
+        triggers = _Triggers(broker.port)
+        wait_until(lambda: runner.thread.is_alive() is False, 60, "the end of the video")
+    finally:
+        if triggers is not None:
+            triggers.close()
+        runner.stop()
+        sub.close()
+    alarms = [payload for topic, payload, _ in sub.messages if topic == "edged/test/alarm/cam1"]
+    raised = [a for a in alarms if a != ""]
+    assert [json_object(a)["reason"] for a in raised] == ["too_dark", "out_of_focus", "frozen", "blocked"], alarms
+    first = alarms.index(raised[0])
+    assert first >= 1 and set(alarms[:first]) == {""}, alarms  # cleared at start (maybe twice: sent, and on connect)
+    assert alarms[first:] == [x for a in raised for x in (a, "")], alarms  # each cleared once back in range
+    assert all(json_object(a)["on_degraded"] == "not_inspected" for a in raised)
+
+    db = sqlite3.connect(tmp_path / "state" / "edged.db")
+    rows = db.execute("SELECT seq, part_id, reason, input_ok FROM inspections WHERE seq >= 0").fetchall()
+    seq_of = {part: seq for seq, part, _, _ in rows}
+    for seq, _, _, input_ok in rows:  # a property of each frame, not of timing (the segment's first is mixed)
+        if seq % SEG:
+            assert input_ok == (PLAN[seq // SEG] == "normal"), (seq, input_ok)
+    results = [json_object(p) for t, p, _ in sub.messages if t == "edged/test/result"]
+    not_inspected = [r for r in results if r["reason"] == "not_inspected" and r["part_id"] in seq_of]
+    for reason in ("too_dark", "out_of_focus", "frozen", "blocked"):
+        assert any(r["degraded"] == reason for r in not_inspected), (reason, results)
+    for r in not_inspected:  # in its bad segment, or in the next while it recovers
+        seq = seq_of[str(r["part_id"])]
+        assert PLAN[seq // SEG] == r["degraded"] or PLAN[seq // SEG - 1] == r["degraded"], (seq, r)
+    for r in results:  # judged only where the camera cannot have been degraded for long
+        if r["reason"] != "not_inspected":
+            seq = seq_of[str(r["part_id"])]
+            assert PLAN[seq // SEG] == "normal" or seq % SEG < 20, (seq, r)
+            assert r["degraded"] is None
+    rejects = [json_object(p) for t, p, _ in sub.messages if t == "edged/test/reject"]
+    assert rejects and all(r["reason"] == "not_inspected" for r in rejects)  # the trigger's fail-safe
+    health = runner.service.input_health
+    assert health is not None and health.camera_health("cam1")["alarms"] == 4
+    assert runner.service.degraded_cameras() == {}

@@ -49,7 +49,8 @@ def test_result_fields_order_and_rounding() -> None:
         "id": "u1", "station": "line1", "camera": "cam1", "seq": 7, "part_id": "A-1042", "reason": "ok",
         "is_defective": False, "captured_at": 1795766400.123457, "decided_at": 1795766400.13158, "score": 0.01,
         "threshold": 0.0297, "confidence": 0.3367,
-        "regions": [{"x": 212, "y": 88, "w": 40, "h": 12, "area": 310, "peak": 0.091235}], "model": "cae-1"}
+        "regions": [{"x": 212, "y": 88, "w": 40, "h": 12, "area": 310, "peak": 0.091235}], "model": "cae-1",
+        "input_ok": None, "degraded": None}
 
 
 def test_not_inspected_has_nulls_where_there_is_no_verdict() -> None:
@@ -59,7 +60,7 @@ def test_not_inspected_has_nulls_where_there_is_no_verdict() -> None:
         "id": "u2", "station": "line1", "camera": "cam2", "part_id": "A-1", "seq": None, "reason": "not_inspected",
         "is_defective": None, "captured_at": None, "decided_at": 1795766401.723457,
         "triggered_at": 1795766400.123457, "expires_at": 1795766403.623457, "score": None, "threshold": None,
-        "confidence": None, "regions": [], "model": None}
+        "confidence": None, "regions": [], "model": None, "input_ok": None, "degraded": None}
     assert message.deadline == message.to_dict()["expires_at"]
 
 
