@@ -448,7 +448,7 @@ class Service:
         """The health file's content (what `edged status` reads); only after `start`."""
         det = self.detector
         assert det is not None
-        cams = {}
+        cams: dict[str, dict[str, Any]] = {}
         for name, s in self.stats.items():
             cams[name] = {"state": s.state, "source": s.source, "last_frame_at": s.last_frame_at,
                           "fps": round(s.fps(), 2), "frames": s.frames, "drops": self.frames.drops(name),
