@@ -90,3 +90,52 @@ def test_a_cut_central_link_loses_nothing_and_the_line_keeps_actuating(tmp_path:
         collector.stop()
         line.stop()
         central.stop()
+
+
+# --- the deploy/ examples of a plant: they parse, and say what the tested setup does ------------------
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def _conf_keys(text: str) -> dict[str, str]:
+    lines = [ln.split(None, 1) for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    return {parts[0]: parts[1] if len(parts) > 1 else "" for parts in lines}
+
+
+def test_the_example_collect_yaml_is_valid() -> None:
+    from edged.collect.config import load_collect_config
+
+    config = load_collect_config(DEPLOY / "collect.yaml")
+    assert config.stations == ("acme/plant1/+/+",) and config.share_group and config.broker.client_id
+
+
+def test_the_example_bridge_sets_what_the_plant_test_uses() -> None:
+    """Every option of the tested bridge (devkit/bridge.py) is in the example, with the same value where it
+    matters for losing nothing (persistent session, QoS 1 out, MQTT 5, queued QoS 0)."""
+    from devkit.bridge import bridge_block
+
+    example = _conf_keys((DEPLOY / "mosquitto-station.conf").read_text())
+    tested = _conf_keys(bridge_block(1883, PREFIX, "line3"))
+    assert set(tested) <= set(example)
+    for key in ("cleansession", "bridge_protocol_version", "queue_qos0_messages", "upgrade_outgoing_qos"):
+        assert example[key] == tested[key], key
+    assert example["topic"] == f"{PREFIX}/# out 1"
+    central = _conf_keys((DEPLOY / "mosquitto-central.conf").read_text())
+    assert central["persistence"] == "true" and central["queue_qos0_messages"] == "true"
+
+
+def test_the_alert_rules_name_metrics_the_web_view_exports() -> None:
+    import re
+
+    import yaml
+
+    rules = yaml.safe_load((DEPLOY / "edged-alerts.yml").read_text())["groups"][0]["rules"]
+    names = {r["alert"] for r in rules}
+    assert {"EdgedStationOffline", "EdgedCameraNotStreaming", "EdgedOutboxBacklogGrowing",
+            "EdgedRejectsExpired"} <= names
+    exported = set(re.findall(r'MetricFamily\("(edged_[a-z_]+)"',
+                              (Path(__file__).resolve().parents[1] / "edged" / "web" / "metrics.py").read_text()))
+    for rule in rules:
+        for metric in re.findall(r"\bedged_[a-z_]+", rule["expr"]):
+            assert metric.removesuffix("_total") in exported, (rule["alert"], metric)
+    scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["metrics_path"] == "/metrics"
