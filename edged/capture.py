@@ -144,6 +144,7 @@ class CaptureThread(SupervisedThread):
         realtime_period = 1.0 / pacing if pacing else None
         next_due = time.monotonic()
         drop_oldest = source.live or realtime_period is not None
+        self._attach_gate(source)
         while not self.stop_event.is_set():
             self._beat()
             if realtime_period is not None:
@@ -176,6 +177,11 @@ class CaptureThread(SupervisedThread):
             if not self._deliver(usable, name, mono, wall, drop_oldest, source.stamp):
                 return "stopped"
         return "stopped"
+
+    def _attach_gate(self, source: Source) -> None:
+        """A camera edged fires itself (GenICam software trigger) is fired by the trigger gate, one at a time."""
+        if self.gate is not None:
+            self.gate.fire = source.fire if source.fires_triggers else None
 
     def _read(self, source: Source) -> tuple[np.ndarray, str]:
         """One read; frames the camera says it lost meanwhile (GenICam) are counted, whatever the read raised."""

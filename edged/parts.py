@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edged.frames import Frame, Verdict
@@ -117,11 +118,17 @@ class TriggerGate:
         self._pending: list[Trigger] = []
         self._recent: list[Frame] = []
         self._discarded_at = 0.0  # capture time of the newest frame no longer kept
+        # a camera edged triggers itself (GenICam software trigger): set by the capture thread to fire it once
+        self.fire: Callable[[], bool] | None = None
+        self._in_flight: Trigger | None = None  # fired, its frame not come yet
+        self.unasked = 0  # frames a fired camera sent that no trigger asked for (not inspected)
 
     def offer(self, frame: Frame | None) -> list[Frame]:
         """Call for every captured frame (or None when idle); returns frames to inspect, with part ids."""
         while not self.inbox.empty():
             self._pending.append(self.inbox.get_nowait())
+        if self.fire is not None:
+            return self._offer_fired(frame)
         if frame is not None:
             self._recent.append(frame)
             cutoff = frame.captured_at - self.keep_s
@@ -142,6 +149,35 @@ class TriggerGate:
                 out.append(dataclasses.replace(match, part_id=trig.part_id))
         self._pending = still
         return out
+
+
+    def _offer_fired(self, frame: Frame | None) -> list[Frame]:
+        """A camera that takes a frame only when edged fires it: one trigger at a time is fired (at its due time)
+        and the next frame the camera sends is that trigger's, so each trigger gets exactly one frame, its own.
+        A trigger whose frame does not come by its deadline is let go (not_inspected) and the next one fired;
+        a frame no trigger asked for is not inspected."""
+        out: list[Frame] = []
+        if frame is not None:
+            if self._in_flight is not None:
+                out.append(dataclasses.replace(frame, part_id=self._in_flight.part_id))
+                self._in_flight = None
+            else:
+                self.unasked += 1
+        now = time.time()
+        if self._in_flight is not None and now > self._in_flight.deadline_at:
+            self._in_flight = None  # its frame was lost: the recorder reports it not_inspected
+        if self._in_flight is None:
+            self._fire_next(now)
+        return out
+
+    def _fire_next(self, now: float) -> None:
+        """Fire the earliest due trigger (dropping those already past their deadline)."""
+        self._pending.sort(key=lambda t: t.due_at)
+        while self._pending and self._pending[0].due_at <= now:
+            trig = self._pending.pop(0)
+            if now <= trig.deadline_at and self.fire is not None and self.fire():
+                self._in_flight = trig
+                return
 
 
 class TriggerBook:

@@ -1,20 +1,25 @@
 """GenICam over the real GigE Vision protocol: Aravis' fake GigE camera (arv-fake-gv-camera-0.8) on
 127.0.0.1, found by discovery and opened by its serial: settings (packet size and delay too) applied and
-read back, lost packets counted as missed frames, a camera that goes away reopened when it is back."""
+read back, lost packets counted as missed frames, a camera that goes away reopened when it is back, and a
+software-triggered camera fired once per MQTT trigger."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
-from devkit.support import ServiceRunner, wait_until, write_config
+from devkit.support import Broker, ServiceRunner, Subscriber, wait_until, write_config
 from edged.config import load_config
 from edged.sources import aravis as aravis_module
 from edged.sources.genicam import GenicamCamera, GenicamSource
+from edged.topics import Topics
 
 FAKE_GV = "arv-fake-gv-camera-0.8"
 pytestmark = [
@@ -112,3 +117,45 @@ def test_a_camera_that_goes_away_is_reopened(tmp_path: Path, tiny_bundle: Path, 
         runner.stop()
     assert stats.reconnects >= 1
     assert runner.service.counters.inspected >= 20
+
+
+@pytest.mark.slow
+def test_software_trigger_gives_one_inspected_frame_per_trigger(tmp_path: Path, tiny_bundle: Path, broker: Broker,
+                                                                gv_camera: StartCamera) -> None:
+    """Each accepted MQTT trigger fires TriggerSoftware once; the fake GigE camera sends a frame only when fired,
+    so a burst of triggers gives exactly that many camera frames, each inspected once under its own part id."""
+    gv_camera("GVTRIG")
+    cfg_path = write_config(tmp_path / "edged.yaml", tiny_bundle, "genicam:GVTRIG", tmp_path / "state",
+                            broker.port,
+                            extra_camera="    pixel_format: Mono8\n    region: [0, 0, 32, 32]\n"
+                                         "    trigger: {mode: mqtt, source: software, timeout_ms: 3000}")
+    cfg = load_config(cfg_path)
+    topics = Topics.of(cfg)
+    sub = Subscriber(broker.port, [topics.result])
+    runner = ServiceRunner(cfg).start()
+    stats = runner.service.stats["cam1"]
+    parts = [f"P{i}" for i in range(8)]
+    plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc-genicam")
+    try:
+        wait_until(lambda: runner.service.link is not None and runner.service.link.connected, 30, "MQTT up")
+        wait_until(lambda: stats.state == "streaming", 30, "the camera streaming (waiting for triggers)")
+        assert stats.frames == 0  # nothing fired yet, nothing sent
+        plc.connect("127.0.0.1", broker.port)
+        plc.loop_start()
+        for part in parts:  # a burst: faster than the camera's frame time, so they queue
+            plc.publish(topics.trigger, json.dumps({"part_id": part, "camera": "cam1"}), qos=1).wait_for_publish(5)
+        results = sub.wait_for_objects(topics.result, len(parts), timeout=30)
+        wait_until(lambda: runner.service.counters.inspected >= len(parts), 10, "every triggered frame inspected")
+    finally:
+        plc.loop_stop()
+        plc.disconnect()
+        runner.stop()
+        sub.close()
+    assert sorted(r["part_id"] for r in results) == parts  # one result per trigger, none lost
+    assert {r["reason"] for r in results} <= {"ok", "defect"}  # every one inspected, none not_inspected
+    assert stats.frames == len(parts)  # the camera was fired exactly once per trigger
+    assert runner.service.counters.inspected == len(parts)
+    db = sqlite3.connect(tmp_path / "state" / "edged.db")
+    rows = db.execute("SELECT part_id, seq FROM inspections ORDER BY seq").fetchall()
+    db.close()
+    assert [p for p, _ in rows] == parts and [s for _, s in rows] == list(range(len(parts)))

@@ -214,6 +214,15 @@ class Source:
         return 0
 
     @property
+    def fires_triggers(self) -> bool:
+        """Whether edged fires this camera for each trigger (GenICam software trigger; see `fire`)."""
+        return False
+
+    def fire(self) -> bool:
+        """Take one frame now (software trigger); False when the camera refused. Only where `fires_triggers`."""
+        return False
+
+    @property
     def stamp(self) -> CameraStamp | None:
         """The camera's own frame id and clock for the frame just read, where the camera gives them."""
         return None

@@ -25,6 +25,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edged.frames import CameraStamp
 from edged.sources.aravis import (
+    POP_TIMEOUT_S,
     AravisCamera,
     AravisError,
     AravisMissing,
@@ -63,6 +64,7 @@ _CONVERTED = {name for name, _, _ in PFNC.values()}
 ACTIVATION = {"rising_edge": "RisingEdge", "falling_edge": "FallingEdge", "any_edge": "AnyEdge",
               "level_high": "LevelHigh", "level_low": "LevelLow"}
 GEV_ID_MAX = 0xFFFF  # GigE Vision 1.x block ids: 16 bits, 0 never used, 65535 is followed by 1
+SOFTWARE_POP_S = 0.005  # software trigger: the capture thread fires the next trigger between short waits
 READBACK_TOLERANCE = 0.01  # a float setting read back more than 1% off was not applied as asked
 
 
@@ -197,8 +199,8 @@ def _in_range(key: str, value: float, bounds: Bounds) -> None:
 
 def _read_back(key: str, asked: float, got: float) -> None:
     if not math.isfinite(got) or abs(got - asked) > READBACK_TOLERANCE * max(abs(asked), 1e-9):
-        raise SettingRefused(key, f"asked {asked:g}, the camera reads back {got:g} (it cannot give this value "
-                                  "with the other settings, e.g. a frame rate longer exposures do not allow)")
+        raise SettingRefused(key, f"asked {asked:g}, the camera reads back {got:g} (its steps, or a limit the "
+                                  "other settings set, e.g. a rate the exposure does not allow); write one it takes")
 
 
 def _apply_pixel_format(dev: AravisCamera, cam: GenicamCamera) -> str:
@@ -369,7 +371,7 @@ class GenicamSource(Source):
                 raise SourceFailed("camera lost (no answer to its heartbeat: unplugged, rebooted or its address "
                                    "changed)")
             try:
-                raw = dev.pop()
+                raw = dev.pop(SOFTWARE_POP_S if self.fires_triggers else POP_TIMEOUT_S)
             except AravisError as exc:
                 raise SourceFailed(str(exc)) from None
             if raw is None:
