@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from edged.config import Config
 from edged.health import percentile
-from edged.safetext import redact_url
+from edged.safetext import escape, redact_url
 
 HEALTH_FILE = "health.json"
 WINDOWS_S = (300.0, 3600.0)  # reject counts and rates: last 5 and last 60 minutes
@@ -262,10 +262,33 @@ def _camera_problems(health: dict[str, Any], config: Config) -> list[str]:
         state = cam.get("state", "?") if isinstance(cam, dict) else "?"
         if state != "streaming":
             problems.append(f"camera {name} is {state}, not streaming")
+        problems.extend(_input_problem(name, cam))
     problems.extend(f"camera {cam_config.name} is not in the health file (config changed since the daemon "
                     f"started? systemctl restart edged)" for cam_config in config.cameras
                     if cam_config.name not in cameras)
     return problems
+
+
+def _input_problem(name: str, cam: Any) -> list[str]:
+    """A degraded camera (edged.input_health): the camera changed, not the parts; [] when its input is ok."""
+    entry = _mapping(cam.get("input")) if isinstance(cam, dict) else {}
+    if entry.get("state") != "degraded":
+        return []
+    return [f"camera {name} input DEGRADED: {escape(str(entry.get('reason')), 40)} (the camera changed, not the "
+            f"parts: check light, lens, view)"]
+
+
+def _input_lines(out: TextIO, entry: dict[str, Any], now: float) -> None:
+    """`  input` of one camera: ok or degraded (why, since when), alarms raised, frames out of range."""
+    if not entry:
+        return
+    state = "DEGRADED: " + escape(str(entry.get("reason")), 40) if entry.get("state") == "degraded" else "ok"
+    since = _num(entry.get("since"))
+    for_how_long = f" for {fmt_duration(now - since)}" if since else ""
+    ref = "" if entry.get("reference", True) else "   (no input statistics in the bundle: frozen/covered only)"
+    _line(out, "  input", f"{state}{for_how_long}{ref}")
+    _line(out, "  alarms", f"{_int(entry.get('alarms'))}   frames out of range {_int(entry.get('frames_not_ok'))}"
+                            f"   reject rate {_fmt_float(entry.get('reject_rate'), '.3f')}")
 
 
 def _heartbeat_problems(health: dict[str, Any], config: Config) -> list[str]:
@@ -379,6 +402,7 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
         _line(out, "  capture", f"fps {_fmt_float(cam.get('fps'), '.1f')}   frames {_int(cam.get('frames'))}   "
                                 f"queue {_int(cam.get('queue_depth'))}   drops {_int(cam.get('drops'))}")
         _line(out, "  faults", f"bad frames {_int(cam.get('bad_frames'))}   reconnects {_int(cam.get('reconnects'))}")
+        _input_lines(out, _mapping(cam.get("input")), now)
         short, long_ = db.get(WINDOWS_S[0], {}).get(name), db.get(WINDOWS_S[1], {}).get(name)
         if db:
             _line(out, "  rejects", f"5 min: {_rate(short)}   60 min: {_rate(long_)}")

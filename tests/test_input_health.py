@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import sqlite3
 from pathlib import Path
@@ -17,6 +18,7 @@ from edged.input_health import (
     STATS_SIZE,
     Bounds,
     InputAlarm,
+    InputHealth,
     InputHealthConfig,
     InputMonitor,
     RejectRateMonitor,
@@ -188,6 +190,20 @@ def test_reject_rate_alarm_and_hysteresis() -> None:
     for _ in range(19):
         mon.feed(False)
     assert not mon.alarming and events.get_nowait().reason == ""
+
+
+def test_a_bundle_without_input_statistics_still_loads_and_checks_what_it_can(tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    manifest = load_manifest(build_max_bundle(tmp_path / "bundle"))
+    assert manifest.input_stats is None
+    with caplog.at_level(logging.WARNING):
+        health = InputHealth(CFG, ["cam1", "cam2"], manifest)
+    assert sum("records no input statistics" in r.getMessage() for r in caplog.records) == 1  # once, not per camera
+    mon = health.monitors["cam1"]
+    assert mon.feed(dark(1), 0.0).ok  # what is too dark needs the reference
+    assert mon.feed(dark(1), 0.1).problems == ("frozen",)
+    assert health.rates["cam1"].limit == CFG.reject_rate_floor  # a manual threshold promises no rate
+    assert health.camera_health("cam2")["reference"] is False
 
 
 # --- the daemon: a generated line video that dims, blurs, freezes and is half-covered -----------------------

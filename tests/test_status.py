@@ -320,3 +320,19 @@ def test_mqtt_input_and_connection_counts_are_shown(tmp_path: Path) -> None:
     rc, text = run_status(make_config(tmp_path))
     assert rc == 0  # the daemon carried on: warnings, not unhealthy
     assert "3 callback error(s)" in text and "refused or dropped 4 connection(s)" in text
+
+
+def test_degraded_input_is_a_problem_with_its_reason(tmp_path: Path) -> None:
+    health = make_health()
+    health["cameras"]["cam1"]["input"] = {"state": "degraded", "reason": "out_of_focus", "since": NOW - 60.0,
+                                          "alarms": 2, "frames_not_ok": 1800, "reference": True,
+                                          "reject_rate": 0.0, "last": None}
+    write_health(tmp_path, health)
+    rc, text = run_status(make_config(tmp_path))
+    assert rc == 1 and "camera cam1 input DEGRADED: out_of_focus" in text
+    assert re.search(r"^  input +DEGRADED: out_of_focus for 1 min", text, re.M)
+    assert re.search(r"^  alarms +2 +frames out of range 1800 +reject rate 0.000", text, re.M)
+    health["cameras"]["cam1"]["input"].update(state="ok", reason=None, since=None)
+    write_health(tmp_path, health)
+    rc, text = run_status(make_config(tmp_path))
+    assert rc == 0 and re.search(r"^  input +ok$", text, re.M)

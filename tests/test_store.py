@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,22 @@ def test_outbox_sends_rejects_before_results_and_bounds_results(tmp_path: Path) 
     assert ob.enforce_cap(max_rows=102) == 2
     assert ob.count("pending") == 102 and conn.execute(
         "SELECT COUNT(*) FROM outbox WHERE kind = 'reject' AND state = 'pending'").fetchone()[0] == 3
+
+
+def test_an_older_database_gets_the_input_ok_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)  # the inspections table as the first release made it (no input_ok)
+    old.execute("CREATE TABLE inspections (id INTEGER PRIMARY KEY AUTOINCREMENT, uid TEXT NOT NULL, seq INTEGER NOT "
+                "NULL, camera TEXT NOT NULL, part_id TEXT, captured_at REAL NOT NULL, decided_at REAL NOT NULL, score "
+                "REAL, threshold REAL, is_defective INTEGER NOT NULL, confidence REAL, latency_ms REAL, model TEXT, "
+                "regions TEXT NOT NULL DEFAULT '[]', image_path TEXT, reason TEXT NOT NULL DEFAULT 'ok')")
+    old.execute("INSERT INTO inspections (uid, seq, camera, captured_at, decided_at, is_defective) "
+                "VALUES ('old', 0, 'cam1', 1.0, 1.1, 0)")
+    old.commit()
+    old.close()
+    conn = open_database(path)
+    InspectionWriter(conn).record([row(1), replace(row(2), input_ok=False), replace(row(3), input_ok=True)], [])
+    got = conn.execute("SELECT uid, input_ok FROM inspections ORDER BY id").fetchall()
+    assert got == [("old", None), ("u1", None), ("u2", 0), ("u3", 1)]
+    conn.close()
+    assert open_database(path).execute("SELECT COUNT(*) FROM inspections").fetchone()[0] == 4  # migrated once
