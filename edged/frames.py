@@ -27,6 +27,7 @@ class CameraStamp:
 
     frame_id: int  # the camera's block id (GigE Vision: 16 bits, wraps; USB3 Vision: 64 bits)
     timestamp_ns: int  # the camera's clock in nanoseconds (its own epoch, not Unix time; 0 when it gives none)
+    line_triggered: bool = False  # the line's sensor triggered this exposure: the frame is one part, named by frame_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,11 @@ class PartEvent:
 
     @property
     def part_id(self) -> str:
-        """The part's id in messages: the trigger's, else `<camera>-<seq of its first frame>`."""
+        """The part's id in messages: the trigger's, else `<camera>-<seq of its first frame>`; a frame the line's
+        sensor triggered (GenICam line trigger) is its own part, `<camera>-<the camera's frame id>`."""
+        stamp = self.first.frame.camera_stamp
+        if stamp is not None and stamp.line_triggered:
+            return self.given_id or f"{self.camera}-{stamp.frame_id}"
         return self.given_id or f"{self.camera}-{self.first.frame.seq}"
 
 

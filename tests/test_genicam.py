@@ -223,3 +223,36 @@ def test_a_fired_gate_gives_each_trigger_the_next_frame_only() -> None:
     time.sleep(0.1)
     gate.offer(None)  # C past its deadline: let go (the recorder reports it not_inspected)
     assert gate.offer(frame(3)) == [] and gate.unasked == 2
+
+
+def test_a_line_trigger_makes_every_frame_a_part() -> None:
+    trig = _fake(trigger={"source": "line1", "activation": "falling_edge"}).trigger
+    assert trig.gap_ms == 0 and trig.genicam_source == "Line1"
+    with pytest.raises(ValueError, match="gap_ms must be 0"):
+        _fake(trigger={"source": "line1", "gap_ms": 200})
+    with pytest.raises(ValueError, match="set mode: mqtt"):
+        _fake(trigger={"source": "software"})
+
+
+@pytest.mark.slow
+def test_line_triggered_frames_are_parts_named_by_the_camera_frame_id(tmp_path: Path, tiny_bundle: Path,
+                                                                       broker: Broker) -> None:
+    """Line0 armed on the fake camera (which, unlike a real one, also exposes without a pulse): each frame is a
+    part of its own; the fake's bright pattern is a defect for the max model, so each frame is a reject, named
+    `cam1-<the camera's frame id>`."""
+    cfg_path = write_config(tmp_path / "edged.yaml", tiny_bundle, "genicam:Fake_1", tmp_path / "state",
+                            broker.port, extra_camera="    pixel_format: Mono8\n    region: [0, 0, 32, 32]\n"
+                                                      "    trigger: {source: line0}")
+    cfg_path.write_text(cfg_path.read_text().replace("    trigger: {gap_ms: 0}\n", ""))
+    cfg = load_config(cfg_path)
+    topics = Topics.of(cfg)
+    sub = Subscriber(broker.port, [topics.reject])
+    runner = ServiceRunner(cfg).start()
+    try:
+        rejects = sub.wait_for_objects(topics.reject, 5, timeout=60)
+    finally:
+        runner.stop()
+        sub.close()
+    ids = [int(str(r["part_id"]).removeprefix("cam1-")) for r in rejects]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))  # one part per frame, the camera's numbering
+    assert ids[0] != 0  # the camera's frame id (the fake starts near 65400), not edged's seq (0, 1, ...)

@@ -78,12 +78,23 @@ class GenicamTrigger(TriggerConfig):
     activation: Literal["rising_edge", "falling_edge", "any_edge", "level_high", "level_low"] = Field(
         "rising_edge", description="line triggers: which edge (or level) of the input line starts an exposure.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _line_frames_are_parts(cls, data: object) -> object:
+        """A line trigger makes every frame a part: frames are not grouped (gap_ms 0) unless the config says."""
+        if isinstance(data, dict) and str(data.get("source", "")).startswith("line") and "gap_ms" not in data:
+            return {**data, "gap_ms": 0}
+        return data
+
     @model_validator(mode="after")
     def _source_fits_mode(self) -> GenicamTrigger:
         if self.source == "software" and self.mode != "mqtt":
             raise ValueError("trigger.source software fires the camera for each MQTT trigger: set mode: mqtt")
         if self.source is not None and self.source.startswith("line") and self.mode != "free_run":
             raise ValueError("with a line trigger every camera frame is a part: set mode: free_run")
+        if self.source is not None and self.source.startswith("line") and self.gap_ms != 0:
+            raise ValueError("with a line trigger every camera frame is a part of its own: gap_ms must be 0 "
+                             "(leave it out)")
         return self
 
     @property
@@ -319,6 +330,10 @@ class GenicamSource(Source):
         self._stamp: CameraStamp | None = None
 
     @property
+    def _line_triggered(self) -> bool:
+        return self.cam.trigger.source is not None and self.cam.trigger.source.startswith("line")
+
+    @property
     def fires_triggers(self) -> bool:
         """Software trigger: edged fires the camera for each accepted trigger (see `fire`)."""
         return self.cam.trigger.source == "software"
@@ -382,7 +397,7 @@ class GenicamSource(Source):
                 continue
             self._count(raw)
             if raw.complete:
-                self._stamp = CameraStamp(raw.frame_id, raw.timestamp_ns)
+                self._stamp = CameraStamp(raw.frame_id, raw.timestamp_ns, line_triggered=self._line_triggered)
                 return to_pipeline_image(raw), ""
 
     def _count(self, raw: RawBuffer) -> None:
