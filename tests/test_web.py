@@ -1,0 +1,172 @@
+"""The web view over HTTP against a running line (real mosquitto, real bundle, a 30 fps video): logins,
+sessions, CSRF, the API, /metrics, feedback labels, and the bounds that keep a hostile client off the pipeline."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from devkit.support import wait_until
+from devkit.webline import PASSWORD, Client, WebLine, basic, start_line
+from edged.config import ConfigError, parse_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebLine]:
+    running = start_line(tmp_path_factory.mktemp("webline"), "max_clients: 3")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def client(line: WebLine) -> Client:
+    c = Client(line)
+    assert c.login().status == 303
+    return c
+
+
+def test_pages_and_api_need_a_login_and_a_wrong_password_is_refused(line: WebLine) -> None:
+    anon = Client(line)
+    page = anon.get("/")
+    assert page.status == 303 and page.headers["location"].startswith("/login")
+    assert anon.get("/api/status").status == 401
+    assert anon.get("/metrics").status == 401
+    assert anon.get("/metrics", headers=basic("wrong")).status == 401
+    wrong = anon.login(password="not-the-password")
+    assert wrong.status == 401 and "set-cookie" not in wrong.headers
+    assert "Wrong password" in wrong.text
+    assert anon.get("/api/status", headers={"Cookie": "edged_session=forged"}).status == 401
+    assert anon.get("/metrics", headers=basic(PASSWORD)).status == 200
+
+
+def test_session_cookie_is_httponly_strict_and_no_page_holds_the_secret(line: WebLine) -> None:
+    c = Client(line)
+    reply = c.login()
+    cookie = reply.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and PASSWORD not in cookie
+    assert PASSWORD not in reply.headers.get("location", "")
+    for path in ("/", "/rejects", "/feedback", "/health", "/api/status", "/api/cameras", "/metrics"):
+        got = c.get(path)
+        assert got.status == 200, path
+        assert PASSWORD not in got.text, path
+    assert "web-password" in c.get("/health").text  # the file is named, its content is not
+    c.post_form("/logout", {"csrf": c.csrf or ""})
+    assert c.get("/api/status").status == 401
+
+
+def test_metrics_parse_and_count_at_scrape_time(client: Client) -> None:
+    def scrape() -> dict[str, float]:
+        text = client.get("/metrics").text
+        return {f"{s.name}{sorted(s.labels.items())}": s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    first = scrape()
+    for name in ("edged_frames_total[('camera', 'cam1')]", "edged_drops_total[('camera', 'cam1')]",
+                 "edged_reconnects_total[('camera', 'cam1')]", "edged_rejects_total[('reason', 'defect')]",
+                 "edged_latency_seconds_count[('camera', 'cam1')]", "edged_outbox_backlog[]",
+                 "edged_rejects_expired_total[]", "edged_db_errors_total[]", "edged_inspected_total[]"):
+        assert name in first, name
+    assert any(k.startswith("edged_model_info") and "test-max" in k for k in first)
+    wait_until(lambda: scrape()["edged_frames_total[('camera', 'cam1')]"] >
+               first["edged_frames_total[('camera', 'cam1')]"], 10, "frames counted between scrapes")
+
+
+def test_rejects_api_pages_and_filters(client: Client, line: WebLine) -> None:
+    wait_until(lambda: client.get("/api/rejects").json()["total"] >= 2, 30, "two rejected frames")
+    everything = client.get("/api/rejects").json()
+    newest = everything["rejects"][0]
+    assert newest["camera"] == "cam1" and newest["score"] > newest["threshold"] and newest["regions"]
+    assert newest["has_image"] and "image_path" not in newest  # the path on disk stays inside
+    one, two = (client.get(f"/api/rejects?per_page=1&page={p}").json()["rejects"] for p in (0, 1))
+    assert one[0]["id"] != two[0]["id"] and one[0]["id"] > two[0]["id"]
+    assert client.get(f"/api/rejects?since={time.time() + 3600}").json()["total"] == 0
+    assert client.get("/api/rejects?camera=cam1&reason=defect").json()["total"] >= 2
+    bad = client.get("/api/rejects?camera=nope")
+    assert bad.status == 400 and "camera" in bad.json()["error"]
+    assert client.get("/api/rejects?since=nan").status == 400
+    part = client.get(f"/api/parts/{newest['id']}").json()
+    assert part["id"] == newest["id"] and any(n["id"] == newest["id"] for n in part["neighbours"])
+    image = client.get(f"/image/{newest['id']}.jpg")
+    assert image.status == 200 and image.body[:2] == b"\xff\xd8"
+    assert client.get(f"/image/{newest['id']}/overlay.jpg").body[:2] == b"\xff\xd8"
+    assert client.get("/image/999999999.jpg").status == 404
+
+
+def test_live_frame_is_a_jpeg_that_follows_the_camera(client: Client) -> None:
+    first = client.get("/live/cam1.jpg")
+    assert first.status == 200 and first.headers["content-type"] == "image/jpeg" and first.body[:2] == b"\xff\xd8"
+    seq = int(first.headers["x-frame-seq"])
+    wait_until(lambda: int(client.get("/live/cam1.jpg").headers["x-frame-seq"]) > seq, 10, "a newer live frame")
+    assert client.get("/live/cam1.jpg?overlay=1").status == 200  # the latest reject's map and regions
+    assert client.get("/live/nocam.jpg").status == 404
+
+
+def test_false_reject_is_stored_with_who_and_its_frame_goes_to_the_feedback_folder(client: Client,
+                                                                                   line: WebLine) -> None:
+    wait_until(lambda: client.get("/api/rejects").json()["total"] >= 1, 30, "a reject")
+    reject = client.get("/api/rejects").json()["rejects"][0]
+    headers = {"X-CSRF-Token": client.csrf or "", "Content-Type": "application/json", "Accept": "application/json"}
+    reply = client.request("POST", "/api/labels", f'{{"inspection_id": {reject["id"]}, "label": "false_reject"}}'
+                           .encode(), headers)
+    assert reply.status == 201, reply.text
+    stored = reply.json()
+    assert stored["by"] == "anna" and stored["label"] == "false_reject"
+    copy = Path(stored["image_copy"])
+    assert copy.is_file() and copy.parent == line.state / "feedback" / "good"
+    db = sqlite3.connect(line.state / "edged.db")
+    row = db.execute("SELECT label, created_by, inspection_id FROM labels WHERE id = ?", (stored["id"],)).fetchone()
+    assert row == ("false_reject", "anna", reject["id"])
+    assert client.get("/api/labels").json()["counts"]["false_reject"] >= 1
+    assert "edged-train calibrate" in client.get("/api/labels").json()["recalibrate"]
+    wrong = client.request("POST", "/api/labels", f'{{"inspection_id": {reject["id"]}, "label": "missed_defect"}}'
+                           .encode(), headers)
+    assert wrong.status == 400 and "missed_defect" in wrong.json()["error"]
+
+
+def test_posts_without_the_csrf_token_or_from_another_site_are_refused(client: Client) -> None:
+    fields = {"inspection_id": "1", "label": "missed_defect"}
+    assert client.post_form("/api/labels", fields).status == 403
+    assert client.post_form("/api/labels", {**fields, "csrf": "guess"}).status == 403
+    other = client.post_form("/api/labels", {**fields, "csrf": client.csrf or ""},
+                             headers={"Origin": "http://evil.example"})
+    assert other.status == 403
+
+
+def test_an_oversized_body_is_refused(client: Client) -> None:
+    reply = client.request("POST", "/api/labels", b"x" * 20000, {"Content-Type": "application/json"})
+    assert reply.status == 413
+
+
+def test_silent_clients_get_no_more_than_their_slots_and_the_pipeline_goes_on(line: WebLine) -> None:
+    """max_clients 3: three sockets that never send a byte hold every slot; the next request is answered 503
+    at once, inspection keeps going meanwhile, and the slots come back when the silent ones go."""
+    svc = line.runner.service
+    anon = Client(line)
+    silent = [socket.create_connection((line.host, line.port)) for _ in range(3)]
+    try:
+        wait_until(lambda: anon.get("/login").status == 503, 10, "a 503 while every slot is held")
+        inspected = svc.counters.inspected
+        wait_until(lambda: svc.counters.inspected > inspected + 30, 10, "inspection while the view is saturated")
+    finally:
+        for s in silent:
+            s.close()
+    wait_until(lambda: anon.get("/login").status == 200, 10, "a slot again once the silent clients left")
+    assert line.runner.service.web is not None and line.runner.service.web.refused >= 1
+
+
+def test_a_view_outside_loopback_needs_a_password_or_auth_none() -> None:
+    base = {"model": {"bundle": "/b"}, "cameras": [{"name": "c", "source": "x.avi"}]}
+    with pytest.raises(ConfigError, match=r"web: .*bind 0\.0\.0\.0 is not loopback"):
+        parse_config({**base, "web": {"bind": "0.0.0.0"}})
+    assert parse_config({**base, "web": {"bind": "0.0.0.0", "auth": "none"}}).web.open_to_all()
+    assert parse_config({**base, "web": {"bind": "0.0.0.0", "password_file": "/run/pw"}}).web.bind == "0.0.0.0"
+    with pytest.raises(ConfigError, match="web: set either password or password_file"):
+        parse_config({**base, "web": {"password": "a", "password_file": "/run/pw"}})
