@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -86,3 +87,34 @@ def query(dsn: str, text: str) -> list[tuple[Any, ...]]:
 
     with psycopg.connect(dsn, options="-c search_path=edged") as conn:
         return conn.execute(text.encode()).fetchall()
+
+
+def preload_results(port: int, prefix: str, stations: int, count: int) -> float:
+    """Publish `count` result messages (the daemon's own payload) at QoS 1, spread over `stations` stations,
+    as fast as the broker acknowledges them; returns the seconds it took."""
+    import uuid
+
+    import paho.mqtt.client as mqtt
+
+    from edged.payloads import Result
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"preload-{free_port()}", protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    t0 = time.perf_counter()
+    infos = []
+    for i in range(count):
+        station = f"st{i % stations + 1}"
+        now = time.time()
+        payload = Result(id=uuid.uuid4().hex, station=station, camera="cam1", seq=i, part_id=None, reason="ok",
+                         is_defective=False, captured_at=now, decided_at=now, score=0.1234, threshold=0.5,
+                         confidence=0.9, regions=(), model="cae-128-int8").to_json()
+        infos.append(client.publish(f"{prefix}/{station}/result", payload, qos=1))
+    for info in infos:
+        info.wait_for_publish(60)
+    elapsed = time.perf_counter() - t0
+    client.disconnect()
+    client.loop_stop()
+    return elapsed

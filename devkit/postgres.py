@@ -2,7 +2,7 @@
 
 PostgreSQL refuses to run as root, so as root the server runs as the `postgres` user (runuser) in a
 temporary folder that user owns; as anyone else it runs as that user. Never for production: trust
-authentication, fsync off, one folder deleted on stop.
+authentication, fsync off unless `durable`, one folder deleted on stop.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ class PostgresUnavailable(RuntimeError):
 class LocalPostgres:
     """postgres on 127.0.0.1:<port>, user `postgres` without a password; `dsn(db)` to connect."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        self.durable = durable  # fsync and synchronous commits as in production (the benchmark); off for tests
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="edged-pg-", dir="/tmp"))
         self.data = self.dir / "data"
@@ -52,8 +53,9 @@ class LocalPostgres:
         if not self.data.exists():  # a restart (after `halt`) keeps the data
             self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync",
                       "-E", "UTF8", "--locale", "C")
-        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off")
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"),
                   "-w", "-t", "60", "start")
 

@@ -4,6 +4,7 @@
     python scripts/bench.py run --bundles DIR [--duration 12] [--only cae-128-int8 ...]
     python scripts/bench.py startup --bundle DIR        # process start to READY=1 of `edged run`
     python scripts/bench.py soak --bundle DIR --minutes 10
+    python scripts/bench.py collect [--messages 20000] [--collectors 2]  # edged collect into PostgreSQL
 
 `run` plays a synthetic video (tools/synth.py: parts, some defective) through the REAL pipeline
 (`edged.service.Service` in a child process: capture with video decode, frame queue, preprocess,
@@ -783,6 +784,66 @@ def soak_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def collect_bench(work: Path, messages: int, collectors: int, batch_size: int) -> dict[str, Any]:
+    """Messages/s that `collectors` collectors sharing one subscription write into a real PostgreSQL (fsync and
+    synchronous commit on, as in production): their sessions are made, the collectors stopped, `messages`
+    results queued for them at the central broker, then the collectors started and timed until every row is
+    committed (the broker's queue is full from the start, so the publisher's speed is not measured)."""
+    from devkit.bridge import central_broker
+    from devkit.collecting import CollectorRunner, collect_config, preload_results, table_ids
+    from devkit.postgres import LocalPostgres
+
+    broker = central_broker(work / f"central-{collectors}")
+    broker.start()
+    pg = LocalPostgres(durable=True)
+    pg.start()
+    try:
+        dsn = pg.create_database("plant")
+        configs = [collect_config(broker.port, dsn, ["acme/plant1/+/+"], client_id=f"bench-collector-{i}",
+                                  batch_size=batch_size) for i in range(collectors)]
+        for config in configs:  # the sessions (and their shared subscriptions) exist before the messages
+            CollectorRunner(config).start().stop()
+        publish_s = preload_results(broker.port, "acme/plant1/press-shop/line3", 30, messages)
+        runners = [CollectorRunner(config) for config in configs]
+        t0 = time.perf_counter()
+        for r in runners:
+            r.start()
+        while sum(r.collector.counts.recorded for r in runners) < messages:
+            if time.perf_counter() - t0 > 600:
+                raise RuntimeError("the collectors did not record every message in 10 minutes")
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - t0
+        for r in runners:
+            r.stop()
+        rows = len(table_ids(dsn, "results"))
+        batches = sum(r.collector.counts.batches for r in runners)
+    finally:
+        pg.stop()
+        broker.stop()
+    rate = messages / elapsed
+    return {"collectors": collectors, "messages": messages, "rows": rows, "seconds": round(elapsed, 3),
+            "messages_per_s": round(rate, 1), "batches": batches, "batch_size": batch_size,
+            "broker_ingest_per_s": round(messages / publish_s, 1),
+            # one station at 30 fps with publish_results: 30 results/s (rejects and stats add a few per mille)
+            "stations_at_30fps": int(rate // 30.1)}
+
+
+def collect_main(args: argparse.Namespace) -> int:
+    """`bench collect`: one collector, then `--collectors` sharing a subscription."""
+    work = Path(args.work or tempfile.mkdtemp(prefix="edged-bench-collect-"))
+    work.mkdir(parents=True, exist_ok=True)
+    runs = [collect_bench(work, args.messages, n, args.batch_size) for n in sorted({1, args.collectors})]
+    for r in runs:
+        print(f"collect: {r['collectors']} collector(s) wrote {r['rows']} of {r['messages']} results in "
+              f"{r['seconds']} s = {r['messages_per_s']} messages/s ({r['batches']} batches of <= "
+              f"{r['batch_size']}) -> {r['stations_at_30fps']} stations at 30 fps with publish_results; "
+              f"broker ingest from one publisher {r['broker_ingest_per_s']} messages/s", flush=True)
+    out = {"machine": machine(), "runs": runs}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -837,6 +898,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--images", choices=("none", "rejects", "all"), default="rejects", help="storage.images.save")
     sp.add_argument("--out", help="write the JSON result here too")
     sp.set_defaults(func=soak_main)
+
+    sp = sub.add_parser("collect", help="messages/s `edged collect` writes to PostgreSQL; 1 and N collectors")
+    sp.add_argument("--work", help="scratch folder (default: a new temporary one)")
+    sp.add_argument("--messages", type=int, default=20000, help="results queued for the collectors")
+    sp.add_argument("--collectors", type=int, default=2, help="collectors sharing one subscription (and 1)")
+    sp.add_argument("--batch-size", dest="batch_size", type=int, default=500)
+    sp.add_argument("--json", help="write the result here too")
+    sp.set_defaults(func=collect_main)
 
     sp = sub.add_parser("child", help=argparse.SUPPRESS)
     sp.add_argument("--config", required=True)

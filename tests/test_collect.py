@@ -162,3 +162,16 @@ def test_a_bad_collect_yaml_exits_2_naming_the_key(tmp_path: Path, capsys: pytes
     assert "stations: [0] 'acme/#' must not contain the wildcard '#'" in err and "broker.port:" in err
     with pytest.raises(ConfigError, match="postgres: required key is missing"):
         parse_collect_config({"stations": ["a"]})
+
+
+def test_the_collect_benchmark_runs(tmp_path: Path) -> None:
+    """scripts/bench.py collect in a tiny configuration, so it cannot rot (nothing here checks speed)."""
+    from devkit.support import load_script
+
+    pytest.importorskip("psycopg")
+    if not LocalPostgres.available():
+        pytest.skip("PostgreSQL is not installed (scripts/setup.sh dev installs it)")
+    bench = load_script("bench")
+    run = bench.collect_bench(tmp_path, messages=300, collectors=2, batch_size=100)
+    assert (run["collectors"], run["rows"], run["messages"]) == (2, 300, 300)
+    assert run["messages_per_s"] > 0 and run["stations_at_30fps"] == int(run["messages_per_s"] // 30.1)
