@@ -58,7 +58,8 @@ def test_errors_name_the_key(patch: dict[str, object], expected: str) -> None:
         ({"source": "/frames", "wach": True}, "cameras[0].wach: unknown key (did you mean 'watch'?)"),
         ({"source": "/frames", "reconnect": {"initial_sx": 1}}, "cameras[0].reconnect.initial_sx: unknown key (did "
                                                                 "you mean 'initial_s'?)"),
-        ({"source": "0", "kind": "camera"}, "cameras[0].kind: must be one of device, gst, stream, folder, file (got "
+        ({"source": "0", "kind": "camera"}, "cameras[0].kind: must be one of device, gst, stream, genicam, folder, "
+                                            "file (got "
                                             "camera)"),
         ({"source": "rtsp://cam/1", "kind": "device"}, "cameras[0].source: a device camera's source is a V4L2 index"),
         ({"source": "0", "width": 640}, "cameras[0]: set both width and height"),
@@ -200,7 +201,8 @@ def test_trigger_mode_mqtt_needs_mqtt() -> None:
     assert "trigger mode mqtt" in msg
 
 
-SAMPLE_SOURCES = {"device": "0", "stream": "rtsp://cam/1", "file": "/x.mp4", "folder": "/frames", "gst": "gst:x"}
+SAMPLE_SOURCES = {"device": "0", "stream": "rtsp://cam/1", "file": "/x.mp4", "folder": "/frames", "gst": "gst:x",
+                  "genicam": "genicam:Fake_1"}
 
 
 def float_keys(model: type[BaseModel], prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:

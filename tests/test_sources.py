@@ -22,6 +22,7 @@ from edged.sources import KINDS, BadFrame, CameraConfig, NoFrameYet, SourceEnded
 from edged.sources.device import DeviceSource
 from edged.sources.file import FileCamera, FileSource
 from edged.sources.folder import FolderCamera, FolderSource
+from edged.sources.genicam import GenicamSource
 from edged.sources.gst import GstSource
 from edged.sources.stream import StreamSource
 
@@ -80,9 +81,10 @@ def test_paths_not_there_yet_and_relative_paths(tmp_path: Path) -> None:
 
 def test_every_kind_builds_its_own_source() -> None:
     """One registry: each kind's config class and source class, the kind's name from its config."""
-    samples = {"device": "0", "stream": "rtsp://cam/1", "file": "/x.mp4", "folder": "/x", "gst": "gst:x ! appsink"}
+    samples = {"device": "0", "stream": "rtsp://cam/1", "file": "/x.mp4", "folder": "/x", "gst": "gst:x ! appsink",
+               "genicam": "genicam:Fake_1"}
     expected = {"device": DeviceSource, "stream": StreamSource, "file": FileSource, "folder": FolderSource,
-                "gst": GstSource}
+                "gst": GstSource, "genicam": GenicamSource}
     assert set(KINDS) == set(samples)
     for name, source in samples.items():
         cam = KINDS[name].config.model_validate({"name": "c", "source": source})
