@@ -256,3 +256,31 @@ def test_line_triggered_frames_are_parts_named_by_the_camera_frame_id(tmp_path: 
     ids = [int(str(r["part_id"]).removeprefix("cam1-")) for r in rejects]
     assert ids == list(range(ids[0], ids[0] + len(ids)))  # one part per frame, the camera's numbering
     assert ids[0] != 0  # the camera's frame id (the fake starts near 65400), not edged's seq (0, 1, ...)
+
+
+def test_edged_cameras_lists_devices_and_the_settings_they_take(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert cli.main(["cameras", "--fake", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    (fake,) = [c for c in listing["cameras"] if c["id"] == "Fake_1"]
+    assert fake["vendor"] == "Aravis" and fake["model"] == "Fake" and fake["source"] == "genicam:Fake_1"
+    settings = fake["settings"]
+    assert settings["exposure_us"]["min"] == 10 and settings["exposure_us"]["max"] == 1e7
+    assert settings["gain"] == {"current": settings["gain"]["current"], "min": 0, "max": 10}
+    assert "BayerRG8" in settings["pixel_format"]["values"] and settings["pixel_format"]["not_converted"] == ["Mono16"]
+    assert settings["trigger.source"]["values"] == ["line0", "software"]
+    assert settings["region"]["width"]["max"] == 2048
+    assert "packet_size" not in settings  # not a GigE camera
+    assert cli.main(["cameras", "--fake"]) == 0
+    text = capsys.readouterr().out
+    assert 'source: "genicam:Fake_1"' in text and "exposure_us: 10000; 10..1e+07" in text
+
+
+def test_edged_cameras_without_aravis_says_what_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(aravis_module, "_module", None)
+    monkeypatch.setitem(sys.modules, "gi", None)
+    assert cli.main(["cameras"]) == 2
+    err = capsys.readouterr().err
+    assert "apt-get install gir1.2-aravis-0.8" in err and "Traceback" not in err

@@ -159,3 +159,13 @@ def test_software_trigger_gives_one_inspected_frame_per_trigger(tmp_path: Path, 
     rows = db.execute("SELECT part_id, seq FROM inspections ORDER BY seq").fetchall()
     db.close()
     assert [p for p, _ in rows] == parts and [s for _, s in rows] == list(range(len(parts)))
+
+
+def test_edged_cameras_finds_the_gige_camera(gv_camera: StartCamera, capsys: pytest.CaptureFixture[str]) -> None:
+    from edged import cli
+
+    gv_camera("GVLIST")
+    assert cli.main(["cameras", "--json"]) == 0
+    (cam,) = [c for c in json.loads(capsys.readouterr().out)["cameras"] if c["serial"] == "GVLIST"]
+    assert cam["address"] == "127.0.0.1" and cam["protocol"] == "GigEVision" and cam["source"] == "genicam:GVLIST"
+    assert cam["settings"]["packet_size"]["min"] <= 1400 <= cam["settings"]["packet_size"]["max"]
