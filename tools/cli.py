@@ -329,8 +329,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if report.get("chosen_on_these_defects"):
         print("NOTE: this bundle was chosen (fit --choose) on these very defect images: the figures above are "
               "optimistic", file=sys.stderr)
+    _print_robustness(report)
     print(f"report: {Path(args.report) / 'report.html'}")
     return EXIT_OK
+
+
+def _print_robustness(report: dict[str, Any]) -> None:
+    """The robustness table with the daemon's input-health verdict per condition (`--robustness` only)."""
+    from tools.input_check import describe
+
+    rob = report.get("robustness")
+    if not rob:
+        return
+    health = report.get("input_health") or {}
+
+    def pct(v: Any) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    print(f"{'condition':34} {'FRR':>7} {'recall':>7} {'AUROC':>6}  input health (good images)")
+    for name, row in [("none", report), *rob.items()]:
+        auroc = row.get("image_auroc")
+        print(f"{name:34} {pct(row.get('frr')):>7} {pct(row.get('recall')):>7} "
+              f"{'n/a' if auroc is None else f'{auroc:.3f}':>6}  {describe(health.get(name) or {})}")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

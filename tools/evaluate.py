@@ -349,6 +349,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, report_dir: str | Path
                     manifest.bundle_id)
     if robustness:
         result["robustness"] = _robustness(detector, images, labels, threshold, progress)
+        result["input_health"] = _input_health(manifest, records)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result = jsonable(result)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -384,6 +385,21 @@ def _robustness(detector: Detector, images: list[np.ndarray], labels: np.ndarray
         frr, recall = rates(labels, s, threshold)
         out[name] = {"frr": frr, "recall": recall, "image_auroc": image_auroc(labels, s)}
         log.info("robustness %-34s FRR %s recall %s", name, _pct(frr), _pct(recall))
+    return out
+
+
+def _input_health(manifest: Manifest, records: Sequence[Record]) -> dict[str, dict[str, object]]:
+    """What the daemon's input-health checks say of the good test images under each perturbation (at full size,
+    as the camera sees them): which conditions the station would report as a camera change."""
+    from tools import input_check
+
+    good = [r for r in records if r.is_good]
+    if manifest.input_stats is None:
+        log.warning("bundle %s has no input statistics (fitted before they were recorded): the input-health "
+                    "verdicts below use only the checks that need none", manifest.bundle_id)
+    out = input_check.verdicts(manifest, good, perturbations())
+    for name, v in out.items():
+        log.info("input health %-32s %s", name, input_check.describe(v))
     return out
 
 

@@ -36,7 +36,7 @@ from edged import features as feature_extractors
 from edged.bundle import InputSpec, Manifest, Threshold, TrainingSummary, unfinished_allowed, write_manifest
 from edged.detector import Detector
 from edged.preprocess import prepare_uint8, to_tensor
-from tools import bundle_out, calibrate, crossfit, export, input_size
+from tools import bundle_out, calibrate, crossfit, export, input_check, input_size
 from tools.dataset import (
     Dataset,
     DatasetError,
@@ -744,6 +744,9 @@ def _fit_in(tmp: Path, cfg: FitConfig, plan: FitPlan, spec: InputSpec, images: _
         cfg, final, calibration, skipped, outliers, verification)})
     manifest = export.build_manifest(tmp, cfg.method, final.spec, final.trained.outputs, entries, default, training,
                                      final.quant, runtimes=runtimes)
+    # what good images look like at full size, for the daemon's input health (edged.input_health)
+    manifest = manifest.model_copy(update={"input_stats": input_check.record_statistics(
+        images.train_recs, final.spec.bit_depth)})
     write_manifest(tmp, manifest)  # complete: written last, the bundle is whole from here on
     return manifest, parity
 

@@ -221,6 +221,13 @@ def examples_figure(picks: list[tuple[int, str]], images: Sequence[np.ndarray], 
     return fig
 
 
+def _input_cell(verdict: Any) -> str:
+    """The daemon's input-health verdict on a condition's good images: 'flagged 95% (too_dark)', '-' when not run."""
+    from tools.input_check import describe
+
+    return describe(verdict) if isinstance(verdict, dict) else "-"
+
+
 def robustness_figure(report: dict[str, Any]) -> Any:
     """False rejects and recall per perturbation; values written on the bars, the legend beside the axes."""
     plt = _plt()
@@ -308,11 +315,13 @@ def write_report(report_dir: Path, report: dict[str, Any], images: Sequence[np.n
         md += ["", "## Recall per defect type at the bundle threshold", "", "| defect | images | recall |",
                "|---|---|---|"]
         md += [f"| {t} | {v['n']} | {_fmt(v['recall'], pct=True)} |" for t, v in defects.items()]
+    health = report.get("input_health") or {}
     if rob:
         md += ["", "## Robustness (at the bundle threshold)", "",
-               "| perturbation | false rejects | recall | image AUROC |", "|---|---|---|---|"]
-        md += [f"| {k} | {_fmt(v['frr'], True)} | {_fmt(v['recall'], True)} | {_fmt(v['image_auroc'])} |"
-               for k, v in [("none", report), *rob.items()]]
+               "| perturbation | false rejects | recall | image AUROC | input health (good images) |",
+               "|---|---|---|---|---|"]
+        md += [f"| {k} | {_fmt(v['frr'], True)} | {_fmt(v['recall'], True)} | {_fmt(v['image_auroc'])} | "
+               f"{_input_cell(health.get(k))} |" for k, v in [("none", report), *rob.items()]]
     md += [""] + [f"## {title}\n\n![{title}]({file})\n" for file, title in plots]
     (report_dir / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
 
@@ -331,11 +340,10 @@ def write_report(report_dir: Path, report: dict[str, Any], images: Sequence[np.n
         body.append("</table>")
     if rob:
         body.append("<h2>Robustness (at the bundle threshold)</h2><table><tr><th>perturbation</th>"
-                    "<th>false rejects</th><th>recall</th><th>image AUROC</th></tr>")
-        body.append(f"<tr><td>none</td><td>{_fmt(report['frr'], True)}</td><td>{_fmt(report['recall'], True)}</td>"
-                    f"<td>{_fmt(report['image_auroc'])}</td></tr>")
+                    "<th>false rejects</th><th>recall</th><th>image AUROC</th><th>input health</th></tr>")
         body += [f"<tr><td>{html.escape(k)}</td><td>{_fmt(v['frr'], True)}</td><td>{_fmt(v['recall'], True)}</td>"
-                 f"<td>{_fmt(v['image_auroc'])}</td></tr>" for k, v in rob.items()]
+                 f"<td>{_fmt(v['image_auroc'])}</td><td>{html.escape(_input_cell(health.get(k)))}</td></tr>"
+                 for k, v in [("none", report), *rob.items()]]
         body.append("</table>")
     for file, title in plots:
         body.append(f"<h2>{html.escape(title)}</h2><img src='{file}' alt='{html.escape(title)}'>")

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from devkit.support import build_max_bundle, spot_frame
+from edged.bundle import load_manifest, write_manifest
 from tools import synth
-from tools.dataset import DatasetError
+from tools.dataset import DatasetError, Record
 from tools.evaluate import aupro, evaluate_bundle, perturbations, pixel_auroc, pro_curve, rates, recall_at_frr
+from tools.input_check import record_statistics
 
 REPORT_KEYS = {"image_auroc", "pixel_auroc", "aupro", "threshold", "frr", "recall", "recall_at_1pct_frr",
                "ms_per_image", "recall_per_defect"}
@@ -157,3 +159,29 @@ def test_large_images_are_held_at_the_model_size(tmp_path: Path) -> None:
     full = 1600 * 1600 * 3
     assert report["n_good"] == 6
     assert peak < 3 * full  # one image being read (and its copy), never all six
+
+
+def test_robustness_says_what_input_health_flags(spot_dataset: Path, tmp_path: Path) -> None:
+    bundle = build_max_bundle(tmp_path / "b", size=32, threshold=0.5, map_threshold=0.5)
+    for i in range(12):  # good parts of the same line, for the fit-time statistics
+        cv2.imwrite(str(spot_dataset / "train/good" / f"{i}.png"), spot_frame(False, (64, 64), seed=100 + i))
+    train = [Record(p) for p in sorted((spot_dataset / "train/good").glob("*.png"))]
+    stats = record_statistics(train)
+    assert stats is not None and stats.n_images == len(train)
+    write_manifest(bundle, load_manifest(bundle).model_copy(update={"input_stats": stats}))
+    report = evaluate_bundle(bundle, spot_dataset, tmp_path / "r", robustness=True, timing_images=0, progress=False,
+                             write_html=False)
+    health = report["input_health"]
+    assert set(health) == {"none", *perturbations()}
+    assert health["none"]["flagged"] == 0.0 and health["none"]["reference"] is True  # good images raise nothing
+    assert health["low light (x0.6)"]["flagged"] == 1.0 and health["low light (x0.6)"]["reason"] == "too_dark"
+    assert health["strong light (x1.4)"]["reason"] == "too_bright"
+    assert health["noise (sigma 8)"]["images"] == 6
+
+
+def test_robustness_without_input_statistics_still_reports(spot_dataset: Path, tmp_path: Path) -> None:
+    bundle = build_max_bundle(tmp_path / "b", size=32, threshold=0.5, map_threshold=0.5)
+    report = evaluate_bundle(bundle, spot_dataset, tmp_path / "r", robustness=True, timing_images=0, progress=False)
+    assert report["input_health"]["none"]["reference"] is False
+    assert report["input_health"]["low light (x0.6)"]["flagged"] == 0.0  # what is dark needs the reference
+    assert "input health" in (tmp_path / "r" / "report.md").read_text()

@@ -59,6 +59,9 @@ def test_bundle_is_complete_and_honest(band_bundle: Path, synth_data: Path) -> N
     assert q["enabled"] and q["format"] == "QDQ" and q["ops"]["int8"].get("Conv") == 1
     assert q["parity"]["test"]["auroc_int8"] is not None
     assert not any(p.name.endswith(".partial") for p in band_bundle.parent.iterdir())
+    stats = m.input_stats  # the training images as the daemon's input health measures frames
+    assert stats is not None and stats.n_images == 30 and stats.mean[0] <= stats.mean[1]
+    assert len(stats.reference_low) == stats.reference_size[0] * stats.reference_size[1]
 
 
 def test_daemon_verdicts_separate_good_and_defective(band_bundle: Path) -> None:
