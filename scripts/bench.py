@@ -5,6 +5,7 @@
     python scripts/bench.py startup --bundle DIR        # process start to READY=1 of `edged run`
     python scripts/bench.py soak --bundle DIR --minutes 10
     python scripts/bench.py collect [--messages 20000] [--collectors 2]  # edged collect into PostgreSQL
+    python scripts/bench.py web --bundle DIR [--rate 30]  # e2e p99 with the web view on + a polling browser vs off
 
 `run` plays a synthetic video (tools/synth.py: parts, some defective) through the REAL pipeline
 (`edged.service.Service` in a child process: capture with video decode, frame queue, preprocess,
@@ -227,7 +228,7 @@ def reject_threshold(bundle: Path, precision: str | None, frames: list[np.ndarra
 
 def write_config(path: Path, *, station: str, bundle: Path, precision: str | None, video: Path, rate: float,
                  threshold: float, state_dir: Path, port: int | None, model_extra: dict[str, Any],
-                 images: str = "rejects") -> Path:
+                 images: str = "rejects", web: dict[str, Any] | None = None) -> Path:
     model: dict[str, Any] = {"bundle": str(bundle), "verify_sha256": False, **model_extra}
     if precision:
         model["precision"] = precision
@@ -241,6 +242,7 @@ def write_config(path: Path, *, station: str, bundle: Path, precision: str | Non
         "health": {"status_interval_s": 1},
         "mqtt": {"host": "127.0.0.1", "port": port, "stats_interval_s": 10} if port else {"enabled": False},
         "logging": {"level": "warning"},
+        "web": web or {"enabled": False},  # off unless a run measures it (its default port is one per machine)
     }
     path.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
     return path
@@ -295,7 +297,8 @@ def child_main(args: argparse.Namespace) -> int:
         cpu = proc.cpu_times()
         return {"mono": time.monotonic(), "cpu": cpu.user + cpu.system, "frames": sum(s.frames for s in
                 svc.stats.values()), "inspected": svc.counters.inspected,
-                "drops": sum(svc.frames.drops(n) for n in svc.stats)}
+                "drops": sum(svc.frames.drops(n) for n in svc.stats),
+                "web_cpu": svc.web.cpu_seconds if svc.web is not None else 0.0}
 
     def timer() -> None:
         while not any(t.opened.is_set() for t in svc.captures):
@@ -321,6 +324,7 @@ def child_main(args: argparse.Namespace) -> int:
         "inspected": end["inspected"] - start["inspected"],
         "drops": end["drops"] - start["drops"],
         "cpu_percent": round(100 * (end["cpu"] - start["cpu"]) / span, 1),
+        "web_cpu_percent": round(100 * (end["web_cpu"] - start["web_cpu"]) / span, 2),
         "peak_rss_mb": peak_rss_mb(),
         "commit_ms": summary(commits),
         "records": in_window,
@@ -336,14 +340,15 @@ def child_main(args: argparse.Namespace) -> int:
 
 def measure(case: Case, rate: float, *, bundles: Path, video: Path, frames: list[np.ndarray], work: Path,
             listener: RejectListener | None, port: int | None, duration: float, warmup: float,
-            model_extra: dict[str, Any], reject_fraction: float) -> dict[str, Any]:
+            model_extra: dict[str, Any], reject_fraction: float, web: dict[str, Any] | None = None) -> dict[str, Any]:
     bundle = bundles / case.folder
     station = f"b{int(time.time() * 1000) % 10**9}"
     run_dir = work / f"{case.name}-{int(rate)}-{station}"
     run_dir.mkdir(parents=True)
     thr = reject_threshold(bundle, case.precision, frames, reject_fraction)
     cfg = write_config(run_dir / "edged.yaml", station=station, bundle=bundle, precision=case.precision,
-                       video=video, rate=rate, threshold=thr, state_dir=run_dir, port=port, model_extra=model_extra)
+                       video=video, rate=rate, threshold=thr, state_dir=run_dir, port=port, model_extra=model_extra,
+                       web=web)
     load_before = loadavg()
     out = run_dir / "child.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "child", "--config", str(cfg), "--out", str(out),
@@ -383,7 +388,8 @@ def measure(case: Case, rate: float, *, bundles: Path, video: Path, frames: list
         "rejects_received": len(e2e), "e2e_ms": summary(e2e), "verdict_ms": summary(verdict_ms),
         "stages_ms": {s: summary(v) for s, v in stages.items()},
         "stages_all_frames_ms": {s: summary(v) for s, v in stages_all.items()}, "commit_call_ms": child["commit_ms"],
-        "cpu_percent": child["cpu_percent"], "peak_rss_mb": child["peak_rss_mb"],
+        "cpu_percent": child["cpu_percent"], "web_cpu_percent": child["web_cpu_percent"],
+        "peak_rss_mb": child["peak_rss_mb"],
         "workers": child["workers"], "intra_op_threads": child["intra_op_threads"],
         "batch_size": child["batch_size"], "seconds": child["seconds"],
         "load_avg": {"before": load_before, "after": loadavg()},
@@ -784,6 +790,111 @@ def soak_main(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the web view: e2e latency with it on and a browser polling, against off, in one run --------------
+
+class OverviewPoller:
+    """What a browser on the overview asks for, at the page's own rates (edged/web/pages.py's script): the live frame
+    every 250 ms, the latest reject's overlay every 2 s, /api/cameras and /api/status every second."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.stop = threading.Event()
+        self.requests = 0
+        self.failures = 0
+        self.thread = threading.Thread(target=self._run, name="overview-poller", daemon=True)
+
+    def _get(self, path: str) -> None:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("GET", path)
+            conn.getresponse().read()
+            self.requests += 1
+        except OSError:
+            self.failures += 1  # the child is not listening yet, or has stopped
+        finally:
+            conn.close()
+
+    def _run(self) -> None:
+        tick = 0
+        while not self.stop.wait(0.25):
+            self._get("/live/cam1.jpg")
+            if tick % 4 == 0:
+                self._get("/api/cameras")
+                self._get("/api/status")
+            if tick % 8 == 0:
+                self._get("/live/cam1.jpg?overlay=1")
+            tick += 1
+
+
+def live_hook_us(calls: int = 200_000) -> float:
+    """Microseconds per call of the only code the web view adds to the recorder's path (LiveView.seen)."""
+    from edged.frames import Frame, Verdict
+    from edged.web.live import LiveView
+
+    live = LiveView(["cam1"])
+    frame = Frame("cam1", 0, np.zeros((480, 640, 3), np.uint8), 0.0, 0.0)
+    verdicts = [Verdict(frame, 0.1, 0.5, i % 50 == 0, 0.004, 0.0, "m") for i in range(100)]
+    t0 = time.perf_counter()
+    for i in range(calls):
+        live.seen(verdicts[i % 100])
+    return round((time.perf_counter() - t0) / calls * 1e6, 3)
+
+
+def web_main(args: argparse.Namespace) -> int:
+    """Alternating runs with the web view off and on (a poller on the overview), the same bundle, rate and video."""
+    work = Path(args.work or tempfile.mkdtemp(prefix="edged-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    video, frames = prepare_inputs(args, work)
+    bundle = Path(args.bundle).resolve()
+    broker = Broker(work)
+    listener = RejectListener(broker.port)
+    runs: list[dict[str, Any]] = []
+    try:
+        for i in range(args.rounds):
+            for mode in ("off", "on"):
+                runs.append(_web_run(args, mode, i, bundle, video, frames, work, listener, broker.port))
+    finally:
+        listener.close()
+        broker.stop()
+    p99 = {mode: [r["e2e_ms"]["p99"] for r in runs if r["web"] == mode] for mode in ("off", "on")}
+    out = {"bundle": str(bundle), "rate_fps": args.rate, "duration_s": args.duration, "machine": machine(),
+           "runs": runs, "e2e_p99_ms": p99, "live_hook_us": live_hook_us(),
+           "p99_delta_ms": [round(b - a, 3) for a, b in zip(p99["off"], p99["on"], strict=True)
+                            if a is not None and b is not None]}
+    print(f"bench web: e2e p99 off {p99['off']} ms, on {p99['on']} ms, on - off per round {out['p99_delta_ms']} ms; "
+          f"the recorder's live-view hook {out['live_hook_us']} us per verdict")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+def _web_run(args: argparse.Namespace, mode: str, round_no: int, bundle: Path, video: Path, frames: list[np.ndarray],
+             work: Path, listener: RejectListener, broker_port: int) -> dict[str, Any]:
+    """One measured run, the view off or on (then polled like a browser on the overview)."""
+    port = free_port()
+    poller = OverviewPoller(port) if mode == "on" else None
+    if poller is not None:
+        poller.thread.start()
+    try:
+        r = measure(Case(f"web-{mode}", bundle.name, args.precision, (args.rate,)), args.rate,
+                    bundles=bundle.parent, video=video, frames=frames, work=work, listener=listener,
+                    port=broker_port, duration=args.duration, warmup=args.warmup, model_extra={},
+                    reject_fraction=args.reject_fraction,
+                    web={"enabled": True, "port": port} if mode == "on" else None)
+    finally:
+        if poller is not None:
+            poller.stop.set()
+            poller.thread.join(5)
+    r.update(web=mode, round=round_no, poll_requests=poller.requests if poller else 0)
+    print(f"web {mode:>3} (round {round_no}): e2e p50 {r['e2e_ms']['p50']} p99 {r['e2e_ms']['p99']} ms "
+          f"({r['rejects_received']} rejects), throughput {r['throughput_fps']} fps, drops {r['drops']}, "
+          f"CPU {r['cpu_percent']}%, web threads {r['web_cpu_percent']}% of a core, "
+          f"{r['poll_requests']} poll requests", flush=True)
+    return r
+
+
 def collect_bench(work: Path, messages: int, collectors: int, batch_size: int) -> dict[str, Any]:
     """Messages/s that `collectors` collectors sharing one subscription write into a real PostgreSQL (fsync and
     synchronous commit on, as in production): their sessions are made, the collectors stopped, `messages`
@@ -898,6 +1009,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--images", choices=("none", "rejects", "all"), default="rejects", help="storage.images.save")
     sp.add_argument("--out", help="write the JSON result here too")
     sp.set_defaults(func=soak_main)
+
+    sp = sub.add_parser("web", help="e2e p99 with the web view on and a browser polling the overview vs off, one run")
+    inputs(sp)
+    sp.add_argument("--bundle", required=True)
+    sp.add_argument("--precision")
+    sp.add_argument("--rate", type=float, default=30.0)
+    sp.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
+    sp.add_argument("--warmup", type=float, default=3.0)
+    sp.add_argument("--rounds", type=int, default=2, help="off/on pairs (alternating: drift hits both)")
+    sp.add_argument("--reject-fraction", type=float, default=0.2)
+    sp.add_argument("--json", help="write the result here too")
+    sp.set_defaults(func=web_main)
 
     sp = sub.add_parser("collect", help="messages/s `edged collect` writes to PostgreSQL; 1 and N collectors")
     sp.add_argument("--work", help="scratch folder (default: a new temporary one)")
