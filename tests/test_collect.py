@@ -175,3 +175,27 @@ def test_the_collect_benchmark_runs(tmp_path: Path) -> None:
     run = bench.collect_bench(tmp_path, messages=300, collectors=2, batch_size=100)
     assert (run["collectors"], run["rows"], run["messages"]) == (2, 300, 300)
     assert run["messages_per_s"] > 0 and run["stations_at_30fps"] == int(run["messages_per_s"] // 30.1)
+
+
+def test_the_readme_queries_run(postgres: LocalPostgres) -> None:
+    """Every statement of README "A plant"'s SQL example runs against the collector's schema and finds rows."""
+    import re
+
+    from edged.collect.messages import parse
+
+    dsn = postgres.create_database("plant")
+    store = PgStore(collect_config(1883, dsn, [LINE]).postgres)
+    store.connect()
+    now = time.time()
+    store.write([parse(f"{LINE}/st2/reject", json.dumps({**reject("j1", "st2").to_dict(), "decided_at": now}).encode()),
+                 parse(f"{LINE}/st2/result", json.dumps({**result("r1", "st2").to_dict(), "decided_at": now}).encode()),
+                 parse(f"{LINE}/st2/stats", json.dumps({"station": "st2", "at": now - 600,
+                                                        "cameras": {"cam1": {"state": "reconnecting"}}}).encode())])
+    store.close()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## A plant.*?```sql\n(.*?)```", readme, re.S)
+    assert block is not None
+    statements = [s for s in block.group(1).split(";") if s.strip()]
+    assert len(statements) == 4
+    for statement in statements:
+        assert query(dsn, statement), statement
