@@ -31,7 +31,8 @@ def status(service: Service) -> dict[str, Any]:
     """The health document (as `edged status` reads it) plus the web view's own state."""
     doc = service.health()
     web = service.web
-    doc["web"] = {"url": web.listening.url if web else None, "refused": web.refused if web else 0}
+    doc["web"] = {"url": web.listening.url if web else None, "refused": web.refused if web else 0,
+                  "cpu_seconds": round(web.cpu_seconds, 3) if web else 0.0}
     return doc
 
 

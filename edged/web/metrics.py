@@ -89,7 +89,12 @@ class PipelineCollector(Collector):
         db_errors.add_metric([], rec.db_errors if rec is not None else 0)
         dead = GaugeMetricFamily("edged_dead_threads", "Threads that must live and have died (0 when healthy)")
         dead.add_metric([], len(self.service.dead_threads()))
-        yield from (inspected, rejects, invalid, db_errors, dead)
+        web = self.service.web
+        web_cpu = CounterMetricFamily("edged_web_cpu_seconds", "CPU time of the web view's request threads")
+        web_cpu.add_metric([], web.cpu_seconds if web is not None else 0.0)
+        refused = CounterMetricFamily("edged_web_refused", "Web requests answered 503 (every slot busy)")
+        refused.add_metric([], web.refused if web is not None else 0)
+        yield from (inspected, rejects, invalid, db_errors, dead, web_cpu, refused)
 
     def _link(self) -> Iterator[Metric]:
         link = self.service.link

@@ -50,6 +50,8 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.web = web
         self.slots = threading.BoundedSemaphore(web.max_clients)
         self.refused = 0
+        self.cpu_seconds = 0.0  # CPU time of every request's thread (bench: the view's CPU share)
+        self._cpu_lock = threading.Lock()
         self._beat = beat
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
@@ -78,6 +80,11 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         finally:
             self.slots.release()
 
+    def add_cpu(self, seconds: float) -> None:
+        """A request's thread CPU time (its handler calls this once, at its end)."""
+        with self._cpu_lock:
+            self.cpu_seconds += seconds
+
     def service_actions(self) -> None:
         """Called by serve_forever between polls: the web thread's heartbeat."""
         self._beat()
@@ -94,6 +101,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "edged"
     sys_version = ""
+
+    def handle(self) -> None:
+        """The connection's requests, their thread's CPU time counted."""
+        start = time.thread_time()
+        try:
+            super().handle()
+        finally:
+            self.server.add_cpu(time.thread_time() - start)
 
     def do_GET(self) -> None:
         """GET and HEAD."""
@@ -199,6 +214,11 @@ class WebServer(SupervisedThread):
         self._server = _Server((web.bind, web.port), app, web, lambda: heartbeats.beat("web"))
         self.listening = Listening(web.bind, int(self._server.server_address[1]))
         self.login_required = app.sessions.required
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds the view's request threads have used since start."""
+        return self._server.cpu_seconds
 
     @property
     def refused(self) -> int:
