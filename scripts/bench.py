@@ -6,6 +6,7 @@
     python scripts/bench.py soak --bundle DIR --minutes 10
     python scripts/bench.py collect [--messages 20000] [--collectors 2]  # edged collect into PostgreSQL
     python scripts/bench.py web --bundle DIR [--rate 30]  # e2e p99 with the web view on + a polling browser vs off
+    python scripts/bench.py genicam [--size 640x480]  # fake GigE camera (Aravis) vs OpenCV file: fps, latency, CPU
 
 `run` plays a synthetic video (tools/synth.py: parts, some defective) through the REAL pipeline
 (`edged.service.Service` in a child process: capture with video decode, frame queue, preprocess,
@@ -955,6 +956,69 @@ def collect_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def genicam_main(args: argparse.Namespace) -> int:
+    """GenICam through Aravis (the fake GigE camera) against the OpenCV file path: scripts/bench_genicam.py."""
+    from scripts.bench_genicam import bench
+
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    out = bench(Path(args.work) if args.work else None, Path(args.bundle) if args.bundle else None, (w, h),
+                args.duration, args.warmup)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+def input_health_cost(frames: list[np.ndarray], calls: int, threads: int) -> dict[str, Any]:
+    """Per-frame cost (ms) of the capture thread's input-health step (edged.input_health.InputMonitor.feed: grey
+    copy, statistics, checks, state) on `frames`, with OpenCV at `threads` threads (the daemon sets 1 when it
+    runs several workers, the default)."""
+    import queue
+
+    import cv2
+
+    from edged.input_health import InputAlarm, InputHealthConfig, InputMonitor, fit_statistics
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(threads)
+    try:
+        ref = fit_statistics(frames[:: max(1, len(frames) // 50)])
+        monitor = InputMonitor("cam1", InputHealthConfig(), ref, queue.Queue[InputAlarm]())
+        for i in range(50):  # warm-up: caches, OpenCV's first calls
+            monitor.feed(frames[i % len(frames)], i / 30.0)
+        decoded = np.empty_like(frames[0])
+        times: list[float] = []
+        cold: list[float] = []
+        for i in range(calls):
+            frame = frames[i % len(frames)]
+            t0 = time.perf_counter()
+            monitor.feed(frame, (50 + 2 * i) / 30.0)  # a frame not touched since long: read from memory
+            cold.append((time.perf_counter() - t0) * 1000.0)
+            np.copyto(decoded, frames[(i + 1) % len(frames)])  # as a source's decode leaves its frame: in cache
+            t0 = time.perf_counter()
+            monitor.feed(decoded, (51 + 2 * i) / 30.0)
+            times.append((time.perf_counter() - t0) * 1000.0)
+    finally:
+        cv2.setNumThreads(before)
+    h, w = frames[0].shape[:2]
+    return {"frame": f"{w}x{h}", "opencv_threads": threads, "ms": summary(times), "ms_cold": summary(cold),
+            "frames_out_of_range": monitor.frames_not_ok}
+
+
+def input_health_main(args: argparse.Namespace) -> int:
+    """`bench input-health`: the per-frame cost of the input-health statistics (target < 0.3 ms at 640x480)."""
+    work = Path(args.work or tempfile.mkdtemp(prefix="edged-bench-input-"))
+    work.mkdir(parents=True, exist_ok=True)
+    _, frames = prepare_inputs(args, work)
+    runs = [input_health_cost(frames, args.calls, threads) for threads in (1, 2)]
+    for r in runs:
+        print(f"input health: {r['frame']} BGR, OpenCV threads {r['opencv_threads']}: just decoded p50 "
+              f"{r['ms']['p50']} ms, p99 {r['ms']['p99']} ms; from memory p50 {r['ms_cold']['p50']} ms, p99 "
+              f"{r['ms_cold']['p99']} ms per frame ({r['ms']['n']} frames each)", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "runs": runs}, indent=1) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -1029,6 +1093,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", dest="batch_size", type=int, default=500)
     sp.add_argument("--json", help="write the result here too")
     sp.set_defaults(func=collect_main)
+
+    sp = sub.add_parser("genicam", help="fake GigE camera at 30 fps and flat out vs the OpenCV file path: fps, "
+                        "latency, CPU per frame")
+    sp.add_argument("--work", help="scratch folder (default: a new temporary one)")
+    sp.add_argument("--bundle", help="model bundle (default: a tiny generated one, so capture dominates)")
+    sp.add_argument("--size", default="640x480", help="frame size WxH (camera region and video)")
+    sp.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
+    sp.add_argument("--warmup", type=float, default=2.0)
+    sp.add_argument("--json", help="write the result here too")
+    sp.set_defaults(func=genicam_main)
+
+    sp = sub.add_parser("input-health", help="per-frame cost of the input-health statistics (capture thread)")
+    inputs(sp)
+    sp.add_argument("--calls", type=int, default=3000, help="frames measured per OpenCV thread setting")
+    sp.add_argument("--json", help="write the result here too")
+    sp.set_defaults(func=input_health_main)
 
     sp = sub.add_parser("child", help=argparse.SUPPRESS)
     sp.add_argument("--config", required=True)
