@@ -56,3 +56,12 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
     md = out_md.read_text()
     assert "| cae-128-int8 | 30.0 |" in md and "| cae-128-int8 | max |" in md
     assert report["machine"]["cpu_model"] in md
+
+
+def test_input_health_benchmark_runs(tmp_path: Path) -> None:
+    bench = load_bench()
+    out = tmp_path / "ih.json"
+    assert bench.main(["input-health", "--work", str(tmp_path), "--video-size", "160x120", "--frames", "20",
+                       "--calls", "50", "--json", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["opencv_threads"] for r in runs] == [1, 2] and all(r["ms"]["n"] == 50 for r in runs)
