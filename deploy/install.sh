@@ -5,6 +5,7 @@
 #   sudo deploy/install.sh                      install or update from this checkout, enable and (re)start
 #   sudo deploy/install.sh --bundle DIR         also copy a model bundle and make it models/current
 #   sudo deploy/install.sh --jetson --wheel onnxruntime_gpu-*.whl     Jetson: see deploy/README.md
+#   sudo deploy/install.sh --with-genicam       also GenICam cameras (GigE Vision, USB3 Vision) through Aravis
 #   sudo deploy/install.sh --uninstall          remove program and unit; keep /etc/edged and /var/lib/edged
 #   sudo deploy/install.sh --uninstall --purge  also delete config, data (database, images, bundles), user
 #   deploy/install.sh --root /tmp/stage --no-venv   staging: write the tree under /tmp/stage only
@@ -25,6 +26,9 @@
 #   --skip-dep NAME       do not install this runtime dependency from PyPI (the system provides it)
 #   --system-site-packages  let the venv see the system's Python packages (JetPack's OpenCV)
 #   --jetson              = --system-site-packages --skip-dep opencv-python-headless --skip-dep onnxruntime
+#   --with-genicam        GenICam cameras: apt packages for Aravis 0.8 and building PyGObject, the pip extra
+#                         `genicam`, a unit drop-in (AF_NETLINK for GigE discovery) and a GigE socket-buffer
+#                         sysctl (staging writes the two files and installs nothing)
 #   --python PY           interpreter for the venv (default python3, >= 3.10)
 #   --src DIR             the edged checkout to install (default: the one this script is in)
 #   --uninstall [--purge] remove; --purge also deletes config, data and the user
@@ -48,6 +52,10 @@ BUNDLE=""
 WHEELS=()
 SKIP_DEPS=()
 USER_NAME=edged
+GENICAM=0
+# Aravis (the library, its GObject typelib, the command-line tools) and what pip needs to build PyGObject
+GENICAM_APT=(libaravis-0.8-0 gir1.2-aravis-0.8 aravis-tools-cli libgirepository1.0-dev libcairo2-dev
+             pkg-config gcc python3-dev)
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 die() { echo "install.sh: $*" >&2; exit 1; }
@@ -68,6 +76,7 @@ while [[ $# -gt 0 ]]; do
     --skip-dep) SKIP_DEPS+=("${2:?--skip-dep needs a name}"); shift 2 ;;    # provided by the system instead
     --system-site-packages) SYSTEM_SITE=1; shift ;;
     --jetson) JETSON=1; shift ;;
+    --with-genicam) GENICAM=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
@@ -80,6 +89,10 @@ if [[ "$JETSON" == 1 ]]; then
   SYSTEM_SITE=1
   SKIP_DEPS+=(opencv-python-headless onnxruntime)
   [[ ${#WHEELS[@]} -gt 0 || "$NO_VENV" == 1 ]] || say "warning: --jetson without --wheel: no onnxruntime will be installed"
+fi
+
+if [[ "$GENICAM" == 1 ]]; then
+  EXTRAS="${EXTRAS:+$EXTRAS,}genicam"
 fi
 
 STAGING=0
@@ -95,6 +108,8 @@ OPT="$ROOT/opt/edged"
 ETC="$ROOT/etc/edged"
 VAR="$ROOT/var/lib/edged"
 UNIT="$ROOT/etc/systemd/system/edged.service"
+GENICAM_DROPIN="$ROOT/etc/systemd/system/edged.service.d/genicam.conf"
+GENICAM_SYSCTL="$ROOT/etc/sysctl.d/60-edged-gige.conf"
 LINK="$ROOT/usr/local/bin/edged"
 CHANGED=0
 
@@ -146,6 +161,8 @@ if [[ "$UNINSTALL" == 1 ]]; then
     systemctl_ daemon-reload || true
     say "removed the unit"
   fi
+  rm -f "$GENICAM_DROPIN" "$GENICAM_SYSCTL"
+  rmdir "$(dirname "$GENICAM_DROPIN")" 2>/dev/null || true
   if [[ -L "$LINK" ]]; then rm -f "$LINK"; fi
   rm -rf "$OPT"
   say "removed /opt/edged"
@@ -172,6 +189,24 @@ if [[ "$STAGING" == 0 ]]; then
   getent group video >/dev/null || groupadd --system video
 fi
 OWN="$USER_NAME:$USER_NAME"
+
+# --- GenICam: Aravis from the distribution (before pip, which builds PyGObject against it) ---------------
+if [[ "$GENICAM" == 1 ]]; then
+  if [[ "$STAGING" == 1 || "$NO_VENV" == 1 ]]; then
+    say "--with-genicam: not installing apt packages here (${GENICAM_APT[*]})"
+  else
+    command -v apt-get >/dev/null || die "--with-genicam needs apt-get (install Aravis 0.8 yourself: deploy/README.md)"
+    missing=()
+    for pkg in "${GENICAM_APT[@]}"; do
+      dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [[ ${#missing[@]} -gt 0 ]]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
+        || die "apt-get could not install ${missing[*]} (Aravis 0.8 is in Debian 12 and Ubuntu 22.04; see deploy/README.md)"
+      CHANGED=1
+    fi
+  fi
+fi
 
 # --- program: /opt/edged ----------------------------------------------------------------------------
 ensure_dir "$OPT" 0755
@@ -269,8 +304,22 @@ ensure_dir "$ROOT/etc/systemd/system" 0755
 UNIT_CHANGED_BEFORE=$CHANGED
 CHANGED=0
 install_file "$SRC/deploy/edged.service" "$UNIT" 0644
+if [[ "$GENICAM" == 1 ]]; then
+  ensure_dir "$(dirname "$GENICAM_DROPIN")" 0755
+  install_file "$SRC/deploy/genicam/edged-genicam.conf" "$GENICAM_DROPIN" 0644
+fi
 UNIT_CHANGED=$CHANGED
 CHANGED=$(( UNIT_CHANGED_BEFORE | UNIT_CHANGED ))
+if [[ "$GENICAM" == 1 ]]; then
+  ensure_dir "$ROOT/etc/sysctl.d" 0755
+  SYSCTL_BEFORE=$CHANGED
+  CHANGED=0
+  install_file "$SRC/deploy/genicam/60-edged-gige.conf" "$GENICAM_SYSCTL" 0644
+  if [[ "$CHANGED" == 1 && "$STAGING" == 0 ]] && command -v sysctl >/dev/null; then
+    sysctl -q -p "$GENICAM_SYSCTL" || say "warning: could not apply $GENICAM_SYSCTL now (it applies at boot)"
+  fi
+  CHANGED=$(( SYSCTL_BEFORE | CHANGED ))
+fi
 
 if [[ "$STAGING" == 1 ]]; then
   say "staged under $ROOT (nothing on this machine was changed)"
