@@ -196,7 +196,8 @@ def cmd_replay(config: Config, source: str, json_out: Path | None, db: Path | No
     # its own MQTT client id and no status/last will: beside the service, a replay must neither take the
     # service's session over nor overwrite the station's retained status
     client_id = f"{config.mqtt.client_id or 'edged-' + config.station}-replay-{os.getpid()}"
-    service = Service(cfg, mqtt_enabled=mqtt, on_verdict=on_verdict, mqtt_client_id=client_id, mqtt_announce=False)
+    service = Service(cfg, mqtt_enabled=mqtt, on_verdict=on_verdict, mqtt_client_id=client_id, mqtt_announce=False,
+                      web_enabled=False)
     t0 = time.monotonic()
     try:
         code = service.run()  # 1 when a thread died: the summary is then incomplete
