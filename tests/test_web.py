@@ -92,6 +92,8 @@ def test_rejects_api_pages_and_filters(client: Client, line: WebLine) -> None:
     bad = client.get("/api/rejects?camera=nope")
     assert bad.status == 400 and "camera" in bad.json()["error"]
     assert client.get("/api/rejects?since=nan").status == 400
+    assert client.get("/api/rejects?hours=1").json()["total"] >= 2  # the page's "last hour"
+    assert client.get("/api/rejects?hours=-1").status == 400
     part = client.get(f"/api/parts/{newest['id']}").json()
     assert part["id"] == newest["id"] and any(n["id"] == newest["id"] for n in part["neighbours"])
     image = client.get(f"/image/{newest['id']}.jpg")
@@ -103,6 +105,7 @@ def test_rejects_api_pages_and_filters(client: Client, line: WebLine) -> None:
 def test_live_frame_is_a_jpeg_that_follows_the_camera(client: Client) -> None:
     first = client.get("/live/cam1.jpg")
     assert first.status == 200 and first.headers["content-type"] == "image/jpeg" and first.body[:2] == b"\xff\xd8"
+    assert first.headers["connection"] == "close"  # an idle keep-alive connection would hold a slot
     seq = int(first.headers["x-frame-seq"])
     wait_until(lambda: int(client.get("/live/cam1.jpg").headers["x-frame-seq"]) > seq, 10, "a newer live frame")
     assert client.get("/live/cam1.jpg?overlay=1").status == 200  # the latest reject's map and regions

@@ -200,9 +200,12 @@ def _filter_form(f: RejectFilter, cameras: list[str]) -> str:
     opts = "".join(f'<option value="{e(c)}"{" selected" if c == f.camera else ""}>{e(c)}</option>' for c in cameras)
     reasons = "".join(f'<option value="{r}"{" selected" if r == f.reason else ""}>{r}</option>'
                       for r in ("defect", "not_inspected"))
+    hours = "".join(f'<option value="{h}">{t}</option>' for h, t in ((1, "hour"), (8, "8 hours (a shift)"),
+                                                                     (24, "24 hours"), (168, "7 days")))
     return (f'<form method="get" action="/rejects" id="filter">camera <select name="camera"><option value="">all'
             f'</option>{opts}</select> reason <select name="reason"><option value="">all</option>{reasons}</select>'
-            f' since (Unix s) <input name="since" size="12" value="{e(num(f.since, ".0f") if f.since else "")}"> '
+            f' last <select name="hours"><option value="">any time</option>{hours}</select>'
+            f' or since (Unix s) <input name="since" size="12" value="{e(num(f.since, ".0f") if f.since else "")}"> '
             f'until <input name="until" size="12" value="{e(num(f.until, ".0f") if f.until else "")}"> '
             f'<button>show</button></form>')
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,11 @@ class RejectFilter:
         reason = query.get("reason") or None
         if reason is not None and reason not in ("defect", "not_inspected"):
             raise BadQuery("reason: one of defect, not_inspected")
-        return cls(camera, _number(query, "since"), _number(query, "until"), reason,
+        since = _number(query, "since")
+        hours = _number(query, "hours", None, 0.0, 24.0 * 3650)
+        if since is None and hours:  # "the last N hours", as the page's select asks
+            since = time.time() - hours * 3600.0
+        return cls(camera, since, _number(query, "until"), reason,
                    int(_number(query, "page", 0, 0, 1e6) or 0), int(_number(query, "per_page", 50, 1, MAX_PAGE) or 50))
 
 

@@ -17,6 +17,7 @@ import http.server
 import logging
 import socket
 import socketserver
+import sys
 import threading
 import time
 import urllib.parse
@@ -90,8 +91,13 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self._beat()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """A handler's exception is logged (one line with the traceback), never printed to stderr."""
-        log.exception("web: request from %s failed", client_address[0] if client_address else "?")
+        """A handler's exception is logged, never printed to stderr; a client that hung up or went silent is only
+        a debug line (a hostile client must not be able to fill the journal with tracebacks)."""
+        who = client_address[0] if client_address else "?"
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            log.debug("web: connection from %s ended: %s", who, sys.exc_info()[1])
+            return
+        log.exception("web: request from %s failed", who)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -149,7 +155,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _write(self, response: Response, head: bool = False) -> None:
         self.send_response(response.status)
-        headers = {"Content-Type": response.content_type, "Content-Length": str(len(response.body)),
+        # one request per connection: an idle keep-alive connection (a browser keeps several) would hold a slot
+        # until its timeout, and a few open tabs would use up max_clients
+        self.close_connection = True
+        headers = {"Connection": "close", "Content-Type": response.content_type,
+                   "Content-Length": str(len(response.body)),
                    "Cache-Control": response.cache, "X-Content-Type-Options": "nosniff",
                    "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
                    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' "
