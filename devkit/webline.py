@@ -111,8 +111,8 @@ def basic(password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"prometheus:{password}".encode()).decode()}
 
 
-def start_line(root: Path, web_extra: str = "") -> WebLine:
-    """Build and start the line under `root`; the caller stops it."""
+def start_line(root: Path, web_extra: str = "", password: bool = True) -> WebLine:
+    """Build and start the line under `root` (the view behind PASSWORD, or open on loopback); the caller stops it."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "broker").mkdir(exist_ok=True)
     broker = Broker(root / "broker")
@@ -124,10 +124,11 @@ def start_line(root: Path, web_extra: str = "") -> WebLine:
         secret = root / "web-password"
         secret.write_text(PASSWORD + "\n")
         more = f", {web_extra}" if web_extra else ""
+        login = f", password_file: {secret}" if password else ""
         cfg = load_config(write_config(
             root / "edged.yaml", bundle, video, root / "state", broker.port,
             extra_camera="    loop: true\n    realtime: true\n    fps: 30",
-            extra=f"web: {{port: 0, password_file: {secret}, request_timeout_s: 3{more}}}"))
+            extra=f"web: {{port: 0, request_timeout_s: 3{login}{more}}}"))
         runner = ServiceRunner(cfg).start()
         wait_until(lambda: runner.service.web is not None or runner.error is not None, 30, "the web view")
         web = runner.service.web

@@ -3,6 +3,7 @@ sessions, CSRF, the API, /metrics, feedback labels, and the bounds that keep a h
 
 from __future__ import annotations
 
+import re
 import socket
 import sqlite3
 import time
@@ -173,3 +174,26 @@ def test_a_view_outside_loopback_needs_a_password_or_auth_none() -> None:
     assert parse_config({**base, "web": {"bind": "0.0.0.0", "password_file": "/run/pw"}}).web.bind == "0.0.0.0"
     with pytest.raises(ConfigError, match="web: set either password or password_file"):
         parse_config({**base, "web": {"password": "a", "password_file": "/run/pw"}})
+
+
+def test_an_open_view_on_loopback_needs_no_login_but_its_posts_need_the_page_token(tmp_path: Path) -> None:
+    """No password on 127.0.0.1: pages and API open, but a POST still needs the token of a page of this view
+    (another site's page in the same browser cannot label frames)."""
+    open_line = start_line(tmp_path / "open", password=False)
+    try:
+        anon = Client(open_line)
+        page = anon.get("/feedback")
+        assert page.status == 200 and "log out" not in page.text
+        assert anon.get("/login").status == 303  # nothing to log in to
+        wait_until(lambda: anon.get("/api/rejects").json()["total"] >= 1, 30, "a reject")
+        reject = anon.get("/api/rejects").json()["rejects"][0]
+        fields = {"inspection_id": str(reject["id"]), "label": "confirmed_defect", "by": "Ben\n"}
+        assert anon.post_form("/api/labels", fields).status == 403
+        token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert token is not None
+        done = anon.post_form("/api/labels", {**fields, "csrf": token.group(1)})
+        assert done.status == 201  # no Accept: text/html, so the API answers JSON (a browser form gets a 303)
+        labels = anon.get("/api/labels").json()["labels"]
+        assert labels[0]["label"] == "confirmed_defect" and labels[0]["by"] == "Ben"  # typed name, cleaned
+    finally:
+        open_line.stop()
