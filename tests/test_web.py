@@ -85,6 +85,7 @@ def test_rejects_api_pages_and_filters(client: Client, line: WebLine) -> None:
     everything = client.get("/api/rejects").json()
     newest = everything["rejects"][0]
     assert newest["camera"] == "cam1" and newest["score"] > newest["threshold"] and newest["regions"]
+    assert newest["part_id"] and str(newest["part_id"]).startswith("cam1-")  # the reject message's part id
     assert newest["has_image"] and "image_path" not in newest  # the path on disk stays inside
     one, two = (client.get(f"/api/rejects?per_page=1&page={p}").json()["rejects"] for p in (0, 1))
     assert one[0]["id"] != two[0]["id"] and one[0]["id"] > two[0]["id"]

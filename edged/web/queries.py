@@ -19,7 +19,9 @@ from edged.store import connect
 MAX_PAGE = 200
 NEIGHBOURS = 10  # frames either side on the part page
 
-_COLUMNS = ("i.id, i.uid, i.seq, i.camera, i.part_id, i.captured_at, i.decided_at, i.score, i.threshold, "
+# part_id: the row's (a trigger's), else the one its reject message gave the free-run part
+_COLUMNS = ("i.id, i.uid, i.seq, i.camera, COALESCE(i.part_id, json_extract(o.payload, '$.part_id')), "
+            "i.captured_at, i.decided_at, i.score, i.threshold, "
             "i.is_defective, i.confidence, i.latency_ms, i.model, i.regions, i.image_path, i.reason, "
             "o.state, o.delivered_at")
 _FROM = "inspections i LEFT JOIN outbox o ON o.inspection_id = i.id AND o.kind = 'reject'"
