@@ -56,6 +56,10 @@ class InputSpec(_Strict):
     features: str | None = None  # for kind == "features": name of the feature extractor in edged.features
     # significant bits of 16-bit frames (a 12-bit camera writes 0..4095); see edged.preprocess.to_uint8
     bit_depth: int = Field(16, ge=8, le=16)
+    # per-image photometric normalization of the model-sized image (edged.preprocess.normalize_light):
+    # "mean_std" maps each image's mean and standard deviation to fixed values, so a lamp's gain and offset
+    # change nothing the model sees; "none" (the default, and every bundle before it) leaves pixels as they are
+    normalize: Literal["none", "mean_std"] = "none"
 
     @model_validator(mode="after")
     def _consistent(self) -> InputSpec:

@@ -64,7 +64,27 @@ def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=interp)
 
 
+NORM_MEAN, NORM_STD = 128.0, 40.0  # what `normalize: mean_std` maps every image's mean and spread to (grey levels)
+
+
+def normalize_light(image: np.ndarray) -> np.ndarray:
+    """Per-image brightness and contrast normalization (`InputSpec.normalize: mean_std`) of a uint8 image: one
+    gain and offset for all channels (colors keep their balance), through a 256-entry table (cheap at model size).
+    A flat image (spread under 1 grey level) is only shifted: its noise is not amplified into texture."""
+    mean, std = cv2.meanStdDev(image.reshape(image.shape[0], -1))
+    m, s = float(mean[0, 0]), float(std[0, 0])
+    gain = NORM_STD / s if s >= 1.0 else 1.0
+    lut = np.clip((np.arange(256, dtype=np.float32) - m) * gain + NORM_MEAN, 0, 255).round().astype(np.uint8)
+    return cv2.LUT(image, lut)
+
+
 def prepare_uint8(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The model's uint8 image (`_prepare_uint8`), normalized when the bundle says so (training and daemon alike)."""
+    out = _prepare_uint8(image, spec)
+    return normalize_light(out) if spec.normalize == "mean_std" else out
+
+
+def _prepare_uint8(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Color conversion and resize: the uint8 HxW(xC) image the model sees (also used for overlays).
 
     Channel swaps and copies (BGR->RGB, BGRA->BGR, gray->3 channels) commute exactly with resizing,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edged.bundle import InputSpec
-from edged.preprocess import FrameError, prepare_uint8, resize, to_color_order
+from edged.preprocess import NORM_MEAN, NORM_STD, FrameError, normalize_light, prepare_uint8, resize, to_color_order
 
 
 def reference(image: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -47,3 +47,29 @@ def test_12_bit_frames_use_their_bit_depth() -> None:
     spec = InputSpec(width=4, height=4, channels=1, color_order="gray", bit_depth=12)
     assert int(prepare_uint8(np.full((8, 8), 4000, np.uint16), spec).min()) == 250
     assert InputSpec(width=4, height=4).bit_depth == 16  # bundles written before the field keep their rule
+
+
+def _textured(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(60, 180, (48, 64, 3)).astype(np.float32)
+    return np.repeat(np.repeat(base, 4, axis=0), 4, axis=1).astype(np.uint8)  # 192x256 BGR blocks
+
+
+def test_mean_std_normalization_removes_a_lamps_gain_and_offset() -> None:
+    spec = InputSpec(width=64, height=48, channels=3, color_order="rgb", normalize="mean_std")
+    image = _textured()
+    base = prepare_uint8(image, spec).astype(np.float32)
+    assert abs(base.mean() - NORM_MEAN) < 1.0 and abs(base.std() - NORM_STD) < 1.0
+    for gain, offset in ((0.6, 0.0), (1.3, -20.0), (0.8, 25.0)):
+        lit = np.clip(image.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
+        assert np.abs(prepare_uint8(lit, spec).astype(np.float32) - base).mean() < 2.0, (gain, offset)
+    plain = spec.model_copy(update={"normalize": "none"})
+    assert np.array_equal(prepare_uint8(image, plain), prepare_uint8(image, InputSpec(
+        width=64, height=48, channels=3, color_order="rgb")))  # the default changes no pixel
+
+
+def test_normalization_does_not_amplify_a_flat_image() -> None:
+    flat = np.full((40, 40), 30, np.uint8)
+    flat[0, 0] = 31  # sensor noise on a covered lens
+    out = normalize_light(flat)
+    assert int(out.max()) - int(out.min()) <= 1 and abs(float(out.mean()) - NORM_MEAN) < 1.0

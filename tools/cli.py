@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--choose", action="store_true",
                    help="fit a few configurations and keep the one that ranks the data's defect images "
                         "(test/<defect>) best; the manifest and evaluate then say it was chosen on them")
+    p.add_argument("--normalize", choices=("none", "mean_std"), default="none",
+                   help="per-image brightness/contrast normalization in the bundle's preprocessing (daemon too)")
+    p.add_argument("--augment-light", type=int, choices=range(0, 9), default=0, metavar="N",
+                   help="N photometric copies (gain 0.7-1.3, gamma 0.8-1.25) of each training image (default 0)")
     p.add_argument("--bit-depth", type=int, choices=(8, 10, 12, 14, 16), default=None,
                    help="significant bits of 16-bit images (default: detected from the data)")
 
@@ -262,7 +266,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     cfg = FitConfig(data=args.data, method=args.method, out=args.out, options=opts,
                     holdout=args.holdout if args.holdout is not None else 0.15, folds=folds, auto_size=not args.size,
                     percentile=args.percentile, target_frr=args.target_frr, check_test=not args.no_test_check,
-                    drop_outliers=args.drop_outliers, bit_depth=args.bit_depth)
+                    drop_outliers=args.drop_outliers, bit_depth=args.bit_depth, normalize=args.normalize,
+                    augment_light=args.augment_light)
     if args.int8_tolerance is not None:
         cfg.int8_auroc_tolerance = args.int8_tolerance
     if args.calibrate_jpeg is not None:

@@ -199,7 +199,8 @@ def model_sized(spec: InputSpec) -> Callable[[np.ndarray], np.ndarray]:
     """Transform for `load_images`: the image the daemon's preprocessing would feed the model, made as
     it is read (memory bounded by the model size, not the camera's), in an order `Detector` takes again
     unchanged (BGR for an RGB model: `prepare_uint8` then swaps it exactly as it would the full frame)."""
-    as_read = spec.model_copy(update={"color_order": "bgr"}) if spec.color_order == "rgb" else spec
+    as_read = spec.model_copy(update={"color_order": "bgr" if spec.color_order == "rgb" else spec.color_order,
+                                      "normalize": "none"})  # the Detector normalizes when it takes it again
     return lambda image: prepare_uint8(image, as_read)
 
 

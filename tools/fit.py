@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edged import features as feature_extractors
@@ -112,6 +113,8 @@ class FitConfig:
     # calibration images also scored through JPEG at this quality, each keeping its higher score (0: off;
     # None: CALIBRATION_JPEG_QUALITY when the training images are lossless, off when they are JPEGs already)
     jpeg_quality: int | None = None
+    normalize: str = "none"  # per-image light normalization in the bundle's preprocessing (InputSpec.normalize)
+    augment_light: int = 0  # photometric copies of each training image (gain 0.7-1.3, gamma 0.8-1.25) for the model
 
 
 @dataclass
@@ -182,6 +185,27 @@ def size_limits(method: Method) -> tuple[int, int]:
     return int(getattr(method, "min_size", base.MIN_SIZE)), int(getattr(method, "max_size", base.MAX_SIZE))
 
 
+def _as_fitted(trained: InputSpec, spec: InputSpec) -> InputSpec:
+    """A method's spec with what the fit decides beyond the method: the data's bit depth, the light normalization."""
+    return trained.model_copy(update={"bit_depth": spec.bit_depth, "normalize": spec.normalize})
+
+
+def with_light_copies(images: list[np.ndarray], copies: int, seed: int) -> list[np.ndarray]:
+    """The training images plus `copies` photometric variants of each (gain 0.7-1.3, gamma 0.8-1.25, the light
+    changes a station must tolerate), so the model learns them as normal; the images themselves when 0."""
+    if copies <= 0:
+        return images
+    rng = np.random.default_rng([seed, 7])
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    out = list(images)
+    for image in images:
+        for _ in range(copies):
+            gain, gamma = rng.uniform(0.7, 1.3), float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+            lut = np.clip(255.0 * gain * levels ** gamma, 0, 255).round().astype(np.uint8)
+            out.append(cv2.LUT(image, lut))
+    return out
+
+
 def _check_method(method: Method, cfg: FitConfig) -> InputSpec:
     """--size within the method's limits and --opt under the shared rules; the method's input spec."""
     opts = cfg.options
@@ -197,6 +221,11 @@ def _check_method(method: Method, cfg: FitConfig) -> InputSpec:
         spec = method.input_spec(opts)
     except ValueError as exc:  # OptionError, or a method's own rule (e.g. cae: a multiple of 32)
         raise FitError(str(exc)) from None
+    if cfg.normalize not in ("none", "mean_std"):
+        raise FitError(f"--normalize {cfg.normalize}: must be none or mean_std")
+    if cfg.augment_light < 0 or cfg.augment_light > 8:
+        raise FitError(f"--augment-light {cfg.augment_light}: must be 0 to 8 copies per image")
+    spec = spec.model_copy(update={"normalize": cfg.normalize})
     if spec.kind == "features":
         try:
             feature_extractors.get(spec.features or "")
@@ -472,8 +501,8 @@ def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_i
         folder.mkdir(parents=True, exist_ok=True)
         _seed_everything(cfg.options.seed + fold + 1)
         fold_images = [prepared[i] for i in train_idx]
-        trained = method.fit(fold_images, cfg.options)
-        fold_spec = trained.spec.model_copy(update={"bit_depth": spec.bit_depth})
+        trained = method.fit(with_light_copies(fold_images, cfg.augment_light, cfg.options.seed + fold), cfg.options)
+        fold_spec = _as_fitted(trained.spec, spec)
         int8_file, quant = _export_models(trained, fold_images, fold_spec, folder, cfg, [])
         summary = TrainingSummary(count=len(train_idx), data=str(cfg.data))
         _write_provisional(folder, cfg, fold_spec, trained, int8_file, summary, quant)
@@ -590,11 +619,11 @@ def _train_final(cfg: FitConfig, method: Method, images: _FitImages, spec: Input
     """Fit the bundle's model on `images.prepared` (then emptied: the pixels are no longer needed) and export it."""
     _seed_everything(cfg.options.seed)
     t_train = time.perf_counter()
-    trained = method.fit(images.prepared, cfg.options)
+    trained = method.fit(with_light_copies(images.prepared, cfg.augment_light, cfg.options.seed), cfg.options)
     train_seconds = time.perf_counter() - t_train
-    if trained.spec.model_copy(update={"bit_depth": spec.bit_depth}) != spec:
+    if _as_fitted(trained.spec, spec) != spec:
         log.info("method %s changed its input spec while fitting; using the trained one", cfg.method)
-    spec = trained.spec.model_copy(update={"bit_depth": spec.bit_depth})
+    spec = _as_fitted(trained.spec, spec)
     int8_file, quant = _export_models(trained, images.prepared, spec, staging, cfg, warnings)
     images.prepared = []  # the training pixels are no longer needed
     return _FinalModel(trained, spec, int8_file, quant, train_seconds)

@@ -20,7 +20,7 @@ from edged.bundle import load_manifest, sha256_file
 from edged.detector import Detector
 from tests.tools.conftest import write_good
 from tools import synth
-from tools.fit import FitConfig, FitError, check_fit, fit_bundle
+from tools.fit import FitConfig, FitError, check_fit, fit_bundle, with_light_copies
 from tools.methods.base import FitOptions
 from tools.methods.registry import UnknownMethodError, get_method
 
@@ -472,3 +472,29 @@ def test_an_out_path_nobody_can_write_is_refused_before_any_work(good_folder: Pa
     """Root passes every permission check (os.access), but not a virtual file system: the check tries."""
     with pytest.raises(FitError, match=r"--out /proc/.*cannot write in /proc"):
         check_fit(_cfg(good_folder, Path("/proc/edged-test/bundle")))
+
+
+def test_light_normalization_and_augmentation_reach_the_daemon(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    synth.write_folder(good, 24, [], size=(64, 64), seed=3)
+    m = fit_bundle(FitConfig(data=good, method="band-test", out=tmp_path / "b", normalize="mean_std",
+                             augment_light=1, options=FitOptions(size=64, progress=False))).manifest
+    assert m.input.normalize == "mean_std" and m.training.count == 24  # the copies train, they are not counted
+    det = Detector(tmp_path / "b", precision="fp32")
+    image = read_image(next(good.glob("*.png")))
+    dim = (image * 0.7).astype(np.uint8)
+    assert abs(det.infer([image])[0].score - det.infer([dim])[0].score) < 0.05 * max(det.threshold, 1e-6) + 1e-3
+
+
+def test_light_copies_are_the_images_plus_variants() -> None:
+    images = [np.full((8, 8), 100, np.uint8), np.full((8, 8), 200, np.uint8)]
+    assert with_light_copies(images, 0, 0) is images
+    out = with_light_copies(images, 2, 0)
+    assert len(out) == 6 and out[:2] == images
+    assert {int(im[0, 0]) for im in out[2:]} != {100, 200}  # changed light
+    assert with_light_copies(images, 2, 0)[2:][0].tolist() == out[2].tolist()  # seeded
+
+
+def test_bad_light_options_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(FitError, match="--normalize"):
+        check_fit(FitConfig(data=tmp_path, method="classic", out=tmp_path / "b", normalize="gamma"))
