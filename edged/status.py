@@ -401,7 +401,9 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
         _line(out, "  last frame", _fmt_time(_num(cam.get("last_frame_at")), now))
         _line(out, "  capture", f"fps {_fmt_float(cam.get('fps'), '.1f')}   frames {_int(cam.get('frames'))}   "
                                 f"queue {_int(cam.get('queue_depth'))}   drops {_int(cam.get('drops'))}")
-        _line(out, "  faults", f"bad frames {_int(cam.get('bad_frames'))}   reconnects {_int(cam.get('reconnects'))}")
+        missed = f"   missed {_int(cam.get('missed'))}" if cam.get("missed") else ""  # GenICam: lost on the wire
+        _line(out, "  faults", f"bad frames {_int(cam.get('bad_frames'))}   reconnects {_int(cam.get('reconnects'))}"
+                               f"{missed}")
         _input_lines(out, _mapping(cam.get("input")), now)
         short, long_ = db.get(WINDOWS_S[0], {}).get(name), db.get(WINDOWS_S[1], {}).get(name)
         if db:

@@ -141,6 +141,9 @@ def test_wrong_setting_exits_2_naming_the_key(tmp_path: Path, tiny_bundle: Path,
     assert "Traceback" not in err
     assert cli.main(["run", "-c", str(cfg)]) == 2
     assert "cameras[0].exposure_us" in capsys.readouterr().err
+    cfg.write_text(cfg.read_text().replace("exposure_us: 99000000", "exposure_us: 5000"))
+    assert cli.main(["check-config", "-c", str(cfg)]) == 0
+    assert "camera:   cam1: settings applied and read back: Mono8 512x512+0+0" in capsys.readouterr().out
 
 
 def test_without_aravis_the_config_says_what_to_install(tmp_path: Path, tiny_bundle: Path,

@@ -169,3 +169,37 @@ def test_edged_cameras_finds_the_gige_camera(gv_camera: StartCamera, capsys: pyt
     (cam,) = [c for c in json.loads(capsys.readouterr().out)["cameras"] if c["serial"] == "GVLIST"]
     assert cam["address"] == "127.0.0.1" and cam["protocol"] == "GigEVision" and cam["source"] == "genicam:GVLIST"
     assert cam["settings"]["packet_size"]["min"] <= 1400 <= cam["settings"]["packet_size"]["max"]
+
+
+@pytest.mark.slow
+def test_missed_frames_surface_in_health_and_status(tmp_path: Path, tiny_bundle: Path,
+                                                    gv_camera: StartCamera) -> None:
+    """The daemon on a lossy link: missed frames are counted per camera in the health file (and so in /stats,
+    which is built from it) and shown by `edged status`, beside drops."""
+    import io
+
+    from edged import status
+
+    gv_camera("GVMISS", lost_per_thousand=20)
+    cfg_path = write_config(tmp_path / "edged.yaml", tiny_bundle, "genicam:GVMISS", tmp_path / "state",
+                            extra_camera="    pixel_format: Mono8\n    region: [0, 0, 256, 256]\n    fps: 60\n"
+                                         "    packet_resend: false")
+    cfg = load_config(cfg_path)
+    runner = ServiceRunner(cfg).start()
+    health = tmp_path / "state" / "health.json"
+
+    def missed() -> int:
+        try:
+            value = json.loads(health.read_text())["cameras"]["cam1"]["missed"]
+        except (OSError, ValueError, KeyError):
+            return 0
+        return int(value)
+
+    try:
+        wait_until(lambda: missed() >= 3, 60, "missed frames in the health file")
+        out = io.StringIO()
+        status.main(cfg, out=out)
+    finally:
+        runner.stop()
+    assert runner.service.counters.inspected > 0  # the complete frames are inspected
+    assert "missed " in out.getvalue()

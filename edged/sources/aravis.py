@@ -20,6 +20,8 @@ POP_TIMEOUT_S = 0.1  # one wait for a buffer: short, so the capture thread keeps
 
 _lock = threading.Lock()
 _module: Any = None  # gi.repository.Aravis once loaded
+# Aravis' device list is one global table: capture threads of several cameras (re)opening at once take turns
+_discovery = threading.Lock()
 
 
 class AravisMissing(Exception):
@@ -80,18 +82,19 @@ class DeviceInfo:
 def devices(with_fake: bool = False) -> list[DeviceInfo]:
     """The GenICam devices found now (GigE Vision broadcast discovery, USB3 Vision enumeration)."""
     ar = aravis()
-    if with_fake:
-        ar.enable_interface("Fake")
-    _call("device discovery", ar.update_device_list)
-    out = []
-    for i in range(int(ar.get_n_devices())):
-        def text(value: Any) -> str:
-            return str(value) if value is not None else ""
-        out.append(DeviceInfo(id=text(ar.get_device_id(i)), vendor=text(ar.get_device_vendor(i)),
-                              model=text(ar.get_device_model(i)), serial=text(ar.get_device_serial_nbr(i)),
-                              address=text(ar.get_device_address(i)), protocol=text(ar.get_device_protocol(i)),
-                              physical_id=text(ar.get_device_physical_id(i))))
-    return out
+
+    def text(value: Any) -> str:
+        return str(value) if value is not None else ""
+
+    with _discovery:
+        if with_fake:
+            ar.enable_interface("Fake")
+        _call("device discovery", ar.update_device_list)
+        return [DeviceInfo(id=text(ar.get_device_id(i)), vendor=text(ar.get_device_vendor(i)),
+                           model=text(ar.get_device_model(i)), serial=text(ar.get_device_serial_nbr(i)),
+                           address=text(ar.get_device_address(i)), protocol=text(ar.get_device_protocol(i)),
+                           physical_id=text(ar.get_device_physical_id(i)))
+                for i in range(int(ar.get_n_devices()))]
 
 
 def resolve(wanted: str) -> str:
@@ -158,7 +161,8 @@ class AravisCamera:
         ar = aravis()
         self._ar = ar
         self.device_id = device_id
-        self._cam: Any = _call(f"open {device_id}", ar.Camera.new, device_id)
+        with _discovery:  # opening looks the id up in the same table
+            self._cam: Any = _call(f"open {device_id}", ar.Camera.new, device_id)
         self._stream: Any = None
         self.control_lost = threading.Event()  # set by Aravis' thread when a GigE camera stops answering
         device = self._cam.get_device()
@@ -239,6 +243,20 @@ class AravisCamera:
             _call("GainAuto", self._cam.set_gain_auto, self._ar.Auto.OFF)
         _call("Gain", self._cam.set_gain, value)
         return float(_call("Gain", self._cam.get_gain))
+
+    def float_value(self, feature: str) -> float | None:
+        """ExposureTime, Gain or AcquisitionFrameRate now (whatever node the camera uses); None where it has none."""
+        getter = {"ExposureTime": self._cam.get_exposure_time, "Gain": self._cam.get_gain,
+                  "AcquisitionFrameRate": self._cam.get_frame_rate}[feature]
+        return float(_call(feature, getter)) if self.offers(feature) else None
+
+    def packet_size(self) -> int:
+        """GigE stream packet size in bytes now."""
+        return int(_call("GevSCPSPacketSize", self._cam.gv_get_packet_size))
+
+    def packet_delay_ns(self) -> int:
+        """GigE inter-packet delay in nanoseconds now."""
+        return int(_call("GevSCPD", self._cam.gv_get_packet_delay))
 
     def set_frame_rate(self, value: float) -> float:
         """Frames per second (AcquisitionFrameRateEnable on where the camera has it); read back."""
