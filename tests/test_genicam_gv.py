@@ -5,6 +5,7 @@ software-triggered camera fired once per MQTT trigger."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import sqlite3
@@ -203,3 +204,23 @@ def test_missed_frames_surface_in_health_and_status(tmp_path: Path, tiny_bundle:
         runner.stop()
     assert runner.service.counters.inspected > 0  # the complete frames are inspected
     assert "missed " in out.getvalue()
+
+
+def test_gige_frame_ids_wrap_without_a_missed_frame(gv_camera: StartCamera) -> None:
+    """GigE Vision block ids are 16 bits and skip 0: 65535 is followed by 1. Aravis' fake starts at 65401, so a
+    few hundred frames cross the wrap, which must not count as 65534 lost frames."""
+    gv_camera("GVWRAP")
+    source = GenicamSource(_gv("GVWRAP", pixel_format="Mono8", region=[0, 0, 64, 64], fps=200))
+    source.open()
+    ids = []
+    missed = 0
+    try:
+        for _ in range(300):
+            source.read()
+            assert source.stamp is not None
+            ids.append(source.stamp.frame_id)
+            missed += source.take_missed()
+    finally:
+        source.close()
+    assert (65535, 1) in list(itertools.pairwise(ids))  # the wrap was crossed
+    assert missed == 0
