@@ -217,6 +217,7 @@ class CaptureThread(SupervisedThread):
                       captured_at=wall, source_name=name, input=flag, camera_stamp=stamp)
         self._seq += 1
         self.stats.frame_captured(mono, wall)
+        self.stats.latest = frame  # a reference, no copy: the web view encodes it on demand in its own thread
         selected = [frame] if self.gate is None else self.gate.offer(frame)
         return all(self._enqueue(item, drop_oldest) for item in selected)  # stops at the first refusal
 

@@ -16,6 +16,10 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edged.frames import Frame
 
 
 class Heartbeats:
@@ -113,6 +117,7 @@ class CameraStats:
     reconnects: int = 0
     missed: int = 0  # frames the camera sent that never arrived whole (GenICam: incomplete buffers, id jumps)
     last_frame_at: float | None = None
+    latest: Frame | None = field(default=None, repr=False)  # the newest frame, by reference (the web view's live one)
     _times: deque[float] = field(default_factory=lambda: deque(maxlen=64))
 
     def frame_captured(self, mono: float, wall: float) -> None:
@@ -168,6 +173,7 @@ class Counters:
     inspected: int = 0  # recorder
     rejects: int = 0  # recorder
     rejects_by_reason: dict[str, int] = field(default_factory=dict)  # recorder
+    rejects_by_camera: dict[tuple[str, str], int] = field(default_factory=dict)  # recorder: (camera, reason) -> count
     triggers: int = 0  # recorder: trigger messages accepted (one per camera they name)
     not_inspected: int = 0  # recorder: triggered parts without a verdict in time
     late_verdicts: int = 0  # recorder: verdicts that came after their part's deadline

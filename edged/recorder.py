@@ -275,6 +275,8 @@ class RecorderThread(SupervisedThread):
         for m in rejects:
             reason = str(m.payload.get("reason", "defect"))
             self.counters.rejects_by_reason[reason] = self.counters.rejects_by_reason.get(reason, 0) + 1
+            key = (str(m.payload.get("camera", "")), reason)  # /metrics: rejects per camera and reason
+            self.counters.rejects_by_camera[key] = self.counters.rejects_by_camera.get(key, 0) + 1
         self.counters.parts += len(events) + sum(1 for m in messages if m.kind == "result")
         if rejects:
             self.counters.rejects += len(rejects)

@@ -71,7 +71,8 @@ def test_metrics_parse_and_count_at_scrape_time(client: Client) -> None:
 
     first = scrape()
     for name in ("edged_frames_total[('camera', 'cam1')]", "edged_drops_total[('camera', 'cam1')]",
-                 "edged_reconnects_total[('camera', 'cam1')]", "edged_rejects_total[('reason', 'defect')]",
+                 "edged_reconnects_total[('camera', 'cam1')]",
+                 "edged_rejects_total[('camera', 'cam1'), ('reason', 'defect')]",
                  "edged_latency_seconds_count[('camera', 'cam1')]", "edged_outbox_backlog[]",
                  "edged_rejects_expired_total[]", "edged_db_errors_total[]", "edged_inspected_total[]"):
         assert name in first, name

@@ -278,8 +278,9 @@ class WebApp:
         if camera not in self.cameras:
             return Response.text(HTTPStatus.NOT_FOUND, "no such camera")
         overlay = req.query.get("overlay") == "1"
-        verdict = (self.live.latest_reject if overlay else self.live.latest).get(camera)
-        encoded = self.encoder.get(camera, verdict, overlay)
+        stats = self.service.stats.get(camera)
+        frame = stats.latest if stats is not None else None
+        encoded = self.encoder.get(camera, frame, self.live.latest_reject.get(camera), overlay)
         if encoded is None:
             return Response.text(HTTPStatus.NOT_FOUND, "no frame yet")
         return Response(HTTPStatus.OK, encoded.data, "image/jpeg", headers=(("X-Frame-Seq", str(encoded.seq)),))

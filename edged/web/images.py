@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from edged.archive import render_overlay
-from edged.frames import Verdict
+from edged.frames import Frame, Verdict
 from edged.preprocess import to_uint8
 
 JPEG_QUALITY = 80
@@ -69,7 +69,8 @@ def colour_scale(width: int = 256, height: int = 14) -> bytes:
 
 
 class LiveEncoder:
-    """Per camera, the latest frame (or latest reject's overlay) as JPEG, re-encoded at most `fps` times a second."""
+    """Per camera, the latest captured frame (or the latest reject's overlay) as JPEG, re-encoded at most `fps` times a
+    second."""
 
     def __init__(self, fps: float) -> None:
         self.interval = 1.0 / fps
@@ -78,9 +79,12 @@ class LiveEncoder:
         self._guard = threading.Lock()
         self.encodes = 0  # how many encodes the web threads did (bench, tests)
 
-    def get(self, camera: str, verdict: Verdict | None, overlay: bool) -> Encoded | None:
-        """The camera's current JPEG; None when it has no frame yet."""
-        if verdict is None:
+    def get(self, camera: str, frame: Frame | None, verdict: Verdict | None, overlay: bool) -> Encoded | None:
+        """The camera's current JPEG: `frame` as captured, or with `overlay` the reject `verdict` drawn; None when
+        there is none yet."""
+        if overlay and verdict is not None:
+            frame = verdict.frame
+        if frame is None or (overlay and verdict is None):
             return None
         key = (camera, overlay)
         with self._guard:
@@ -88,11 +92,11 @@ class LiveEncoder:
         with lock:  # one encode per interval per camera, however many browsers ask
             cached = self._cache.get(key)
             now = time.monotonic()
-            fresh = cached is not None and (cached.seq == verdict.frame.seq or now - cached.encoded_at < self.interval)
+            fresh = cached is not None and (cached.seq == frame.seq or now - cached.encoded_at < self.interval)
             if cached is not None and fresh:
                 return cached
-            image = overlay_of(verdict) if overlay else verdict.frame.image
-            encoded = Encoded(encode_jpeg(image), verdict.frame.seq, now)
+            image = overlay_of(verdict) if overlay and verdict is not None else frame.image
+            encoded = Encoded(encode_jpeg(image), frame.seq, now)
             self.encodes += 1
             self._cache[key] = encoded
             return encoded

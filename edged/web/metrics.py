@@ -79,9 +79,12 @@ class PipelineCollector(Collector):
         c = self.service.counters
         inspected = CounterMetricFamily("edged_inspected", "Frames inspected (a verdict recorded)")
         inspected.add_metric([], c.inspected)
-        rejects = CounterMetricFamily("edged_rejects", "Reject messages committed, by reason", labels=["reason"])
-        for reason in sorted({"defect", *c.rejects_by_reason}):
-            rejects.add_metric([reason], dict(c.rejects_by_reason).get(reason, 0))
+        rejects = CounterMetricFamily("edged_rejects", "Reject messages committed, by camera and reason",
+                                      labels=["camera", "reason"])
+        counted = _copy(c.rejects_by_camera)
+        for camera in self.service.stats:
+            for reason in sorted({"defect", *(r for cam, r in counted if cam == camera)}):
+                rejects.add_metric([camera, reason], counted.get((camera, reason), 0))
         invalid = CounterMetricFamily("edged_invalid_outputs", "Frames whose model output was NaN or infinite")
         invalid.add_metric([], c.invalid_outputs)
         rec = self.service.recorder
@@ -119,6 +122,16 @@ class PipelineCollector(Collector):
         build = InfoMetricFamily("edged_build", "This daemon")
         build.add_metric([], {"version": __version__, "station": self.service.config.station})
         yield from (info, threshold, build)
+
+
+def _copy(counts: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    """A snapshot of a dict the recorder may be adding a key to right now (a copy can then raise; try again)."""
+    for _ in range(5):
+        try:
+            return dict(counts)
+        except RuntimeError:  # "dictionary changed size during iteration"
+            continue
+    return {}
 
 
 def registry_for(service: Service, live: LiveView) -> CollectorRegistry:
