@@ -39,6 +39,7 @@ def status(service: Service) -> dict[str, Any]:
 def cameras(service: Service, live: LiveView) -> list[dict[str, Any]]:
     """Per camera: state and counters, the latest verdict, the latest reject (for the overview's cards)."""
     out = []
+    monitor = service.input_health
     for name, s in service.stats.items():
         latest, reject = live.latest.get(name), live.latest_reject.get(name)
         hist = live.latency.get(name)
@@ -47,6 +48,7 @@ def cameras(service: Service, live: LiveView) -> list[dict[str, Any]]:
             "name": name, "state": s.state, "fps": round(s.fps(), 2), "frames": s.frames,
             "drops": service.frames.drops(name), "reconnects": s.reconnects, "bad_frames": s.bad_frames,
             "inspected": inspected, "defective": live.defective.get(name, 0),
+            "input": monitor.camera_health(name) if monitor is not None else None,  # too dark, blurred, ...
             "reject_rate": round(live.defective.get(name, 0) / inspected, 5) if inspected else None,
             "latest": None if latest is None else {"seq": latest.frame.seq, "score": latest.score,
                                                    "threshold": latest.threshold, "at": latest.frame.captured_at,

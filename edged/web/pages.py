@@ -50,6 +50,7 @@ SCRIPT = r"""
   }
   function show(v) {
     if (v == null) { return "-"; }
+    if (Array.isArray(v)) { return v.length ? v.join("; ") : "none"; }
     if (typeof v === "number") { return Number.isInteger(v) ? String(v) : v.toFixed(3); }
     if (typeof v === "object") { return JSON.stringify(v); }
     return String(v);
@@ -132,12 +133,14 @@ def error(ctx: Context, message: str) -> str:
 
 
 def _counter(camera: str, key: str, value: Any) -> str:
-    return f'<span data-cam="{e(camera)}" data-key="{e(key)}">{e(num(value))}</span>'
+    shown = value if isinstance(value, str) else num(value)
+    return f'<span data-cam="{e(camera)}" data-key="{e(key)}">{e(shown)}</span>'
 
 
 def _camera_card(cam: dict[str, Any]) -> str:
     name = cam["name"]
-    rows = [("state", "state"), ("fps", "fps"), ("frames", "frames"), ("inspected", "inspected"),
+    rows = [("state", "state"), ("input", "input.state"), ("input problem", "input.reason"), ("fps", "fps"),
+            ("frames", "frames"), ("inspected", "inspected"),
             ("drops", "drops"), ("reconnects", "reconnects"), ("defective frames", "defective"),
             ("reject rate", "reject_rate"), ("latest score", "latest.score"), ("threshold", "latest.threshold"),
             ("latest reject seq", "latest_reject.seq"), ("latest reject score", "latest_reject.score")]
@@ -162,7 +165,10 @@ def _dig(obj: Any, path: str) -> Any:
 
 
 def _status_row(label: str, key: str, value: Any) -> str:
-    shown = value if isinstance(value, str) else num(value) if not isinstance(value, list) else "; ".join(value)
+    if isinstance(value, list):
+        shown = "; ".join(str(v) for v in value) or "none"
+    else:
+        shown = value if isinstance(value, str) else num(value)
     return f'<tr><td>{e(label)}</td><td data-status="{e(key)}">{e(shown)}</td></tr>'
 
 
