@@ -251,11 +251,22 @@ class WebConfig(Section):
         return self
 
     def read_password(self) -> str | None:
-        """The login password from the config, a file, or the systemd credential `web-password`; None: no login."""
+        """The login password from the config, a file, or the systemd credential `web-password`; None: no login.
+        Raises ConfigError where a login is needed (auth: password, or a bind outside loopback) and no password is
+        found, or only an empty one: such a view must not open to everyone."""
+        found = self._find_password()
+        needed = self.auth == "password" or (self.auth is None and self.bind not in LOOPBACK_HOSTS)
+        if found is None and needed:
+            raise ConfigError(f"web: a login is needed (auth {self.auth or 'password'}, bind {self.bind}) but no "
+                              "password was found: web.password_file and $CREDENTIALS_DIRECTORY/web-password are "
+                              "missing or empty")
+        return found
+
+    def _find_password(self) -> str | None:
         if self.auth == "none":
             return None
         if self.password is not None:
-            return self.password
+            return self.password or None
         if self.password_file is not None:
             try:
                 return self.password_file.read_text(encoding="utf-8").strip() or None

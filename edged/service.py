@@ -194,8 +194,8 @@ class Service:
         web = self.config.web
         try:
             self.web = WebServer(WebApp(self, self.live), web, self.heartbeats)
-        except (OSError, sqlite3.Error) as exc:
-            log.error("web view: cannot serve on %s port %d (%s); running without it", web.bind, web.port, exc)
+        except (OSError, sqlite3.Error, ConfigError) as exc:  # a port in use, no password where one is needed
+            log.error("web view not started on %s port %d: %s; the line runs on without it", web.bind, web.port, exc)
             return
         self.web.start()
         log.info("web view on %s (%s)", self.web.listening.url,

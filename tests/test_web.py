@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from devkit.support import wait_until
+from devkit.support import ServiceRunner, build_max_bundle, wait_until, write_config, write_spot_video
 from devkit.webline import PASSWORD, Client, WebLine, basic, start_line
-from edged.config import ConfigError, parse_config
+from edged.config import ConfigError, load_config, parse_config
 
 pytestmark = pytest.mark.slow
 
@@ -199,3 +199,35 @@ def test_an_open_view_on_loopback_needs_no_login_but_its_posts_need_the_page_tok
         assert labels[0]["label"] == "confirmed_defect" and labels[0]["by"] == "Ben"  # typed name, cleaned
     finally:
         open_line.stop()
+
+
+def test_a_login_without_a_password_found_refuses_the_view_not_the_line(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """auth: password with an empty password file (systemd's LoadCredential= needs the file to exist, so it is
+    often empty): the view is not started open to everyone, the line inspects on; and a port in use is the same."""
+    empty = tmp_path / "web-password"
+    empty.write_text("\n")
+    base = {"model": {"bundle": "/b"}, "cameras": [{"name": "c", "source": "x.avi"}]}
+    web = parse_config({**base, "web": {"auth": "password", "password_file": str(empty)}}).web
+    with pytest.raises(ConfigError, match="no password was found"):
+        web.read_password()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        bundle = build_max_bundle(tmp_path / "bundle")
+        video = tmp_path / "v.avi"
+        write_spot_video(video, 60, {10})
+        for extra in (f"web: {{auth: password, password_file: {empty}, port: 0}}",
+                      f"web: {{port: {busy.getsockname()[1]}}}"):
+            cfg = load_config(write_config(tmp_path / "edged.yaml", bundle, video, tmp_path / "state", extra=extra))
+            runner = ServiceRunner(cfg).start()
+            try:
+                wait_until(lambda: runner.service.counters.inspected >= 30, 30, "inspection without the view")  # noqa: B023
+                assert runner.service.web is None
+            finally:
+                runner.stop()
+            assert any("web view not started" in r.message for r in caplog.records)
+            caplog.clear()
+    finally:
+        busy.close()
