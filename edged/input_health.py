@@ -58,6 +58,7 @@ STATS_SIZE = (160, 120)  # (w, h): 1/4 of 640x480; fine enough for the Laplacian
 REFERENCE_SIZE = (32, 24)  # the grid of the "differs grossly" check
 CLIP_LOW, CLIP_HIGH = 2, 253
 SHARPNESS_MEAN = 128.0  # sharpness is measured on the copy scaled to this mean
+DRIFT_EVERY = 10  # frames between refreshes of the recent median brightness (a median of 100 costs ~10 us)
 UNIFORM_SPREAD = 2.0  # below this standard deviation (grey levels) an image is uniform: blocked, reference or not
 
 Reason = Literal["too_dark", "too_bright", "out_of_focus", "blocked", "frozen", "reject_rate"]
@@ -88,8 +89,13 @@ class InputHealthConfig(Section):
                                                                 "or too_bright.")
     pixel_margin: float = Field(30.0, ge=0, le=255, description="Grey levels a grid cell may lie outside the "
                                                                 "training images' bounds before it differs.")
-    differs_max: float = Field(0.2, ge=0, le=1, description="More than this fraction of the image differing "
-                                                            "grossly (above the training maximum) is blocked.")
+    differs_max: float = Field(0.05, ge=0, le=1, description="More than this fraction of the image differing "
+                                                             "grossly (above the training maximum) is blocked.")
+    drift_margin: float = Field(
+        0.35, ge=0, le=10, description="The median brightness of the last drift_window frames more than this "
+                                       "fraction below (above) the training images' median is too_dark (too_bright): "
+                                       "a lamp that ages, where each frame alone is still within the training range.")
+    drift_window: int = Field(100, ge=10, le=100_000, description="Frames the brightness drift is measured over.")
     frozen_max_diff: float = Field(
         0.1, ge=0, le=255, description="Mean absolute difference to the previous frame (grey levels) at or below "
                                        "which a frame is frozen; 0 turns the check off (a compressed stream of a "
@@ -189,9 +195,14 @@ def measure(grey: np.ndarray, previous: np.ndarray | None, bounds: Bounds | None
                       frozen_diff=frozen, differs=differs)
 
 
-def problems(stats: InputStats, ref: InputStatistics | None, cfg: InputHealthConfig) -> tuple[Reason, ...]:
-    """What is wrong with a frame, most telling first (`PRIORITY`); () when it is in range."""
+def problems(stats: InputStats, ref: InputStatistics | None, cfg: InputHealthConfig,
+             recent_mean: float | None = None) -> tuple[Reason, ...]:
+    """What is wrong with a frame, most telling first (`PRIORITY`); () when it is in range. `recent_mean`: the
+    median brightness of the camera's recent frames (the drift check), None until there are enough."""
     found: set[Reason] = set()
+    drift = drift_problem(recent_mean, ref, cfg)
+    if drift is not None:
+        found.add(drift)
     if stats.frozen_diff is not None and cfg.frozen_max_diff > 0 and stats.frozen_diff <= cfg.frozen_max_diff:
         found.add("frozen")
     if stats.spread < UNIFORM_SPREAD:
@@ -199,6 +210,19 @@ def problems(stats: InputStats, ref: InputStatistics | None, cfg: InputHealthCon
     if ref is not None:
         found.update(_against_reference(stats, ref, cfg))
     return tuple(r for r in PRIORITY if r in found)
+
+
+def drift_problem(recent_mean: float | None, ref: InputStatistics | None, cfg: InputHealthConfig) -> Reason | None:
+    """too_dark / too_bright when the median brightness of recent frames has left the training median by more than
+    `drift_margin` (None: in range, or nothing to compare)."""
+    if ref is None or recent_mean is None:
+        return None
+    ratio = recent_mean / ref.reference_mean
+    if ratio < 1 - cfg.drift_margin:
+        return "too_dark"
+    if ratio > 1 + cfg.drift_margin:
+        return "too_bright"
+    return None
 
 
 def _against_reference(stats: InputStats, ref: InputStatistics, cfg: InputHealthConfig) -> set[Reason]:
@@ -259,9 +283,12 @@ class InputMonitor:
         self.since: float | None = None  # Unix seconds it became degraded
         self.last: InputStats | None = None
         self.frames_not_ok = 0
+        self.frames = 0
         self.alarms = 0
         self._previous: np.ndarray | None = None
         self._bounds = Bounds.of(ref, cfg.pixel_margin) if ref is not None else None
+        self._means: deque[float] = deque(maxlen=cfg.drift_window)
+        self._recent_mean: float | None = None  # median of _means, refreshed every DRIFT_EVERY frames
         self._bad_since: float | None = None  # monotonic: first of the current run of out-of-range frames
         self._good_since: float | None = None
         self._candidate: tuple[str, float] | None = None  # another reason while degraded, since
@@ -272,7 +299,11 @@ class InputMonitor:
         stats = measure(grey, self._previous, self._bounds)
         self._previous = grey
         self.last = stats
-        found = problems(stats, self.ref, self.cfg)
+        self._means.append(stats.mean)
+        self.frames += 1
+        if len(self._means) == self._means.maxlen and self.frames % DRIFT_EVERY == 0:
+            self._recent_mean = float(np.median(np.fromiter(self._means, np.float64, len(self._means))))
+        found = problems(stats, self.ref, self.cfg, self._recent_mean)
         if found:
             self.frames_not_ok += 1
         self._update(found, mono, time.time() if wall is None else wall, stats)

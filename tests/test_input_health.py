@@ -166,6 +166,21 @@ def test_a_new_reason_that_persists_replaces_the_old(ref: InputStatistics) -> No
     assert [events.get_nowait().reason for _ in range(2)] == ["too_dark", "out_of_focus"]
 
 
+def test_a_lamp_that_ages_is_too_dark_by_its_drift_even_within_the_range() -> None:
+    lit = [np.clip(scene(i) * g, 0, 255).astype(np.uint8) for i, g in enumerate((0.6, 0.8, 1.0, 1.2, 1.4))]
+    wide = fit_statistics(lit)  # parts under every light the training set had
+    events: queue.Queue[InputAlarm] = queue.Queue()
+    mon = InputMonitor("cam1", CFG, wide, events)
+    t = 0.0
+    for i in range(CFG.drift_window - 1):  # x0.55 of the usual light: each frame alone is within the range
+        assert mon.feed((scene(i) * 0.55).astype(np.uint8), t).ok
+        t += 0.1
+    for i in range(30):
+        mon.feed((scene(100 + i) * 0.55).astype(np.uint8), t)
+        t += 0.1
+    assert mon.reason == "too_dark" and events.get_nowait().reason == "too_dark"
+
+
 def test_a_short_glitch_raises_nothing(ref: InputStatistics) -> None:
     mon, events = _monitor(ref)
     t = 0.0

@@ -15,7 +15,15 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from edged.bundle import InputStatistics, Manifest
-from edged.input_health import Bounds, InputHealthConfig, fit_statistics, measure, problems, small_grey
+from edged.input_health import (
+    Bounds,
+    InputHealthConfig,
+    drift_problem,
+    fit_statistics,
+    measure,
+    problems,
+    small_grey,
+)
 from tools.dataset import Record, read_image
 
 log = logging.getLogger(__name__)
@@ -56,21 +64,28 @@ def verdicts(manifest: Manifest, good: Sequence[Record],
     out: dict[str, dict[str, object]] = {}
     for name, change in {"none": lambda im, i: im, **conditions}.items():
         reasons: Counter[str] = Counter()
+        means: list[float] = []
         for i, image in enumerate(images):
-            found = problems(measure(small_grey(change(image, i), manifest.input.bit_depth), None, bounds), ref, cfg)
+            stats = measure(small_grey(change(image, i), manifest.input.bit_depth), None, bounds)
+            means.append(stats.mean)
+            found = problems(stats, ref, cfg)
             if found:
                 reasons[found[0]] += 1
         flagged = sum(reasons.values()) / len(images) if images else None
+        # a camera that keeps seeing these images: its recent median brightness against the training median
+        drift = drift_problem(float(np.median(means)), ref, cfg) if means else None
         out[name] = {"flagged": flagged, "reasons": dict(reasons.most_common()),
                      "reason": reasons.most_common(1)[0][0] if reasons else None, "images": len(images),
+                     "drift": drift,
                      "reference": ref is not None}
     return out
 
 
 def describe(verdict: dict[str, object]) -> str:
-    """'flagged 95% (too_dark)' for a table cell."""
+    """'flagged 12% (too_dark), drift: too_dark' for a table cell (drift: what a camera seeing only these says)."""
     flagged = verdict.get("flagged")
     if not isinstance(flagged, float):
         return "n/a"
-    reason = verdict.get("reason")
-    return f"flagged {flagged * 100:.0f}%" + (f" ({reason})" if reason else "")
+    reason, drift = verdict.get("reason"), verdict.get("drift")
+    return (f"flagged {flagged * 100:.0f}%" + (f" ({reason})" if reason else "")
+            + (f", drift: {drift}" if drift else ""))

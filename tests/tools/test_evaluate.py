@@ -176,6 +176,7 @@ def test_robustness_says_what_input_health_flags(spot_dataset: Path, tmp_path: P
     assert health["none"]["flagged"] == 0.0 and health["none"]["reference"] is True  # good images raise nothing
     assert health["low light (x0.6)"]["flagged"] == 1.0 and health["low light (x0.6)"]["reason"] == "too_dark"
     assert health["strong light (x1.4)"]["reason"] == "too_bright"
+    assert health["low light (x0.6)"]["drift"] == "too_dark" and health["none"]["drift"] is None
     assert health["noise (sigma 8)"]["images"] == 6
 
 
