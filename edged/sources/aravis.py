@@ -341,13 +341,28 @@ class AravisCamera:
         finally:
             self._stream.push_buffer(buf)
 
-    def close(self) -> None:
-        """Stop acquisition and release the camera; safe more than once, never raises (a lost camera)."""
-        cam, self._cam = self._cam, None
+    def close(self, in_background: bool = False) -> None:
+        """Stop acquisition and release the camera; safe more than once, never raises (a lost camera).
+
+        `in_background` for a camera that stopped answering: each control write to it is retried until it times
+        out (AcquisitionStop 2.5 s, the stream's teardown 5 s more with Aravis' GigE defaults), which the capture
+        thread must not wait for; a short-lived thread does it. A camera that comes back meanwhile is safe: the
+        old session lost its control privilege with its heartbeat, so its late writes are refused."""
+        cam, stream, device, handler = self._cam, self._stream, self._device, self._lost_handler
+        self._cam = self._stream = None
         if cam is None:
             return
-        with contextlib.suppress(Exception):  # a gone camera cannot be stopped, only released
-            cam.stop_acquisition()
-        with contextlib.suppress(Exception):  # already gone with the device
-            self._device.disconnect(self._lost_handler)
-        self._stream = None
+        if in_background:
+            threading.Thread(target=_release, args=(cam, stream, device, handler), name="genicam-release",
+                             daemon=True).start()
+        else:
+            _release(cam, stream, device, handler)
+
+
+def _release(cam: Any, stream: Any, device: Any, handler: Any) -> None:
+    """Stop acquisition, disconnect the lost-camera signal and drop the references (Aravis frees on the last)."""
+    with contextlib.suppress(Exception):  # a gone camera cannot be stopped, only released
+        cam.stop_acquisition()
+    with contextlib.suppress(Exception):  # already gone with the device
+        device.disconnect(handler)
+    del stream, cam

@@ -328,6 +328,7 @@ class GenicamSource(Source):
         self._last_id: int | None = None
         self._missed = 0
         self._stamp: CameraStamp | None = None
+        self._gone = False  # the camera stopped answering: release it without waiting on it
 
     @property
     def _line_triggered(self) -> bool:
@@ -383,16 +384,19 @@ class GenicamSource(Source):
         deadline = time.monotonic() + self.cam.read_timeout_s
         while True:
             if dev.control_lost.is_set():
+                self._gone = True
                 raise SourceFailed("camera lost (no answer to its heartbeat: unplugged, rebooted or its address "
                                    "changed)")
             try:
                 raw = dev.pop(SOFTWARE_POP_S if self.fires_triggers else POP_TIMEOUT_S)
             except AravisError as exc:
+                self._gone = True
                 raise SourceFailed(str(exc)) from None
             if raw is None:
                 if self.cam.trigger.source is not None:
                     raise NoFrameYet()  # a triggered camera is quiet between parts
                 if time.monotonic() > deadline:
+                    self._gone = True
                     raise SourceFailed(f"no frame for {self.cam.read_timeout_s:g} s")
                 continue
             self._count(raw)
@@ -427,10 +431,12 @@ class GenicamSource(Source):
         return True
 
     def close(self) -> None:
-        """Stop acquisition and release the camera; safe when not open."""
+        """Stop acquisition and release the camera; safe when not open. A camera that stopped answering is released
+        in the background (its control writes time out for seconds), so the capture thread can go on reopening."""
         if self.camera is not None:
-            self.camera.close()
+            self.camera.close(in_background=self._gone)
             self.camera = None
+        self._gone = False
 
     def describe(self) -> str:
         """The camera as the config names it."""
