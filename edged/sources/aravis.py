@@ -13,6 +13,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from edged.safetext import escape
+
 INSTALL_HINT = ("GenICam cameras need Aravis 0.8 and PyGObject: apt-get install gir1.2-aravis-0.8 "
                 "libaravis-0.8-0 and pip install 'edged[genicam]' (or deploy/install.sh --with-genicam)")
 FAKE_PREFIX = "Fake_"  # Aravis' in-process fake camera ("Fake_1"), for demos and tests without hardware
@@ -83,7 +85,7 @@ def devices(with_fake: bool = False) -> list[DeviceInfo]:
     """The GenICam devices found now (GigE Vision broadcast discovery, USB3 Vision enumeration)."""
     ar = aravis()
 
-    def text(value: Any) -> str:
+    def text(value: Any) -> str:  # raw (ids are used to open the device); escaped where shown
         return str(value) if value is not None else ""
 
     with _discovery:
@@ -179,7 +181,7 @@ class AravisCamera:
         """Vendor, model and serial as the camera reports them."""
         def text(fn: Any) -> str:
             try:
-                return str(fn() or "")
+                return escape(fn() or "", 200)
             except Exception:  # a camera without the feature: unknown, not an error
                 return ""
         return {"vendor": text(self._cam.get_vendor_name), "model": text(self._cam.get_model_name),

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from edged.frames import CameraStamp
+from edged.safetext import escape
 from edged.sources.aravis import (
     POP_TIMEOUT_S,
     AravisCamera,
@@ -218,13 +219,13 @@ def _apply_pixel_format(dev: AravisCamera, cam: GenicamCamera) -> str:
     if cam.pixel_format is None:
         current = dev.pixel_format()
         if current not in _CONVERTED:
-            raise SettingRefused("pixel_format", f"the camera delivers {current}; set one edged converts: "
+            raise SettingRefused("pixel_format", f"the camera delivers {escape(current)}; set one edged converts: "
                                  f"{', '.join(f for f in dev.pixel_formats() if f in _CONVERTED) or 'none offered'}")
         return current
     offered = dev.pixel_formats()
     if cam.pixel_format not in offered:
         raise SettingRefused("pixel_format", f"{cam.pixel_format} is not offered by this camera; it offers "
-                             f"{', '.join(offered)}")
+                             f"{escape(', '.join(offered), 300)}")
     got = dev.set_pixel_format(cam.pixel_format)
     if got != cam.pixel_format:
         raise SettingRefused("pixel_format", f"asked {cam.pixel_format}, the camera reads back {got}")
@@ -283,13 +284,13 @@ def _apply_trigger(dev: AravisCamera, cam: GenicamCamera) -> None:
         offered = dev.trigger_sources()
         if source not in offered:
             raise SettingRefused("trigger.source", f"{cam.trigger.source} is not offered by this camera; it "
-                                 f"offers {', '.join(s.lower() for s in offered) or 'no trigger'}")
+                                 f"offers {escape(', '.join(s.lower() for s in offered), 300) or 'no trigger'}")
         activation = ACTIVATION[cam.trigger.activation]
         if source != "Software" and dev.has("TriggerActivation"):
             edges = dev.enum_values("TriggerActivation")
             if activation not in edges:
                 raise SettingRefused("trigger.activation", f"{cam.trigger.activation} is not offered; this "
-                                     f"camera takes {', '.join(edges)}")
+                                     f"camera takes {escape(', '.join(edges), 300)}")
     try:
         dev.set_trigger(source, ACTIVATION[cam.trigger.activation])
     except AravisError as exc:
@@ -359,7 +360,7 @@ class GenicamSource(Source):
         self.nominal_fps = dev.frame_rate() if self.cam.trigger.source is None else None
         self.camera = dev
         self._last_id = None
-        log.info("%s: %s open: %s", self.cam.name, self.cam.device, self.settings)
+        log.info("%s: %s open: %s", self.cam.name, escape(self.cam.device), escape(self.settings, 200))
 
     def check(self) -> str:
         """Open the camera once to apply its settings (SettingRefused names a refused one), then close it. A camera
