@@ -182,6 +182,9 @@ def perturbations(seed: int = 0) -> dict[str, Callable[[np.ndarray, int], np.nda
 
     return {
         "strong light (x1.4)": brightness(1.4), "low light (x0.6)": brightness(0.6),
+        # the moderate changes a station must tolerate (issue 20): x0.7-x1.3, gamma 0.8-1.25
+        "light x1.3": brightness(1.3), "light x0.7": brightness(0.7), "gamma 0.8": gamma(0.8),
+        "gamma 1.25": gamma(1.25),
         "gamma 0.7": gamma(0.7), "gamma 1.5": gamma(1.5), "blur": blur, "noise (sigma 8)": noise,
         "JPEG quality 75": jpeg(75), "JPEG quality 50": jpeg(50),
         "occlusion (20-35% from a border)": occlusion,
