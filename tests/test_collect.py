@@ -70,6 +70,31 @@ def test_a_stopped_collector_resumes_its_session_and_loses_nothing(broker: Broke
         runner.stop()
 
 
+def test_a_plain_subscription_survives_a_broker_restart(tmp_path: Path, postgres: LocalPostgres) -> None:
+    """share_group: null (one collector, a plain subscription): the persistent central broker keeps the collector's
+    subscription over its own restart, so what arrives before the collector is back is queued for it. (mosquitto
+    2.0 does not restore shared subscriptions from its persistence: README, "A plant".)"""
+    from devkit.bridge import central_broker
+
+    central = central_broker(tmp_path / "central")
+    central.start()
+    dsn = postgres.create_database("plant")
+    config = collect_config(central.port, dsn, [LINE], client_id="collector-plain", share_group=None)
+    runner = CollectorRunner(config).start()
+    runner.stop()
+    central.stop()
+    central.start()
+    pub = Publisher(central.port)
+    try:
+        _publish_results(pub, "st1", [f"p{i}" for i in range(10)])
+        runner = CollectorRunner(config).start()
+        wait_until(lambda: len(table_ids(dsn, "results")) == 10, 15, "the 10 results queued over the restart")
+    finally:
+        pub.close()
+        runner.stop()
+        central.stop()
+
+
 def test_a_database_outage_loses_nothing(broker: Broker, postgres: LocalPostgres) -> None:
     """Messages arriving while PostgreSQL is down are not acknowledged; they are recorded once it is back."""
     dsn = postgres.create_database("plant")
@@ -199,3 +224,33 @@ def test_the_readme_queries_run(postgres: LocalPostgres) -> None:
     assert len(statements) == 4
     for statement in statements:
         assert query(dsn, statement), statement
+
+
+@pytest.mark.slow
+def test_the_edged_collect_command_records_and_stops_on_sigterm(tmp_path: Path, broker: Broker,
+                                                                 postgres: LocalPostgres) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    dsn = postgres.create_database("plant")
+    path = tmp_path / "collect.yaml"
+    path.write_text(f"broker: {{host: 127.0.0.1, port: {broker.port}, client_id: cmd-test}}\n"
+                    f"stations: ['{LINE}']\npostgres: {{dsn: '{dsn}'}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "edged", "collect", "-c", str(path)], stderr=subprocess.PIPE,
+                            text=True)
+    pub = Publisher(broker.port)
+    try:
+        def recorded() -> bool:
+            if not query(dsn, "SELECT 1 FROM pg_tables WHERE schemaname = 'edged' AND tablename = 'results'"):
+                return False  # the command has not migrated the schema yet
+            _publish_results(pub, "st1", [f"cmd{len(table_ids(dsn, 'results'))}"])  # until it is subscribed
+            return len(table_ids(dsn, "results")) > 0
+
+        wait_until(lambda: proc.poll() is None and recorded(), 30, "the command to record a result", poll=0.3)
+    finally:
+        pub.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "subscribed to $share/edged-collect/" in err

@@ -90,7 +90,9 @@ class Collector:
                            certfile=str(b.tls.cert_file) if b.tls.cert_file else None,
                            keyfile=str(b.tls.key_file) if b.tls.key_file else None)
             client.tls_insecure_set(b.tls.insecure)
-        client.reconnect_delay_set(1, 30)
+        # soon back after a broker restart: mosquitto 2.0 does not restore shared subscriptions from its
+        # persistence, so what the bridges forward before the collectors resubscribe is not queued for them
+        client.reconnect_delay_set(1, 5)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
