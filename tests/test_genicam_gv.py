@@ -224,3 +224,13 @@ def test_gige_frame_ids_wrap_without_a_missed_frame(gv_camera: StartCamera) -> N
         source.close()
     assert (65535, 1) in list(itertools.pairwise(ids))  # the wrap was crossed
     assert missed == 0
+
+
+def test_gige_packet_size_outside_the_range_names_it(gv_camera: StartCamera) -> None:
+    from edged.sources import SettingRefused, check_cameras
+
+    gv_camera("GVPKT")
+    with pytest.raises(SettingRefused) as err:
+        check_cameras([_gv("GVPKT", packet_size=20000)])
+    assert err.value.key == "cameras[0].packet_size"
+    assert "20000 is outside the camera's range 220 to 16404 in steps of 4" in str(err.value)
