@@ -55,6 +55,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     " a replay must not move a live line's actuators)")
     sp = sub.add_parser("status", help="health of the running daemon, for the technician at the box")
     common(sp)
+    _add_cameras_parser(sub)
     sp = sub.add_parser("collect", help="record every station's results in PostgreSQL (a plant's central record)")
     sp.add_argument("-c", "--config", default=DEFAULT_COLLECT_CONFIG,
                     help=f"collect.yaml (default {DEFAULT_COLLECT_CONFIG})")
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         _build_parser().print_help(sys.stderr)
         return EXIT_BAD_INPUT
+    if args.command == "cameras":  # no config: it is how a technician finds what to write into one
+        return cmd_cameras(args.json, args.fake, sys.stdout)
     if args.command == "collect":  # its own config file (collect.yaml), not a station's edged.yaml
         return cmd_collect(args.config, args.verbose)
     try:
@@ -144,6 +147,8 @@ def cmd_check_config(config: Config, out: TextIO) -> int:
                                    f"fail-safe {cam.trigger.fail_safe}")
         w(f"camera:   {cam.name}: {cam.kind} {redact_url(cam.source)}; queue {cam.queue_size}; "
           f"{thr}; {trig}\n")
+    for line in _camera_checks(config):
+        w(f"camera:   {line}\n")
     mq = config.mqtt
     if mq.enabled:
         w(f"mqtt:     {mq.host}:{mq.port} (MQTT {mq.protocol}{', TLS' if mq.tls.enabled else ''}"
@@ -154,6 +159,44 @@ def cmd_check_config(config: Config, out: TextIO) -> int:
     st = config.storage
     w(f"storage:  {st.resolve(st.database)}; images: {st.images.save} -> {st.resolve(st.images.dir)} "
       f"(quota {st.images.quota_mb:g} MB)\n")
+    return EXIT_OK
+
+
+def _camera_checks(config: Config) -> list[str]:
+    """Cameras with settings of their own (GenICam) opened once to apply them; a refused one is a bad config."""
+    from edged.sources import SettingRefused, check_cameras
+
+    try:
+        return check_cameras(config.cameras)
+    except SettingRefused as exc:
+        raise ConfigError(f"camera setting refused: {exc}") from None
+
+
+def _add_cameras_parser(sub: Any) -> None:
+    sp = sub.add_parser("cameras", help="list the GenICam cameras found and the settings they take")
+    sp.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    sp.add_argument("--fake", action="store_true", help="include Aravis' in-process fake camera (Fake_1)")
+    sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def cmd_cameras(as_json: bool, fake: bool, out: TextIO) -> int:
+    """`edged cameras`: each GenICam device found (id, vendor, model, serial, address) and the ranges and entries
+    of the settings a config can give it; exit 2 without Aravis, 1 when discovery fails."""
+    from edged.sources.aravis import AravisError, AravisMissing
+    from edged.sources.camera_list import list_cameras, write_text
+
+    try:
+        found = list_cameras(with_fake=fake)
+    except AravisMissing as exc:
+        print(f"edged: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except AravisError as exc:
+        print(f"edged: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if as_json:
+        out.write(json.dumps({"cameras": found}, indent=2) + "\n")
+    else:
+        write_text(found, out)
     return EXIT_OK
 
 
