@@ -85,7 +85,7 @@ class Broker(LocalBroker):
 
 
 def build_max_bundle(out: Path, size: int = 32, threshold: float = 0.5, map_threshold: float = 0.5,
-                     channels: int = 1) -> Path:
+                     channels: int = 1, bundle_id: str = "test-max") -> Path:
     """A real ONNX bundle whose anomaly map is the gray input itself and whose score is its maximum.
 
     Frames that are dark everywhere are good; a bright spot is a defect at the spot. Both precisions
@@ -110,7 +110,7 @@ def build_max_bundle(out: Path, size: int = 32, threshold: float = 0.5, map_thre
             file=name, sha256=sha256_file(out / name), precision=precision,
             threshold=Threshold(value=threshold, method="manual"), map_threshold=map_threshold)
     manifest = Manifest(
-        bundle_id="test-max", method="test-max", created="2026-11-27T00:00:00Z",
+        bundle_id=bundle_id, method="test-max", created="2026-11-27T00:00:00Z",
         input=InputSpec(width=size, height=size, channels=channels,
                         color_order="gray" if channels == 1 else "rgb"),
         outputs=OutputSpec(score="score", map="anomaly_map"), models=models,
