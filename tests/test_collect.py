@@ -254,3 +254,23 @@ def test_the_edged_collect_command_records_and_stops_on_sigterm(tmp_path: Path, 
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "subscribed to $share/edged-collect/" in err
+
+
+def test_a_missing_table_is_a_store_failure_not_a_bad_row(postgres: LocalPostgres) -> None:
+    """Only a value the database cannot hold is a refused row (acknowledged, counted); a table or right that is
+    missing fails the batch (nothing acknowledged, retried), so an operator's mistake loses no message."""
+    import psycopg
+
+    from edged.collect.messages import parse
+    from edged.collect.store import StoreDown
+
+    dsn = postgres.create_database("plant")
+    store = PgStore(collect_config(1883, dsn, [LINE]).postgres)
+    store.connect()
+    row = parse(f"{LINE}/st1/result", result("r1", "st1").to_json().encode())
+    huge = parse(f"{LINE}/st1/result", json.dumps({**result("r2", "st1").to_dict(), "seq": 2**63 - 1}).encode())
+    assert store.write([row, huge]).new == 2
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE edged.results CASCADE")
+    with pytest.raises(StoreDown):
+        store.write([parse(f"{LINE}/st1/result", result("r3", "st1").to_json().encode())])

@@ -2,9 +2,10 @@
 
 `write` commits a batch and returns only then; the collector acknowledges the batch's messages to the
 broker after that, so a collector killed mid-batch has its messages redelivered, and the primary keys
-make a redelivered message a no-op. A row the database refuses (a value it cannot hold) is found by
-retrying the batch one row at a time and counted as bad; a lost connection raises `StoreDown`, and the
-batch is retried on a new connection.
+make a redelivered message a no-op. A row the database refuses (a value it cannot hold: DataError,
+IntegrityError) is found by retrying the batch one row at a time and counted as refused; any other error
+(a lost connection, a full disk, a missing table or right) raises `StoreDown`, nothing is acknowledged,
+and the batch is retried on a new connection.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class PgStore:
             conn = psycopg.connect(self.config.dsn, **extra)
             migrate(conn, self.config.schema_name)
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.config.schema_name)))
+            conn.execute("SET statement_timeout = '60s'")  # a hung database is a failed batch, retried
             conn.commit()
         except psycopg.Error as exc:  # the message names host and database, never the password
             raise StoreDown(f"cannot open the database: {str(exc).strip().splitlines()[0]}") from None
@@ -99,11 +101,11 @@ class PgStore:
                 new = self._insert(conn, records)
                 conn.commit()
                 return Written(new=new, duplicates=len(records) - new, refused=0)
-            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError):
+            except (psycopg.DataError, psycopg.IntegrityError):  # a value of some row: find it
                 conn.rollback()
             return self._one_by_one(conn, records)
-        except psycopg.Error as exc:  # OperationalError, InterfaceError: the connection is gone
-            self.close()
+        except psycopg.Error as exc:  # the connection is gone, the disk is full, a table or a right is missing:
+            self.close()  # nothing is acknowledged; the batch is retried on a new connection
             raise StoreDown(f"database write failed: {str(exc).strip().splitlines()[0]}") from None
 
     @staticmethod
@@ -126,7 +128,7 @@ class PgStore:
             try:
                 new += self._insert(conn, [r])
                 conn.commit()
-            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
                 conn.rollback()
                 refused += 1
                 log.warning("the database refused a %s of %s: %s", r.kind, escape(r.station), escape(str(exc)))
