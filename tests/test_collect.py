@@ -50,6 +50,8 @@ def test_every_kind_is_recorded_once_and_bad_messages_are_counted(broker: Broker
     finally:
         pub.close()
         runner.stop()
+    # the collector's own counts, for a person: bad messages seen from SQL
+    assert query(dsn, "SELECT received, recorded, duplicates, bad FROM collectors") == [(11, 6, 1, 4)]
 
 
 def test_a_stopped_collector_resumes_its_session_and_loses_nothing(broker: Broker, postgres: LocalPostgres) -> None:

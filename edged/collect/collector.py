@@ -16,7 +16,7 @@ import queue
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from edged.backoff import backoff_delay
@@ -136,7 +136,8 @@ class Collector:
             return 0
         self._client = self._new_client()
         self._client.loop_start()
-        last_summary = time.monotonic()
+        started_at, last_summary = time.time(), time.monotonic()
+        self._report(started_at)
         try:
             while not self.stop.is_set():
                 batch = self._take()
@@ -145,11 +146,20 @@ class Collector:
                 if time.monotonic() - last_summary >= SUMMARY_EVERY_S:
                     last_summary = time.monotonic()
                     log.info("collected: %s", self.counts)
+                    self._report(started_at)
         finally:
             self._client.disconnect()  # the session (and its queue) stays at the broker until it expires
             self._client.loop_stop()
+            self._report(started_at)
             self._store.close()
         return 0
+
+    def _report(self, started_at: float) -> None:
+        """This collector's counts into the `collectors` table; a failure is logged, never raised."""
+        try:
+            self._store.report(self.config.broker.resolved_client_id(), started_at, asdict(self.counts))
+        except StoreDown as exc:
+            log.warning("cannot record the collector's counts: %s", escape(str(exc), 300))
 
     def _connect_store(self) -> None:
         attempt = 0

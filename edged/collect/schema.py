@@ -40,6 +40,13 @@ MIGRATIONS: tuple[str, ...] = (
         line text NOT NULL, station text NOT NULL, at timestamptz NOT NULL, payload jsonb NOT NULL,
         received_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (line, station, at));
     """,
+    # 2: each collector's own counts, so bad messages and a silent collector are seen from SQL
+    """
+    CREATE TABLE collectors (
+        client_id text PRIMARY KEY, started_at timestamptz NOT NULL, seen_at timestamptz NOT NULL,
+        received bigint NOT NULL, recorded bigint NOT NULL, duplicates bigint NOT NULL, bad bigint NOT NULL,
+        refused bigint NOT NULL, store_errors bigint NOT NULL);
+    """,
 )
 
 VIEWS = """

@@ -134,6 +134,26 @@ class PgStore:
                 log.warning("the database refused a %s of %s: %s", r.kind, escape(r.station), escape(str(exc)))
         return Written(new=new, duplicates=len(records) - new - refused, refused=refused)
 
+    def report(self, client_id: str, started_at: float, counts: dict[str, int]) -> None:
+        """Upsert this collector's row of `collectors` (its counts since `started_at`); StoreDown on failure."""
+        import psycopg
+
+        if self._conn is None:
+            raise StoreDown("not connected")
+        try:
+            self._conn.execute(
+                b"""INSERT INTO collectors (client_id, started_at, seen_at, received, recorded, duplicates, bad,
+                    refused, store_errors) VALUES (%s, to_timestamp(%s), now(), %s, %s, %s, %s, %s, %s)
+                    ON CONFLICT (client_id) DO UPDATE SET started_at = EXCLUDED.started_at, seen_at = now(),
+                    received = EXCLUDED.received, recorded = EXCLUDED.recorded, duplicates = EXCLUDED.duplicates,
+                    bad = EXCLUDED.bad, refused = EXCLUDED.refused, store_errors = EXCLUDED.store_errors""",
+                (client_id, started_at, counts["received"], counts["recorded"], counts["duplicates"], counts["bad"],
+                 counts["refused"], counts["store_errors"]))
+            self._conn.commit()
+        except psycopg.Error as exc:
+            self.close()
+            raise StoreDown(f"database write failed: {str(exc).strip().splitlines()[0]}") from None
+
     def close(self) -> None:
         """Close the connection (safe when there is none)."""
         if self._conn is not None:
