@@ -41,7 +41,7 @@ python -m pip install -q --upgrade pip >/dev/null
 case "$level" in
   runtime) extras="systemd" ;;
   train)   extras="systemd,train" ;;
-  *)       extras="systemd,train,dev,genicam,opcua,collect" ;;
+  *)       extras="systemd,train,dev,genicam,opcua,collect,openvino" ;;
 esac
 stamp=".venv/.edged-installed-$level-$(cat pyproject.toml setup.py | sha256sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
