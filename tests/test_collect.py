@@ -276,3 +276,22 @@ def test_a_missing_table_is_a_store_failure_not_a_bad_row(postgres: LocalPostgre
         conn.execute("DROP TABLE edged.results CASCADE")
     with pytest.raises(StoreDown):
         store.write([parse(f"{LINE}/st1/result", result("r3", "st1").to_json().encode())])
+
+
+def test_an_older_schema_is_migrated_at_start(postgres: LocalPostgres) -> None:
+    """A database at version 1 (before the collectors table) gets migration 2 only, once, when a collector starts."""
+    import psycopg
+
+    from edged.collect.schema import MIGRATIONS
+
+    dsn = postgres.create_database("plant")
+    store = PgStore(collect_config(1883, dsn, [LINE]).postgres)
+    store.connect()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE edged.collectors")
+        conn.execute("DELETE FROM edged.edged_schema WHERE version > 1")
+    store.connect()
+    store.close()
+    assert query(dsn, "SELECT version FROM edged_schema ORDER BY version") == [(v,) for v in
+                                                                              range(1, len(MIGRATIONS) + 1)]
+    assert query(dsn, "SELECT count(*) FROM collectors") == [(0,)]
