@@ -357,15 +357,14 @@ def _describe(stats: InputStats) -> str:
 
 
 def expected_reject_rate(manifest: Manifest, precision: str | None) -> float | None:
-    """The calibrated false-reject rate of the model that runs: expected_frr, else 1 - percentile/100."""
+    """The calibrated false-reject rate of the model that runs: the highest of the calibration images' rate at the
+    threshold (`expected_frr`, 0 on a small set), the design point of its percentile and its target rate; None for
+    a manual threshold, which promises none."""
     threshold = manifest.model(precision).threshold
-    if threshold.expected_frr is not None:
-        return threshold.expected_frr
-    if threshold.percentile is not None:
-        return max(0.0, 1.0 - threshold.percentile / 100.0)
-    if threshold.target_frr is not None:
-        return threshold.target_frr
-    return None
+    rates = [threshold.expected_frr, threshold.target_frr,
+             None if threshold.percentile is None else max(0.0, 1.0 - threshold.percentile / 100.0)]
+    known = [r for r in rates if r is not None]
+    return max(known) if known else None
 
 
 class RejectRateMonitor:

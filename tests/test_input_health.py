@@ -22,6 +22,7 @@ from edged.input_health import (
     InputHealthConfig,
     InputMonitor,
     RejectRateMonitor,
+    expected_reject_rate,
     fit_statistics,
     measure,
     problems,
@@ -189,6 +190,16 @@ def test_a_short_glitch_raises_nothing(ref: InputStatistics) -> None:
         mon.feed(image, t)
         t += 0.1
     assert events.empty() and mon.reason == "" and mon.frames_not_ok == 8
+
+
+def test_the_expected_reject_rate_is_the_calibrated_one(tmp_path: Path) -> None:
+    manifest = load_manifest(build_max_bundle(tmp_path / "b"))
+    assert expected_reject_rate(manifest, None) is None  # a manual threshold
+    entry = manifest.models["int8"]
+    calibrated = entry.model_copy(update={"threshold": entry.threshold.model_copy(update={
+        "method": "percentile", "percentile": 99.5, "expected_frr": 0.0})})
+    manifest = manifest.model_copy(update={"models": {**manifest.models, "int8": calibrated}})
+    assert expected_reject_rate(manifest, "int8") == pytest.approx(0.005)  # 0 on a small set: the design point
 
 
 def test_reject_rate_alarm_and_hysteresis() -> None:
