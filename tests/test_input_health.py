@@ -232,6 +232,34 @@ def test_a_bundle_without_input_statistics_still_loads_and_checks_what_it_can(tm
     assert health.camera_health("cam2")["reference"] is False
 
 
+@pytest.mark.parametrize("mode", ["judge", "not_inspected"])
+def test_a_degraded_cameras_free_run_verdicts(tmp_path: Path, mode: str) -> None:
+    import threading
+
+    from edged.frames import Frame, FrameInput, Verdict
+    from edged.health import Counters, Heartbeats, LatencyWindow
+    from edged.recorder import RecorderThread, _Group
+    from edged.store import InspectionWriter, open_database
+
+    bundle = build_max_bundle(tmp_path / "b")
+    cfg = load_config(write_config(tmp_path / "edged.yaml", bundle, "0", tmp_path / "state",
+                                   extra=f"input_health: {{on_degraded: {mode}}}"))
+    health = InputHealth(cfg.input_health, ["cam1"], load_manifest(bundle))
+    rec = RecorderThread(cfg, queue.Queue(), InspectionWriter(open_database(tmp_path / "e.db")), None, Counters(),
+                         LatencyWindow(), Heartbeats(), threading.Event(), wake_sender=lambda: None,
+                         input_health=health)
+    frame = Frame("cam1", 5, np.zeros((4, 4), np.uint8), 0.0, 0.0, input=FrameInput(False, ("frozen",), "frozen"))
+    group = _Group()
+    rec._add_verdict(group, Verdict(frame, 0.9, 0.5, True, 0.0, 0.0, "m", reason="defect"))
+    row = group.rows[0]
+    assert row.input_ok is False and health.rates["cam1"].rate == 1.0  # the raw verdict feeds the reject rate
+    if mode == "judge":
+        assert row.reason == "defect" and row.is_defective  # judged as usual, flagged
+    else:
+        assert row.reason == "not_inspected" and not row.is_defective and health.not_inspected["cam1"] == 1
+        assert rec.groupers["cam1"].open is None  # no part, so no reject
+
+
 # --- the daemon: a generated line video that dims, blurs, freezes and is half-covered -----------------------
 
 FPS = 30.0
