@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, Tag, ValidationError, field_validator, mo
 from pydantic_core import ErrorDetails
 
 from edged.input_health import InputHealthConfig
+from edged.recipes import DEFAULT_RECIPE, RecipeConfig
 from edged.safetext import escape, redact_url
 from edged.section import NAME_RE, Section
 from edged.sources import (  # the camera sections live with the sources (edged/sources/, one module per kind)
@@ -306,6 +307,22 @@ class Config(Section):
         InputHealthConfig(), description="Per-frame checks against the bundle's training images (too dark or "
                                          "bright, out of focus, blocked, frozen) and the reject-rate alarm.")
     web: WebConfig = Field(WebConfig(), description="The line's web view: live frames, rejects, feedback, /metrics.")
+    recipes: dict[str, RecipeConfig] = Field({}, description=(
+        "Products and their models, by name (letters, digits, _ . -): a camera starts on its `recipe` (else the "
+        "first one here) and `<base>/cmd/recipe` switches it; `default` is `model.bundle` unless named here."))
+
+    @model_validator(mode="after")
+    def _known_recipes(self) -> Config:
+        """Recipe names are safe in topics and rows; each camera's starting recipe exists."""
+        bad = [n for n in self.recipes if not re.fullmatch(NAME_RE, n)]
+        if bad:
+            raise ValueError(f"recipes: name {escape(bad[0], 60)} must be letters, digits, _ . - (at most 64)")
+        known = {DEFAULT_RECIPE, *self.recipes}
+        for i, cam in enumerate(self.cameras):
+            if cam.recipe is not None and cam.recipe not in known:
+                raise ValueError(f"cameras[{i}].recipe: {escape(cam.recipe, 60)} is not a recipe "
+                                 f"(known: {', '.join(sorted(known))})")
+        return self
 
     @model_validator(mode="after")
     def _unique_camera_names(self) -> Config:
@@ -329,12 +346,14 @@ def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], type[BaseModel] | None
     current: type[BaseModel] | None = Config
     tags: dict[str, type[BaseModel]] = {}
     kind = None
+    named = False  # the part is a name in a table of sections (recipes.<name>), not a key
     for part in loc:
         if tags and isinstance(part, str) and part in tags:  # the discriminated union's tag: not a key
             current, kind, tags = tags[part], part, {}
             continue
         shown.append(part)
-        if isinstance(part, int) or current is None:
+        if isinstance(part, int) or current is None or named:
+            named = False
             continue
         field = current.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
@@ -342,6 +361,7 @@ def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], type[BaseModel] | None
             continue
         tags = _tagged(field.annotation)
         current = None if tags else _section_type(field.annotation)
+        named = typing.get_origin(field.annotation) is dict
     return tuple(shown), current, kind
 
 
@@ -504,4 +524,6 @@ def _resolve_relative(config: Config, base: Path) -> Config:
     if not storage.state_dir.is_absolute():
         storage = storage.model_copy(update={"state_dir": base / storage.state_dir})
     cameras = tuple(c.with_paths_from(base) for c in config.cameras)  # each kind knows which of its keys are paths
-    return config.model_copy(update={"model": model, "storage": storage, "cameras": cameras})
+    recipes = {name: r if r.bundle.is_absolute() else r.model_copy(update={"bundle": base / r.bundle})
+               for name, r in config.recipes.items()}
+    return config.model_copy(update={"model": model, "storage": storage, "cameras": cameras, "recipes": recipes})

@@ -79,6 +79,7 @@ class Verdict:
     dequeued_mono: float = 0.0  # when a worker took the frame from the queue (stage timing; 0 = unknown)
     prepared_mono: float = 0.0  # when its preprocessing ended, inference began
     degraded: str = ""  # the camera's degraded reason when input health made this verdict not_inspected or flagged it
+    recipe: str = ""  # the recipe (edged.recipes) whose model and threshold judged this frame
 
     @property
     def confidence(self) -> float:

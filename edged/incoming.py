@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edged.parts import Trigger
+from edged.recipes import RecipeRequest
 from edged.safetext import escape
 
 MAX_PAYLOAD_BYTES = 4096
@@ -28,6 +29,7 @@ MAX_PART_ID_CHARS = 256
 MAX_T_FUTURE_S = 10.0  # a sensor clock this far ahead is wrong; such a trigger would wait in memory
 MAX_T_PAST_S = 3600.0  # older than this: a clock that is wrong, not a late message
 MAX_OUTSTANDING_TRIGGERS = 1000  # triggered parts awaiting their result, all cameras together
+MAX_REQUEST_ID_CHARS = 128
 
 
 class MessageRefused(ValueError):
@@ -170,3 +172,36 @@ class TriggerAdmission:
         """Parts still awaiting their result (health file); safe from another thread."""
         now = time.time() if now is None else now
         return sum(1 for d in list(self._until.values()) if d > now)  # list(): read from another thread
+
+
+# --- commands (`<base>/cmd/...`) -------------------------------------------------------------------
+
+class CommandRefused(MessageRefused):
+    """A command refused once its request id is known: it is acknowledged as refused, with this reason."""
+
+    def __init__(self, request_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.request_id = request_id
+
+
+def _request_id(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise MessageRefused(f"'request_id' must be a string or an integer (got {type(value).__name__})")
+    text = str(value)
+    if not text or len(text) > MAX_REQUEST_ID_CHARS or not text.isprintable():
+        raise MessageRefused(f"'request_id' {escape(text, 60)} must be 1-{MAX_REQUEST_ID_CHARS} printable characters")
+    return text
+
+
+def parse_recipe_command(payload: bytes, arrived_at: float, cameras: list[str], recipes: list[str]) -> RecipeRequest:
+    """`<base>/cmd/recipe`: `{"request_id": ..., "recipe": <name>, "camera": <name, or absent/null: all>}`.
+    MessageRefused without a usable request id (nothing to answer to), CommandRefused after it."""
+    data = decode_object(payload)
+    request_id = _request_id(data.get("request_id"))
+    recipe = data.get("recipe")
+    if not isinstance(recipe, str) or recipe not in recipes:
+        raise CommandRefused(request_id, f"unknown recipe {escape(recipe, 60)} (known: {', '.join(recipes)})")
+    camera = data.get("camera")
+    if camera is not None and (not isinstance(camera, str) or camera not in cameras):
+        raise CommandRefused(request_id, f"unknown camera {escape(camera, 60)} (known: {', '.join(cameras)})")
+    return RecipeRequest(request_id, recipe, (camera,) if camera is not None else tuple(cameras), arrived_at)

@@ -19,6 +19,7 @@ from typing import Any
 from edged import jsonout
 from edged.frames import Region, Verdict
 from edged.parts import PartEvent, Trigger
+from edged.recipes import RecipeOutcome
 
 
 def _t(seconds: float) -> float:
@@ -77,6 +78,7 @@ class Reject(Payload):
     model: str
     frames: int
     image: str | None
+    recipe: str = ""  # the recipe that judged the part (edged.recipes)
 
     @classmethod
     def for_part(cls, event: PartEvent, uid: str, station: str, ttl_ms: float, image: str | None) -> Reject:
@@ -89,7 +91,7 @@ class Reject(Payload):
                    captured_at=best.frame.captured_at, decided_at=best.decided_at,
                    expires_at=start + ttl_ms / 1000.0, score=best.score, threshold=best.threshold,
                    confidence=best.confidence, regions=best.regions, model=best.model, frames=event.frames,
-                   image=image)
+                   image=image, recipe=best.recipe)
 
     @property
     def deadline(self) -> float:
@@ -104,7 +106,7 @@ class Reject(Payload):
             "decided_at": _t(self.decided_at), "expires_at": self.deadline, "score": round(self.score, 6),
             "threshold": round(self.threshold, 6), "confidence": round(self.confidence, 4),
             "regions": [r.to_dict() for r in self.regions], "model": self.model, "frames": self.frames,
-            "image": self.image,
+            "image": self.image, "recipe": self.recipe or None,
         }
 
 
@@ -141,7 +143,7 @@ class NotInspected(Payload):
             "reason": "not_inspected", "is_defective": None, "captured_at": None,
             "decided_at": _t(self.decided_at), "triggered_at": _t(self.triggered_at), "expires_at": self.deadline,
             "score": None, "threshold": None, "confidence": None, "regions": [], "model": None,
-            "input_ok": self.input_ok, "degraded": self.degraded or None,
+            "input_ok": self.input_ok, "degraded": self.degraded or None, "recipe": None,
         }
 
 
@@ -165,6 +167,7 @@ class Result(Payload):
     model: str
     input_ok: bool | None = None  # the frame's input health (edged.input_health); null when it is off
     degraded: str = ""  # the camera's degraded reason when the frame was captured ('' when not)
+    recipe: str = ""  # the recipe whose model and threshold judged the frame (edged.recipes)
 
     @classmethod
     def for_verdict(cls, v: Verdict, uid: str, station: str) -> Result:
@@ -174,7 +177,7 @@ class Result(Payload):
                    reason=v.reason, is_defective=v.is_defective, captured_at=v.frame.captured_at,
                    decided_at=v.decided_at, score=v.score, threshold=v.threshold, confidence=v.confidence,
                    regions=v.regions, model=v.model, input_ok=flag.ok if flag is not None else None,
-                   degraded=v.degraded)
+                   degraded=v.degraded, recipe=v.recipe)
 
     def to_dict(self) -> dict[str, Any]:
         """The /result message."""
@@ -185,7 +188,39 @@ class Result(Payload):
             "score": round(self.score, 6), "threshold": round(self.threshold, 6),
             "confidence": round(self.confidence, 4), "regions": [r.to_dict() for r in self.regions],
             "model": self.model, "input_ok": self.input_ok, "degraded": self.degraded or None,
+            "recipe": self.recipe or None,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class RecipeAck(Payload):
+    """`<base>/cmd/recipe/ack`: the answer to one recipe command, after its model was loaded and verified (switched)
+    or not (refused: the cameras keep the recipe named in `current`)."""
+
+    station: str
+    request_id: str
+    recipe: str | None  # as asked, when it could be read
+    cameras: tuple[str, ...]
+    switched: bool
+    reason: str
+    model: str | None
+    current: Mapping[str, str]  # camera -> the recipe it runs after this request
+    requested_at: float
+    done_at: float
+
+    @classmethod
+    def of(cls, outcome: RecipeOutcome, station: str, current: Mapping[str, str]) -> RecipeAck:
+        """The answer to a request that reached the switcher."""
+        r = outcome.request
+        return cls(station, r.request_id, r.recipe, r.cameras, outcome.ok, outcome.reason, outcome.model,
+                   current, r.received_at, outcome.done_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ack message."""
+        return {"station": self.station, "request_id": self.request_id, "recipe": self.recipe,
+                "cameras": list(self.cameras), "result": "switched" if self.switched else "refused",
+                "reason": self.reason or None, "model": self.model, "current": dict(self.current),
+                "requested_at": _t(self.requested_at), "done_at": _t(self.done_at)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ so nothing committed is lost.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -30,18 +31,30 @@ import psutil
 
 from edged import __version__, jsonout
 from edged.archive import ImageArchive
+from edged.bundle import BundleError
 from edged.capture import CaptureThread
 from edged.config import Config, ConfigError
 from edged.detector import Detector
 from edged.frame_queue import FrameQueue
 from edged.frames import Verdict
 from edged.health import CameraStats, Counters, Heartbeats, LatencyWindow
-from edged.incoming import MessageRefused, TriggerAdmission, parse_trigger
+from edged.incoming import CommandRefused, MessageRefused, TriggerAdmission, parse_recipe_command, parse_trigger
 from edged.input_health import InputAlarm, InputHealth
 from edged.instance import InstanceLock
 from edged.mqtt_link import MqttLink, Route
 from edged.parts import TriggerGate
-from edged.payloads import Alarm, CameraState, Stats
+from edged.payloads import Alarm, CameraState, RecipeAck, Stats
+from edged.recipes import (
+    DEFAULT_RECIPE,
+    ActiveRecipe,
+    RecipeBook,
+    RecipeConfig,
+    RecipeOutcome,
+    RecipeRequest,
+    RecipeSwitcher,
+    recipe_table,
+    starting_recipe,
+)
 from edged.recorder import RecorderThread
 from edged.safetext import redact_url
 from edged.sdnotify import Notifier
@@ -131,6 +144,9 @@ class Service:
         self.instance_lock = InstanceLock(config.storage.state_dir)  # taken in start()
         self.input_health: InputHealth | None = None  # built in start(), from the bundle's ranges
         self._alarms: dict[str, dict[str, InputAlarm]] = {}  # camera -> source -> its active alarm
+        self.recipes: RecipeBook | None = None  # built in start(): which recipe (model) each camera runs
+        self.switcher: RecipeSwitcher | None = None  # loads and verifies a new recipe off the hot path (MQTT only)
+        self.recipe_stop = threading.Event()
         if self.gates and not self.mqtt_enabled:
             raise ConfigError("cameras with trigger mode mqtt need MQTT (triggers come over MQTT)")
 
@@ -142,10 +158,8 @@ class Service:
         # first: a second daemon on this state directory must not touch its database or its outbox
         self.instance_lock.acquire()
         self._check_cameras()
-        if self.detector is None:
-            m = cfg.model
-            self.detector = Detector(m.bundle, m.precision, m.runtime, m.providers, m.intra_op_threads,
-                                     m.verify_sha256)
+        self._load_recipes()
+        assert self.detector is not None and self.recipes is not None
         db_path = cfg.storage.resolve(cfg.storage.database)
         self.db = open_database(db_path)
         self.writer = InspectionWriter(self.db)
@@ -169,7 +183,7 @@ class Service:
         cameras = {c.name: c for c in cfg.cameras}
         for i in range(cfg.model.workers):
             w = InferenceWorker(i, self.detector, self.frames, self.decided, cameras, cfg.model, self.heartbeats,
-                                self.worker_stop)
+                                self.worker_stop, recipes=self.recipes)
             self.workers.append(w)
             w.start()
         for cam in cfg.cameras:
@@ -181,7 +195,66 @@ class Service:
             t.start()
         log.info("edged %s started: station %s, %d camera(s), model %s, %d worker(s)", __version__, cfg.station,
                  len(cfg.cameras), self.detector.bundle_id, len(self.workers))
+        self._start_switcher()
         self._start_web()
+
+    # --- recipes (edged.recipes) ---------------------------------------------------------------------
+    def _load_model(self, recipe: RecipeConfig) -> Detector:
+        """A recipe's bundle loaded and self-tested the way `model:` says (precision, runtime, providers, threads)."""
+        m = self.config.model
+        return Detector(recipe.bundle, m.precision, m.runtime, m.providers, m.intra_op_threads, m.verify_sha256)
+
+    def _load_recipes(self) -> None:
+        """Each camera's starting recipe, loaded once per recipe (BundleError names the recipe); `self.detector` is
+        the first camera's model (input health's ranges, the health file), or the one the caller gave (replay)."""
+        cfg = self.config
+        table = recipe_table(cfg.recipes, cfg.model.bundle)
+        loaded: dict[str, Detector] = {DEFAULT_RECIPE: self.detector} if self.detector is not None else {}
+        active: dict[str, ActiveRecipe] = {}
+        for cam in cfg.cameras:
+            name = starting_recipe(cam.recipe, cfg.recipes)
+            if name not in loaded:
+                try:
+                    loaded[name] = self._load_model(table[name])
+                except BundleError as exc:
+                    where = "model.bundle" if name == DEFAULT_RECIPE and name not in cfg.recipes else f"recipes.{name}"
+                    raise BundleError(f"{where}: {exc}") from None
+            active[cam.name] = ActiveRecipe(name, loaded[name], table[name].threshold)
+        self.recipes = RecipeBook(table, active)
+        if self.detector is None:
+            self.detector = active[cfg.cameras[0].name].detector
+
+    def _start_switcher(self) -> None:
+        if self.link is None or self.recipes is None:
+            return  # commands come over MQTT
+        self.switcher = RecipeSwitcher(self.recipes, self._load_model, lambda cam: self.stats[cam].latest,
+                                       self._recipe_answered, self.heartbeats, self.recipe_stop)
+        self.switcher.start()
+
+    def _on_recipe_command(self, payload: bytes, arrived_at: float) -> None:
+        """`<base>/cmd/recipe` (on the MQTT thread): checked, queued for the switcher, answered on the ack topic when
+        done; a refusal with a readable request id is answered at once (and counted by the link)."""
+        if self.switcher is None or self.recipes is None:
+            raise MessageRefused("recipe command before the pipeline started")
+        try:
+            request = parse_recipe_command(payload, arrived_at, self.recipes.cameras(), list(self.recipes.table))
+            busy = self.switcher.submit(request)
+            if busy:
+                raise CommandRefused(request.request_id, busy)
+        except CommandRefused as exc:
+            self._recipe_answered(RecipeOutcome(RecipeRequest(exc.request_id, "", (), arrived_at), False, str(exc),
+                                                None, {}, time.time()))
+            raise
+
+    def _recipe_answered(self, outcome: RecipeOutcome) -> None:
+        """The ack of a recipe request, QoS 1 (from the switcher's thread or the MQTT thread)."""
+        if self.link is None or self.recipes is None:
+            return
+        current = {cam: a["recipe"] for cam, a in self.recipes.summary().items()}
+        ack = RecipeAck.of(outcome, self.config.station, current)
+        if not outcome.request.recipe:
+            ack = dataclasses.replace(ack, recipe=None)
+        self.link.send(Topics.of(self.config).recipe_ack, ack, qos=1)
 
     # --- web view ----------------------------------------------------------------------------------
     def _start_web(self) -> None:
@@ -273,6 +346,7 @@ class Service:
         table: dict[str, Route] = {}
         if self.gates:  # only cameras in trigger mode mqtt take triggers
             table[topics.trigger] = Route(self._on_trigger, "trigger")
+        table[topics.recipe_command] = Route(self._on_recipe_command, "recipe command")
         return table
 
     def _on_trigger(self, payload: bytes, arrived_at: float) -> None:
@@ -387,7 +461,7 @@ class Service:
         if self._stopping:
             return dead
         images = self.recorder.images if self.recorder is not None else None
-        for t in (*self.workers, self.recorder, self.link, images, self.web):
+        for t in (*self.workers, self.recorder, self.link, images, self.web, self.switcher):
             if t is not None and t.ident is not None and not t.is_alive() and t.name not in dead:
                 dead[t.name] = "ended unexpectedly"
         return dead
@@ -478,6 +552,7 @@ class Service:
                      "db_full": bool(self.recorder and self.recorder.db_full),
                      "db_error": self.recorder.last_db_error if self.recorder else ""},
             "mqtt": self._link_counts(),
+            "recipes": self.recipes.summary() if self.recipes is not None else {},
         }
 
     def _link_counts(self) -> dict[str, int]:
@@ -537,6 +612,9 @@ class Service:
         self.notifier.stopping()
         self._stopping = True  # threads now end by design
         self._stop_web()  # first: no page reads the pipeline while it is taken down
+        self.recipe_stop.set()  # a switch half-loaded is abandoned: the cameras keep what they run
+        if self.switcher is not None:
+            self.switcher.join(timeout=2.0)
         self.capture_stop.set()
         for t in self.captures:
             t.join(timeout=2.0)

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS inspections (
     regions      TEXT NOT NULL DEFAULT '[]', -- JSON list of {x, y, w, h, area, peak} in frame pixels
     image_path   TEXT,
     reason       TEXT NOT NULL DEFAULT 'ok', -- ok | defect | not_inspected
-    input_ok     INTEGER                     -- input health of the frame: 1 in range, 0 not, NULL unchecked
+    input_ok     INTEGER,                    -- input health of the frame: 1 in range, 0 not, NULL unchecked
+    recipe       TEXT                        -- the recipe that judged it (edged.recipes); NULL: not inspected
 );
 CREATE INDEX IF NOT EXISTS inspections_time ON inspections(captured_at);
 CREATE INDEX IF NOT EXISTS inspections_camera_time ON inspections(camera, captured_at);
@@ -165,7 +166,7 @@ def open_database(path: Path, timeout_s: float = 10.0) -> sqlite3.Connection:
 
 # columns added after the first release: (table, column, declaration); old databases get them at open, their old
 # rows read NULL (an older edged writing to a migrated file ignores them)
-ADDED_COLUMNS = (("inspections", "input_ok", "INTEGER"),)
+ADDED_COLUMNS = (("inspections", "input_ok", "INTEGER"), ("inspections", "recipe", "TEXT"))
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:
@@ -220,6 +221,7 @@ class InspectionRow:
     image_path: str | None
     reason: str
     input_ok: bool | None = None  # the frame's input health; None: not checked (input_health off, not_inspected)
+    recipe: str | None = None  # the recipe that judged it; None: no verdict (not_inspected by deadline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,11 +265,11 @@ class InspectionWriter:
                 cur.execute(
                     "INSERT INTO inspections (uid, seq, camera, part_id, captured_at, decided_at, score, "
                     "threshold, is_defective, confidence, latency_ms, model, regions, image_path, reason, "
-                    "input_ok) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "input_ok, recipe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (r.uid, r.seq, r.camera, r.part_id, r.captured_at, r.decided_at, r.score, r.threshold,
                      int(r.is_defective), r.confidence, r.latency_ms, r.model,
                      jsonout.dumps(r.regions), r.image_path, r.reason,
-                     None if r.input_ok is None else int(r.input_ok)))
+                     None if r.input_ok is None else int(r.input_ok), r.recipe))
                 ids.append(int(cur.lastrowid or 0))
             for m in messages:
                 inspection_id = ids[m.row_index] if m.row_index is not None else m.inspection_id

@@ -71,6 +71,16 @@ class Topics:
         """From the line: inspect a part (triggered inspection)."""
         return self._sub("trigger")
 
+    @property
+    def recipe_command(self) -> str:
+        """From the line: switch a camera (or all) to another recipe (edged.recipes); answered on `recipe_ack`."""
+        return self.command("recipe")
+
+    @property
+    def recipe_ack(self) -> str:
+        """Outgoing, QoS 1: the answer to each recipe command (switched, or refused with the reason)."""
+        return self.command("recipe/ack")
+
     def command(self, name: str) -> str:
         """`cmd/<name>`: commands to the daemon (none yet; e.g. `cmd/recipe`). Give each its own property."""
         return self._sub(f"cmd/{name}")

@@ -24,6 +24,7 @@ from edged.frame_queue import Dispatched, FrameQueue
 from edged.frames import Frame, Verdict
 from edged.health import Heartbeats, SupervisedThread
 from edged.preprocess import FrameError
+from edged.recipes import DEFAULT_RECIPE, ActiveRecipe, RecipeBook
 from edged.regions import find_regions
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class InferenceWorker(SupervisedThread):
 
     def __init__(self, index: int, detector: Detector, frames: FrameQueue, out: queue.Queue[Decided],
                  cameras: Mapping[str, CameraConfig], model_cfg: ModelConfig, heartbeats: Heartbeats,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, recipes: RecipeBook | None = None) -> None:
         super().__init__(f"inference:{index}", heartbeats)
         self.heartbeats: Heartbeats = heartbeats
         self.what = f"inference:{index}: inference worker"
@@ -66,8 +67,8 @@ class InferenceWorker(SupervisedThread):
         self.cameras = cameras
         self.model_cfg = model_cfg
         self.stop_event = stop
-        self.map_threshold = (model_cfg.map_threshold if model_cfg.map_threshold is not None
-                              else detector.map_threshold)
+        self.recipes = recipes  # None: every camera runs `detector` (the implicit recipe)
+        self._fixed = ActiveRecipe(DEFAULT_RECIPE, detector, None)
 
     def work(self) -> None:
         """Infer until stopped or the queue is closed and empty (supervised: `SupervisedThread`)."""
@@ -87,18 +88,21 @@ class InferenceWorker(SupervisedThread):
 
     def decide(self, batch: list[Dispatched]) -> list[Decided]:
         """A Decided per frame of the batch: a frame that cannot be prepared, or whose output is NaN or infinite, gets
-        no verdict (never passes as good)."""
+        no verdict (never passes as good). The camera's recipe is read ONCE for the batch (one camera's frames):
+        a switch lands between batches, so every frame is judged wholly by one model and threshold."""
         dequeued = time.monotonic()
         good: list[tuple[Dispatched, np.ndarray]] = []
         results: list[Decided] = []
+        recipe = self.recipes.current(batch[0].frame.camera) if self.recipes is not None else self._fixed
+        detector = recipe.detector
         for item in batch:
             try:
-                good.append((item, self.detector.prepare(item.frame.image)))
+                good.append((item, detector.prepare(item.frame.image)))
             except FrameError as exc:
                 results.append(Decided(item.dispatch, item.frame.camera, None, str(exc), item.frame))
         if good:
             prepared = time.monotonic()
-            outputs = self.detector.infer_tensor(np.stack([row for _, row in good]))
+            outputs = detector.infer_tensor(np.stack([row for _, row in good]))
             mono, wall = time.monotonic(), time.time()
             for (item, _), output in zip(good, outputs, strict=True):
                 problem = _not_finite(output.score, output.anomaly_map)
@@ -107,20 +111,23 @@ class InferenceWorker(SupervisedThread):
                                            invalid_output=True))
                     continue
                 results.append(Decided(item.dispatch, item.frame.camera, self._verdict(
-                    item.frame, output.score, output.anomaly_map, mono, wall, (dequeued, prepared))))
+                    recipe, item.frame, output.score, output.anomaly_map, mono, wall, (dequeued, prepared))))
         return results
 
-    def _verdict(self, frame: Frame, score: float, amap: np.ndarray | None, mono: float, wall: float,
-                 stamps: tuple[float, float] = (0.0, 0.0)) -> Verdict:
+    def _verdict(self, recipe: ActiveRecipe, frame: Frame, score: float, amap: np.ndarray | None, mono: float,
+                 wall: float, stamps: tuple[float, float] = (0.0, 0.0)) -> Verdict:
         cam = self.cameras[frame.camera]
-        threshold = cam.threshold if cam.threshold is not None else self.detector.threshold
+        detector = recipe.detector
+        threshold = next(t for t in (recipe.threshold, cam.threshold, detector.threshold) if t is not None)
         defective = bool(score > threshold)
         regions: tuple = ()
-        if defective and amap is not None and self.map_threshold is not None:
+        map_threshold = (self.model_cfg.map_threshold if self.model_cfg.map_threshold is not None
+                         else detector.map_threshold)
+        if defective and amap is not None and map_threshold is not None:
             offset = (cam.roi[0], cam.roi[1]) if cam.roi else (0, 0)
-            regions = tuple(find_regions(amap, self.map_threshold, frame.image.shape[:2], offset,
+            regions = tuple(find_regions(amap, map_threshold, frame.image.shape[:2], offset,
                                          self.model_cfg.min_region_area))
         return Verdict(frame=frame, score=float(score), threshold=float(threshold), is_defective=defective,
-                       decided_mono=mono, decided_at=wall, model=self.detector.bundle_id, regions=regions,
+                       decided_mono=mono, decided_at=wall, model=detector.bundle_id, regions=regions,
                        anomaly_map=amap, reason="defect" if defective else "ok", dequeued_mono=stamps[0],
-                       prepared_mono=stamps[1])
+                       prepared_mono=stamps[1], recipe=recipe.name)

@@ -110,6 +110,14 @@ def _union_members(annotation: Any) -> list[type[BaseModel]]:
     return out
 
 
+def _named_section(annotation: Any) -> type[BaseModel] | None:
+    """The section of a `dict[str, Section]` field (a table of sections by name), else None."""
+    if typing.get_origin(annotation) is not dict:
+        return None
+    args = typing.get_args(annotation)
+    return _section(args[1]) if len(args) == 2 else None
+
+
 def type_words(annotation: Any) -> str:
     """A field's type as a technician reads it: `int`, `one of: a, b`, `list of: cpu, cuda`, `path or null`."""
     if annotation is None or annotation is type(None):
@@ -272,6 +280,12 @@ def keys(model: type[BaseModel] = Config, prefix: str = "", applies_to: str = ""
             continue
         if item is not None and (section := _section(item)) is not None:
             yield from keys(section, path + "[].", applies_to)
+            continue
+        named = _named_section(info.annotation)
+        if named is not None:  # a table of sections by name (recipes): the table, then each entry's keys
+            yield Key(path, f"names, each with the keys {path}.<name>.*", scalar(_default(info)),
+                      describe(info, name, model), bool(_extra(info, "common")), applies_to)
+            yield from keys(named, path + ".<name>.", applies_to)
             continue
         default = _default(info)
         shown = "required" if default is PydanticUndefined else scalar(default)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,8 @@ def float_keys(model: type[BaseModel], prefix: tuple[object, ...] = ()) -> list[
         if name == "cameras":
             for kind in KINDS.values():
                 out += float_keys(kind.config, (*prefix, name, 0, kind.name))
+        elif typing.get_origin(ann) is dict and section is not None:  # a table of sections by name (recipes)
+            out += float_keys(section, (*prefix, name, "any-name"))
         elif section is not None and issubclass(section, BaseModel):
             out += float_keys(section, (*prefix, name))
         elif ann is float or float in args:

@@ -30,10 +30,10 @@ def test_reject_fields_order_and_rounding() -> None:
         "reason": "defect", "captured_at": 1795766400.189457, "decided_at": 1795766400.19758,
         "expires_at": 1795766402.123457, "score": 0.041235, "threshold": 0.0297, "confidence": 1.3884,
         "regions": [{"x": 212, "y": 88, "w": 40, "h": 12, "area": 310, "peak": 0.091235}],
-        "model": "cae-1", "frames": 3, "image": "/var/lib/edged/images/x.jpg"}
+        "model": "cae-1", "frames": 3, "image": "/var/lib/edged/images/x.jpg", "recipe": None}
     assert list(reject.to_dict()) == ["id", "station", "camera", "part_id", "seq", "reason", "captured_at",
                                       "decided_at", "expires_at", "score", "threshold", "confidence", "regions",
-                                      "model", "frames", "image"]
+                                      "model", "frames", "image", "recipe"]
     assert reject.deadline == reject.to_dict()["expires_at"]  # the outbox row expires when the message says
     assert json.loads(reject.to_json()) == reject.to_dict()
 
@@ -50,7 +50,7 @@ def test_result_fields_order_and_rounding() -> None:
         "is_defective": False, "captured_at": 1795766400.123457, "decided_at": 1795766400.13158, "score": 0.01,
         "threshold": 0.0297, "confidence": 0.3367,
         "regions": [{"x": 212, "y": 88, "w": 40, "h": 12, "area": 310, "peak": 0.091235}], "model": "cae-1",
-        "input_ok": None, "degraded": None}
+        "input_ok": None, "degraded": None, "recipe": None}
 
 
 def test_not_inspected_has_nulls_where_there_is_no_verdict() -> None:
@@ -60,7 +60,8 @@ def test_not_inspected_has_nulls_where_there_is_no_verdict() -> None:
         "id": "u2", "station": "line1", "camera": "cam2", "part_id": "A-1", "seq": None, "reason": "not_inspected",
         "is_defective": None, "captured_at": None, "decided_at": 1795766401.723457,
         "triggered_at": 1795766400.123457, "expires_at": 1795766403.623457, "score": None, "threshold": None,
-        "confidence": None, "regions": [], "model": None, "input_ok": None, "degraded": None}
+        "confidence": None, "regions": [], "model": None, "input_ok": None, "degraded": None,
+        "recipe": None}
     assert message.deadline == message.to_dict()["expires_at"]
 
 

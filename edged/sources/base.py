@@ -121,6 +121,9 @@ class CameraConfig(Section):
     reconnect: ReconnectConfig = Field(ReconnectConfig(), description=(
         "How a lost camera is reopened: exponential backoff with jitter."))
     trigger: TriggerConfig = Field(TriggerConfig(), description="What makes a part: every frame or a trigger.")
+    recipe: str | None = Field(None, description=(
+        "The recipe (top-level `recipes`) this camera starts on; null: the first recipe, else `default` "
+        "(model.bundle)."))
 
     @classmethod
     def claims(cls, source: str, base: Path | None) -> bool:
