@@ -172,6 +172,28 @@ class InputStatistics(_Strict):
         return self
 
 
+class RuntimeCheck(_Strict):
+    """One runtime x precision as `edged-train verify` found it on this bundle: score parity and speed.
+
+    The reference of a precision is ONNX Runtime running the same file, whose scores set that file's
+    threshold; `max_diff` is the largest |score - reference| over the images as a fraction of the threshold,
+    so `passed` (max_diff <= tolerance) means no part further than that from the threshold changes verdict.
+    """
+
+    runtime: Literal["onnxruntime", "openvino", "opencv"]
+    precision: Literal["int8", "fp32"]
+    passed: bool
+    max_diff: float | None = Field(None, ge=0)  # None: it could not run (see error)
+    tolerance: float = Field(gt=0, le=1)
+    n_images: int = Field(0, ge=0)
+    images: str = ""  # what was scored (calibration images, or the stand-in)
+    latency_ms: tuple[float, float] | None = None  # median, p99: batch 1, 1 thread, after warm-up
+    cpu: str = ""  # the CPU the latency was measured on (/proc/cpuinfo model name)
+    version: str = ""  # the runtime library's version
+    checked_at: str = ""  # ISO 8601, UTC
+    error: str = ""  # why it could not load or run, when it could not
+
+
 class Manifest(_Strict):
     """A bundle's manifest.json: what its models take and give, and their thresholds. Validated on load; a
     format_version this edged does not read is refused."""
@@ -186,7 +208,11 @@ class Manifest(_Strict):
     default: Literal["int8", "fp32"] = "int8"
     # runtimes the fp32 model was checked to give the same scores in (tools/fit.py); cv2.dnn imports some
     # graphs it then runs wrongly, so OpenCV is allowed only where that check passed
-    runtimes: tuple[Literal["onnxruntime", "opencv"], ...] = ("onnxruntime",)
+    # (edged-train verify rewrites it with every runtime whose fp32 check passed, openvino included)
+    runtimes: tuple[Literal["onnxruntime", "opencv", "openvino"], ...] = ("onnxruntime",)
+    # per runtime and precision: parity with ONNX Runtime and measured latency (edged-train verify); empty in
+    # bundles before it, where `runtimes` alone decides and model.runtime: auto runs ONNX Runtime
+    verified: tuple[RuntimeCheck, ...] = ()
     training: TrainingSummary = TrainingSummary()
     quantization: dict[str, object] = Field(default_factory=dict)  # parity figures, what was quantized
     versions: dict[str, str] = Field(default_factory=dict)  # onnx, onnxruntime, torch, ...
@@ -206,6 +232,10 @@ class Manifest(_Strict):
         if self.input.kind == "image" and self.outputs.map is None:
             pass  # an image model without a map is allowed: regions are then empty
         return self
+
+    def check(self, runtime: str, precision: str) -> RuntimeCheck | None:
+        """The verification record of `runtime` running the `precision` file, if `edged-train verify` made one."""
+        return next((c for c in self.verified if c.runtime == runtime and c.precision == precision), None)
 
     def model(self, precision: str | None = None) -> ModelFile:
         """The model file for `precision` (None: the bundle's default); raises BundleError when the bundle has none."""

@@ -43,9 +43,12 @@ class ModelConfig(Section):
     precision: Literal["int8", "fp32"] | None = Field(
         None, description="Which of the bundle's models to run; null: the bundle's default (int8 unless int8 lost "
                           "accuracy at fit).")
-    runtime: Literal["onnxruntime", "opencv"] = Field(
-        "onnxruntime", description="Inference library: onnxruntime, or opencv (cv2.dnn, fp32 only) for machines "
-                                   "without ONNX Runtime.")
+    runtime: Literal["auto", "onnxruntime", "openvino", "opencv"] = Field(
+        "auto", description="Inference library: auto (the fastest runtime and precision the bundle was verified "
+                            "under by `edged-train verify`, timed at start; ONNX Runtime for bundles never "
+                            "verified), onnxruntime, openvino (pip extra edged[openvino]) or opencv (cv2.dnn, "
+                            "fp32 only). A runtime that failed the bundle's parity check is refused.",
+        json_schema_extra={"common": True})
     providers: tuple[Literal["tensorrt", "cuda", "openvino", "cpu"], ...] = Field(
         ("cpu",), description="ONNX Runtime execution providers in priority order; the first one available wins.",
         json_schema_extra={"common": True})
