@@ -255,13 +255,12 @@ def fit_statistics(images: Iterable[np.ndarray], bit_depth: int = 16) -> InputSt
     stack = np.stack(grids) * ref_mean
     low = np.floor(stack.min(axis=0)).astype(int).ravel()
     high = np.ceil(stack.max(axis=0)).astype(int).ravel()
-    partial = InputStatistics(
+    return InputStatistics(  # every training image lies inside its own bounds: differs is 0 by construction
         n_images=len(stats), stats_size=STATS_SIZE, mean=_span(s.mean for s in stats),
         spread=_span(s.spread for s in stats), sharpness=_span(s.sharpness for s in stats),
         clipped_low=_span(s.clipped_low for s in stats), clipped_high=_span(s.clipped_high for s in stats),
         differs=(0.0, 0.0), reference_size=REFERENCE_SIZE, reference_mean=round(ref_mean, 3),
         reference_low=tuple(int(v) for v in low), reference_high=tuple(int(v) for v in high))
-    return partial  # every training image lies inside its own bounds: differs is 0 by construction
 
 
 def _span(values: Iterable[float]) -> tuple[float, float]:
