@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="N photometric copies (gain 0.7-1.3, gamma 0.8-1.25) of each training image (default 0)")
     p.add_argument("--bit-depth", type=int, choices=(8, 10, 12, 14, 16), default=None,
                    help="significant bits of 16-bit images (default: detected from the data)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip `edged-train verify` on the new bundle (runtime parity and speed on this machine)")
 
     p = sub.add_parser("calibrate", parents=[common], help="re-derive a bundle's thresholds from new good images")
     p.add_argument("bundle", type=Path)
@@ -204,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robustness", action="store_true",
                    help="also test under brightness, gamma, blur, noise and occlusion perturbations")
     p.add_argument("--timing-images", type=_count, default=30, help="images timed per precision (default 30)")
+
+    p = sub.add_parser("verify", parents=[common], help="check each installed runtime's scores against ONNX "
+                       "Runtime on the bundle and record them and their speed here in its manifest")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--images", type=Path, default=None,
+                   help="good images of the line (a folder, or an MVTec folder's train/good); default: a synthetic "
+                        "stand-in (tools/verify.py)")
 
     p = sub.add_parser("methods", parents=[common], help="list the detectors and their --opt options")
     p.add_argument("method", nargs="?", default=None, help="only this method")
@@ -298,6 +307,31 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         print(f"  chosen: {choice['chosen']} ({choice['why']})")
     for w in result.warnings:
         print(f"WARNING: {w}", file=sys.stderr)
+    if not args.no_verify:
+        _verify_fitted(result.bundle, args.data)
+    return EXIT_OK
+
+
+def _verify_fitted(bundle: Path, data: Path) -> None:
+    """fit ends with verify on its own good images: seconds, against minutes of training (--no-verify skips)."""
+    from tools.verify import describe, good_images, verify_bundle
+
+    manifest = verify_bundle(bundle, good_images(data), what=f"{data} (good images)")
+    print(f"  runtimes: {', '.join(manifest.runtimes)}")
+    for check in manifest.verified:
+        print(f"    {describe(check)}")
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from tools.verify import describe, good_images, verify_bundle
+
+    images = good_images(args.images) if args.images is not None else None
+    if args.images is not None and not images:
+        raise UsageError(f"{args.images}: no readable good image")
+    manifest = verify_bundle(args.bundle, images, what=str(args.images) if images else "")
+    print(f"bundle {manifest.bundle_id}: runtimes {', '.join(manifest.runtimes)}")
+    for check in manifest.verified:
+        print(f"  {describe(check)}")
     return EXIT_OK
 
 
@@ -385,7 +419,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"fit": _cmd_fit, "calibrate": _cmd_calibrate, "evaluate": _cmd_evaluate, "methods": _cmd_methods,
-            "synth": _cmd_synth}
+            "synth": _cmd_synth, "verify": _cmd_verify}
 
 
 TRAIN_PACKAGES = {"torch", "sklearn", "skimage", "skl2onnx", "onnx", "matplotlib", "tqdm",

@@ -1,4 +1,8 @@
-"""A trained model gives the same scores under ONNX Runtime and OpenCV DNN, or is refused by OpenCV."""
+"""A trained model gives the same scores under ONNX Runtime, OpenVINO and OpenCV DNN, or is refused by them.
+
+fit ends with `edged-train verify` on its good images (tools/verify.py), so the bundles here carry the
+parity checks that decide which runtimes the daemon may run them in.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ import pytest
 from devkit.support import read_image
 from edged.bundle import BundleError
 from edged.detector import Detector
+from edged.runtimes import registry
 from tools import synth
 from tools.cli import main as train
 
-RELATIVE_TOLERANCE = 1e-3  # the same as tools.fit.OPENCV_TOLERANCE, which decides what a bundle declares
+RELATIVE_TOLERANCE = 1e-3  # of the score: far inside verify's 1% of the threshold
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +34,29 @@ def test_cae_runs_the_same_in_both_runtimes(tmp_path: Path, data: Path) -> None:
     frames = [read_image(p) for p in sorted((data / "test").rglob("*.png"))]
     ort = Detector(bundle, precision="fp32").infer(frames)
     cv = Detector(bundle, runtime="opencv")
-    assert cv.manifest.runtimes == ("onnxruntime", "opencv") and cv.precision == "fp32"
-    for frame, a in zip(frames, ort, strict=True):
-        b = cv.infer([frame])[0]
-        assert abs(a.score - b.score) <= RELATIVE_TOLERANCE * max(abs(a.score), 1e-6)
-        assert a.anomaly_map is not None and b.anomaly_map is not None
-        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-3, atol=1e-3)
+    assert "opencv" in cv.manifest.runtimes and cv.precision == "fp32"
+    others = [cv]
+    if registry.installed("openvino"):
+        check = cv.manifest.check("openvino", "fp32")
+        assert check is not None and check.passed and check.images.endswith("(good images)"), check
+        assert check.n_images == 16 and check.latency_ms is not None and check.cpu
+        others.append(Detector(bundle, precision="fp32", runtime="openvino"))
+    for det in others:
+        for frame, a in zip(frames, ort, strict=True):
+            b = det.infer([frame])[0]
+            assert abs(a.score - b.score) <= RELATIVE_TOLERANCE * max(abs(a.score), 1e-6), det.runtime
+            assert a.anomaly_map is not None and b.anomaly_map is not None
+            np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-3, atol=1e-3)
 
 
 def test_a_model_opencv_cannot_run_is_refused(tmp_path: Path, data: Path) -> None:
     bundle = tmp_path / "classic"
     assert train(["fit", str(data), "--method", "classic", "--out", str(bundle), "--size", "64", "-q"]) == 0
-    assert Detector(bundle).manifest.runtimes == ("onnxruntime",)  # a tree ensemble: cv2.dnn has no such op
-    with pytest.raises(BundleError, match="not verified to run correctly under OpenCV"):
+    manifest = Detector(bundle).manifest
+    assert manifest.runtimes == ("onnxruntime",)  # a tree ensemble: cv2.dnn and OpenVINO have no such op
+    check = manifest.check("opencv", "fp32")
+    assert check is not None and not check.passed and check.max_diff is None and check.error
+    with pytest.raises(BundleError, match="model.runtime: opencv: the fp32 model failed the parity check"):
         Detector(bundle, runtime="opencv")
+    auto = Detector(bundle, runtime="auto")
+    assert auto.runtime == "onnxruntime" and auto.choice.mode == "auto"
