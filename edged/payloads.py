@@ -283,6 +283,7 @@ class Stats(Payload):
     mqtt: Mapping[str, int]
     cpu_percent: float
     rss_bytes: int
+    runtime: str = ""  # what runs the model and how it was chosen: "openvino/fp32 (auto)"
 
     @classmethod
     def from_health(cls, h: Mapping[str, Any], cpu_percent: float, rss_bytes: int) -> Stats:
@@ -293,7 +294,7 @@ class Stats(Payload):
                    expired=h["expired"], broker=h["broker"], db_errors=disk["db_errors"],
                    images_paused=disk["images_paused"], db_full=disk["db_full"],
                    invalid_outputs=h["invalid_outputs"], dead_threads=h["dead_threads"], mqtt=h["mqtt"],
-                   cpu_percent=cpu_percent, rss_bytes=rss_bytes)
+                   cpu_percent=cpu_percent, rss_bytes=rss_bytes, runtime=runtime_label(h))
 
     def to_dict(self) -> dict[str, Any]:
         """The /stats message."""
@@ -302,4 +303,12 @@ class Stats(Payload):
                 "expired": self.expired, "broker": self.broker, "db_errors": self.db_errors,
                 "images_paused": self.images_paused, "db_full": self.db_full,
                 "invalid_outputs": self.invalid_outputs, "dead_threads": self.dead_threads, "mqtt": self.mqtt,
-                "cpu_percent": self.cpu_percent, "rss_mb": round(self.rss_bytes / 1e6, 1)}
+                "cpu_percent": self.cpu_percent, "rss_mb": round(self.rss_bytes / 1e6, 1), "runtime": self.runtime}
+
+
+def runtime_label(h: Mapping[str, Any]) -> str:
+    """`runtime/precision (auto|explicit)` from the health dict's runtime_choice (model.runtime, issue 19)."""
+    choice = h.get("runtime_choice")
+    if not isinstance(choice, Mapping):
+        return str(h.get("runtime", ""))
+    return f"{choice.get('runtime', '?')}/{choice.get('precision', '?')} ({choice.get('mode', '?')})"

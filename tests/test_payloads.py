@@ -79,7 +79,7 @@ def test_stats_from_the_health_dict_never_nan() -> None:
     stats = Stats.from_health(health, cpu_percent=12.5, rss_bytes=150_123_456)
     assert list(stats.to_dict()) == ["station", "at", "inspected", "rejects", "cameras", "latency_ms",
                                      "outbox_backlog", "expired", "broker", "db_errors", "images_paused", "db_full",
-                                     "invalid_outputs", "dead_threads", "mqtt", "cpu_percent", "rss_mb"]
+                                     "invalid_outputs", "dead_threads", "mqtt", "cpu_percent", "rss_mb", "runtime"]
     assert stats.to_dict()["rss_mb"] == 150.1
     assert json.loads(stats.to_json())["latency_ms"] == {"p50": None, "p99": None}
 

@@ -56,7 +56,7 @@ def test_a_model_opencv_cannot_run_is_refused(tmp_path: Path, data: Path) -> Non
     assert manifest.runtimes == ("onnxruntime",)  # a tree ensemble: cv2.dnn and OpenVINO have no such op
     check = manifest.check("opencv", "fp32")
     assert check is not None and not check.passed and check.max_diff is None and check.error
-    with pytest.raises(BundleError, match="model.runtime: opencv: the fp32 model failed the parity check"):
+    with pytest.raises(BundleError, match=r"model\.runtime: opencv: the fp32 model failed the parity check"):
         Detector(bundle, runtime="opencv")
     auto = Detector(bundle, runtime="auto")
     assert auto.runtime == "onnxruntime" and auto.choice.mode == "auto"
