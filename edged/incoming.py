@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from edged.handshake import TriggerRefusal
 from edged.parts import Trigger
 from edged.recipes import RecipeRequest
 from edged.safetext import escape
@@ -34,6 +35,15 @@ MAX_REQUEST_ID_CHARS = 128
 
 class MessageRefused(ValueError):
     """An incoming message that cannot be used; str() is a reason safe to put in a log line."""
+
+
+class TriggerRefused(MessageRefused):
+    """A trigger refused for a reason its ack names (`code`); `part_id` when it could be read."""
+
+    def __init__(self, code: TriggerRefusal, detail: str, part_id: str | None = None) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.part_id = part_id
 
 
 def _no_constant(name: str) -> float:
@@ -117,8 +127,8 @@ class TriggerMessage:
             raise MessageRefused(f"trigger {escape(part_id, 60)}: 'camera' must be a camera name "
                                  f"(got {type(camera).__name__})")
         if camera is not None and camera not in cameras:
-            raise MessageRefused(f"trigger {escape(part_id, 60)}: camera {escape(camera, 60)} is not a camera "
-                                 f"in trigger mode mqtt")
+            raise TriggerRefused(TriggerRefusal.UNKNOWN_CAMERA, f"trigger {escape(part_id, 60)}: camera "
+                                 f"{escape(camera, 60)} is not a camera in trigger mode mqtt", part_id)
         return cls(part_id, t, camera)
 
     def triggers(self, arrived_at: float, cameras: dict[str, tuple[float, float]]) -> list[Trigger]:
@@ -160,10 +170,12 @@ class TriggerAdmission:
             self._until = {k: d for k, d in self._until.items() if d > now}
         fresh = [t for t in triggers if self._until.get((t.camera, t.part_id), 0.0) <= now]
         if not fresh:
-            raise MessageRefused(f"trigger {escape(triggers[0].part_id, 60)}: already outstanding (repeated)")
+            raise TriggerRefused(TriggerRefusal.REPEATED, f"trigger {escape(triggers[0].part_id, 60)}: already "
+                                 "outstanding (repeated)", triggers[0].part_id)
         if len(self._until) + len(fresh) > self.limit:
-            raise MessageRefused(f"trigger {escape(fresh[0].part_id, 60)}: {len(self._until)} triggered parts "
-                                 f"await their result already (limit {self.limit})")
+            raise TriggerRefused(TriggerRefusal.OVERLOADED, f"trigger {escape(fresh[0].part_id, 60)}: "
+                                 f"{len(self._until)} triggered parts await their result already (limit {self.limit})",
+                                 fresh[0].part_id)
         for t in fresh:
             self._until[(t.camera, t.part_id)] = t.deadline_at
         return fresh
@@ -205,3 +217,24 @@ def parse_recipe_command(payload: bytes, arrived_at: float, cameras: list[str], 
     if camera is not None and (not isinstance(camera, str) or camera not in cameras):
         raise CommandRefused(request_id, f"unknown camera {escape(camera, 60)} (known: {', '.join(cameras)})")
     return RecipeRequest(request_id, recipe, (camera,) if camera is not None else tuple(cameras), arrived_at)
+
+
+MAX_ACKS_PER_MESSAGE = 1000
+
+
+def _inspection_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2 ** 63:
+        raise MessageRefused(f"an inspection id must be a positive integer (got {escape(value, 40)})")
+    return value
+
+
+def parse_result_ack(payload: bytes) -> tuple[int, ...]:
+    """`<base>/cmd/result_ack`: `{"inspection_id": N}` or `{"inspection_ids": [N, ...]}` (at most
+    MAX_ACKS_PER_MESSAGE): the PLC has taken these results."""
+    data = decode_object(payload)
+    if "inspection_ids" in data:
+        ids = data["inspection_ids"]
+        if not isinstance(ids, list) or not ids or len(ids) > MAX_ACKS_PER_MESSAGE:
+            raise MessageRefused(f"'inspection_ids' must be a list of 1-{MAX_ACKS_PER_MESSAGE} inspection ids")
+        return tuple(_inspection_id(v) for v in ids)
+    return (_inspection_id(data.get("inspection_id")),)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -107,6 +107,7 @@ class Reject(Payload):
             "threshold": round(self.threshold, 6), "confidence": round(self.confidence, 4),
             "regions": [r.to_dict() for r in self.regions], "model": self.model, "frames": self.frames,
             "image": self.image, "recipe": self.recipe or None,
+            "inspection_id": None,  # filled in with the row id as the outbox row is written (edged.store)
         }
 
 
@@ -144,6 +145,7 @@ class NotInspected(Payload):
             "decided_at": _t(self.decided_at), "triggered_at": _t(self.triggered_at), "expires_at": self.deadline,
             "score": None, "threshold": None, "confidence": None, "regions": [], "model": None,
             "input_ok": self.input_ok, "degraded": self.degraded or None, "recipe": None,
+            "inspection_id": None,  # filled in with the row id as the outbox row is written (edged.store)
         }
 
 
@@ -189,6 +191,7 @@ class Result(Payload):
             "confidence": round(self.confidence, 4), "regions": [r.to_dict() for r in self.regions],
             "model": self.model, "input_ok": self.input_ok, "degraded": self.degraded or None,
             "recipe": self.recipe or None,
+            "inspection_id": None,  # the row id when sent through the outbox (a triggered part's result)
         }
 
 
@@ -221,6 +224,44 @@ class RecipeAck(Payload):
                 "cameras": list(self.cameras), "result": "switched" if self.switched else "refused",
                 "reason": self.reason or None, "model": self.model, "current": dict(self.current),
                 "requested_at": _t(self.requested_at), "done_at": _t(self.done_at)}
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerAck(Payload):
+    """`<base>/trigger/ack`: one per camera a trigger named (or one with `camera` null for a message that names
+    none readably): accepted, or refused with a reason word (edged.handshake.TriggerRefusal) and its detail."""
+
+    station: str
+    part_id: str | None
+    camera: str | None
+    accepted: bool
+    reason: str  # '' when accepted
+    detail: str  # safe text (edged.incoming's escaped reason)
+    received_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The trigger ack message."""
+        return {"station": self.station, "part_id": self.part_id, "camera": self.camera,
+                "result": "accepted" if self.accepted else "refused", "reason": self.reason or None,
+                "detail": self.detail or None, "received_at": _t(self.received_at)}
+
+
+@dataclass(frozen=True, slots=True)
+class Ready(Payload):
+    """`<base>/ready/<camera>`, retained: whether a trigger for the camera would be accepted now, and why not."""
+
+    station: str
+    camera: str
+    ready: bool
+    reason: str  # '' when ready
+    recipe: str
+    model: str
+    since: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ready flag."""
+        return {"station": self.station, "camera": self.camera, "ready": self.ready, "reason": self.reason or None,
+                "recipe": self.recipe, "model": self.model, "since": _t(self.since)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +325,7 @@ class Stats(Payload):
     cpu_percent: float
     rss_bytes: int
     runtime: str = ""  # what runs the model and how it was chosen: "openvino/fp32 (auto)"
+    handshake: Mapping[str, int] = field(default_factory=dict)  # results the PLC has not acknowledged, overruns
 
     @classmethod
     def from_health(cls, h: Mapping[str, Any], cpu_percent: float, rss_bytes: int) -> Stats:
@@ -294,7 +336,8 @@ class Stats(Payload):
                    expired=h["expired"], broker=h["broker"], db_errors=disk["db_errors"],
                    images_paused=disk["images_paused"], db_full=disk["db_full"],
                    invalid_outputs=h["invalid_outputs"], dead_threads=h["dead_threads"], mqtt=h["mqtt"],
-                   cpu_percent=cpu_percent, rss_bytes=rss_bytes, runtime=runtime_label(h))
+                   cpu_percent=cpu_percent, rss_bytes=rss_bytes, runtime=runtime_label(h),
+                   handshake=h.get("handshake", {}))
 
     def to_dict(self) -> dict[str, Any]:
         """The /stats message."""
@@ -303,7 +346,8 @@ class Stats(Payload):
                 "expired": self.expired, "broker": self.broker, "db_errors": self.db_errors,
                 "images_paused": self.images_paused, "db_full": self.db_full,
                 "invalid_outputs": self.invalid_outputs, "dead_threads": self.dead_threads, "mqtt": self.mqtt,
-                "cpu_percent": self.cpu_percent, "rss_mb": round(self.rss_bytes / 1e6, 1), "runtime": self.runtime}
+                "cpu_percent": self.cpu_percent, "rss_mb": round(self.rss_bytes / 1e6, 1), "runtime": self.runtime,
+                "handshake": dict(self.handshake)}
 
 
 def runtime_label(h: Mapping[str, Any]) -> str:

@@ -91,6 +91,7 @@ class RecorderThread(SupervisedThread):
         self.last_db_error = ""  # '' while commits succeed
         self._throttle = LogThrottle(log, 30.0)
         self.workers_done = threading.Event()  # set by the service when no verdict can arrive any more
+        self.on_results: Callable[[list[int]], None] | None = None  # committed results' row ids (edged.handshake)
 
     def work(self) -> None:
         """Record until the workers are done and the queue is empty, then close the open parts (supervised:
@@ -252,6 +253,10 @@ class RecorderThread(SupervisedThread):
             log.warning("the database accepts commits again (after %d failed ones)", self.db_errors)
             self.last_db_error, self.db_full = "", False
         self._remember_defect_ids(group.verdict_rows, ids)
+        if self.on_results is not None:
+            sent = [ids[m.row_index] for m in messages if m.kind == "result" and m.row_index is not None]
+            if sent:
+                self.on_results(sent)
         self._count(group.events, messages)
         if messages:
             self.wake_sender()

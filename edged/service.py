@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import psutil
 
@@ -37,13 +37,22 @@ from edged.config import Config, ConfigError
 from edged.detector import Detector
 from edged.frame_queue import FrameQueue
 from edged.frames import Verdict
+from edged.handshake import ResultAcks, TriggerRefusal, camera_refusal
 from edged.health import CameraStats, Counters, Heartbeats, LatencyWindow
-from edged.incoming import CommandRefused, MessageRefused, TriggerAdmission, parse_recipe_command, parse_trigger
+from edged.incoming import (
+    CommandRefused,
+    MessageRefused,
+    TriggerAdmission,
+    TriggerRefused,
+    parse_recipe_command,
+    parse_result_ack,
+    parse_trigger,
+)
 from edged.input_health import InputAlarm, InputHealth
 from edged.instance import InstanceLock
 from edged.mqtt_link import MqttLink, Route
 from edged.parts import TriggerGate
-from edged.payloads import Alarm, CameraState, RecipeAck, Stats
+from edged.payloads import Alarm, CameraState, Ready, RecipeAck, Stats, TriggerAck
 from edged.recipes import (
     DEFAULT_RECIPE,
     ActiveRecipe,
@@ -147,6 +156,8 @@ class Service:
         self.recipes: RecipeBook | None = None  # built in start(): which recipe (model) each camera runs
         self.switcher: RecipeSwitcher | None = None  # loads and verifies a new recipe off the hot path (MQTT only)
         self.recipe_stop = threading.Event()
+        self.result_acks = ResultAcks()  # triggered parts' results the PLC has not acknowledged (edged.handshake)
+        self._ready: dict[str, tuple[bool, str]] = {}  # camera -> the ready flag last published
         if self.gates and not self.mqtt_enabled:
             raise ConfigError("cameras with trigger mode mqtt need MQTT (triggers come over MQTT)")
 
@@ -177,6 +188,7 @@ class Service:
             send_result=self.link.send_result if (self.link and cfg.mqtt.publish_results) else None,
             on_verdict=self._on_verdict if self.web_enabled else self.on_verdict,
             publish_direct=self.link.publish_direct if self.link else None, input_health=self.input_health)
+        self.recorder.on_results = lambda ids: self.result_acks.sent(ids, time.time())
         self.recorder.start()
         if self.link is not None:
             self.link.start()
@@ -309,6 +321,7 @@ class Service:
             now = time.monotonic()
             self._camera_events()
             self._input_alarms()
+            self._supervised("ready flags", self._publish_ready)
             self._maybe_ready(now)
             deaths = len(self._dead)
             healthy = self._healthy()
@@ -346,19 +359,92 @@ class Service:
         table: dict[str, Route] = {}
         if self.gates:  # only cameras in trigger mode mqtt take triggers
             table[topics.trigger] = Route(self._on_trigger, "trigger")
+            table[topics.result_ack] = Route(self._on_result_ack, "result ack")
         table[topics.recipe_command] = Route(self._on_recipe_command, "recipe command")
         return table
 
     def _on_trigger(self, payload: bytes, arrived_at: float) -> None:
-        """A trigger message from the line (on the MQTT thread): checked and admitted (bounded), then to the
-        recorder and the cameras. Raises MessageRefused for a message it cannot use (the link counts it)."""
+        """A trigger message from the line (on the MQTT thread): checked, admitted (bounded), then to the recorder
+        and the cameras; every camera it names gets its ack (edged.handshake). A camera that cannot take it now
+        (not ready, recipe switching) refuses it in the ack AND gives the part its one result at once,
+        not_inspected (with its fail-safe reject where configured): a PLC that reads only results stays safe.
+        Raises MessageRefused for a message it cannot use (the link counts it), after acknowledging it."""
         if self.recorder is None:
-            raise MessageRefused("trigger before the pipeline started")
-        triggers = self._admission.admit(parse_trigger(payload, arrived_at, self._trigger_timing), arrived_at)
+            self._trigger_refused(TriggerRefused(TriggerRefusal.NOT_READY, "trigger before the pipeline started"),
+                                  arrived_at)
+        try:
+            parsed = parse_trigger(payload, arrived_at, self._trigger_timing)
+        except TriggerRefused as exc:
+            self._trigger_refused(exc, arrived_at)
+        except MessageRefused as exc:
+            self._trigger_refused(TriggerRefused(TriggerRefusal.BAD_MESSAGE, str(exc)), arrived_at)
+        refusals = {t.camera: r for t in parsed if (r := self.trigger_refusal(t.camera)) is not None}
+        parsed = [dataclasses.replace(t, deadline_at=arrived_at) if t.camera in refusals else t for t in parsed]
+        try:
+            triggers = self._admission.admit(parsed, arrived_at)
+        except TriggerRefused as exc:
+            for trig in parsed:
+                self._send_trigger_ack(trig.part_id, trig.camera, exc.code.value, str(exc), arrived_at)
+            raise
         for trig in triggers:
             self.recorder.triggers.put(trig)  # first: the verdict must find its trigger registered
+            refusal = refusals.get(trig.camera)
+            if refusal is not None:  # its deadline is now: the recorder answers not_inspected
+                self._send_trigger_ack(trig.part_id, trig.camera, refusal.value,
+                                       f"camera {trig.camera}: {refusal.value}", arrived_at)
+                continue
             with contextlib.suppress(queue.Full):  # cannot happen (admission is smaller); the book answers it
                 self.gates[trig.camera].inbox.put_nowait(trig)
+            self._send_trigger_ack(trig.part_id, trig.camera, "", "", arrived_at)
+        for trig in parsed:
+            if trig not in triggers:  # a repeat of an outstanding part, beside fresh ones
+                self._send_trigger_ack(trig.part_id, trig.camera, TriggerRefusal.REPEATED.value,
+                                       "already outstanding (repeated)", arrived_at)
+
+    # --- the handshake (edged.handshake) -------------------------------------------------------------
+    def _trigger_refused(self, exc: TriggerRefused, arrived_at: float) -> NoReturn:
+        """Acknowledge a trigger refused as a whole, then raise it for the link to count."""
+        self._send_trigger_ack(exc.part_id, None, exc.code.value, str(exc), arrived_at)
+        raise exc
+
+    def trigger_refusal(self, camera: str) -> TriggerRefusal | None:
+        """Why camera `camera` would refuse a trigger now (None: it would accept it)."""
+        stats = self.stats.get(camera)
+        if stats is None or camera not in self.gates:
+            return TriggerRefusal.UNKNOWN_CAMERA
+        if self.recorder is None or self._stopping:
+            return TriggerRefusal.NOT_READY
+        return camera_refusal(stats.state, self.recipes is not None and self.recipes.switching(camera))
+
+    def _send_trigger_ack(self, part_id: str | None, camera: str | None, reason: str, detail: str,
+                          arrived_at: float) -> None:
+        if self.link is not None:
+            self.link.send(Topics.of(self.config).trigger_ack, TriggerAck(
+                self.config.station, part_id, camera, not reason, reason, detail, arrived_at), qos=1)
+
+    def _on_result_ack(self, payload: bytes, arrived_at: float) -> None:
+        """`<base>/cmd/result_ack` (MQTT thread): the PLC took these results; an id not awaited is counted."""
+        ids = parse_result_ack(payload)
+        if self.result_acks.acked(ids) < len(ids):
+            raise MessageRefused(f"result ack of {len(ids)} id(s), some not awaited (acknowledged twice, given up "
+                                 "as an overrun, or never sent)")
+
+    def _publish_ready(self) -> None:
+        """Each triggered camera's retained ready flag, on a change (supervisor loop)."""
+        if self.link is None or not self.mqtt_announce or self.recipes is None:
+            return
+        for camera in self.gates:
+            refusal = self.trigger_refusal(camera)
+            stats = self.stats[camera]
+            flag = (refusal is None and stats.state == "streaming", refusal.value if refusal else
+                    ("" if stats.state == "streaming" else "starting"))
+            if self._ready.get(camera) == flag:
+                continue
+            self._ready[camera] = flag
+            active = self.recipes.current(camera)
+            self.link.send(Topics.of(self.config).ready(camera), Ready(
+                self.config.station, camera, flag[0], flag[1], active.name, active.model, time.time()),
+                qos=1, retain=True)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -554,6 +640,7 @@ class Service:
                      "db_error": self.recorder.last_db_error if self.recorder else ""},
             "mqtt": self._link_counts(),
             "recipes": self.recipes.summary() if self.recipes is not None else {},
+            "handshake": self.result_acks.counts(),
         }
 
     def _link_counts(self) -> dict[str, int]:
@@ -635,6 +722,7 @@ class Service:
             self.recorder.join(timeout=5.0)
         self._camera_events()
         self._input_alarms()
+        self._publish_ready()  # not_ready: the daemon is stopping
         if self.link is not None:
             self.link_stop.set()
             self.link.wake()

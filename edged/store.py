@@ -273,10 +273,13 @@ class InspectionWriter:
                 ids.append(int(cur.lastrowid or 0))
             for m in messages:
                 inspection_id = ids[m.row_index] if m.row_index is not None else m.inspection_id
+                payload = m.payload
+                if "inspection_id" in payload and inspection_id is not None:  # the handshake's id: this row's
+                    payload = {**payload, "inspection_id": inspection_id}
                 cur.execute(
                     "INSERT INTO outbox (inspection_id, kind, topic, payload, created_at, expires_at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (inspection_id, m.kind, m.topic, jsonout.dumps(m.payload), now, m.expires_at))
+                    (inspection_id, m.kind, m.topic, jsonout.dumps(payload), now, m.expires_at))
             cur.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (SQLITE_FULL, IOERR, BUSY): a ROLLBACK then fails with

@@ -61,6 +61,15 @@ class Topics:
         return self._sub(f"alarm/{name}")
 
     @property
+    def trigger_ack(self) -> str:
+        """QoS 1: each trigger's answer, per camera: accepted, or refused with the reason (edged.handshake)."""
+        return self._sub("trigger/ack")
+
+    def ready(self, name: str) -> str:
+        """Retained: whether camera `name` would accept a trigger now."""
+        return self._sub(f"ready/{name}")
+
+    @property
     def display(self) -> str:
         """`<prefix>/<station>/...`: how `edged check-config` names the whole tree (not a subscription)."""
         return self._sub("...")
@@ -80,6 +89,11 @@ class Topics:
     def recipe_ack(self) -> str:
         """Outgoing, QoS 1: the answer to each recipe command (switched, or refused with the reason)."""
         return self.command("recipe/ack")
+
+    @property
+    def result_ack(self) -> str:
+        """From the line: the PLC has taken results (`inspection_id`s); results not acked are counted."""
+        return self.command("result_ack")
 
     def command(self, name: str) -> str:
         """`cmd/<name>`: commands to the daemon (none yet; e.g. `cmd/recipe`). Give each its own property."""

@@ -30,10 +30,11 @@ def test_reject_fields_order_and_rounding() -> None:
         "reason": "defect", "captured_at": 1795766400.189457, "decided_at": 1795766400.19758,
         "expires_at": 1795766402.123457, "score": 0.041235, "threshold": 0.0297, "confidence": 1.3884,
         "regions": [{"x": 212, "y": 88, "w": 40, "h": 12, "area": 310, "peak": 0.091235}],
-        "model": "cae-1", "frames": 3, "image": "/var/lib/edged/images/x.jpg", "recipe": None}
+        "model": "cae-1", "frames": 3, "image": "/var/lib/edged/images/x.jpg", "recipe": None,
+        "inspection_id": None}
     assert list(reject.to_dict()) == ["id", "station", "camera", "part_id", "seq", "reason", "captured_at",
                                       "decided_at", "expires_at", "score", "threshold", "confidence", "regions",
-                                      "model", "frames", "image", "recipe"]
+                                      "model", "frames", "image", "recipe", "inspection_id"]
     assert reject.deadline == reject.to_dict()["expires_at"]  # the outbox row expires when the message says
     assert json.loads(reject.to_json()) == reject.to_dict()
 
@@ -50,7 +51,7 @@ def test_result_fields_order_and_rounding() -> None:
         "is_defective": False, "captured_at": 1795766400.123457, "decided_at": 1795766400.13158, "score": 0.01,
         "threshold": 0.0297, "confidence": 0.3367,
         "regions": [{"x": 212, "y": 88, "w": 40, "h": 12, "area": 310, "peak": 0.091235}], "model": "cae-1",
-        "input_ok": None, "degraded": None, "recipe": None}
+        "input_ok": None, "degraded": None, "recipe": None, "inspection_id": None}
 
 
 def test_not_inspected_has_nulls_where_there_is_no_verdict() -> None:
@@ -61,7 +62,7 @@ def test_not_inspected_has_nulls_where_there_is_no_verdict() -> None:
         "is_defective": None, "captured_at": None, "decided_at": 1795766401.723457,
         "triggered_at": 1795766400.123457, "expires_at": 1795766403.623457, "score": None, "threshold": None,
         "confidence": None, "regions": [], "model": None, "input_ok": None, "degraded": None,
-        "recipe": None}
+        "recipe": None, "inspection_id": None}
     assert message.deadline == message.to_dict()["expires_at"]
 
 
@@ -79,7 +80,8 @@ def test_stats_from_the_health_dict_never_nan() -> None:
     stats = Stats.from_health(health, cpu_percent=12.5, rss_bytes=150_123_456)
     assert list(stats.to_dict()) == ["station", "at", "inspected", "rejects", "cameras", "latency_ms",
                                      "outbox_backlog", "expired", "broker", "db_errors", "images_paused", "db_full",
-                                     "invalid_outputs", "dead_threads", "mqtt", "cpu_percent", "rss_mb", "runtime"]
+                                     "invalid_outputs", "dead_threads", "mqtt", "cpu_percent", "rss_mb", "runtime",
+                                     "handshake"]
     assert stats.to_dict()["rss_mb"] == 150.1
     assert json.loads(stats.to_json())["latency_ms"] == {"p50": None, "p99": None}
 
