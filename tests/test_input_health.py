@@ -260,6 +260,23 @@ def test_a_degraded_cameras_free_run_verdicts(tmp_path: Path, mode: str) -> None
         assert rec.groupers["cam1"].open is None  # no part, so no reject
 
 
+def test_the_status_line_and_the_alarm_name_every_active_reason(tmp_path: Path) -> None:
+    from edged.service import Service
+
+    bundle = build_max_bundle(tmp_path / "b")
+    service = Service(load_config(write_config(tmp_path / "edged.yaml", bundle, "0", tmp_path / "state")),
+                      handle_signals=False)
+    assert service._alarm_message("cam1") == "" and "DEGRADED" not in service.status_line()
+    service._alarms["cam1"] = {"reject_rate": InputAlarm("cam1", "reject_rate", "reject_rate", 20.0, {"limit": 0.05}),
+                               "input": InputAlarm("cam1", "input", "too_dark", 10.0, {"mean": 12.5})}
+    assert service.status_line().endswith(", cam1 DEGRADED (too_dark, reject_rate)")
+    message = service._alarm_message("cam1")
+    assert not isinstance(message, str)
+    assert message.to_dict() == {"station": "test", "camera": "cam1", "state": "degraded", "reason": "too_dark",
+                                 "reasons": ["too_dark", "reject_rate"], "since": 10.0, "on_degraded": "judge",
+                                 "detail": {"limit": 0.05, "mean": 12.5}}
+
+
 # --- the daemon: a generated line video that dims, blurs, freezes and is half-covered -----------------------
 
 FPS = 30.0
