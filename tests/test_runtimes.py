@@ -105,7 +105,7 @@ def test_a_runtime_that_failed_parity_is_refused_by_name_and_left_out_by_auto(ve
         Detector(bundle, runtime="openvino")
     auto = Detector(bundle, runtime="auto")
     assert auto.runtime != "openvino"
-    assert {t.runtime for t in auto.choice.timings} == {"onnxruntime", "opencv"}
+    assert {(t.runtime, t.precision) for t in auto.choice.timings} == {("onnxruntime", "int8"), ("onnxruntime", "fp32")}
 
 
 def test_an_unverified_runtime_is_refused_until_verify_runs(tmp_path: Path) -> None:
@@ -128,7 +128,8 @@ def test_auto_takes_the_manifest_figures_measured_on_this_cpu(verified: Path, tm
         with_check(bundle, runtime, precision, latency_ms=(ms, 2 * ms))
     det = Detector(bundle, runtime="auto")
     assert (det.runtime, det.precision) == ("openvino", "fp32")
-    assert [t.median_ms for t in det.choice.timings] == sorted(figures.values())
+    # cv2.dnn (5.0 ms here) serializes its calls: auto leaves it to machines where nothing else may run
+    assert [t.median_ms for t in det.choice.timings] == [1.5, 2.0, 3.0, 4.0]
     assert {t.source for t in det.choice.timings} == {"manifest"}
     assert "fastest of openvino/fp32 1.50 ms" in det.choice.describe()
     # a configured precision limits the choice to it
@@ -137,7 +138,7 @@ def test_auto_takes_the_manifest_figures_measured_on_this_cpu(verified: Path, tm
     for runtime, precision in figures:
         with_check(bundle, runtime, precision, cpu="Some Other CPU")
     det = Detector(bundle, runtime="auto")
-    assert {t.source for t in det.choice.timings} == {"measured"} and len(det.choice.timings) == len(figures)
+    assert {t.source for t in det.choice.timings} == {"measured"} and len(det.choice.timings) == 4
     assert (det.runtime, det.precision) == (det.choice.timings[0].runtime, det.choice.timings[0].precision)
 
 
@@ -156,8 +157,7 @@ def test_check_config_and_the_health_dict_say_what_auto_chose(verified: Path, tm
     det = Detector(verified, runtime="auto")
     health = det.choice.as_dict()
     assert (health["runtime"], health["precision"], health["mode"]) == (det.runtime, det.precision, "auto")
-    assert set(health["timings_ms"]) == {"onnxruntime/int8", "onnxruntime/fp32", "openvino/int8", "openvino/fp32",
-                                         "opencv/fp32"}
+    assert set(health["timings_ms"]) == {"onnxruntime/int8", "onnxruntime/fp32", "openvino/int8", "openvino/fp32"}
     from edged.payloads import runtime_label
 
     assert runtime_label({"runtime_choice": health}) == f"{det.runtime}/{det.precision} (auto)"

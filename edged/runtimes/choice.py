@@ -136,7 +136,8 @@ def candidates(manifest: Manifest, precision: str | None) -> list[tuple[str, str
                 continue
             if refusal(manifest, name, p) is None:
                 out.append((name, p))
-    return out
+    concurrent = [pair for pair in out if pair[0] not in registry.SERIALIZED]
+    return concurrent or out
 
 
 Loader = Callable[[str, str], Backend]

@@ -15,6 +15,9 @@ RuntimeName = Literal["onnxruntime", "openvino", "opencv"]
 NAMES: tuple[RuntimeName, ...] = ("onnxruntime", "openvino", "opencv")  # the reference first
 REFERENCE: RuntimeName = "onnxruntime"  # thresholds are calibrated on its scores
 FP32_ONLY: frozenset[str] = frozenset({"opencv"})  # cv2.dnn cannot run QDQ int8 graphs reliably
+# cv2.dnn runs one inference at a time (OpenCVBackend's lock), so its single-call time says nothing of what
+# two workers get: `auto` takes it only where no concurrent runtime may run the bundle
+SERIALIZED: frozenset[str] = frozenset({"opencv"})
 
 
 def installed(name: str) -> bool:
