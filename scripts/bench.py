@@ -1019,6 +1019,36 @@ def input_health_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def recipes_main(args: argparse.Namespace) -> int:
+    """`bench recipes`: a recipe switch under load (devkit/recipe_load.py: 30 fps, a trigger every 100 ms, a real
+    mosquitto): request -> ack (load and verify) and request -> the first result decided by the new model."""
+    from devkit import recipe_load
+    from devkit.localbroker import LocalBroker
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="edged-bench-recipes-"))
+    (work / "broker").mkdir(parents=True, exist_ok=True)
+    broker = LocalBroker(work / "broker")
+    broker.start()
+    try:
+        runs = [recipe_load.run(work / f"run{i}", broker.port, seconds=args.seconds, switches=args.switches)
+                for i in range(args.runs)]
+    finally:
+        broker.stop()
+    switch = [v for r in runs for v in r.switch_ms() if v is not None]
+    ack = [v for r in runs for v in r.ack_ms() if v is not None]
+    out = {"machine": machine(), "switches": sum(len(r.requests) for r in runs),
+           "triggers": sum(len(r.triggers) for r in runs), "switch_ms": summary(switch), "ack_ms": summary(ack),
+           "refused_while_switching": sum(1 for r in runs for a in r.trigger_acks if a["result"] == "refused"),
+           "switch_ms_each": switch, "ack_ms_each": ack}
+    print(f"recipes: {out['switches']} switches under {out['triggers']} triggers (every 100 ms, 30 fps): request -> "
+          f"first result on the new model p50 {out['switch_ms']['p50']} ms, max {max(switch, default=None)} ms; "
+          f"request -> ack (loaded and verified) p50 {out['ack_ms']['p50']} ms, max {max(ack, default=None)} ms; "
+          f"{out['refused_while_switching']} trigger(s) refused as recipe_switching", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -1109,6 +1139,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--calls", type=int, default=3000, help="frames measured per OpenCV thread setting")
     sp.add_argument("--json", help="write the result here too")
     sp.set_defaults(func=input_health_main)
+
+    sp = sub.add_parser("recipes", help="recipe switch under load: request -> first result on the new model")
+    sp.add_argument("--work", help="scratch folder (default: a new temporary one)")
+    sp.add_argument("--runs", type=int, default=3, help="daemon runs (each with its own bundles and video)")
+    sp.add_argument("--switches", type=int, default=4, help="switches per run, a -> b -> a ...")
+    sp.add_argument("--seconds", type=float, default=10.0, help="triggered seconds per run")
+    sp.add_argument("--json", help="write the result here too")
+    sp.set_defaults(func=recipes_main)
 
     sp = sub.add_parser("child", help=argparse.SUPPRESS)
     sp.add_argument("--config", required=True)
