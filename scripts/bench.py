@@ -330,6 +330,7 @@ def child_main(args: argparse.Namespace) -> int:
         "commit_ms": summary(commits),
         "records": in_window,
         "precision": det.precision if det else None,
+        "runtime": det.runtime if det else None, "runtime_choice": det.choice.describe() if det else None,
         "workers": cfg.model.workers, "intra_op_threads": cfg.model.intra_op_threads,
         "batch_size": cfg.model.batch_size,
     }
@@ -384,6 +385,7 @@ def measure(case: Case, rate: float, *, bundles: Path, video: Path, frames: list
                     stages["publish"].append((t - committed[p["seq"]]) * 1000)
     result = {
         "bundle": case.name, "rate_fps": rate or "max", "precision": child["precision"],
+        "runtime": child.get("runtime"), "runtime_choice": child.get("runtime_choice"),
         "throughput_fps": round(child["inspected"] / child["seconds"], 1),
         "captured": child["captured"], "inspected": child["inspected"], "drops": child["drops"],
         "rejects_received": len(e2e), "e2e_ms": summary(e2e), "verdict_ms": summary(verdict_ms),
@@ -1049,6 +1051,13 @@ def recipes_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def runtimes_main(args: argparse.Namespace) -> int:
+    """Every bundle x runtime x precision, and auto's choice (issue 19): scripts/bench_runtimes.py."""
+    from scripts.bench_runtimes import run
+
+    return run(args, sys.modules[__name__])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -1147,6 +1156,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seconds", type=float, default=10.0, help="triggered seconds per run")
     sp.add_argument("--json", help="write the result here too")
     sp.set_defaults(func=recipes_main)
+
+    sp = sub.add_parser("runtimes", help="every bundle x runtime x precision (verified here): model ms, e2e at 30 "
+                        "fps, frames/s flat out vs the reference loop, RSS; whether auto picks the fastest")
+    inputs(sp)
+    sp.add_argument("--bundles", required=True, help="folder with classic/, cae-128/, patchcore/ (copied, verified)")
+    sp.add_argument("--only", nargs="*", help="bundle folders (default classic cae-128 patchcore)")
+    sp.add_argument("--rates", nargs="*", type=float, default=[30.0, 0.0], help="input rates (0 = flat out)")
+    sp.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
+    sp.add_argument("--warmup", type=float, default=1.5)
+    sp.add_argument("--reject-fraction", type=float, default=0.2)
+    sp.add_argument("--baseline-images", type=int, default=100, help="images of the 128 px reference loop (0: skip)")
+    sp.add_argument("--json", help="write the result here too")
+    sp.set_defaults(func=runtimes_main)
 
     sp = sub.add_parser("child", help=argparse.SUPPRESS)
     sp.add_argument("--config", required=True)

@@ -65,3 +65,33 @@ def test_input_health_benchmark_runs(tmp_path: Path) -> None:
                        "--calls", "50", "--json", str(out)]) == 0
     runs = json.loads(out.read_text())["runs"]
     assert [r["opencv_threads"] for r in runs] == [1, 2] and all(r["ms"]["n"] == 50 for r in runs)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_tiny_runtimes_benchmark(tmp_path: Path) -> None:
+    """bench.py runtimes: each verified runtime x precision through the pipeline, then auto (issue 19)."""
+    pytest.importorskip("openvino")
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed (scripts/test.sh installs it)")
+    bench = load_bench()
+    bundles = tmp_path / "bundles"
+    build_max_bundle(bundles / "cae-128", size=32)
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 40, set(range(0, 40, 10)), size=(80, 60))
+    out_json = tmp_path / "rt.json"
+    assert bench.main(["runtimes", "--bundles", str(bundles), "--work", str(tmp_path / "work"), "--video", str(video),
+                       "--rates", "0", "--duration", "0.8", "--warmup", "0.3", "--baseline-images", "0",
+                       "--json", str(out_json)]) == 0
+    report = json.loads(out_json.read_text())
+    b = report["bundles"]["cae-128"]
+    assert {(r["runtime"], r["precision"]) for r in b["model"]} == {("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+                                                                     ("openvino", "fp32"), ("openvino", "int8"),
+                                                                     ("opencv", "fp32")}
+    assert all(r["passed"] and r["model_ms_p50"] > 0 for r in b["model"])
+    assert [(r["case_runtime"], r["runtime"]) for r in b["runs"][:-1]] == [
+        (r["runtime"], r["runtime"]) for r in b["model"]]  # each ran in the runtime it was asked for
+    auto = b["runs"][-1]
+    assert auto["case_runtime"] == "auto" and auto["runtime"] in ("onnxruntime", "openvino")
+    assert tuple(b["auto"]["auto_chose"]) == (auto["runtime"], auto["precision"])
+    assert all(r["inspected"] > 0 and r["peak_rss_mb"] > 0 for r in b["runs"])
