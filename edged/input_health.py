@@ -286,14 +286,26 @@ class InputMonitor:
         self.alarms = 0
         self._previous: np.ndarray | None = None
         self._bounds = Bounds.of(ref, cfg.pixel_margin) if ref is not None else None
+        self._wanted = self._applied = (ref, self._bounds)  # a new model's reference, taken at the next frame
         self._means: deque[float] = deque(maxlen=cfg.drift_window)
         self._recent_mean: float | None = None  # median of _means, refreshed every DRIFT_EVERY frames
         self._bad_since: float | None = None  # monotonic: first of the current run of out-of-range frames
         self._good_since: float | None = None
         self._candidate: tuple[str, float] | None = None  # another reason while degraded, since
 
+    def use_reference(self, ref: InputStatistics | None) -> None:
+        """The camera now runs another model (a recipe switch, from another thread): its training images are the
+        reference from the next frame on (one store; the capture thread swaps it in, with a fresh drift window)."""
+        self._wanted = (ref, Bounds.of(ref, self.cfg.pixel_margin) if ref is not None else None)
+
     def feed(self, image: np.ndarray, mono: float, wall: float | None = None) -> FrameInput:
         """Measure a frame (capture time `mono`) and update the camera's state; the frame's flag."""
+        wanted = self._wanted
+        if wanted is not self._applied:
+            self._applied = wanted
+            self.ref, self._bounds = wanted
+            self._means.clear()
+            self._recent_mean = None
         grey = small_grey(image, self.bit_depth)
         stats = measure(grey, self._previous, self._bounds)
         self._previous = grey
@@ -374,8 +386,10 @@ class RejectRateMonitor:
                  events: queue.Queue[InputAlarm]) -> None:
         self.camera = camera
         self.events = events
+        self.cfg = cfg
         self.limit = max(cfg.reject_rate_factor * (expected or 0.0), cfg.reject_rate_floor)
         self.expected = expected
+        self._wanted: float | None = expected  # a new model's expected rate (another thread), taken at the next verdict
         self._window: deque[bool] = deque(maxlen=cfg.reject_rate_window)
         self._rejects = 0
         self.alarming = False  # read by other threads (one bool store)
@@ -386,8 +400,17 @@ class RejectRateMonitor:
         """Rejects per verdict over the window (0 while empty)."""
         return self._rejects / len(self._window) if self._window else 0.0
 
+    def use_expected(self, expected: float | None) -> None:
+        """The camera now runs another model (from another thread): its calibrated rate counts from the next verdict."""
+        self._wanted = expected
+
     def feed(self, defective: bool) -> None:
         """One verdict of this camera, in capture order."""
+        if self._wanted != self.expected:  # a switch: the old model's rejects say nothing of the new one
+            self.expected = self._wanted
+            self.limit = max(self.cfg.reject_rate_factor * (self.expected or 0.0), self.cfg.reject_rate_floor)
+            self._window.clear()
+            self._rejects = 0
         if len(self._window) == self._window.maxlen and self._window[0]:
             self._rejects -= 1
         self._window.append(defective)
@@ -420,6 +443,7 @@ class InputHealth:
         self.cfg = cfg
         self.events: queue.Queue[InputAlarm] = queue.Queue()
         ref = manifest.input_stats
+        self._told = {manifest.bundle_id} if ref is None else set()  # bundles whose missing statistics were logged
         if ref is None:
             log.warning("bundle %s records no input statistics (fitted before edged-train recorded them): input "
                         "health checks only frozen and uniform (covered) frames; fit again for the rest",
@@ -429,6 +453,15 @@ class InputHealth:
         expected = expected_reject_rate(manifest, precision)
         self.rates = {name: RejectRateMonitor(name, cfg, expected, self.events) for name in self.monitors}
         self.not_inspected = dict.fromkeys(self.monitors, 0)  # verdicts made not_inspected (the recorder writes)
+
+    def use_model(self, camera: str, manifest: Manifest, precision: str | None = None) -> None:
+        """Camera `camera` now runs this bundle (its starting recipe, or a switch): its ranges and calibrated rate."""
+        if manifest.input_stats is None and manifest.bundle_id not in self._told:
+            self._told.add(manifest.bundle_id)
+            log.warning("bundle %s records no input statistics: camera %s checks only frozen and uniform frames",
+                        manifest.bundle_id, camera)
+        self.monitors[camera].use_reference(manifest.input_stats)
+        self.rates[camera].use_expected(expected_reject_rate(manifest, precision))
 
     def degraded(self, camera: str, frame: FrameInput | None = None) -> str:
         """Why the camera is degraded ('' when not): its frame's flag (at capture) or a reject-rate alarm."""

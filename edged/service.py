@@ -260,6 +260,8 @@ class Service:
 
     def _recipe_answered(self, outcome: RecipeOutcome) -> None:
         """The ack of a recipe request, QoS 1 (from the switcher's thread or the MQTT thread)."""
+        if outcome.ok:
+            self._input_follows_recipes(list(outcome.request.cameras))
         if self.link is None or self.recipes is None:
             return
         current = {cam: a["recipe"] for cam, a in self.recipes.summary().items()}
@@ -484,10 +486,19 @@ class Service:
             return
         self.input_health = InputHealth(cfg.input_health, [c.name for c in cfg.cameras], self.detector.manifest,
                                         self.detector.precision)
+        self._input_follows_recipes([c.name for c in cfg.cameras])
         if self.link is not None and self.mqtt_announce:
             topics = Topics.of(cfg)
             for cam in cfg.cameras:
                 self.link.send(topics.alarm(cam.name), "", qos=1, retain=True)
+
+    def _input_follows_recipes(self, cameras: list[str]) -> None:
+        """Each camera's input ranges and expected reject rate are those of the model it runs now (its recipe)."""
+        if self.input_health is None or self.recipes is None:
+            return
+        for cam in cameras:
+            det = self.recipes.current(cam).detector
+            self.input_health.use_model(cam, det.manifest, det.precision)
 
     def _input_alarms(self) -> None:
         """Alarm changes from the capture threads (input) and the recorder (reject rate): each camera's retained

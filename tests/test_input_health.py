@@ -403,3 +403,20 @@ def test_daemon_degrades_alarms_clears_and_parts_are_not_inspected(tmp_path: Pat
     health = runner.service.input_health
     assert health is not None and health.camera_health("cam1")["alarms"] == 4
     assert runner.service.degraded_cameras() == {}
+
+
+def test_a_recipe_switch_brings_its_own_ranges_and_rate(tmp_path: Path, ref: InputStatistics) -> None:
+    plain = load_manifest(build_max_bundle(tmp_path / "plain"))  # no statistics, manual threshold
+    health = InputHealth(CFG, ["cam1"], plain)
+    mon, rate = health.monitors["cam1"], health.rates["cam1"]
+    assert mon.feed(dark(1), 0.0).ok  # without a reference, dark is not known
+    for _ in range(30):
+        rate.feed(True)
+    entry = plain.models["int8"]
+    calibrated = plain.model_copy(update={"input_stats": ref, "bundle_id": "parts-b", "models": {
+        **plain.models, "int8": entry.model_copy(update={"threshold": entry.threshold.model_copy(
+            update={"method": "percentile", "percentile": 99.0})})}})
+    health.use_model("cam1", calibrated, "int8")  # from the switcher's thread: taken at the next frame / verdict
+    assert mon.feed(dark(2), 0.1).problems[0] == "too_dark"
+    rate.feed(False)
+    assert rate.expected == pytest.approx(0.01) and rate.rate == 0.0  # the old model's rejects are forgotten
