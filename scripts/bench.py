@@ -1038,10 +1038,11 @@ def recipes_main(args: argparse.Namespace) -> int:
         broker.stop()
     switch = [v for r in runs for v in r.switch_ms() if v is not None]
     ack = [v for r in runs for v in r.ack_ms() if v is not None]
-    out = {"machine": machine(), "switches": sum(len(r.requests) for r in runs),
-           "triggers": sum(len(r.triggers) for r in runs), "switch_ms": summary(switch), "ack_ms": summary(ack),
-           "refused_while_switching": sum(1 for r in runs for a in r.trigger_acks if a["result"] == "refused"),
-           "switch_ms_each": switch, "ack_ms_each": ack}
+    out: dict[str, Any] = {
+        "machine": machine(), "switches": sum(len(r.requests) for r in runs),
+        "triggers": sum(len(r.triggers) for r in runs), "switch_ms": summary(switch), "ack_ms": summary(ack),
+        "refused_while_switching": sum(1 for r in runs for a in r.trigger_acks if a["result"] == "refused"),
+        "switch_ms_each": switch, "ack_ms_each": ack}
     print(f"recipes: {out['switches']} switches under {out['triggers']} triggers (every 100 ms, 30 fps): request -> "
           f"first result on the new model p50 {out['switch_ms']['p50']} ms, max {max(switch, default=None)} ms; "
           f"request -> ack (loaded and verified) p50 {out['ack_ms']['p50']} ms, max {max(ack, default=None)} ms; "
