@@ -19,7 +19,7 @@ from edged import features as feature_extractors
 from edged.bundle import BundleError, Manifest, load_manifest, resolve_model
 from edged.preprocess import prepare_uint8, to_tensor
 from edged.runtimes import registry
-from edged.runtimes.base import Backend
+from edged.runtimes.base import Backend, RuntimeUnavailable
 from edged.runtimes.choice import RuntimeChoice, choose_auto, refuse
 from edged.runtimes.onnxruntime import PROVIDER_NAMES
 
@@ -83,8 +83,11 @@ class Detector:
             log.info("runtime %s: using the fp32 model of the bundle", runtime)
             chosen = "fp32"
         refuse(self.bundle_dir, self.manifest, runtime, chosen)
-        return RuntimeChoice(runtime, chosen, "explicit", f"{runtime}/{chosen} as model.runtime says"), \
-            self._load(runtime, chosen)
+        try:
+            backend = self._load(runtime, chosen)
+        except RuntimeUnavailable as exc:  # found but does not import: as good as not installed
+            raise RuntimeUnavailable(f"model bundle {self.bundle_dir}: model.runtime: {runtime}: {exc}") from None
+        return RuntimeChoice(runtime, chosen, "explicit", f"{runtime}/{chosen} as model.runtime says"), backend
 
     def _blank_row(self) -> np.ndarray:
         """One prepared black frame: the self-test's input, and what `auto` times the candidates on."""

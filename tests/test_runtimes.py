@@ -176,12 +176,17 @@ def test_a_runtime_that_is_not_installed_is_refused_with_exit_2(verified: Path, 
     assert proc.returncode == 2, proc.stderr
     assert "model.runtime: openvino: openvino is not installed here (pip install 'edged[openvino]')" in proc.stderr
     assert "Traceback" not in proc.stderr
-    # auto on the same machine runs what is installed
-    cfg.write_text(cfg.read_text().replace("runtime: openvino", "runtime: auto"))
+    # auto on the same machine runs what is installed, even where the manifest says OpenVINO is fastest
+    bundle = copy_bundle(verified, tmp_path / "b")
+    for precision in ("fp32", "int8"):
+        with_check(bundle, "openvino", precision, latency_ms=(1e-6, 1e-6))
+    cfg.write_text(cfg.read_text().replace(f"bundle: {verified}, runtime: openvino",
+                                           f"bundle: {bundle}, runtime: auto"))
     proc = subprocess.run([sys.executable, "-m", "edged", "check-config", "-c", str(cfg)], capture_output=True,
                           text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "openvino" not in proc.stdout.split("chosen:")[1].splitlines()[0]
+    assert "runtime:  onnxruntime, provider" in proc.stdout
+    assert "chosen: auto: fastest of onnxruntime/" in proc.stdout
 
 
 def test_an_old_manifest_without_verification_still_loads(tmp_path: Path) -> None:

@@ -160,11 +160,26 @@ def choose_auto(manifest: Manifest, precision: str | None, load: Loader, sample:
     if known is None:
         backends = _load_all(pairs, load)
         known = measure(backends, sample)
-    best = min(known, key=lambda t: t.median_ms)
-    pair = (best.runtime, best.precision)
-    backend = backends[pair] if pair in backends else load(*pair)
-    ranked = tuple(sorted(known, key=lambda t: t.median_ms))
-    return RuntimeChoice(best.runtime, best.precision, "auto", "fastest", ranked), backend
+    ranked = sorted(known, key=lambda t: t.median_ms)
+    if backends:
+        best = ranked[0]
+        return RuntimeChoice(best.runtime, best.precision, "auto", "fastest", tuple(ranked)), \
+            backends[(best.runtime, best.precision)]
+    return _first_loading(ranked, load)
+
+
+def _first_loading(ranked: list[Timing], load: Loader) -> tuple[RuntimeChoice, Backend]:
+    """The fastest by the manifest's figures that loads here; one that does not (a broken install) is passed over."""
+    for i, best in enumerate(ranked):
+        try:
+            backend = load(best.runtime, best.precision)
+        except BundleError as exc:
+            if i == len(ranked) - 1:
+                raise
+            log.warning("model.runtime: auto: %s/%s left out: %s", best.runtime, best.precision, exc)
+            continue
+        return RuntimeChoice(best.runtime, best.precision, "auto", "fastest", tuple(ranked[i:])), backend
+    raise RuntimeUnavailable("model.runtime: auto: no candidate")  # not reached: ranked is never empty
 
 
 def _load_all(pairs: Sequence[tuple[str, str]], load: Loader) -> dict[tuple[str, str], Backend]:
