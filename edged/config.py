@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, Tag, ValidationError, field_validator, mo
 from pydantic_core import ErrorDetails
 
 from edged.input_health import InputHealthConfig
+from edged.opcua.config import OpcUaConfig
 from edged.recipes import DEFAULT_RECIPE, RecipeConfig
 from edged.safetext import escape, redact_url
 from edged.section import NAME_RE, Section
@@ -310,6 +311,7 @@ class Config(Section):
         InputHealthConfig(), description="Per-frame checks against the bundle's training images (too dark or "
                                          "bright, out of focus, blocked, frozen) and the reject-rate alarm.")
     web: WebConfig = Field(WebConfig(), description="The line's web view: live frames, rejects, feedback, /metrics.")
+    opcua: OpcUaConfig = Field(OpcUaConfig(), description="The OPC UA server for the line's PLC (off by default).")
     recipes: dict[str, RecipeConfig] = Field({}, description=(
         "Products and their models, by name (letters, digits, _ . -): a camera starts on its `recipe` (else the "
         "first one here) and `<base>/cmd/recipe` switches it; `default` is `model.bundle` unless named here."))

@@ -91,7 +91,8 @@ class RecorderThread(SupervisedThread):
         self.last_db_error = ""  # '' while commits succeed
         self._throttle = LogThrottle(log, 30.0)
         self.workers_done = threading.Event()  # set by the service when no verdict can arrive any more
-        self.on_results: Callable[[list[int]], None] | None = None  # committed results' row ids (edged.handshake)
+        # committed results of triggered parts: (row id, payload) (edged.handshake, the OPC UA server)
+        self.on_results: Callable[[list[tuple[int, dict[str, object]]]], None] | None = None
 
     def work(self) -> None:
         """Record until the workers are done and the queue is empty, then close the open parts (supervised:
@@ -254,7 +255,7 @@ class RecorderThread(SupervisedThread):
             self.last_db_error, self.db_full = "", False
         self._remember_defect_ids(group.verdict_rows, ids)
         if self.on_results is not None:
-            sent = [ids[m.row_index] for m in messages if m.kind == "result" and m.row_index is not None]
+            sent = [(ids[m.row_index], m.payload) for m in messages if m.kind == "result" and m.row_index is not None]
             if sent:
                 self.on_results(sent)
         self._count(group.events, messages)

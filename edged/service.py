@@ -74,6 +74,7 @@ from edged.web.live import LiveView
 from edged.worker import Decided, InferenceWorker
 
 if TYPE_CHECKING:
+    from edged.opcua.server import OpcUaServer, Snapshot
     from edged.web.server import WebServer
 
 log = logging.getLogger(__name__)
@@ -150,11 +151,14 @@ class Service:
         self._trigger_timing = {c.name: (c.trigger.delay_ms, c.trigger.timeout_ms) for c in config.cameras
                                 if c.trigger.mode == "mqtt"}
         self._admission = TriggerAdmission()
+        self._trigger_lock = threading.Lock()  # triggers come from the MQTT thread and OPC UA's executor threads
         self.instance_lock = InstanceLock(config.storage.state_dir)  # taken in start()
         self.input_health: InputHealth | None = None  # built in start(), from the bundle's ranges
         self._alarms: dict[str, dict[str, InputAlarm]] = {}  # camera -> source -> its active alarm
         self.recipes: RecipeBook | None = None  # built in start(): which recipe (model) each camera runs
-        self.switcher: RecipeSwitcher | None = None  # loads and verifies a new recipe off the hot path (MQTT only)
+        self.switcher: RecipeSwitcher | None = None  # loads and verifies a new recipe off the hot path
+        self.opcua: OpcUaServer | None = None  # the PLC's OPC UA view (edged/opcua/), when enabled
+        self._recipe_waiters: dict[str, tuple[threading.Event, list[RecipeOutcome]]] = {}  # OPC UA's SelectRecipe
         self.recipe_stop = threading.Event()
         self.result_acks = ResultAcks()  # triggered parts' results the PLC has not acknowledged (edged.handshake)
         self._ready: dict[str, tuple[bool, str]] = {}  # camera -> the ready flag last published
@@ -168,6 +172,7 @@ class Service:
         cfg = self.config
         # first: a second daemon on this state directory must not touch its database or its outbox
         self.instance_lock.acquire()
+        self._check_opcua()
         self._check_cameras()
         self._load_recipes()
         assert self.detector is not None and self.recipes is not None
@@ -188,7 +193,7 @@ class Service:
             send_result=self.link.send_result if (self.link and cfg.mqtt.publish_results) else None,
             on_verdict=self._on_verdict if self.web_enabled else self.on_verdict,
             publish_direct=self.link.publish_direct if self.link else None, input_health=self.input_health)
-        self.recorder.on_results = lambda ids: self.result_acks.sent(ids, time.time())
+        self.recorder.on_results = self._results_committed
         self.recorder.start()
         if self.link is not None:
             self.link.start()
@@ -208,6 +213,7 @@ class Service:
         log.info("edged %s started: station %s, %d camera(s), model %s, %d worker(s)", __version__, cfg.station,
                  len(cfg.cameras), self.detector.bundle_id, len(self.workers))
         self._start_switcher()
+        self._start_opcua()
         self._start_web()
 
     # --- recipes (edged.recipes) ---------------------------------------------------------------------
@@ -236,9 +242,17 @@ class Service:
         if self.detector is None:
             self.detector = active[cfg.cameras[0].name].detector
 
+    def _check_opcua(self) -> None:
+        """opcua.enabled without the extra installed is a bad config (exit 2) that says what to install."""
+        if self.config.opcua.enabled:
+            from edged.opcua.server import INSTALL_HINT, asyncua_available
+
+            if not asyncua_available():
+                raise ConfigError(INSTALL_HINT)
+
     def _start_switcher(self) -> None:
-        if self.link is None or self.recipes is None:
-            return  # commands come over MQTT
+        if self.recipes is None or (self.link is None and not self.config.opcua.enabled):
+            return  # commands come over MQTT or OPC UA
         self.switcher = RecipeSwitcher(self.recipes, self._load_model, lambda cam: self.stats[cam].latest,
                                        self._recipe_answered, self.heartbeats, self.recipe_stop)
         self.switcher.start()
@@ -259,9 +273,14 @@ class Service:
             raise
 
     def _recipe_answered(self, outcome: RecipeOutcome) -> None:
-        """The ack of a recipe request, QoS 1 (from the switcher's thread or the MQTT thread)."""
+        """The ack of a recipe request: to its OPC UA caller, or QoS 1 on MQTT (switcher's thread or MQTT thread)."""
         if outcome.ok:
             self._input_follows_recipes(list(outcome.request.cameras))
+        waiter = self._recipe_waiters.pop(outcome.request.request_id, None)
+        if waiter is not None:  # OPC UA's SelectRecipe waits for it
+            waiter[1].append(outcome)
+            waiter[0].set()
+            return
         if self.link is None or self.recipes is None:
             return
         current = {cam: a["recipe"] for cam, a in self.recipes.summary().items()}
@@ -269,6 +288,88 @@ class Service:
         if not outcome.request.recipe:
             ack = dataclasses.replace(ack, recipe=None)
         self.link.send(Topics.of(self.config).recipe_ack, ack, qos=1)
+
+    # --- OPC UA (edged/opcua/) -----------------------------------------------------------------------
+    def _start_opcua(self) -> None:
+        """The OPC UA server thread, when enabled; a port in use is logged and the line runs on without it."""
+        cfg = self.config.opcua
+        if not cfg.enabled:
+            return
+        from edged.opcua.server import Hooks, OpcUaServer
+
+        try:
+            password = cfg.read_password()
+        except ValueError as exc:  # never open to everyone for want of a password
+            log.error("OPC UA server not started: %s", exc)
+            return
+        self.opcua = OpcUaServer(cfg, self.config.station, [c.name for c in self.config.cameras],
+                                 Hooks(self._opcua_trigger, self.select_recipe, self._opcua_snapshot),
+                                 self.heartbeats, password)
+        self.opcua.start()
+        self.opcua.listening.wait(20.0)
+
+    def _results_committed(self, results: list[tuple[int, dict[str, object]]]) -> None:
+        """Recorder thread, after a commit: the results now await the PLC's ack, and OPC UA shows them."""
+        self.result_acks.sent([i for i, _ in results], time.time())
+        if self.opcua is not None:
+            for inspection_id, payload in results:
+                self.opcua.result({**payload, "inspection_id": inspection_id})
+
+    def _opcua_trigger(self, camera: str, part_id: str) -> tuple[str, str]:
+        """OPC UA's Trigger(camera, part_id): the MQTT trigger's path; -> (accepted | refused, reason)."""
+        body: dict[str, object] = {"part_id": part_id}
+        if camera:
+            body["camera"] = camera
+        acks: list[TriggerAck] = []
+        try:
+            self.admit_trigger(jsonout.dumps(body).encode(), time.time(), acks)
+        except MessageRefused as exc:
+            if not acks:
+                return "refused", str(exc)
+        refused = [a for a in acks if not a.accepted]
+        if refused:
+            return "refused", f"{refused[0].reason}: {refused[0].detail}"
+        return "accepted", ""
+
+    def select_recipe(self, camera: str, recipe: str, timeout_s: float = 120.0) -> tuple[str, str, str]:
+        """Switch `camera` ('' for all) to `recipe` and wait for the outcome (any thread but the switcher's):
+        -> (switched | refused, reason, model)."""
+        if self.switcher is None or self.recipes is None:
+            return "refused", "the pipeline is not running", ""
+        request_id = f"opcua-{time.monotonic_ns()}"
+        body: dict[str, object] = {"request_id": request_id, "recipe": recipe}
+        if camera:
+            body["camera"] = camera
+        try:
+            request = parse_recipe_command(jsonout.dumps(body).encode(), time.time(), self.recipes.cameras(),
+                                           list(self.recipes.table))
+        except MessageRefused as exc:
+            return "refused", str(exc), ""
+        done: tuple[threading.Event, list[RecipeOutcome]] = (threading.Event(), [])
+        self._recipe_waiters[request_id] = done
+        busy = self.switcher.submit(request)
+        if busy:
+            self._recipe_waiters.pop(request_id, None)
+            return "refused", busy, ""
+        if not done[0].wait(timeout_s):
+            return "refused", f"no outcome within {timeout_s:g} s (still loading?)", ""
+        outcome = done[1][0]
+        return ("switched", "", outcome.model or "") if outcome.ok else ("refused", outcome.reason, "")
+
+    def _opcua_snapshot(self) -> Snapshot:
+        """What the OPC UA namespace shows besides results (its loop calls this every half second)."""
+        from edged.opcua.server import Snapshot
+
+        state = ("Halted" if self._stopping else "Error" if self._dead else
+                 "Operational" if self._ready_sent else "Preoperational")
+        counters = {"Inspected": self.counters.inspected, "Rejects": self.counters.rejects,
+                    "NotInspected": self.counters.not_inspected, "Drops": sum(self.frames.drops(n) for n in self.stats)}
+        cams = {}
+        for name, stats in self.stats.items():
+            active = self.recipes.current(name) if self.recipes is not None else None
+            ready = stats.state == "streaming" and (name not in self.gates or self.trigger_refusal(name) is None)
+            cams[name] = (ready, active.name if active else "", active.model if active else "")
+        return Snapshot(state, counters, cams)
 
     # --- web view ----------------------------------------------------------------------------------
     def _start_web(self) -> None:
@@ -366,47 +467,62 @@ class Service:
         return table
 
     def _on_trigger(self, payload: bytes, arrived_at: float) -> None:
-        """A trigger message from the line (on the MQTT thread): checked, admitted (bounded), then to the recorder
-        and the cameras; every camera it names gets its ack (edged.handshake). A camera that cannot take it now
+        """A trigger message from the line (on the MQTT thread): `admit_trigger`, its acks on `<base>/trigger/ack`.
+        Raises MessageRefused for a message it cannot use (the link counts it), after acknowledging it."""
+        acks: list[TriggerAck] = []
+        try:
+            self.admit_trigger(payload, arrived_at, acks)
+        finally:
+            if self.link is not None:
+                for ack in acks:
+                    self.link.send(Topics.of(self.config).trigger_ack, ack, qos=1)
+
+    def admit_trigger(self, payload: bytes, arrived_at: float, acks: list[TriggerAck]) -> None:
+        """A trigger (MQTT, or OPC UA's Trigger method): checked, admitted (bounded), then to the recorder and the
+        cameras; every camera it names gets its ack in `acks` (edged.handshake). A camera that cannot take it now
         (not ready, recipe switching) refuses it in the ack AND gives the part its one result at once,
         not_inspected (with its fail-safe reject where configured): a PLC that reads only results stays safe.
-        Raises MessageRefused for a message it cannot use (the link counts it), after acknowledging it."""
+        Raises MessageRefused for a message it cannot use, after acknowledging it. One caller at a time."""
+        with self._trigger_lock:
+            self._admit_trigger(payload, arrived_at, acks)
+
+    def _admit_trigger(self, payload: bytes, arrived_at: float, acks: list[TriggerAck]) -> None:
         if self.recorder is None:
             self._trigger_refused(TriggerRefused(TriggerRefusal.NOT_READY, "trigger before the pipeline started"),
-                                  arrived_at)
+                                  arrived_at, acks)
         try:
             parsed = parse_trigger(payload, arrived_at, self._trigger_timing)
         except TriggerRefused as exc:
-            self._trigger_refused(exc, arrived_at)
+            self._trigger_refused(exc, arrived_at, acks)
         except MessageRefused as exc:
-            self._trigger_refused(TriggerRefused(TriggerRefusal.BAD_MESSAGE, str(exc)), arrived_at)
+            self._trigger_refused(TriggerRefused(TriggerRefusal.BAD_MESSAGE, str(exc)), arrived_at, acks)
         refusals = {t.camera: r for t in parsed if (r := self.trigger_refusal(t.camera)) is not None}
         parsed = [dataclasses.replace(t, deadline_at=arrived_at) if t.camera in refusals else t for t in parsed]
         try:
             triggers = self._admission.admit(parsed, arrived_at)
         except TriggerRefused as exc:
             for trig in parsed:
-                self._send_trigger_ack(trig.part_id, trig.camera, exc.code.value, str(exc), arrived_at)
+                self._ack(acks, trig.part_id, trig.camera, exc.code.value, str(exc), arrived_at)
             raise
         for trig in triggers:
             self.recorder.triggers.put(trig)  # first: the verdict must find its trigger registered
             refusal = refusals.get(trig.camera)
             if refusal is not None:  # its deadline is now: the recorder answers not_inspected
-                self._send_trigger_ack(trig.part_id, trig.camera, refusal.value,
+                self._ack(acks, trig.part_id, trig.camera, refusal.value,
                                        f"camera {trig.camera}: {refusal.value}", arrived_at)
                 continue
             with contextlib.suppress(queue.Full):  # cannot happen (admission is smaller); the book answers it
                 self.gates[trig.camera].inbox.put_nowait(trig)
-            self._send_trigger_ack(trig.part_id, trig.camera, "", "", arrived_at)
+            self._ack(acks, trig.part_id, trig.camera, "", "", arrived_at)
         for trig in parsed:
             if trig not in triggers:  # a repeat of an outstanding part, beside fresh ones
-                self._send_trigger_ack(trig.part_id, trig.camera, TriggerRefusal.REPEATED.value,
+                self._ack(acks, trig.part_id, trig.camera, TriggerRefusal.REPEATED.value,
                                        "already outstanding (repeated)", arrived_at)
 
     # --- the handshake (edged.handshake) -------------------------------------------------------------
-    def _trigger_refused(self, exc: TriggerRefused, arrived_at: float) -> NoReturn:
+    def _trigger_refused(self, exc: TriggerRefused, arrived_at: float, acks: list[TriggerAck]) -> NoReturn:
         """Acknowledge a trigger refused as a whole, then raise it for the link to count."""
-        self._send_trigger_ack(exc.part_id, None, exc.code.value, str(exc), arrived_at)
+        self._ack(acks, exc.part_id, None, exc.code.value, str(exc), arrived_at)
         raise exc
 
     def trigger_refusal(self, camera: str) -> TriggerRefusal | None:
@@ -418,11 +534,9 @@ class Service:
             return TriggerRefusal.NOT_READY
         return camera_refusal(stats.state, self.recipes is not None and self.recipes.switching(camera))
 
-    def _send_trigger_ack(self, part_id: str | None, camera: str | None, reason: str, detail: str,
-                          arrived_at: float) -> None:
-        if self.link is not None:
-            self.link.send(Topics.of(self.config).trigger_ack, TriggerAck(
-                self.config.station, part_id, camera, not reason, reason, detail, arrived_at), qos=1)
+    def _ack(self, acks: list[TriggerAck], part_id: str | None, camera: str | None, reason: str, detail: str,
+             arrived_at: float) -> None:
+        acks.append(TriggerAck(self.config.station, part_id, camera, not reason, reason, detail, arrived_at))
 
     def _on_result_ack(self, payload: bytes, arrived_at: float) -> None:
         """`<base>/cmd/result_ack` (MQTT thread): the PLC took these results; an id not awaited is counted."""
@@ -558,7 +672,7 @@ class Service:
         if self._stopping:
             return dead
         images = self.recorder.images if self.recorder is not None else None
-        for t in (*self.workers, self.recorder, self.link, images, self.web, self.switcher):
+        for t in (*self.workers, self.recorder, self.link, images, self.web, self.switcher, self.opcua):
             if t is not None and t.ident is not None and not t.is_alive() and t.name not in dead:
                 dead[t.name] = "ended unexpectedly"
         return dead
@@ -711,6 +825,8 @@ class Service:
         self.notifier.stopping()
         self._stopping = True  # threads now end by design
         self._stop_web()  # first: no page reads the pipeline while it is taken down
+        if self.opcua is not None:
+            self.opcua.stop()
         self.recipe_stop.set()  # a switch half-loaded is abandoned: the cameras keep what they run
         if self.switcher is not None:
             self.switcher.join(timeout=2.0)

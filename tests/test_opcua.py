@@ -1,0 +1,167 @@
+"""The OPC UA server (edged/opcua/) with a real asyncua client against the daemon on a generated video: the
+namespace browsed, Trigger answered and its result received by subscription, SelectRecipe and the next result
+on the new model, wrong credentials and anonymous refused; the config's safety rules."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devkit.support import Broker, ServiceRunner, build_max_bundle, free_port, wait_until, write_spot_video
+from edged.config import ConfigError, load_config, parse_config
+
+asyncua = pytest.importorskip("asyncua")
+
+
+def _base(extra: dict[str, object]) -> dict[str, object]:
+    return {"model": {"bundle": "/b"}, "cameras": [{"name": "cam1", "source": "0"}], "opcua": extra}
+
+
+@pytest.mark.parametrize(("opcua", "message"), [
+    ({"enabled": True, "bind": "0.0.0.0"}, "bind 0.0.0.0 is not loopback: set anonymous: false"),
+    ({"anonymous": False}, "anonymous is false and no username is set"),
+    ({"security": ["sign"]}, "security sign or sign_and_encrypt needs certificate and private_key"),
+    ({"security": ["encrypt"]}, "opcua.security[0]: Input should be 'none', 'sign' or 'sign_and_encrypt'"),
+])
+def test_unsafe_opcua_configs_are_refused_naming_the_key(opcua: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(_base(opcua))
+    assert message in str(err.value), str(err.value)
+
+
+def test_without_asyncua_the_daemon_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edged.service import Service
+
+    monkeypatch.setitem(sys.modules, "asyncua", None)  # an import of it now fails, as where the extra is missing
+    cfg = parse_config({**_base({"enabled": True}), "storage": {"state_dir": str(tmp_path)},
+                        "mqtt": {"enabled": False}})
+    with pytest.raises(ConfigError, match=r"pip install 'edged\[opcua\]'"):
+        Service(cfg, handle_signals=False).start()
+
+
+async def _client_session(url: str, user: str | None, password: str | None) -> Any:
+    client = asyncua.Client(url, timeout=10)
+    if user is not None:
+        client.set_user(user)
+        client.set_password(password or "")
+    await client.connect()
+    return client
+
+
+async def _refused(url: str, user: str | None, password: str | None) -> str:
+    try:
+        client = await _client_session(url, user, password)
+    except Exception as exc:  # asyncua raises ua.UaStatusCodeError (BadUserAccessDenied, BadIdentityTokenInvalid)
+        return type(exc).__name__
+    await client.disconnect()
+    return ""
+
+
+class _Changes:
+    """asyncua's data-change handler: every value of the subscribed node."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+        self.values.append(val)
+
+
+async def _wait_value(changes: _Changes, count: int, timeout: float) -> None:
+    for _ in range(int(timeout * 20)):
+        if len([v for v in changes.values if v]) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no result by subscription within {timeout} s: {changes.values}")
+
+
+async def _plc(url: str) -> dict[str, Any]:
+    """The PLC's session: browse, trigger, subscribe, switch recipe, trigger again."""
+    client = await _client_session(url, "plc", "s3cret")
+    try:
+        idx = await client.get_namespace_index("urn:edged:test")
+        station = await client.nodes.objects.get_child(f"{idx}:test")
+        names = sorted([(await n.read_browse_name()).Name for n in await station.get_children()])
+        cam = await station.get_child([f"{idx}:Cameras", f"{idx}:cam1"])
+        last = await cam.get_child(f"{idx}:LastResult")
+        fields = sorted([(await n.read_browse_name()).Name for n in await last.get_children()])
+        changes = _Changes()
+        sub = await client.create_subscription(50, changes)
+        await sub.subscribe_data_change(await last.get_child(f"{idx}:InspectionId"))
+        trigger = await station.get_child(f"{idx}:Trigger")
+        select = await station.get_child(f"{idx}:SelectRecipe")
+        first = await station.call_method(trigger, "cam1", "OPC-1")
+        await _wait_value(changes, 1, 15)
+        one = {k: await (await last.get_child(f"{idx}:{k}")).read_value() for k in ("PartId", "Model", "Recipe",
+                                                                                   "Verdict", "InspectionId")}
+        unknown = await station.call_method(trigger, "cam9", "OPC-X")
+        switched = await station.call_method(select, "cam1", "b")
+        bad = await station.call_method(select, "cam1", "nope")
+        await station.call_method(trigger, "cam1", "OPC-2")
+        await _wait_value(changes, 2, 15)
+        two = {k: await (await last.get_child(f"{idx}:{k}")).read_value() for k in ("PartId", "Model", "Recipe",
+                                                                                   "InspectionId")}
+        state_node = await station.get_child(f"{idx}:SystemState")
+        for _ in range(200):  # refreshed every half second from the service
+            state = await state_node.read_value()
+            if state == "Operational":
+                break
+            await asyncio.sleep(0.05)
+        ready = await (await cam.get_child(f"{idx}:Ready")).read_value()
+        await sub.delete()
+        return {"names": names, "fields": fields, "first": first, "one": one, "unknown": unknown,
+                "switched": switched, "bad": bad, "two": two, "state": state, "ready": ready}
+    finally:
+        await client.disconnect()
+
+
+@pytest.mark.slow
+def test_a_plc_browses_triggers_subscribes_and_switches_recipes(tmp_path: Path, broker: Broker) -> None:
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 90, set())
+    a = build_max_bundle(tmp_path / "a", bundle_id="model-a")
+    b = build_max_bundle(tmp_path / "b", threshold=0.9, bundle_id="model-b")
+    (tmp_path / "opcua-password").write_text("s3cret\n")
+    port = free_port()
+    cfg = tmp_path / "edged.yaml"
+    cfg.write_text(f"""
+station: test
+model: {{bundle: {a}}}
+recipes: {{a: {{bundle: {a}}}, b: {{bundle: {b}, threshold: 0.9}}}}
+cameras:
+  - {{name: cam1, source: "{video}", realtime: true, fps: 30, loop: true, trigger: {{mode: mqtt, timeout_ms: 3000}}}}
+storage: {{state_dir: {tmp_path / "state"}}}
+mqtt: {{host: 127.0.0.1, port: {broker.port}}}
+opcua: {{enabled: true, port: {port}, anonymous: false, username: plc, password_file: {tmp_path / "opcua-password"}}}
+web: {{enabled: false}}
+""")
+    runner = ServiceRunner(load_config(cfg)).start()
+    url = f"opc.tcp://127.0.0.1:{port}/edged/"
+    try:
+        wait_until(lambda: runner.service.opcua is not None and runner.service.opcua.listening.is_set(), 30,
+                   "the OPC UA endpoint")
+        wait_until(lambda: runner.service.stats["cam1"].state == "streaming", 20, "cam1 streaming")
+        wrong = asyncio.run(_refused(url, "plc", "wrong"))
+        anonymous = asyncio.run(_refused(url, None, None))
+        got = asyncio.run(_plc(url))
+        refused_logins = runner.service.opcua.users.refused if runner.service.opcua else 0
+    finally:
+        runner.stop()
+    assert wrong and anonymous and refused_logins >= 1, (wrong, anonymous, refused_logins)  # anonymous: not offered
+    assert {"SystemState", "Cameras", "Trigger", "SelectRecipe", "Inspected", "Rejects", "NotInspected",
+            "Drops"} <= set(got["names"]), got["names"]
+    assert got["fields"] == sorted(["PartId", "Verdict", "IsDefective", "Score", "Threshold", "CaptureTime",
+                                    "DecisionTime", "Model", "Recipe", "InspectionId"])
+    assert got["first"] == ["accepted", ""], got["first"]
+    assert got["one"]["PartId"] == "OPC-1" and got["one"]["Model"] == "model-a" and got["one"]["Recipe"] == "a"
+    assert got["one"]["Verdict"] == "ok" and got["one"]["InspectionId"] > 0
+    assert got["unknown"][0] == "refused" and got["unknown"][1].startswith("unknown_camera"), got["unknown"]
+    assert got["switched"] == ["switched", "", "model-b"], got["switched"]
+    assert got["bad"][0] == "refused" and "unknown recipe" in got["bad"][1], got["bad"]
+    assert got["two"]["PartId"] == "OPC-2" and got["two"]["Model"] == "model-b" and got["two"]["Recipe"] == "b"
+    assert got["two"]["InspectionId"] > got["one"]["InspectionId"]
+    assert got["state"] == "Operational" and got["ready"] is True
