@@ -165,3 +165,70 @@ web: {{enabled: false}}
     assert got["two"]["PartId"] == "OPC-2" and got["two"]["Model"] == "model-b" and got["two"]["Recipe"] == "b"
     assert got["two"]["InspectionId"] > got["one"]["InspectionId"]
     assert got["state"] == "Operational" and got["ready"] is True
+
+
+async def _certificates(folder: Path, app_uri: str, server: bool) -> tuple[Path, Path]:
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    role = "server" if server else "client"
+    key, cert = folder / f"{role}-key.pem", folder / f"{role}.der"
+    use = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+    await setup_self_signed_certificate(key, cert, app_uri, "localhost", use, {"commonName": app_uri})
+    return cert, key
+
+
+async def _secure_session(url: str, cert: Path, key: Path, encrypted: bool) -> tuple[str, list[Any]]:
+    client = asyncua.Client(url, timeout=10)
+    client.application_uri = "urn:edged:test-client"
+    client.set_user("plc")
+    client.set_password("s3cret")
+    if encrypted:
+        await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{cert},{key}")
+    try:
+        await client.connect()
+    except Exception as exc:  # no such endpoint: the server offers only SignAndEncrypt
+        return type(exc).__name__, []
+    try:
+        policy = client.security_policy.URI
+        idx = await client.get_namespace_index("urn:edged:test")
+        station = await client.nodes.objects.get_child(f"{idx}:test")
+        answer = await station.call_method(await station.get_child(f"{idx}:Trigger"), "cam1", "SEC-1")
+        return policy, answer
+    finally:
+        await client.disconnect()
+
+
+@pytest.mark.slow
+def test_basic256sha256_sign_and_encrypt_with_certificates_from_files(tmp_path: Path, broker: Broker) -> None:
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 90, set())
+    bundle = build_max_bundle(tmp_path / "a")
+    (tmp_path / "pw").write_text("s3cret")
+    server_cert, server_key = asyncio.run(_certificates(tmp_path, "urn:edged:test:server", server=True))
+    client_cert, client_key = asyncio.run(_certificates(tmp_path, "urn:edged:test-client", server=False))
+    port = free_port()
+    cfg = tmp_path / "edged.yaml"
+    cfg.write_text(f"""
+station: test
+model: {{bundle: {bundle}}}
+cameras:
+  - {{name: cam1, source: "{video}", realtime: true, fps: 30, loop: true, trigger: {{mode: mqtt}}}}
+storage: {{state_dir: {tmp_path / "state"}}}
+mqtt: {{host: 127.0.0.1, port: {broker.port}}}
+opcua: {{enabled: true, port: {port}, anonymous: false, username: plc, password_file: {tmp_path / "pw"},
+        security: [sign_and_encrypt], certificate: {server_cert}, private_key: {server_key}}}
+web: {{enabled: false}}
+""")
+    runner = ServiceRunner(load_config(cfg)).start()
+    url = f"opc.tcp://127.0.0.1:{port}/edged/"
+    try:
+        wait_until(lambda: runner.service.opcua is not None and runner.service.opcua.listening.is_set(), 30,
+                   "the OPC UA endpoint")
+        wait_until(lambda: runner.service.stats["cam1"].state == "streaming", 20, "cam1 streaming")
+        plain = asyncio.run(_secure_session(url, client_cert, client_key, encrypted=False))
+        secure = asyncio.run(_secure_session(url, client_cert, client_key, encrypted=True))
+    finally:
+        runner.stop()
+    assert plain[1] == [] and plain[0], plain  # no unencrypted session on a sign_and_encrypt-only server
+    assert secure == ("http://opcfoundation.org/UA/SecurityPolicy#Basic256Sha256", ["accepted", ""]), secure
