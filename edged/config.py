@@ -531,4 +531,8 @@ def _resolve_relative(config: Config, base: Path) -> Config:
     cameras = tuple(c.with_paths_from(base) for c in config.cameras)  # each kind knows which of its keys are paths
     recipes = {name: r if r.bundle.is_absolute() else r.model_copy(update={"bundle": base / r.bundle})
                for name, r in config.recipes.items()}
-    return config.model_copy(update={"model": model, "storage": storage, "cameras": cameras, "recipes": recipes})
+    opcua = config.opcua.model_copy(update={  # password, certificate and key files beside the config
+        k: base / v for k in ("password_file", "certificate", "private_key")
+        if isinstance(v := getattr(config.opcua, k), Path) and not v.is_absolute()})
+    return config.model_copy(update={"model": model, "storage": storage, "cameras": cameras, "recipes": recipes,
+                                     "opcua": opcua})

@@ -307,6 +307,9 @@ class Service:
                                  self.heartbeats, password)
         self.opcua.start()
         self.opcua.listening.wait(20.0)
+        if self.opcua.failed:  # a port in use: logged by the server; the line inspects on without it
+            self.opcua.join(timeout=5.0)
+            self.opcua = None
 
     def _results_committed(self, results: list[tuple[int, dict[str, object]]]) -> None:
         """Recorder thread, after a commit: the results now await the PLC's ack, and OPC UA shows them."""
@@ -766,6 +769,8 @@ class Service:
             "mqtt": self._link_counts(),
             "recipes": self.recipes.summary() if self.recipes is not None else {},
             "handshake": self.result_acks.counts(),
+            "opcua": ({"endpoint": self.opcua.endpoint, "refused_logins": self.opcua.users.refused}
+                      if self.opcua is not None else {}),
         }
 
     def _link_counts(self) -> dict[str, int]:

@@ -232,3 +232,42 @@ web: {{enabled: false}}
         runner.stop()
     assert plain[1] == [] and plain[0], plain  # no unencrypted session on a sign_and_encrypt-only server
     assert secure == ("http://opcfoundation.org/UA/SecurityPolicy#Basic256Sha256", ["accepted", ""]), secure
+
+
+def test_opcua_files_are_taken_from_the_config_folder(tmp_path: Path) -> None:
+    path = tmp_path / "edged.yaml"
+    path.write_text("model: {bundle: a}\ncameras: [{name: cam1, source: '0'}]\nmqtt: {enabled: false}\n"
+                    "opcua: {username: plc, password_file: secrets/pw, security: [sign], certificate: c.der, "
+                    "private_key: /abs/k.pem}\n")
+    cfg = load_config(path).opcua
+    assert (cfg.password_file, cfg.certificate, cfg.private_key) == (tmp_path / "secrets" / "pw",
+                                                                     tmp_path / "c.der", Path("/abs/k.pem"))
+
+
+@pytest.mark.slow
+def test_a_port_in_use_leaves_the_line_inspecting_without_opcua(tmp_path: Path) -> None:
+    import socket
+
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 60, {30})
+    bundle = build_max_bundle(tmp_path / "a")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "edged.yaml"
+        cfg.write_text(f"""
+model: {{bundle: {bundle}}}
+cameras: [{{name: cam1, source: "{video}", trigger: {{gap_ms: 0}}}}]
+storage: {{state_dir: {tmp_path / "state"}}}
+mqtt: {{enabled: false}}
+opcua: {{enabled: true, port: {port}}}
+web: {{enabled: false}}
+""")
+        runner = ServiceRunner(load_config(cfg)).start()
+        try:
+            wait_until(lambda: not runner.thread.is_alive(), 60, "the end of the video")
+        finally:
+            runner.stop()
+    assert runner.exit_code == 0 and runner.service.opcua is None
+    assert runner.service.counters.inspected == 60 and runner.service.counters.rejects == 1
