@@ -251,8 +251,8 @@ class Service:
                 raise ConfigError(INSTALL_HINT)
 
     def _start_switcher(self) -> None:
-        if self.recipes is None or (self.link is None and not self.config.opcua.enabled):
-            return  # commands come over MQTT or OPC UA
+        if self.recipes is None or (self.link is None and not self.config.opcua.enabled and not self.web_enabled):
+            return  # commands come over MQTT, OPC UA or the web view
         self.switcher = RecipeSwitcher(self.recipes, self._load_model, lambda cam: self.stats[cam].latest,
                                        self._recipe_answered, self.heartbeats, self.recipe_stop)
         self.switcher.start()

@@ -151,7 +151,8 @@ class WebApp:
             (r"/api/status", self._api_status), (r"/api/cameras", self._api_cameras),
             (r"/api/rejects", self._api_rejects), (r"/api/parts/" + _ID, self._api_part),
             (r"/api/labels", self._api_labels))]
-        self._post: dict[str, Handler] = {"/api/labels": self._add_label, "/logout": self._logout}
+        self._post: dict[str, Handler] = {"/api/labels": self._add_label, "/logout": self._logout,
+                                          "/recipe": self._select_recipe}
 
     # --- entry -------------------------------------------------------------------------------------
     def handle(self, req: Request) -> Response:
@@ -238,7 +239,34 @@ class WebApp:
 
     def _overview(self, req: Request, caller: Caller, _: tuple[str, ...]) -> Response:
         return Response.html(pages.overview(self._ctx(caller), api.cameras(self.service, self.live),
-                                            api.status(self.service)))
+                                            api.status(self.service), self._recipe_card(caller)))
+
+    # --- recipes (edged.recipes) -------------------------------------------------------------------------
+    def _recipe_card(self, caller: Caller) -> str:
+        """The recipe selector, where there is more than one recipe to choose from."""
+        book = self.service.recipes
+        if book is None or len(book.table) < 2 or self.service.switcher is None:
+            return ""
+        return pages.recipe_card(self._ctx(caller), book.summary(), list(book.table))
+
+    def _select_recipe(self, req: Request, caller: Caller, _: tuple[str, ...]) -> Response:
+        """POST /recipe {camera ('' all), recipe}: switched (after load and verify) or refused with the reason."""
+        form = req.form()
+        camera, recipe = form.get("camera", ""), form.get("recipe", "")
+        result, reason, model = self.service.select_recipe(camera, recipe, timeout_s=60.0)
+        who = escape(caller.user or "local", 40)
+        if result != "switched":
+            log.warning("web: %s asked for recipe %s on %s: refused (%s)", who, escape(recipe, 60),
+                        escape(camera or "every camera", 60), escape(reason, 200))
+            if req.wants_json:
+                return Response.json({"result": result, "reason": reason}, HTTPStatus.CONFLICT)
+            return Response.html(pages.error(self._ctx(caller), f"recipe not switched: {reason}"),
+                                 HTTPStatus.CONFLICT)
+        log.info("web: %s switched %s to recipe %s (model %s)", who, escape(camera or "every camera", 60),
+                 escape(recipe, 60), model)
+        if req.wants_json:
+            return Response.json({"result": result, "model": model})
+        return Response.redirect("/")
 
     def _rejects_page(self, req: Request, caller: Caller, _: tuple[str, ...]) -> Response:
         try:

@@ -172,8 +172,9 @@ def _status_row(label: str, key: str, value: Any) -> str:
     return f'<tr><td>{e(label)}</td><td data-status="{e(key)}">{e(shown)}</td></tr>'
 
 
-def overview(ctx: Context, cams: list[dict[str, Any]], status: dict[str, Any]) -> str:
-    """Per camera the live frame, the latest reject's overlay and counters; the pipeline's state."""
+def overview(ctx: Context, cams: list[dict[str, Any]], status: dict[str, Any], extra: str = "") -> str:
+    """Per camera the live frame, the latest reject's overlay and counters; the pipeline's state; `extra` cards
+    (the recipe selector)."""
     lat = status.get("latency_ms") or {}
     rows = [("broker", "broker", status.get("broker")),
             ("outbox backlog", "outbox_backlog", status.get("outbox_backlog")),
@@ -184,7 +185,20 @@ def overview(ctx: Context, cams: list[dict[str, Any]], status: dict[str, Any]) -
     table = "".join(_status_row(*r) for r in rows)
     cards = "".join(_camera_card(c) for c in cams)
     return layout(ctx, "Overview", f'<div class="cards">{cards}<div class="card"><h2>pipeline</h2>'
-                                   f'<table class="kv" id="pipeline">{table}</table></div></div>')
+                                   f'<table class="kv" id="pipeline">{table}</table></div>{extra}</div>')
+
+
+def recipe_card(ctx: Context, current: dict[str, dict[str, str]], names: list[str]) -> str:
+    """The product changeover: each camera's recipe and model, and a form switching one camera or all (POST /recipe:
+    the new model is loaded and verified before the switch; a refusal says why)."""
+    rows = "".join(f'<tr><th>{e(cam)}</th><td class="recipe">{e(a.get("recipe"))}</td><td>{e(a.get("model"))}</td>'
+                   f'</tr>' for cam, a in current.items())
+    cams = "".join(f'<option value="{e(c)}">{e(c)}</option>' for c in current)
+    opts = "".join(f'<option value="{e(n)}">{e(n)}</option>' for n in names)
+    return (f'<div class="card"><h2>recipe</h2><table class="kv" id="recipes">{rows}</table>'
+            f'<form method="post" action="/recipe" id="recipe-form"><input type="hidden" name="csrf" '
+            f'value="{e(ctx.csrf)}">camera <select name="camera"><option value="">all</option>{cams}</select> '
+            f'recipe <select name="recipe">{opts}</select> <button>switch</button></form></div>')
 
 
 def _regions(regions: Iterable[dict[str, Any]]) -> str:
