@@ -20,6 +20,7 @@ import math
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,8 @@ class RecipeBook:
     def __init__(self, table: Mapping[str, RecipeConfig], active: Mapping[str, ActiveRecipe]) -> None:
         self.table = dict(table)
         self._active = dict(active)
-        self._switching: set[str] = set()  # cameras whose new model is being loaded (triggers may be refused)
+        self._switching: Counter[str] = Counter()  # camera -> its requests queued or loading (triggers refused)
+        self._lock = threading.Lock()
         self.switches = 0
         self.refusals = 0
 
@@ -135,7 +137,7 @@ class RecipeBook:
 
     def switching(self, camera: str) -> bool:
         """True while a switch of this camera is loading its new model."""
-        return camera in self._switching
+        return self._switching[camera] > 0
 
     def loaded(self, name: str) -> Detector | None:
         """A detector some camera already runs for recipe `name` (shared, not loaded twice)."""
@@ -146,12 +148,17 @@ class RecipeBook:
         return {cam: {"recipe": a.name, "model": a.model} for cam, a in list(self._active.items())}
 
     def begin(self, cameras: tuple[str, ...]) -> None:
-        """Mark the cameras as switching (a trigger meanwhile is refused: `recipe switching`)."""
-        self._switching.update(cameras)
+        """Mark the cameras as switching (a trigger meanwhile is refused: `recipe switching`); counted, so a second
+        request for a camera keeps it switching until both are over."""
+        with self._lock:
+            self._switching.update(cameras)
 
     def end(self, cameras: tuple[str, ...]) -> None:
-        """The switch of these cameras is over (applied or refused)."""
-        self._switching.difference_update(cameras)
+        """One request of these cameras is over (applied or refused)."""
+        with self._lock:
+            self._switching.subtract(cameras)
+            for cam in [c for c, n in self._switching.items() if n <= 0]:
+                del self._switching[cam]
 
     def apply(self, cameras: tuple[str, ...], recipe: ActiveRecipe) -> dict[str, str]:
         """Point each camera at `recipe` (one store each); returns what they ran before."""
@@ -181,11 +188,12 @@ class RecipeSwitcher(SupervisedThread):
 
     def submit(self, request: RecipeRequest) -> str:
         """Queue a request (any thread); '' when queued, else why not (the caller acknowledges the refusal)."""
+        self.book.begin(request.cameras)  # before the put: the switcher may end it at once
         try:
             self.inbox.put_nowait(request)
         except queue.Full:
+            self.book.end(request.cameras)
             return f"{MAX_PENDING_REQUESTS} recipe requests are waiting already"
-        self.book.begin(request.cameras)
         return ""
 
     def work(self) -> None:

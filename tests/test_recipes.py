@@ -287,3 +287,22 @@ def test_an_older_database_gets_the_recipe_column_and_keeps_its_rows(tmp_path: P
     old.close()
     conn = open_database(path)
     assert conn.execute("SELECT uid, recipe FROM inspections").fetchall() == [("u", None)]
+
+
+def test_a_camera_stays_switching_until_its_last_queued_request_is_over(bundles: dict[str, Path]) -> None:
+    book = _book(bundles)
+    answers: queue.Queue[RecipeOutcome] = queue.Queue()
+    stop, beats = threading.Event(), Heartbeats()
+    switcher = RecipeSwitcher(book, lambda r: Detector(r.bundle), lambda cam: None, answers.put, beats, stop)
+    assert switcher.submit(RecipeRequest("r1", "b", ("cam1",), 0.0)) == ""
+    assert switcher.submit(RecipeRequest("r2", "broken", ("cam1", "cam2"), 0.0)) == ""
+    assert book.switching("cam1") and book.switching("cam2")  # queued: triggers are refused meanwhile
+    switcher.start()
+    try:
+        first, second = answers.get(timeout=30), answers.get(timeout=30)
+    finally:
+        stop.set()
+        switcher.join(5)
+    assert (first.ok, second.ok) == (True, False)
+    assert not book.switching("cam1") and not book.switching("cam2")
+    assert book.current("cam1").name == "b" and book.current("cam2").name == "a"
