@@ -73,7 +73,8 @@ class Detector:
     def _open(self, runtime: str, precision: str | None) -> tuple[RuntimeChoice, Backend]:
         """`auto`: the fastest verified runtime/precision here; otherwise the named one, if the bundle allows it."""
         if runtime == "auto":
-            return choose_auto(self.manifest, precision, self._load, self._blank_row(), self.threads)
+            return choose_auto(self.manifest, precision, self._load, self._blank_row(), self.threads,
+                               cpu_only=self._providers == ("cpu",))
         chosen = precision or self.manifest.default
         if runtime == "onnxruntime" and not registry.installed("onnxruntime"):
             log.warning("onnxruntime is not installed: running the model with OpenCV DNN instead")

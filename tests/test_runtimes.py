@@ -134,6 +134,9 @@ def test_auto_takes_the_manifest_figures_measured_on_this_cpu(verified: Path, tm
     assert "fastest of openvino/fp32 1.50 ms" in det.choice.describe()
     # a configured precision limits the choice to it
     assert Detector(bundle, precision="int8", runtime="auto").runtime == "onnxruntime"
+    # with a GPU provider configured the CPU figures say nothing: timed here (CPU is the fallback provider)
+    det = Detector(bundle, runtime="auto", providers=("cuda", "cpu"))
+    assert {t.source for t in det.choice.timings} == {"measured"}
     # figures from another CPU are not trusted: the candidates are timed here
     for runtime, precision in figures:
         with_check(bundle, runtime, precision, cpu="Some Other CPU")

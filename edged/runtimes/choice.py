@@ -144,8 +144,9 @@ Loader = Callable[[str, str], Backend]
 
 
 def choose_auto(manifest: Manifest, precision: str | None, load: Loader, sample: np.ndarray,
-                threads: int) -> tuple[RuntimeChoice, Backend]:
-    """The fastest candidate and its loaded backend; the others are loaded only to be timed, then dropped."""
+                threads: int, cpu_only: bool = True) -> tuple[RuntimeChoice, Backend]:
+    """The fastest candidate and its loaded backend; the others are loaded only to be timed, then dropped.
+    The manifest's figures (verify: one thread, CPU provider) count only for a run like theirs."""
     pairs = candidates(manifest, precision)
     if not pairs:
         raise RuntimeUnavailable("model.runtime: auto: no runtime that may run this bundle is installed "
@@ -155,7 +156,7 @@ def choose_auto(manifest: Manifest, precision: str | None, load: Loader, sample:
         reason = ("the only runtime verified for this bundle" if manifest.verified
                   else "bundle not verified for other runtimes (edged-train verify)")
         return RuntimeChoice(runtime, prec, "auto", f"{runtime}/{prec}: {reason}"), load(runtime, prec)
-    known = _manifest_timings(manifest, pairs) if threads == 1 else None
+    known = _manifest_timings(manifest, pairs) if threads == 1 and cpu_only else None
     backends: dict[tuple[str, str], Backend] = {}
     if known is None:
         backends = _load_all(pairs, load)
