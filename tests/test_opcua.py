@@ -271,3 +271,27 @@ web: {{enabled: false}}
             runner.stop()
     assert runner.exit_code == 0 and runner.service.opcua is None
     assert runner.service.counters.inspected == 60 and runner.service.counters.rejects == 1
+
+
+@pytest.mark.slow
+def test_a_certificate_that_cannot_be_loaded_leaves_the_line_inspecting_without_opcua(tmp_path: Path) -> None:
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 60, {30})
+    bundle = build_max_bundle(tmp_path / "a")
+    (tmp_path / "cert.der").write_bytes(b"not a certificate")
+    (tmp_path / "key.pem").write_bytes(b"not a key")
+    cfg = tmp_path / "edged.yaml"
+    cfg.write_text(f"""
+model: {{bundle: {bundle}}}
+cameras: [{{name: cam1, source: "{video}", trigger: {{gap_ms: 0}}}}]
+storage: {{state_dir: {tmp_path / "state"}}}
+mqtt: {{enabled: false}}
+opcua: {{enabled: true, port: {free_port()}, security: [sign], certificate: cert.der, private_key: key.pem}}
+web: {{enabled: false}}
+""")
+    runner = ServiceRunner(load_config(cfg)).start()
+    try:
+        wait_until(lambda: not runner.thread.is_alive(), 60, "the end of the video")
+    finally:
+        runner.stop()
+    assert runner.exit_code == 0 and runner.service.opcua is None and runner.service.counters.rejects == 1

@@ -140,7 +140,13 @@ class OpcUaServer(SupervisedThread):
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name(f"edged {self.station}")
-        await self._security(server)
+        try:
+            await self._security(server)
+        except Exception as exc:  # an unreadable or invalid certificate or key: loud, and the line inspects on
+            self.failed = f"cannot load opcua.certificate / opcua.private_key: {type(exc).__name__}: {exc}"
+            log.error("OPC UA server not started: %s", self.failed)
+            self.listening.set()
+            return
         idx = await server.register_namespace(f"urn:edged:{self.station}")
         await self._namespace(server, idx)
         try:
