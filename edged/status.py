@@ -370,7 +370,7 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
                               f"{_fmt_float(h.get('threshold'))}")
         choice = _mapping(h.get("runtime_choice"))
         if choice.get("reason"):
-            _line(out, "chosen", str(choice["reason"]))
+            _wrapped(out, "chosen", str(choice["reason"]))
         lat = _mapping(h.get("latency_ms"))
         _line(out, "latency", f"p50 {_fmt_ms(lat.get('p50'))}   p99 {_fmt_ms(lat.get('p99'))}   (all cameras)")
         _line(out, "broker", f"{h.get('broker', '?')}   outbox backlog {_int(h.get('outbox_backlog'))}   "

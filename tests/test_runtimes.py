@@ -202,3 +202,24 @@ def test_an_old_manifest_without_verification_still_loads(tmp_path: Path) -> Non
     with pytest.raises(BundleError, match="not verified to run correctly under OpenCV DNN"):
         Detector(bundle, runtime="opencv")
     assert RuntimeCheck(runtime="openvino", precision="int8", passed=False, tolerance=0.01).max_diff is None
+
+
+def test_edged_status_shows_the_choice(verified: Path, tmp_path: Path) -> None:
+    import io
+    import itertools
+    import time
+
+    from edged.config import load_config
+    from edged.status import render
+
+    det = Detector(verified, runtime="auto")
+    cfg = load_config(write_config(tmp_path / "edged.yaml", verified, tmp_path / "none.mp4", tmp_path / "state"))
+    health = {"station": "test", "runtime": det.runtime, "provider": det.provider, "threshold": det.threshold,
+              "runtime_choice": det.choice.as_dict(), "updated_at": time.time(), "started_at": time.time()}
+    out = io.StringIO()
+    render(cfg, health, {}, None, out, time.time())
+    lines = out.getvalue().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("chosen"))
+    rest = itertools.takewhile(lambda line: line.startswith(" "), lines[at + 1:])
+    shown = " ".join([lines[at].split(None, 1)[1], *(line.strip() for line in rest)])
+    assert shown == det.choice.describe()  # wrapped under the value column, never cut
