@@ -15,6 +15,7 @@ Why it is safe between parts:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import queue
@@ -101,6 +102,34 @@ def starting_recipe(configured: str | None, recipes: Mapping[str, RecipeConfig])
     return next(iter(recipes), DEFAULT_RECIPE)
 
 
+SELECTION_FILE = "recipes.json"  # in storage.state_dir: each camera's recipe, kept across restarts
+
+
+def load_selection(path: Path, table: Mapping[str, RecipeConfig]) -> dict[str, str]:
+    """The recipes cameras ran before a restart (camera -> recipe), those still in the table; {} when none was kept.
+    A line that switched product must not come back from a restart on the old product's model."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read the kept recipes %s (%s): cameras start on their configured recipes", path, exc)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(cam): name for cam, name in data.items() if isinstance(name, str) and name in table}
+
+
+def save_selection(path: Path, selection: Mapping[str, str]) -> None:
+    """Keep each camera's recipe (atomic: a temp file renamed); a failure is logged, the switch stands."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(dict(selection), indent=1) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("cannot keep the recipes in %s (%s): a restart would start the configured ones", path, exc)
+
+
 def verify_on_frame(detector: Detector, frame: Frame | None) -> str:
     """Why `detector` cannot judge this camera's frames ('' when it can): one inference on its newest frame."""
     if frame is None:
@@ -119,9 +148,11 @@ def verify_on_frame(detector: Detector, frame: Frame | None) -> str:
 class RecipeBook:
     """Which recipe each camera runs now. Workers call `current` once per batch; only the switcher replaces entries."""
 
-    def __init__(self, table: Mapping[str, RecipeConfig], active: Mapping[str, ActiveRecipe]) -> None:
+    def __init__(self, table: Mapping[str, RecipeConfig], active: Mapping[str, ActiveRecipe],
+                 keep: Path | None = None) -> None:
         self.table = dict(table)
         self._active = dict(active)
+        self.keep = keep  # where each camera's recipe is kept across restarts (None: not kept)
         self._switching: Counter[str] = Counter()  # camera -> its requests queued or loading (triggers refused)
         self._lock = threading.Lock()
         self.switches = 0
@@ -166,6 +197,8 @@ class RecipeBook:
         for cam in cameras:
             self._active[cam] = recipe
         self.switches += 1
+        if self.keep is not None:
+            save_selection(self.keep, {cam: a.name for cam, a in self._active.items()})
         return previous
 
 

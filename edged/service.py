@@ -55,12 +55,14 @@ from edged.parts import TriggerGate
 from edged.payloads import Alarm, CameraState, Ready, RecipeAck, Stats, TriggerAck
 from edged.recipes import (
     DEFAULT_RECIPE,
+    SELECTION_FILE,
     ActiveRecipe,
     RecipeBook,
     RecipeConfig,
     RecipeOutcome,
     RecipeRequest,
     RecipeSwitcher,
+    load_selection,
     recipe_table,
     starting_recipe,
 )
@@ -227,10 +229,17 @@ class Service:
         the first camera's model (input health's ranges, the health file), or the one the caller gave (replay)."""
         cfg = self.config
         table = recipe_table(cfg.recipes, cfg.model.bundle)
+        keep: Path | None = cfg.storage.state_dir / SELECTION_FILE
+        if not self.mqtt_announce:  # edged replay: the config's recipes, and nothing kept for the station
+            keep = None
+        kept = load_selection(keep, table) if keep is not None else {}
         loaded: dict[str, Detector] = {DEFAULT_RECIPE: self.detector} if self.detector is not None else {}
         active: dict[str, ActiveRecipe] = {}
         for cam in cfg.cameras:
-            name = starting_recipe(cam.recipe, cfg.recipes)
+            name = kept.get(cam.name) or starting_recipe(cam.recipe, cfg.recipes)
+            if name != starting_recipe(cam.recipe, cfg.recipes):
+                log.info("camera %s starts on recipe %s, selected before the restart (kept in %s)", cam.name, name,
+                         keep)
             if name not in loaded:
                 try:
                     loaded[name] = self._load_model(table[name])
@@ -238,7 +247,7 @@ class Service:
                     where = "model.bundle" if name == DEFAULT_RECIPE and name not in cfg.recipes else f"recipes.{name}"
                     raise BundleError(f"{where}: {exc}") from None
             active[cam.name] = ActiveRecipe(name, loaded[name], table[name].threshold)
-        self.recipes = RecipeBook(table, active)
+        self.recipes = RecipeBook(table, active, keep)
         if self.detector is None:
             self.detector = active[cfg.cameras[0].name].detector
 
@@ -466,7 +475,8 @@ class Service:
         if self.gates:  # only cameras in trigger mode mqtt take triggers
             table[topics.trigger] = Route(self._on_trigger, "trigger")
             table[topics.result_ack] = Route(self._on_result_ack, "result ack")
-        table[topics.recipe_command] = Route(self._on_recipe_command, "recipe command")
+        if self.mqtt_announce:  # the station's commands, not a replay's
+            table[topics.recipe_command] = Route(self._on_recipe_command, "recipe command")
         return table
 
     def _on_trigger(self, payload: bytes, arrived_at: float) -> None:

@@ -306,3 +306,34 @@ def test_a_camera_stays_switching_until_its_last_queued_request_is_over(bundles:
     assert (first.ok, second.ok) == (True, False)
     assert not book.switching("cam1") and not book.switching("cam2")
     assert book.current("cam1").name == "b" and book.current("cam2").name == "a"
+
+
+def test_a_restart_comes_back_on_the_recipe_selected_before_it(tmp_path: Path, bundles: dict[str, Path]) -> None:
+    """A line that switched product must not restart on the old product's model: the selection is kept in the state
+    directory (written at each switch), and only recipes still in the config are taken from it."""
+    from edged.recipes import SELECTION_FILE, load_selection
+    from edged.service import Service
+
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg = parse_config({"model": {"bundle": str(bundles["a"])}, "mqtt": {"enabled": False},
+                        "storage": {"state_dir": str(state)}, "recipes": {"a": {"bundle": str(bundles["a"])},
+                                                                           "b": {"bundle": str(bundles["b"])}},
+                        "cameras": [{"name": "cam1", "source": "0"}, {"name": "cam2", "source": "1"}]})
+
+    def started() -> dict[str, str]:
+        service = Service(cfg, handle_signals=False)
+        service._load_recipes()
+        assert service.recipes is not None
+        return {cam: a["recipe"] for cam, a in service.recipes.summary().items()}
+
+    assert started() == {"cam1": "a", "cam2": "a"}  # nothing kept yet: the configured (first) recipe
+    book = _book(bundles)
+    book.keep = state / SELECTION_FILE
+    book.apply(("cam2",), ActiveRecipe("b", Detector(bundles["b"]), None))
+    assert load_selection(state / SELECTION_FILE, book.table) == {"cam1": "a", "cam2": "b"}
+    assert started() == {"cam1": "a", "cam2": "b"}
+    (state / SELECTION_FILE).write_text('{"cam1": "gone", "cam2": "b"}')  # a recipe since removed from the config
+    assert started() == {"cam1": "a", "cam2": "b"}
+    (state / SELECTION_FILE).write_text("{not json")
+    assert started() == {"cam1": "a", "cam2": "a"}
