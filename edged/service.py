@@ -365,6 +365,8 @@ class Service:
             return "refused", busy, ""
         if not done[0].wait(timeout_s):
             return "refused", f"no outcome within {timeout_s:g} s (still loading?)", ""
+        if not done[1]:  # released by the shutdown
+            return "refused", "the daemon is stopping", ""
         outcome = done[1][0]
         return ("switched", "", outcome.model or "") if outcome.ok else ("refused", outcome.reason, "")
 
@@ -839,10 +841,12 @@ class Service:
         """Stop in pipeline order, each stage bounded in time, so a stop takes a few seconds at most."""
         self.notifier.stopping()
         self._stopping = True  # threads now end by design
+        self.recipe_stop.set()  # a switch half-loaded is abandoned: the cameras keep what they run
+        for waiter in list(self._recipe_waiters.values()):  # SelectRecipe callers (OPC UA, web) are answered now
+            waiter[0].set()
         self._stop_web()  # first: no page reads the pipeline while it is taken down
         if self.opcua is not None:
             self.opcua.stop()
-        self.recipe_stop.set()  # a switch half-loaded is abandoned: the cameras keep what they run
         if self.switcher is not None:
             self.switcher.join(timeout=2.0)
         self.capture_stop.set()
