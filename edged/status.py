@@ -389,6 +389,7 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
         if _num(trig.get("received")):
             _line(out, "triggers", f"{_int(trig.get('received'))}   not inspected in time "
                                    f"{_int(trig.get('not_inspected'))}   late {_int(trig.get('late_verdicts'))}")
+        _handshake_line(out, _mapping(h.get("handshake")))
         _line(out, "last reject", _fmt_time(_num(h.get("last_reject_at")), now))
     if db_note:
         _wrapped(out, "database", db_note)
@@ -407,6 +408,9 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
         missed = f"   missed {_int(cam.get('missed'))}" if cam.get("missed") else ""  # GenICam: lost on the wire
         _line(out, "  faults", f"bad frames {_int(cam.get('bad_frames'))}   reconnects {_int(cam.get('reconnects'))}"
                                f"{missed}")
+        recipe = _mapping(_mapping(h.get("recipes")).get(name))
+        if recipe:
+            _line(out, "  recipe", f"{recipe.get('recipe', '?')}   model {recipe.get('model', '?')}")
         _input_lines(out, _mapping(cam.get("input")), now)
         short, long_ = db.get(WINDOWS_S[0], {}).get(name), db.get(WINDOWS_S[1], {}).get(name)
         if db:
@@ -419,6 +423,14 @@ def render(config: Config, health: dict[str, Any] | None, db: dict[float, dict[s
     if threads:
         out.write("\n")
         _wrapped(out, "heartbeats", "   ".join(f"{n} {fmt_duration(_num(a))}" for n, a in sorted(threads.items())))
+
+
+def _handshake_line(out: TextIO, hs: dict[str, Any]) -> None:
+    """Results the PLC has not acknowledged (edged.handshake), once any result was sent or acknowledged."""
+    if any(_num(hs.get(k)) for k in ("unacknowledged", "acknowledged", "overruns", "unknown_acks")):
+        _line(out, "plc acks", f"unacknowledged {_int(hs.get('unacknowledged'))}   acknowledged "
+                               f"{_int(hs.get('acknowledged'))}   overruns {_int(hs.get('overruns'))}   unknown "
+                               f"{_int(hs.get('unknown_acks'))}")
 
 
 def _mapping(value: Any) -> dict[str, Any]:

@@ -174,3 +174,25 @@ web: {{enabled: false}}
     finally:
         late.close()
     assert flags[-1]["ready"] is False and flags[-1]["reason"] == "not_ready", flags
+
+
+def test_edged_status_shows_the_plc_acks_and_each_cameras_recipe() -> None:
+    import io
+
+    from edged.config import parse_config
+    from edged.status import render
+
+    cfg = parse_config({"model": {"bundle": "/b"}, "cameras": [{"name": "cam1", "source": "0"}]})
+    health = {"station": "s1", "handshake": {"unacknowledged": 7, "acknowledged": 120, "overruns": 2,
+                                             "unknown_acks": 1},
+              "recipes": {"cam1": {"recipe": "flange-b", "model": "model-b"}},
+              "cameras": {"cam1": {"state": "streaming", "source": "0"}}}
+    out = io.StringIO()
+    render(cfg, health, {}, None, out, now=0.0)
+    lines = out.getvalue().splitlines()
+    assert any(line.split() == ["plc", "acks", "unacknowledged", "7", "acknowledged", "120", "overruns", "2",
+                                "unknown", "1"] for line in lines), lines
+    assert any(line.split() == ["recipe", "flange-b", "model", "model-b"] for line in lines), lines
+    quiet = io.StringIO()
+    render(cfg, {**health, "handshake": {"unacknowledged": 0}}, {}, None, quiet, now=0.0)
+    assert "plc acks" not in quiet.getvalue()  # no handshake in use: no line
