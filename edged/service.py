@@ -745,8 +745,9 @@ class Service:
         return "connected" if self.link.connected else "disconnected"
 
     def health(self) -> dict[str, Any]:
-        """The health file's content (what `edged status` reads); only after `start`."""
-        det = self.detector
+        """The health file's content (what `edged status` reads); only after `start`. Its model is the one the first
+        camera runs now (after a recipe switch too); `recipes` has every camera's."""
+        det = self.recipes.current(self.config.cameras[0].name).detector if self.recipes is not None else self.detector
         assert det is not None
         cams: dict[str, dict[str, Any]] = {}
         for name, s in self.stats.items():

@@ -252,6 +252,7 @@ def test_the_daemon_switches_recipes_on_command_and_every_row_names_its_recipe(
         acks = {str(a["request_id"]): a for a in sub.wait_for_objects("edged/test/cmd/recipe/ack", 3, timeout=30)}
         switched_results = len(sub.objects("edged/test/result"))
         wait_until(lambda: len(sub.objects("edged/test/result")) > switched_results + 30, 20, "results after")
+        health = runner.service.health()
     finally:
         if cmd is not None:
             cmd.close()
@@ -262,6 +263,7 @@ def test_the_daemon_switches_recipes_on_command_and_every_row_names_its_recipe(
     assert str(acks["broken-1"]["reason"]).startswith("model bundle refused"), acks
     assert acks["b-1"]["result"] == "switched" and acks["b-1"]["model"] == "model-b", acks
     assert acks["b-1"]["current"] == {"cam1": "b"} and acks["b-1"]["cameras"] == ["cam1"]
+    assert health["model"] == "model-b" and health["recipes"] == {"cam1": {"recipe": "b", "model": "model-b"}}
     results = sorted(sub.objects("edged/test/result"), key=lambda r: int(str(r["seq"])))
     kinds = [(r["recipe"], r["model"], r["threshold"]) for r in results]
     assert set(kinds) == {("a", "model-a", 0.5), ("b", "model-b", 0.9)}, set(kinds)  # never a mix of the two
@@ -337,3 +339,4 @@ def test_a_restart_comes_back_on_the_recipe_selected_before_it(tmp_path: Path, b
     assert started() == {"cam1": "a", "cam2": "b"}
     (state / SELECTION_FILE).write_text("{not json")
     assert started() == {"cam1": "a", "cam2": "a"}
+
