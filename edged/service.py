@@ -285,6 +285,8 @@ class Service:
         """The ack of a recipe request: to its OPC UA caller, or QoS 1 on MQTT (switcher's thread or MQTT thread)."""
         if outcome.ok:
             self._input_follows_recipes(list(outcome.request.cameras))
+            if self.recipes is not None:  # `detector` names the first camera's model (the view's /metrics too)
+                self.detector = self.recipes.current(self.config.cameras[0].name).detector
         waiter = self._recipe_waiters.pop(outcome.request.request_id, None)
         if waiter is not None:  # OPC UA's SelectRecipe waits for it
             waiter[1].append(outcome)
