@@ -314,7 +314,8 @@ class Service:
             log.error("OPC UA server not started: %s", exc)
             return
         self.opcua = OpcUaServer(cfg, self.config.station, [c.name for c in self.config.cameras],
-                                 Hooks(self._opcua_trigger, self.select_recipe, self._opcua_snapshot),
+                                 Hooks(self._opcua_trigger, self.select_recipe, self._opcua_snapshot,
+                                       lambda inspection_id: self.result_acks.acked((inspection_id,)) == 1),
                                  self.heartbeats, password)
         self.opcua.start()
         self.opcua.listening.wait(20.0)

@@ -15,6 +15,7 @@ from devkit.support import Broker, ServiceRunner, build_max_bundle, free_port, w
 from edged.config import ConfigError, load_config, parse_config
 
 asyncua = pytest.importorskip("asyncua")
+ua = asyncua.ua
 
 
 def _base(extra: dict[str, object]) -> dict[str, object]:
@@ -105,6 +106,9 @@ async def _plc(url: str) -> dict[str, Any]:
         await _wait_value(changes, 2, 15)
         two = {k: await (await last.get_child(f"{idx}:{k}")).read_value() for k in ("PartId", "Model", "Recipe",
                                                                                    "InspectionId")}
+        ack = await station.get_child(f"{idx}:AcknowledgeResult")
+        acked = [await station.call_method(ack, ua.Variant(int(two["InspectionId"]), ua.VariantType.Int64)),
+                 await station.call_method(ack, ua.Variant(int(two["InspectionId"]), ua.VariantType.Int64))]
         state_node = await station.get_child(f"{idx}:SystemState")
         for _ in range(200):  # refreshed every half second from the service
             state = await state_node.read_value()
@@ -114,7 +118,7 @@ async def _plc(url: str) -> dict[str, Any]:
         ready = await (await cam.get_child(f"{idx}:Ready")).read_value()
         await sub.delete()
         return {"names": names, "fields": fields, "first": first, "one": one, "unknown": unknown,
-                "switched": switched, "bad": bad, "two": two, "state": state, "ready": ready}
+                "switched": switched, "bad": bad, "two": two, "state": state, "ready": ready, "acked": acked}
     finally:
         await client.disconnect()
 
@@ -149,6 +153,7 @@ web: {{enabled: false}}
         anonymous = asyncio.run(_refused(url, None, None))
         got = asyncio.run(_plc(url))
         refused_logins = runner.service.opcua.users.refused if runner.service.opcua else 0
+        health = runner.service.health()
     finally:
         runner.stop()
     assert wrong and anonymous and refused_logins >= 1, (wrong, anonymous, refused_logins)  # anonymous: not offered
@@ -165,6 +170,8 @@ web: {{enabled: false}}
     assert got["two"]["PartId"] == "OPC-2" and got["two"]["Model"] == "model-b" and got["two"]["Recipe"] == "b"
     assert got["two"]["InspectionId"] > got["one"]["InspectionId"]
     assert got["state"] == "Operational" and got["ready"] is True
+    assert got["acked"] == ["acknowledged", "unknown"]  # the second ack of one result: not awaited any more
+    assert health["handshake"]["acknowledged"] == 1 and health["handshake"]["unacknowledged"] == 1  # OPC-1 waits
 
 
 async def _certificates(folder: Path, app_uri: str, server: bool) -> tuple[Path, Path]:

@@ -13,6 +13,7 @@ Namespace `urn:edged:<station>` under Objects (after OPC 40100 where it fits):
       Inspected, Rejects, NotInspected, Drops          UInt64 counters
       Trigger(Camera, PartId) -> (Result, Reason)       as an MQTT trigger: accepted | refused
       SelectRecipe(Camera, Recipe) -> (Result, Reason, Model)   switched | refused (after load and verify)
+      AcknowledgeResult(InspectionId) -> (Result)       acknowledged | unknown (as cmd/result_ack)
       Cameras/<camera>             one object per camera
         Ready (Boolean), Recipe, Model (String)
         LastResult/ PartId, Verdict, InspectionId (Int64), IsDefective (Boolean), Score, Threshold (Double),
@@ -55,10 +56,12 @@ class Hooks:
     """The service's side, as callables (so this module never imports the service)."""
 
     def __init__(self, trigger: Callable[[str, str], tuple[str, str]],
-                 select_recipe: Callable[[str, str], tuple[str, str, str]], snapshot: Callable[[], Snapshot]) -> None:
+                 select_recipe: Callable[[str, str], tuple[str, str, str]], snapshot: Callable[[], Snapshot],
+                 acknowledge: Callable[[int], bool]) -> None:
         self.trigger = trigger  # (camera, part id) -> (accepted | refused, reason)
         self.select_recipe = select_recipe  # (camera or '', recipe) -> (switched | refused, reason, model)
         self.snapshot = snapshot
+        self.acknowledge = acknowledge  # inspection id -> whether it was awaited (edged.handshake.ResultAcks)
 
 
 def asyncua_available() -> bool:
@@ -200,6 +203,7 @@ class OpcUaServer(SupervisedThread):
         str_t = ua.VariantType.String
         await root.add_method(idx, "Trigger", self._trigger, [str_t, str_t], [str_t, str_t])
         await root.add_method(idx, "SelectRecipe", self._select_recipe, [str_t, str_t], [str_t, str_t, str_t])
+        await root.add_method(idx, "AcknowledgeResult", self._acknowledge, [ua.VariantType.Int64], [str_t])
 
     async def _refresh(self) -> None:
         """Results first (each the newest of its camera in turn), then the snapshot every SNAPSHOT_S."""
@@ -259,6 +263,15 @@ class OpcUaServer(SupervisedThread):
         result, reason, model = await asyncio.get_running_loop().run_in_executor(
             None, self.hooks.select_recipe, str(camera.Value or ""), str(recipe.Value or ""))
         return [ua.Variant(v, ua.VariantType.String) for v in (result, reason, model)]
+
+
+    async def _acknowledge(self, parent: Any, inspection_id: Any) -> list[Any]:
+        """AcknowledgeResult(InspectionId) -> acknowledged | unknown, as `<base>/cmd/result_ack` (in the loop)."""
+        from asyncua import ua
+
+        value = inspection_id.Value
+        known = isinstance(value, int) and value > 0 and self.hooks.acknowledge(value)
+        return [ua.Variant("acknowledged" if known else "unknown", ua.VariantType.String)]
 
 
 def _time(value: object) -> datetime.datetime:
