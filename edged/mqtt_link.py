@@ -384,8 +384,7 @@ class MqttLink(SupervisedThread):
             self._problem = ("takeover", TAKEOVER.format(id=self.client_id))
         elif not self._connack and self._problem is None:
             self._problem = ("closed", f"the broker closed the connection before acknowledging it ({reason}): it "
-                             "does not accept our client certificate, our will topic (odd characters in "
-                             "mqtt.prefix or the station name) or our client id, or this is not an MQTT broker")
+                             "does not accept our client certificate or our client id, or this is not an MQTT broker")
         self._lost.set()
         self.wake_event.set()
 
