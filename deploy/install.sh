@@ -15,6 +15,8 @@
 #          /usr/local/bin/edged          -> /opt/edged/venv/bin/edged (so `edged status` works)
 #          /etc/edged/edged.yaml         the config (0640 root:edged), kept across updates
 #          /etc/edged/mqtt-password      MQTT password (0600 root), passed with LoadCredential=
+#          /etc/edged/web-password       web view login password (0600 root), LoadCredential=
+#          /etc/edged/opcua-password     OPC UA user's password (0600 root), LoadCredential=
 #          /etc/systemd/system/edged.service
 #          /var/lib/edged/               database, health file, images; models/<bundle_id>, models/current
 #
@@ -274,13 +276,16 @@ if [[ -e "$ETC/edged.yaml" ]]; then
 else
   install_file "$SRC/config/edged.yaml" "$ETC/edged.yaml" 0640 "root:$USER_NAME"
 fi
-if [[ ! -e "$ETC/mqtt-password" ]]; then
-  # Empty on purpose: LoadCredential= needs the file to exist; the daemon uses it only when
-  # mqtt.username is set. Write the password into it (one line), then `systemctl restart edged`.
-  (umask 077 && : > "$ETC/mqtt-password")
-  [[ "$STAGING" == 1 ]] || chown root:root "$ETC/mqtt-password"
-  CHANGED=1
-fi
+for credential in mqtt-password web-password opcua-password; do
+  if [[ ! -e "$ETC/$credential" ]]; then
+    # Empty on purpose: LoadCredential= needs the file to exist; an empty one is not used (mqtt-password
+    # only with mqtt.username, opcua-password only with opcua.username; web-password empty = no login,
+    # refused off loopback). Write the password into it (one line), then `systemctl restart edged`.
+    (umask 077 && : > "$ETC/$credential")
+    [[ "$STAGING" == 1 ]] || chown root:root "$ETC/$credential"
+    CHANGED=1
+  fi
+done
 
 # --- data: /var/lib/edged -------------------------------------------------------------------------
 ensure_dir "$VAR" 0750 "$OWN"

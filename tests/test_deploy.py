@@ -95,11 +95,33 @@ def test_unit_settings() -> None:
     assert settings["StartLimitBurst"] and settings["StartLimitIntervalSec"]
     assert settings["User"] == ["edged"] and settings["SupplementaryGroups"] == ["video"]
     assert settings["StateDirectory"] == ["edged"] and settings["ConfigurationDirectory"] == ["edged"]
-    assert settings["LoadCredential"] == ["mqtt-password:/etc/edged/mqtt-password"]
+    assert settings["LoadCredential"] == ["mqtt-password:/etc/edged/mqtt-password",
+                                          "web-password:/etc/edged/web-password",
+                                          "opcua-password:/etc/edged/opcua-password"]
     for key in ("ProtectSystem", "ProtectHome", "PrivateTmp", "NoNewPrivileges", "RestrictAddressFamilies",
                 "SystemCallFilter"):
         assert key in settings, key
     assert "@system-service" in settings["SystemCallFilter"]
+
+
+def test_staged_credentials_are_the_ones_the_config_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unit's credential names are those config reads: empty (as installed) they mean "not used";
+    with a password each section finds its own."""
+    from edged.config import MqttConfig, WebConfig
+    from edged.opcua.config import OpcUaConfig
+
+    root = tmp_path / "root"
+    install(root, "--no-venv")
+    creds = root / "etc/edged"
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert WebConfig().read_password() is None
+    assert OpcUaConfig().read_password() is None
+    assert MqttConfig(username="line").read_password() == ""
+    for name, secret in (("mqtt-password", "m-secret"), ("web-password", "w-secret"), ("opcua-password", "o-secret")):
+        (creds / name).write_text(secret + "\n")
+    assert MqttConfig(username="line").read_password() == "m-secret"
+    assert WebConfig(bind="0.0.0.0").read_password() == "w-secret"
+    assert OpcUaConfig(bind="0.0.0.0", anonymous=False, username="plc").read_password() == "o-secret"
 
 
 @needs_systemd_analyze
@@ -144,6 +166,8 @@ def snapshot(root: Path) -> dict[str, tuple[str, ...]]:
 EXPECTED_FILES = {
     "etc/edged/edged.yaml": "0o640",
     "etc/edged/mqtt-password": "0o600",
+    "etc/edged/web-password": "0o600",
+    "etc/edged/opcua-password": "0o600",
     "etc/systemd/system/edged.service": "0o644",
     "opt/edged/share/README.md": "0o644",
     "opt/edged/share/edged.yaml.example": "0o644",
@@ -164,7 +188,8 @@ def test_install_stages_the_expected_tree(tmp_path: Path) -> None:
     assert tree["usr/local/bin/edged"] == ("link", BINARY)
     assert (root / "etc/systemd/system/edged.service").read_bytes() == UNIT.read_bytes()
     assert (root / "etc/edged/edged.yaml").read_bytes() == (REPO / "config/edged.yaml").read_bytes()
-    assert (root / "etc/edged/mqtt-password").read_bytes() == b""
+    for credential in ("mqtt-password", "web-password", "opcua-password"):
+        assert (root / "etc/edged" / credential).read_bytes() == b"", credential
     assert not (root / "opt/edged/venv").exists()  # --no-venv
     unexpected = set(tree) - set(EXPECTED_FILES) - set(EXPECTED_DIRS) - {"usr/local/bin/edged"}
     assert unexpected <= {"etc", "etc/systemd", "etc/systemd/system", "opt", "opt/edged/share", "usr",
