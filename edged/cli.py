@@ -160,7 +160,59 @@ def cmd_check_config(config: Config, out: TextIO) -> int:
     st = config.storage
     w(f"storage:  {st.resolve(st.database)}; images: {st.images.save} -> {st.resolve(st.images.dir)} "
       f"(quota {st.images.quota_mb:g} MB)\n")
+    for line in _recipe_lines(config, det.bundle_id):
+        w(f"recipe:   {line}\n")
+    w(f"web:      {_web_line(config)}\n")
+    if config.opcua.enabled:
+        w(f"opcua:    {_opcua_line(config)}\n")
     return EXIT_OK
+
+
+def _recipe_lines(config: Config, default_model: str) -> list[str]:
+    """Each recipe (name -> bundle, model id) and the one each camera starts on, kept across a restart or
+    configured: a technician sees which product's model the line comes back on before it does."""
+    from edged.bundle import load_manifest
+    from edged.recipes import DEFAULT_RECIPE, SELECTION_FILE, load_selection, recipe_table, starting_recipe
+
+    table = recipe_table(config.recipes, config.model.bundle)
+    lines = []
+    for name, recipe in table.items():
+        if name == DEFAULT_RECIPE and name not in config.recipes:
+            model = default_model
+        else:
+            try:
+                model = load_manifest(recipe.bundle).bundle_id
+            except BundleError as exc:
+                raise BundleError(f"recipes.{name}: {exc}") from None
+        thr = f", threshold {recipe.threshold:.6g}" if recipe.threshold is not None else ""
+        lines.append(f"{name} -> {recipe.bundle} (model {model}{thr})")
+    keep = config.storage.state_dir / SELECTION_FILE
+    kept = load_selection(keep, table)
+    for cam in config.cameras:
+        configured = starting_recipe(cam.recipe, config.recipes)
+        name = kept.get(cam.name) or configured
+        why = f"kept in {keep}; configured {configured}" if name != configured else "configured"
+        lines.append(f"camera {cam.name} starts on {name} ({why})")
+    return lines
+
+
+def _web_line(config: Config) -> str:
+    """Where the web view listens and whether it asks for a login (never the password itself); reading the
+    password here fails check-config the way the daemon would fail for a missing one."""
+    from edged.web.server import Listening
+
+    web = config.web
+    if not web.enabled:
+        return "disabled"
+    login = "password login" if web.read_password() is not None else "no login (open)"
+    return f"{Listening(web.bind, web.port).url} ({login}; /metrics, /api/)"
+
+
+def _opcua_line(config: Config) -> str:
+    """The opc.tcp endpoint (as edged/opcua/server.py opens it), its security and who may log in."""
+    ua = config.opcua
+    users = [u for u in ("anonymous" if ua.anonymous else "", f"user {ua.username}" if ua.username else "") if u]
+    return f"opc.tcp://{ua.bind}:{ua.port}/edged/ (security {', '.join(ua.security)}; {', '.join(users)})"
 
 
 def _camera_checks(config: Config) -> list[str]:

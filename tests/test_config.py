@@ -196,6 +196,38 @@ def test_check_config_prints_what_will_run(tmp_path: Path, tiny_bundle: Path) ->
     assert "u:p@" not in out  # credentials in a URL are never printed
 
 
+def test_check_config_says_recipes_web_and_opcua(tmp_path: Path, tiny_bundle: Path) -> None:
+    """Recipes (bundle, model), each camera's starting recipe (a kept one named as such), the web view's URL and
+    login mode (never its password) and the OPC UA endpoint."""
+    secret = tmp_path / "web-password"
+    secret.write_text("s3cret-pw\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "recipes.json").write_text('{"cam2": "b"}')
+    path = tmp_path / "edged.yaml"
+    path.write_text(f"model: {{bundle: {tiny_bundle}}}\n"
+                    f"recipes: {{a: {{bundle: {tiny_bundle}}}, b: {{bundle: {tiny_bundle}, threshold: 0.25}}}}\n"
+                    "cameras: [{name: cam1, source: '0', recipe: b}, {name: cam2, source: '1'}]\n"
+                    f"storage: {{state_dir: {state}}}\n"
+                    f"web: {{bind: 0.0.0.0, port: 8181, password_file: {secret}}}\n"
+                    "opcua: {enabled: true, port: 4850}\n")
+    proc = run_cli("check-config", "-c", str(path))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"recipe:   a -> {tiny_bundle} (model test-max)" in out
+    assert f"recipe:   b -> {tiny_bundle} (model test-max, threshold 0.25)" in out
+    assert "camera cam1 starts on b (configured)" in out
+    assert f"camera cam2 starts on b (kept in {state / 'recipes.json'}; configured a)" in out
+    assert "web:      http://0.0.0.0:8181/ (password login" in out and "s3cret" not in out
+    assert "opcua:    opc.tcp://127.0.0.1:4850/edged/ (security none; anonymous)" in out
+    path.write_text(f"model: {{bundle: {tiny_bundle}}}\ncameras: [{{name: c, source: '0'}}]\n"
+                    "web: {enabled: false}\n")
+    proc = run_cli("check-config", "-c", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "web:      disabled" in proc.stdout and "opcua:" not in proc.stdout
+    assert "recipe:   default -> " in proc.stdout and "camera c starts on default (configured)" in proc.stdout
+
+
 def test_trigger_mode_mqtt_needs_mqtt() -> None:
     msg = errors_for({**MINIMAL, "cameras": [{"name": "c", "source": "0", "trigger": {"mode": "mqtt"}}],
                       "mqtt": {"enabled": False}})
