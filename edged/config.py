@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, Field, Tag, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from edged.credentials import credential, read_secret
 from edged.input_health import InputHealthConfig
 from edged.opcua.config import OpcUaConfig
 from edged.recipes import DEFAULT_RECIPE, RecipeConfig
@@ -191,9 +192,8 @@ class MqttConfig(Section):
         if self.password is not None:
             return self.password
         candidates = [self.password_file] if self.password_file else []
-        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-        if cred_dir and self.username:
-            candidates.append(Path(cred_dir) / "mqtt-password")
+        if (cred := credential("mqtt-password")) is not None and self.username:
+            candidates.append(cred)
         for path in candidates:
             if path is not None and path.is_file():
                 return path.read_text(encoding="utf-8").strip()
@@ -273,12 +273,8 @@ class WebConfig(Section):
         if self.password is not None:
             return self.password or None
         if self.password_file is not None:
-            try:
-                return self.password_file.read_text(encoding="utf-8").strip() or None
-            except OSError as exc:
-                raise ConfigError(f"web.password_file: cannot read {self.password_file}: {exc.strerror}") from None
-        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-        cred = Path(cred_dir) / "web-password" if cred_dir else None
+            return read_secret(self.password_file, "web.password_file", ConfigError) or None
+        cred = credential("web-password")
         if cred is not None and cred.is_file():
             return cred.read_text(encoding="utf-8").strip() or None
         return None

@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from edged.config import ConfigError, TlsConfig
+from edged.credentials import read_secret
 from edged.safetext import escape
 from edged.section import NAME_RE, Section
 from edged.topic_names import check_prefix
@@ -44,10 +45,7 @@ class BrokerSection(Section):
         """The broker password from password_file, if set."""
         if self.password_file is None:
             return None
-        try:
-            return self.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"broker.password_file: cannot read {self.password_file}: {exc.strerror}") from None
+        return read_secret(self.password_file, "broker.password_file", ConfigError)
 
 
 class PostgresSection(Section):
@@ -66,10 +64,7 @@ class PostgresSection(Section):
         """The database password from password_file, if set."""
         if self.password_file is None:
             return None
-        try:
-            return self.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"postgres.password_file: cannot read {self.password_file}: {exc.strerror}") from None
+        return read_secret(self.password_file, "postgres.password_file", ConfigError)
 
 
 class CollectConfig(Section):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from edged.credentials import credential, read_secret
 from edged.section import Section
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -50,12 +50,8 @@ class OpcUaConfig(Section):
         """The user's password from password_file or the systemd credential; None when no username is set."""
         if self.username is None:
             return None
-        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-        path = self.password_file or (Path(cred_dir) / "opcua-password" if cred_dir else None)
-        try:
-            text = path.read_text(encoding="utf-8").strip() if path is not None else ""
-        except OSError as exc:
-            raise ValueError(f"opcua.password_file: cannot read {path}: {exc.strerror}") from None
+        path = self.password_file or credential("opcua-password")
+        text = read_secret(path, "opcua.password_file", ValueError) if path is not None else ""
         if not text:
             raise ValueError("opcua: a username is set but no password was found (opcua.password_file, "
                              "$CREDENTIALS_DIRECTORY/opcua-password)")
