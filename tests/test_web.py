@@ -77,8 +77,50 @@ def test_metrics_parse_and_count_at_scrape_time(client: Client) -> None:
                  "edged_rejects_expired_total[]", "edged_db_errors_total[]", "edged_inspected_total[]"):
         assert name in first, name
     assert any(k.startswith("edged_model_info") and "test-max" in k for k in first)
+    for name in ("edged_missed_frames_total[('camera', 'cam1')]", "edged_input_degraded[('camera', 'cam1')]",
+                 "edged_input_alarms_total[('camera', 'cam1')]", "edged_input_not_inspected_total[('camera', 'cam1')]",
+                 "edged_results_unacknowledged[]", "edged_results_acknowledged_total[]",
+                 "edged_result_ack_overruns_total[]", "edged_result_acks_unknown_total[]",
+                 "edged_recipe_info[('camera', 'cam1'), ('model', 'test-max'), ('recipe', 'default')]"):
+        assert name in first, name
+    assert first["edged_missed_frames_total[('camera', 'cam1')]"] == 0  # a video file loses no frame
+    assert first["edged_input_degraded[('camera', 'cam1')]"] in (0.0, 1.0)
+    assert any(k.startswith("edged_runtime_choice_info") and "('mode', 'auto')" in k and "('runtime', '" in k
+               for k in first), [k for k in first if "runtime" in k]
     wait_until(lambda: scrape()["edged_frames_total[('camera', 'cam1')]"] >
                first["edged_frames_total[('camera', 'cam1')]"], 10, "frames counted between scrapes")
+
+
+def test_readme_lists_every_metric_served(client: Client) -> None:
+    """The README's /metrics table names every family a scrape serves (so a new metric cannot go undocumented)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### /metrics"):]
+    listed = set(re.findall(r"^\| `(edged_\w+)` \|", section, re.MULTILINE))
+    served = set()
+    for fam in text_string_to_metric_families(client.get("/metrics").text):
+        suffix = {"counter": "_total", "info": "_info"}.get(fam.type, "")
+        served.add(fam.name + suffix)
+    assert served - listed == set(), "served but not in the README's /metrics table"
+    assert listed - served == set(), "in the README's /metrics table but not served"
+
+
+def test_metrics_read_the_plcs_result_acks_at_scrape_time(client: Client, line: WebLine) -> None:
+    """The handshake's counters as the MQTT thread leaves them (this free-run line takes no cmd/result_ack, so the
+    test calls the same ResultAcks the route does): a result sent, one acked, an id never sent."""
+    def scrape() -> dict[str, float]:
+        text = client.get("/metrics").text
+        return {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                if "result" in s.name}
+
+    before = scrape()
+    acks = line.runner.service.result_acks
+    acks.sent([987654320, 987654322], time.time())
+    acks.acked((987654320, 987654321))
+    after = scrape()
+    assert after["edged_results_unacknowledged"] == before["edged_results_unacknowledged"] + 1
+    assert after["edged_results_acknowledged_total"] == before["edged_results_acknowledged_total"] + 1
+    assert after["edged_result_acks_unknown_total"] == before["edged_result_acks_unknown_total"] + 1
+    acks.acked((987654322,))
 
 
 def test_rejects_api_pages_and_filters(client: Client, line: WebLine) -> None:

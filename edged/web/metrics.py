@@ -43,6 +43,9 @@ class PipelineCollector(Collector):
         yield from self._pipeline()
         yield from self._link()
         yield from self._model()
+        yield from self._input_health()
+        yield from self._handshake()
+        yield from self._recipes()
 
     def _cameras(self) -> Iterator[Metric]:
         svc = self.service
@@ -54,6 +57,8 @@ class PipelineCollector(Collector):
             "reconnects": CounterMetricFamily("edged_reconnects", "Times the camera was reopened", labels=["camera"]),
             "defective": CounterMetricFamily("edged_defective_frames", "Frames over the threshold",
                                              labels=["camera"]),
+            "missed": CounterMetricFamily("edged_missed_frames", "Frames the camera sent that never arrived whole "
+                                          "(GenICam: incomplete buffers, frame-id gaps)", labels=["camera"]),
         }
         fps = GaugeMetricFamily("edged_camera_fps", "Recent frame rate", labels=["camera"])
         depth = GaugeMetricFamily("edged_queue_depth", "Frames waiting for inference", labels=["camera"])
@@ -64,6 +69,7 @@ class PipelineCollector(Collector):
             families["bad"].add_metric([name], s.bad_frames)
             families["reconnects"].add_metric([name], s.reconnects)
             families["defective"].add_metric([name], self.live.defective.get(name, 0))
+            families["missed"].add_metric([name], s.missed)
             fps.add_metric([name], round(s.fps(), 3))
             depth.add_metric([name], svc.frames.depth(name))
             up.add_metric([name], 1.0 if s.state == "streaming" else 0.0)
@@ -119,9 +125,62 @@ class PipelineCollector(Collector):
             info.add_metric([], {"bundle": det.bundle_id, "method": det.manifest.method,
                                  "precision": det.precision, "runtime": det.runtime, "provider": det.provider})
             threshold.add_metric([], det.threshold)
+        choice = InfoMetricFamily("edged_runtime_choice", "The runtime and precision the first camera's model runs, "
+                                  "and whether model.runtime named it (explicit) or auto chose it")
+        if det is not None:
+            choice.add_metric([], {"runtime": det.choice.runtime, "precision": det.choice.precision,
+                                   "mode": det.choice.mode})
         build = InfoMetricFamily("edged_build", "This daemon")
         build.add_metric([], {"version": __version__, "station": self.service.config.station})
-        yield from (info, threshold, build)
+        yield from (info, threshold, choice, build)
+
+    def _input_health(self) -> Iterator[Metric]:
+        """Per camera: degraded now (frames out of the bundle's ranges, frozen, covered, or a reject-rate alarm),
+        alarms raised, verdicts made not_inspected; absent while input_health is off."""
+        health = self.service.input_health
+        degraded = GaugeMetricFamily("edged_input_degraded", "1 while the camera's input is degraded",
+                                     labels=["camera"])
+        alarms = CounterMetricFamily("edged_input_alarms", "Input-health alarms raised (input and reject rate)",
+                                     labels=["camera"])
+        not_inspected = CounterMetricFamily("edged_input_not_inspected", "Verdicts made not_inspected because the "
+                                            "input was degraded", labels=["camera"])
+        if health is not None:
+            for name in list(health.monitors):
+                state = health.camera_health(name)
+                degraded.add_metric([name], 1.0 if state["state"] == "degraded" else 0.0)
+                alarms.add_metric([name], _number(state["alarms"]))
+                not_inspected.add_metric([name], _number(state["not_inspected"]))
+        yield from (degraded, alarms, not_inspected)
+
+    def _handshake(self) -> Iterator[Metric]:
+        """The PLC's result acks (cmd/result_ack, OPC UA AcknowledgeResult): waiting, acked, lost, unknown."""
+        acks = self.service.result_acks
+        waiting = GaugeMetricFamily("edged_results_unacknowledged", "Results sent and not acknowledged by the PLC")
+        waiting.add_metric([], acks.unacknowledged())
+        acked = CounterMetricFamily("edged_results_acknowledged", "Results the PLC acknowledged")
+        acked.add_metric([], acks.acknowledged)
+        overruns = CounterMetricFamily("edged_result_ack_overruns", "Results given up unacknowledged (the waiting "
+                                       "list is bounded)")
+        overruns.add_metric([], acks.overruns)
+        unknown = CounterMetricFamily("edged_result_acks_unknown", "Acks of an id not awaited (twice, overrun, never "
+                                      "sent)")
+        unknown.add_metric([], acks.unknown)
+        yield from (waiting, acked, overruns, unknown)
+
+    def _recipes(self) -> Iterator[Metric]:
+        """Each camera's recipe and the model it runs, as an info metric (a switch changes the labels)."""
+        info = InfoMetricFamily("edged_recipe", "The recipe (product) each camera runs and its model",
+                                labels=["camera"])
+        book = self.service.recipes
+        if book is not None:
+            for camera, active in book.summary().items():
+                info.add_metric([camera], {"recipe": active["recipe"], "model": active["model"]})
+        yield info
+
+
+def _number(value: object) -> float:
+    """A count from a health dict (typed object there); anything not a number reads 0."""
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _copy(counts: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
