@@ -22,15 +22,21 @@ def load_bench() -> ModuleType:
     return load_script("bench")
 
 
-@pytest.mark.timeout(300)
-def test_tiny_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
+def _tiny_line(tmp_path: Path) -> tuple[ModuleType, Path, Path]:
+    """bench.py, a bundles folder with one tiny CAE and a 40-frame video with a spot every 10th frame: what the
+    pipeline benchmarks run on in a test (they publish through mosquitto: skipped without it)."""
     if not Path(MOSQUITTO).exists():
         pytest.skip("mosquitto is not installed (scripts/test.sh installs it)")
-    bench = load_bench()
     bundles = tmp_path / "bundles"
     build_max_bundle(bundles / "cae-128", size=32)
     video = tmp_path / "line.avi"
     write_spot_video(video, 40, set(range(0, 40, 10)), size=(80, 60))
+    return load_bench(), bundles, video
+
+
+@pytest.mark.timeout(300)
+def test_tiny_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
+    bench, bundles, video = _tiny_line(tmp_path)
     out_json, out_md = tmp_path / "perf.json", tmp_path / "perf.md"
     rc = bench.main(["run", "--bundles", str(bundles), "--work", str(tmp_path / "work"), "--video", str(video),
                      "--only", "cae-128-int8", "--rates", "30", "0", "--duration", "1.5", "--warmup", "0.3",
@@ -72,13 +78,7 @@ def test_input_health_benchmark_runs(tmp_path: Path) -> None:
 def test_tiny_runtimes_benchmark(tmp_path: Path) -> None:
     """bench.py runtimes: each verified runtime x precision through the pipeline, then auto (issue 19)."""
     pytest.importorskip("openvino")
-    if not Path(MOSQUITTO).exists():
-        pytest.skip("mosquitto is not installed (scripts/test.sh installs it)")
-    bench = load_bench()
-    bundles = tmp_path / "bundles"
-    build_max_bundle(bundles / "cae-128", size=32)
-    video = tmp_path / "line.avi"
-    write_spot_video(video, 40, set(range(0, 40, 10)), size=(80, 60))
+    bench, bundles, video = _tiny_line(tmp_path)
     out_json = tmp_path / "rt.json"
     assert bench.main(["runtimes", "--bundles", str(bundles), "--work", str(tmp_path / "work"), "--video", str(video),
                        "--rates", "0", "--duration", "0.8", "--warmup", "0.3", "--baseline-images", "0",
