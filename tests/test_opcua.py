@@ -44,6 +44,29 @@ def test_without_asyncua_the_daemon_says_what_to_install(tmp_path: Path, monkeyp
         Service(cfg, handle_signals=False).start()
 
 
+def _serving(cfg: Path, port: int) -> tuple[ServiceRunner, str]:
+    """The daemon on `cfg`, its OPC UA endpoint open and cam1 streaming; the runner and the endpoint's URL."""
+    runner = ServiceRunner(load_config(cfg)).start()
+    try:
+        wait_until(lambda: runner.service.opcua is not None and runner.service.opcua.listening.is_set(), 30,
+                   "the OPC UA endpoint")
+        wait_until(lambda: runner.service.stats["cam1"].state == "streaming", 20, "cam1 streaming")
+    except BaseException:
+        runner.stop()
+        raise
+    return runner, f"opc.tcp://127.0.0.1:{port}/edged/"
+
+
+def _run_to_the_end(cfg: Path) -> ServiceRunner:
+    """The daemon on `cfg` (a video that is not looped) until its video ends, then stopped."""
+    runner = ServiceRunner(load_config(cfg)).start()
+    try:
+        wait_until(lambda: not runner.thread.is_alive(), 60, "the end of the video")
+    finally:
+        runner.stop()
+    return runner
+
+
 async def _client_session(url: str, user: str | None, password: str | None) -> Any:
     client = asyncua.Client(url, timeout=10)
     if user is not None:
@@ -143,12 +166,8 @@ mqtt: {{host: 127.0.0.1, port: {broker.port}}}
 opcua: {{enabled: true, port: {port}, anonymous: false, username: plc, password_file: {tmp_path / "opcua-password"}}}
 web: {{enabled: false}}
 """)
-    runner = ServiceRunner(load_config(cfg)).start()
-    url = f"opc.tcp://127.0.0.1:{port}/edged/"
+    runner, url = _serving(cfg, port)
     try:
-        wait_until(lambda: runner.service.opcua is not None and runner.service.opcua.listening.is_set(), 30,
-                   "the OPC UA endpoint")
-        wait_until(lambda: runner.service.stats["cam1"].state == "streaming", 20, "cam1 streaming")
         wrong = asyncio.run(_refused(url, "plc", "wrong"))
         anonymous = asyncio.run(_refused(url, None, None))
         got = asyncio.run(_plc(url))
@@ -227,12 +246,8 @@ opcua: {{enabled: true, port: {port}, anonymous: false, username: plc, password_
         security: [sign_and_encrypt], certificate: {server_cert}, private_key: {server_key}}}
 web: {{enabled: false}}
 """)
-    runner = ServiceRunner(load_config(cfg)).start()
-    url = f"opc.tcp://127.0.0.1:{port}/edged/"
+    runner, url = _serving(cfg, port)
     try:
-        wait_until(lambda: runner.service.opcua is not None and runner.service.opcua.listening.is_set(), 30,
-                   "the OPC UA endpoint")
-        wait_until(lambda: runner.service.stats["cam1"].state == "streaming", 20, "cam1 streaming")
         plain = asyncio.run(_secure_session(url, client_cert, client_key, encrypted=False))
         secure = asyncio.run(_secure_session(url, client_cert, client_key, encrypted=True))
     finally:
@@ -271,11 +286,7 @@ mqtt: {{enabled: false}}
 opcua: {{enabled: true, port: {port}}}
 web: {{enabled: false}}
 """)
-        runner = ServiceRunner(load_config(cfg)).start()
-        try:
-            wait_until(lambda: not runner.thread.is_alive(), 60, "the end of the video")
-        finally:
-            runner.stop()
+        runner = _run_to_the_end(cfg)
     assert runner.exit_code == 0 and runner.service.opcua is None
     assert runner.service.counters.inspected == 60 and runner.service.counters.rejects == 1
 
@@ -296,9 +307,5 @@ mqtt: {{enabled: false}}
 opcua: {{enabled: true, port: {free_port()}, security: [sign], certificate: cert.der, private_key: key.pem}}
 web: {{enabled: false}}
 """)
-    runner = ServiceRunner(load_config(cfg)).start()
-    try:
-        wait_until(lambda: not runner.thread.is_alive(), 60, "the end of the video")
-    finally:
-        runner.stop()
+    runner = _run_to_the_end(cfg)
     assert runner.exit_code == 0 and runner.service.opcua is None and runner.service.counters.rejects == 1
