@@ -98,18 +98,12 @@ def rejects(conn: sqlite3.Connection, f: RejectFilter) -> tuple[list[dict[str, A
     """One page of rejected frames, newest first, and how many match in all."""
     where: list[str] = ["i.is_defective = 1"]
     args: list[object] = []
-    if f.camera is not None:
-        where.append("i.camera = ?")
-        args.append(f.camera)
-    if f.since is not None:
-        where.append("i.captured_at >= ?")
-        args.append(f.since)
-    if f.until is not None:
-        where.append("i.captured_at < ?")
-        args.append(f.until)
-    if f.reason is not None:
-        where.append("i.reason = ?")
-        args.append(f.reason)
+    tests: tuple[tuple[str, object], ...] = (("i.camera = ?", f.camera), ("i.captured_at >= ?", f.since),
+                                             ("i.captured_at < ?", f.until), ("i.reason = ?", f.reason))
+    for test, value in tests:  # only the filters that are set, each with its one parameter
+        if value is not None:
+            where.append(test)
+            args.append(value)
     clause = " AND ".join(where)
     total = int(conn.execute(f"SELECT COUNT(*) FROM {_FROM} WHERE {clause}", args).fetchone()[0])
     rows = conn.execute(f"SELECT {_COLUMNS} FROM {_FROM} WHERE {clause} ORDER BY i.id DESC LIMIT ? OFFSET ?",
