@@ -163,6 +163,7 @@ class Service:
         self._recipe_waiters: dict[str, tuple[threading.Event, list[RecipeOutcome]]] = {}  # OPC UA's SelectRecipe
         self.recipe_stop = threading.Event()
         self.result_acks = ResultAcks()  # triggered parts' results the PLC has not acknowledged (edged.handshake)
+        self.trigger_refusals: dict[str, int] = {}  # refused trigger acks by reason (written under _trigger_lock)
         self._ready: dict[str, tuple[bool, str]] = {}  # camera -> the ready flag last published
         if self.gates and not self.mqtt_enabled:
             raise ConfigError("cameras with trigger mode mqtt need MQTT (triggers come over MQTT)")
@@ -555,6 +556,8 @@ class Service:
     def _ack(self, acks: list[TriggerAck], part_id: str | None, camera: str | None, reason: str, detail: str,
              arrived_at: float) -> None:
         acks.append(TriggerAck(self.config.station, part_id, camera, not reason, reason, detail, arrived_at))
+        if reason:
+            self.trigger_refusals[reason] = self.trigger_refusals.get(reason, 0) + 1
 
     def _on_result_ack(self, payload: bytes, arrived_at: float) -> None:
         """`<base>/cmd/result_ack` (MQTT thread): the PLC took these results; an id not awaited is counted."""

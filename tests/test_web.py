@@ -3,6 +3,7 @@ sessions, CSRF, the API, /metrics, feedback labels, and the bounds that keep a h
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import sqlite3
@@ -16,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from devkit.support import ServiceRunner, build_max_bundle, wait_until, write_config, write_spot_video
 from devkit.webline import PASSWORD, Client, WebLine, basic, start_line
 from edged.config import ConfigError, load_config, parse_config
+from edged.incoming import MessageRefused
+from edged.payloads import TriggerAck
 
 pytestmark = pytest.mark.slow
 
@@ -121,6 +124,26 @@ def test_metrics_read_the_plcs_result_acks_at_scrape_time(client: Client, line: 
     assert after["edged_results_acknowledged_total"] == before["edged_results_acknowledged_total"] + 1
     assert after["edged_result_acks_unknown_total"] == before["edged_result_acks_unknown_total"] + 1
     acks.acked((987654322,))
+
+
+def test_metrics_count_refused_triggers_by_reason(client: Client, line: WebLine) -> None:
+    """A trigger this free-run line cannot take (no camera in trigger mode mqtt), through the same admit_trigger
+    the MQTT route and OPC UA call, is counted under its ack's reason; every reason is served from 0."""
+    def refused() -> dict[str, float]:
+        text = client.get("/metrics").text
+        return {s.labels["reason"]: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                if s.name == "edged_triggers_refused_total"}
+
+    before = refused()
+    assert {"unknown_camera", "not_ready", "recipe_switching", "bad_message", "repeated", "overloaded"} <= set(before)
+    acks: list[TriggerAck] = []
+    with contextlib.suppress(MessageRefused):  # refused whole, after its acks
+        line.runner.service.admit_trigger(b'{"part_id": "P-1", "camera": "cam1"}', time.time(), acks)
+    reasons = [a.reason for a in acks]
+    assert reasons and all(reasons), acks
+    after = refused()
+    for reason in set(reasons):
+        assert after[reason] == before[reason] + reasons.count(reason), reason
 
 
 def test_rejects_api_pages_and_filters(client: Client, line: WebLine) -> None:

@@ -10,7 +10,7 @@ Python internals under names a plant's dashboards did not ask for.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -23,10 +23,14 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from edged import __version__
+from edged.handshake import TriggerRefusal
 
 if TYPE_CHECKING:
     from edged.service import Service
     from edged.web.live import LiveView
+
+
+K = TypeVar("K")
 
 
 class PipelineCollector(Collector):
@@ -165,7 +169,12 @@ class PipelineCollector(Collector):
         unknown = CounterMetricFamily("edged_result_acks_unknown", "Acks of an id not awaited (twice, overrun, never "
                                       "sent)")
         unknown.add_metric([], acks.unknown)
-        yield from (waiting, acked, overruns, unknown)
+        refused = CounterMetricFamily("edged_triggers_refused", "Trigger acks refused, by reason (one per camera a "
+                                      "trigger names; MQTT and OPC UA)", labels=["reason"])
+        counted = _copy(self.service.trigger_refusals)
+        for reason in sorted({r.value for r in TriggerRefusal} | set(counted)):
+            refused.add_metric([reason], counted.get(reason, 0))
+        yield from (waiting, acked, overruns, unknown, refused)
 
     def _recipes(self) -> Iterator[Metric]:
         """Each camera's recipe and the model it runs, as an info metric (a switch changes the labels)."""
@@ -183,7 +192,7 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def _copy(counts: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+def _copy(counts: dict[K, int]) -> dict[K, int]:
     """A snapshot of a dict the recorder may be adding a key to right now (a copy can then raise; try again)."""
     for _ in range(5):
         try:
