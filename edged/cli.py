@@ -175,6 +175,13 @@ def _recipe_lines(config: Config, default_model: str) -> list[str]:
     from edged.recipes import DEFAULT_RECIPE, SELECTION_FILE, load_selection, recipe_table, starting_recipe
 
     table = recipe_table(config.recipes, config.model.bundle)
+    keep = config.storage.state_dir / SELECTION_FILE
+    kept = load_selection(keep, table)
+    starts: dict[str, str] = {}
+    for cam in config.cameras:
+        configured = starting_recipe(cam.recipe, config.recipes)
+        name = kept.get(cam.name) or configured
+        starts[cam.name] = name
     lines = []
     for name, recipe in table.items():
         if name == DEFAULT_RECIPE and name not in config.recipes:
@@ -183,16 +190,15 @@ def _recipe_lines(config: Config, default_model: str) -> list[str]:
             try:
                 model = load_manifest(recipe.bundle).bundle_id
             except BundleError as exc:
-                raise BundleError(f"recipes.{name}: {exc}") from None
+                if name in starts.values():  # the daemon would refuse to start on it too
+                    raise BundleError(f"recipes.{name}: {exc}") from None
+                model = f"? not loadable, a switch to it will be refused: {exc}"  # the line runs on without it
         thr = f", threshold {recipe.threshold:.6g}" if recipe.threshold is not None else ""
         lines.append(f"{name} -> {recipe.bundle} (model {model}{thr})")
-    keep = config.storage.state_dir / SELECTION_FILE
-    kept = load_selection(keep, table)
     for cam in config.cameras:
         configured = starting_recipe(cam.recipe, config.recipes)
-        name = kept.get(cam.name) or configured
-        why = f"kept in {keep}; configured {configured}" if name != configured else "configured"
-        lines.append(f"camera {cam.name} starts on {name} ({why})")
+        why = f"kept in {keep}; configured {configured}" if starts[cam.name] != configured else "configured"
+        lines.append(f"camera {cam.name} starts on {starts[cam.name]} ({why})")
     return lines
 
 

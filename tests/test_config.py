@@ -226,6 +226,16 @@ def test_check_config_says_recipes_web_and_opcua(tmp_path: Path, tiny_bundle: Pa
     assert proc.returncode == 0, proc.stderr
     assert "web:      disabled" in proc.stdout and "opcua:" not in proc.stdout
     assert "recipe:   default -> " in proc.stdout and "camera c starts on default (configured)" in proc.stdout
+    missing = tmp_path / "not-copied-yet"
+    path.write_text(f"model: {{bundle: {tiny_bundle}}}\nrecipes: {{a: {{bundle: {tiny_bundle}}}, "
+                    f"later: {{bundle: {missing}}}}}\ncameras: [{{name: c, source: '0'}}]\n")
+    proc = run_cli("check-config", "-c", str(path))  # a recipe no camera starts on: said, not fatal
+    assert proc.returncode == 0, proc.stderr
+    assert f"later -> {missing} (model ? not loadable, a switch to it will be refused" in proc.stdout
+    path.write_text(f"model: {{bundle: {tiny_bundle}}}\nrecipes: {{later: {{bundle: {missing}}}}}\n"
+                    "cameras: [{name: c, source: '0'}]\n")
+    proc = run_cli("check-config", "-c", str(path))  # the one a camera starts on: the daemon would refuse it
+    assert proc.returncode == 2 and "recipes.later" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_trigger_mode_mqtt_needs_mqtt() -> None:
