@@ -64,7 +64,19 @@ def _shot(driver: Any, folder: Path, name: str) -> None:
 
 
 def _wait(driver: Any, condition: Any, what: str, timeout: float = 20.0) -> None:
-    wait_until(lambda: condition(driver), timeout, what, poll=0.1)
+    """Wait until the page shows what `condition` looks for. While a click's POST, redirect and new page are on
+    their way, the element may be missing or belong to the page being replaced: that is "not yet", not a
+    failure (it failed a CI run once, `find_element` raising mid-navigation); a page that never shows it still
+    fails here, after `timeout`."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    def shown() -> object:
+        try:
+            return condition(driver)
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+
+    wait_until(shown, timeout, what, poll=0.1)
 
 
 def _js(driver: Any, script: str) -> Any:
