@@ -215,10 +215,10 @@ def _web_line(config: Config) -> str:
 
 
 def _opcua_line(config: Config) -> str:
-    """The opc.tcp endpoint (as edged/opcua/server.py opens it), its security and who may log in."""
+    """The opc.tcp endpoint the server opens, its security and who may log in."""
     ua = config.opcua
     users = [u for u in ("anonymous" if ua.anonymous else "", f"user {ua.username}" if ua.username else "") if u]
-    return f"opc.tcp://{ua.bind}:{ua.port}/edged/ (security {', '.join(ua.security)}; {', '.join(users)})"
+    return f"{ua.endpoint} (security {', '.join(ua.security)}; {', '.join(users)})"
 
 
 def _camera_checks(config: Config) -> list[str]:

@@ -46,6 +46,11 @@ class OpcUaConfig(Section):
             raise ValueError("security sign or sign_and_encrypt needs certificate and private_key")
         return self
 
+    @property
+    def endpoint(self) -> str:
+        """The opc.tcp URL the server opens (and check-config shows)."""
+        return f"opc.tcp://{self.bind}:{self.port}/edged/"
+
     def read_password(self) -> str | None:
         """The user's password from password_file or the systemd credential; None when no username is set."""
         if self.username is None:

@@ -115,7 +115,7 @@ class OpcUaServer(SupervisedThread):
         self.stop_event = threading.Event()
         self.listening = threading.Event()
         self.failed = ""  # why the endpoint could not open ('' while fine)
-        self.endpoint = f"opc.tcp://{cfg.bind}:{cfg.port}/edged/"
+        self.endpoint = cfg.endpoint
         self._results: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=1000)
         self._nodes: dict[str, Any] = {}
 
