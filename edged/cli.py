@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from edged import __version__
 from edged.bundle import BundleError
-from edged.config import Config, ConfigError, load_config
+from edged.config import Config, ConfigError, MqttConfig, load_config
 from edged.instance import InstanceLocked
 from edged.logsetup import setup_logging
 from edged.safetext import redact_url
@@ -107,6 +107,8 @@ def cmd_run(config: Config) -> int:
     code, non-zero asking systemd for a restart."""
     from edged.service import Service
 
+    if config.mqtt.enabled:
+        config.mqtt.read_password()  # an unreadable password file: a clear message and exit 2 now, not a link retrying
     return Service(config).run()
 
 
@@ -153,7 +155,7 @@ def cmd_check_config(config: Config, out: TextIO) -> int:
     mq = config.mqtt
     if mq.enabled:
         w(f"mqtt:     {mq.host}:{mq.port} (MQTT {mq.protocol}{', TLS' if mq.tls.enabled else ''}"
-          f"{', user ' + mq.username if mq.username else ''}), topics {Topics.of(config).display}, "
+          f"{', user ' + mq.username if mq.username else ''}{_mqtt_password(mq)}), topics {Topics.of(config).display}, "
           f"reject TTL {mq.reject_ttl_ms:g} ms\n")
     else:
         w("mqtt:     disabled (rejects are only logged)\n")
@@ -200,6 +202,12 @@ def _recipe_lines(config: Config, default_model: str) -> list[str]:
         why = f"kept in {keep}; configured {configured}" if starts[cam.name] != configured else "configured"
         lines.append(f"camera {cam.name} starts on {starts[cam.name]} ({why})")
     return lines
+
+
+def _mqtt_password(mq: MqttConfig) -> str:
+    """Whether the broker gets a password (never the password itself); reading it here fails check-config the way
+    `edged run` would fail for an unreadable password file."""
+    return ", password set" if mq.read_password() else ""
 
 
 def _web_line(config: Config) -> str:

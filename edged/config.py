@@ -188,17 +188,17 @@ class MqttConfig(Section):
         return self
 
     def read_password(self) -> str | None:
-        """Password from the config, a file, or the systemd credential `mqtt-password`."""
+        """Password from the config, mqtt.password_file, or the systemd credential `mqtt-password` (when a
+        username is set); None: none configured. Read again at every connection, so a rotated file takes effect;
+        an unreadable one raises ConfigError naming the key and path (edged run and check-config stop on it at
+        start, the MQTT link logs it and retries later)."""
         if self.password is not None:
             return self.password
-        candidates = [self.password_file] if self.password_file else []
-        if (cred := credential("mqtt-password")) is not None and self.username:
-            candidates.append(cred)
-        for path in candidates:
-            if path is not None and path.is_file():
-                return path.read_text(encoding="utf-8").strip()
         if self.password_file is not None:
-            raise ConfigError(f"mqtt.password_file: {self.password_file} does not exist")
+            return read_secret(self.password_file, "mqtt.password_file", ConfigError)
+        cred = credential("mqtt-password")
+        if cred is not None and self.username and cred.exists():
+            return read_secret(cred, "mqtt credential mqtt-password", ConfigError)
         return None
 
 
@@ -275,8 +275,8 @@ class WebConfig(Section):
         if self.password_file is not None:
             return read_secret(self.password_file, "web.password_file", ConfigError) or None
         cred = credential("web-password")
-        if cred is not None and cred.is_file():
-            return cred.read_text(encoding="utf-8").strip() or None
+        if cred is not None and cred.exists():
+            return read_secret(cred, "web credential web-password", ConfigError) or None
         return None
 
     def open_to_all(self) -> bool:

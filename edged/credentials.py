@@ -16,8 +16,11 @@ def credential(name: str) -> Path | None:
 
 def read_secret(path: Path, key: str, error: type[Exception]) -> str:
     """The file's text without surrounding whitespace (an editor's trailing newline is not part of a password).
-    An unreadable file raises `error` (the caller's: ConfigError, or ValueError where it is caught) naming `key`."""
+    An unreadable file (missing, a folder, no permission, not UTF-8 text) raises `error` (the caller's: ConfigError,
+    or ValueError where it is caught) naming `key` and the path, never the content."""
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise error(f"{key}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise error(f"{key}: cannot read {path}: not UTF-8 text") from None

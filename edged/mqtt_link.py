@@ -43,7 +43,7 @@ from paho.mqtt.properties import Properties
 
 from edged import jsonout
 from edged.backoff import backoff_delay
-from edged.config import Config
+from edged.config import Config, ConfigError
 from edged.health import Heartbeats, SupervisedThread
 from edged.incoming import MAX_PAYLOAD_BYTES, MessageRefused
 from edged.logsetup import LogThrottle
@@ -317,7 +317,11 @@ class MqttLink(SupervisedThread):
         self._lost.set()
 
     def _connect(self) -> None:
-        client = self._new_client()
+        try:
+            client = self._new_client()
+        except ConfigError as exc:  # the password file became unreadable since start: say so, keep the outbox
+            self._next_attempt = time.monotonic() + self._problem_delay("refused", str(exc))
+            return
         self._lost.clear()
         self._connack = False
         self._problem = None

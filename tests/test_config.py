@@ -172,6 +172,25 @@ def test_cli_missing_model_and_unreadable_file(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
+def test_an_unreadable_mqtt_password_file_stops_run_and_check_config_naming_the_key(
+        tmp_path: Path, tiny_bundle: Path) -> None:
+    """Not a traceback from the MQTT thread later: exit 2 at start with the key and the path, never the content."""
+    secret = tmp_path / "mqtt-password"
+    secret.write_bytes(b"s3cret\xff\xfe\n")  # not UTF-8 (a permission error cannot be made as root)
+    path = tmp_path / "edged.yaml"
+    path.write_text(f"model: {{bundle: {tiny_bundle}}}\ncameras: [{{name: c, source: '{tmp_path}'}}]\n"
+                    f"mqtt: {{host: 127.0.0.1, username: edged, password_file: {secret}}}\n")
+    for command in ("check-config", "run"):
+        proc = run_cli(command, "-c", str(path))
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert f"mqtt.password_file: cannot read {secret}: not UTF-8 text" in proc.stderr
+        assert "Traceback" not in proc.stderr and "s3cret" not in proc.stderr
+    secret.write_text("s3cret\n")
+    proc = run_cli("check-config", "-c", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "user edged, password set" in proc.stdout and "s3cret" not in proc.stdout
+
+
 def test_cli_damaged_model_file(tmp_path: Path, tiny_bundle: Path) -> None:
     (tiny_bundle / "model.onnx").write_bytes(b"not onnx")
     path = tmp_path / "edged.yaml"

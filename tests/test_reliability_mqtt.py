@@ -440,6 +440,46 @@ def test_a_wrong_password_is_said_once_and_retried_with_backoff(
     assert any("connected" in r.getMessage() and "failed attempt(s)" in r.getMessage() for r in caplog.records)
 
 
+def test_a_password_file_that_becomes_unreadable_is_said_and_retried_while_inspection_goes_on(
+        tmp_path: Path, tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Read again at every connection (rotation): a file spoiled while the daemon runs is an error naming the key,
+    retried with the refusal backoff; the link thread lives and connects once the file is right again."""
+    work = tmp_path / "broker"
+    work.mkdir()
+    passwords = work / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "edged", "right"], check=True,
+                   capture_output=True)
+    broker = Broker(work)
+    broker.conf.write_text(broker.conf.read_text().replace(
+        "allow_anonymous true", f"allow_anonymous false\npassword_file {passwords}"))
+    broker.start()
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("right\n")
+    video = tmp_path / "line.avi"
+    write_spot_video(video, 40, {5})
+    cfg = load_config(write_config(tmp_path / "edged.yaml", tiny_bundle, video, tmp_path / "state", broker.port,
+                                   extra_camera="    loop: true\n    realtime: true\n    fps: 20",
+                                   mqtt_extra=f"username: edged, password_file: {secret}"))
+    caplog.set_level(logging.INFO)
+    secret.write_bytes(b"right\xff\n")  # spoiled after the config was checked (edged run checks it at start)
+    runner = ServiceRunner(cfg).start()
+    try:
+        wait_until(lambda: runner.service.link is not None and runner.service.link.connect_refusals >= 1, 30,
+                   "the unreadable password said")
+        link = runner.service.link
+        assert link is not None and link.is_alive() and not link.connected
+        inspected = runner.service.counters.inspected
+        wait_until(lambda: runner.service.counters.inspected > inspected, 10, "inspection going on meanwhile")
+        secret.write_text("right\n")
+        wait_until(lambda: link.connected, 30, "connected once the file is readable")
+    finally:
+        runner.stop()
+        broker.stop()
+    said = _errors(caplog, "mqtt.password_file: cannot read")
+    assert len(said) == 1 and f"{secret}: not UTF-8 text" in said[0], said
+    assert "right" not in said[0].replace(str(tmp_path), "")
+
+
 def test_two_links_with_one_client_id_do_not_fight_for_the_session(
         tmp_path: Path, tiny_bundle: Path, broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
     """Two daemons configured with the same station on two boxes (the lock cannot see across boxes): each
