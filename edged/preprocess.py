@@ -55,13 +55,29 @@ def to_color_order(image: np.ndarray, color_order: str, bit_depth: int = 16) -> 
     return image
 
 
-def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Area interpolation when shrinking (no aliasing of fine scratches), linear when enlarging."""
+def resize(image: np.ndarray, width: int, height: int, method: str = "area") -> np.ndarray:
+    """Area interpolation when shrinking (no aliasing of fine scratches), linear when enlarging.
+
+    `method` is the bundle's `InputSpec.resize`. "area" is one INTER_AREA step: exact, but slow when the
+    factor is not 2 (640x480 -> 128x128 is 5 x 3.75: OpenCV's general float path, 0.6-2 ms of CPU per
+    frame). "halve_area" first halves the frame while it stays at least the model's size in both directions
+    (each halving the exact, rounded mean of 2x2 pixels: OpenCV's vectorized path, about 0.06 ms at
+    640x480), then shrinks the rest (under 2x) with INTER_AREA on the small image: every source pixel
+    still counts with a weight close to one-step area's (a thin scratch keeps its contrast, nothing
+    aliases), for about a third of the cost.
+    """
     h, w = image.shape[:2]
     if (w, h) == (width, height):
         return image
-    interp = cv2.INTER_AREA if (w >= width and h >= height) else cv2.INTER_LINEAR
-    return cv2.resize(image, (width, height), interpolation=interp)
+    if w < width or h < height:
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    if method == "halve_area":
+        while w % 2 == 0 and h % 2 == 0 and w // 2 >= width and h // 2 >= height:
+            w, h = w // 2, h // 2
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        if (w, h) == (width, height):
+            return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
 NORM_MEAN, NORM_STD = 128.0, 40.0  # what `normalize: mean_std` maps every image's mean and spread to (grey levels)
@@ -94,8 +110,8 @@ def _prepare_uint8(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     """
     if (spec.color_order != "gray" and isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.size
             and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)))):
-        return to_color_order(resize(image, spec.width, spec.height), spec.color_order)
-    return resize(to_color_order(image, spec.color_order, spec.bit_depth), spec.width, spec.height)
+        return to_color_order(resize(image, spec.width, spec.height, spec.resize), spec.color_order)
+    return resize(to_color_order(image, spec.color_order, spec.bit_depth), spec.width, spec.height, spec.resize)
 
 
 def to_tensor(prepared: np.ndarray, spec: InputSpec, out: np.ndarray | None = None) -> np.ndarray:

@@ -84,3 +84,33 @@ def test_holdout_split_is_seeded_disjoint_and_sized(tmp_path: Path) -> None:
         holdout_split(records[:1], 0.15)
     assert file_list_sha256(train, root) == file_list_sha256(list(reversed(train)), root)
     assert file_list_sha256(train, root) != file_list_sha256(hold, root)
+
+
+@pytest.mark.parametrize("method", ["cae", "patchcore", "featae", "classic"])
+def test_new_bundles_shrink_with_halve_area(method: str) -> None:
+    """Every image method's spec (what fit writes into input.resize) asks for the cheaper anti-aliased resize."""
+    from tools.methods.base import FitOptions
+    from tools.methods.registry import get_method
+
+    assert get_method(method).input_spec(FitOptions(size=128)).resize == "halve_area"
+
+
+@pytest.mark.parametrize("order", ["rgb", "gray"])
+def test_training_reads_the_pixels_the_daemon_feeds_with_halve_area(order: str) -> None:
+    """fit stores each image at model size (`model_sized`, as it is read) and the Detector prepares that again; the
+    daemon prepares the camera's 640x480 frame once: with `resize: halve_area` both give the same model input."""
+    from edged.bundle import InputSpec
+    from edged.preprocess import prepare_uint8
+    from tools.dataset import model_sized
+
+    spec = InputSpec(width=128, height=128, channels=1 if order == "gray" else 3, color_order=order,
+                     resize="halve_area")
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        frame = synth.make_part(rng, (640, 480))[0]
+        stored = model_sized(spec)(frame)
+        assert frame.shape[:2] == (480, 640)
+        np.testing.assert_array_equal(prepare_uint8(stored, spec), prepare_uint8(frame, spec))
+        # not vacuous: one-step area (old bundles) gives other pixels at 5 x 3.75
+        assert not np.array_equal(prepare_uint8(stored, spec),
+                                  prepare_uint8(frame, spec.model_copy(update={"resize": "area"})))

@@ -172,8 +172,8 @@ class CaeMethod:
         if opts.size < 2 ** len(cfg.widths) or opts.size % 2 ** len(cfg.widths):
             raise ValueError(f"cae: --size must be a multiple of {2 ** len(cfg.widths)} (one halving per stage)")
         if cfg.channels == 1:
-            return InputSpec(width=opts.size, height=opts.size, channels=1, color_order="gray")
-        return InputSpec(width=opts.size, height=opts.size, channels=3, color_order="rgb")
+            return InputSpec(width=opts.size, height=opts.size, channels=1, color_order="gray", resize="halve_area")
+        return InputSpec(width=opts.size, height=opts.size, channels=3, color_order="rgb", resize="halve_area")
 
     def fit(self, images: list[np.ndarray], opts: FitOptions) -> CaeTrained:
         """Train the autoencoder (and the per-pixel error statistics with ``position_norm``); exports once to

@@ -26,7 +26,7 @@ class ClassicMethod:
     def input_spec(self, opts: FitOptions) -> InputSpec:
         """Gray images at --size, square; the model's input is their feature vector, not the pixels."""
         return InputSpec(name="features", kind="features", width=opts.size, height=opts.size, channels=1,
-                         color_order="gray", scale=1.0, features=FEATURES)
+                         color_order="gray", scale=1.0, features=FEATURES, resize="halve_area")
 
     def fit(self, images: list[np.ndarray], opts: FitOptions) -> TrainedClassic:
         """Features of every image, then the pipeline fitted on them in float32 (what the ONNX graph sees)."""

@@ -135,4 +135,4 @@ class BackboneMethod:
         """RGB / 255 at --size (any width x height)."""
         width, height = opts.shape
         return InputSpec(width=width, height=height, channels=3, color_order="rgb",
-                         scale=1.0 / 255.0, mean=(0.0,), std=(1.0,))
+                         scale=1.0 / 255.0, mean=(0.0,), std=(1.0,), resize="halve_area")
