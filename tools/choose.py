@@ -43,6 +43,8 @@ CANDIDATES: dict[str, tuple[Candidate, ...]] = {
         Candidate("224 px budget", budget=224),
         Candidate("image score = maximum cell", {"top": 0.0}),
         Candidate("Lite0 s5+s6", {"backbone": "lite0", "layers": "s5,s6"}),
+        # the memory bank alone ranks a busy texture poorly where the autoencoder does better (docs/detection.md)
+        Candidate("feature autoencoder beside the bank (weight 0.5)", {"featae": 0.5}),
     ),
 }
 

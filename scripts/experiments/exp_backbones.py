@@ -44,21 +44,21 @@ def stage_features(images: list[np.ndarray], variant: str, batch: int = 16) -> d
     return {s: torch.cat(v) for s, v in out.items()}
 
 
-def scores(dist: torch.Tensor, sigma_cells: float, size: int, topk: int) -> tuple[np.ndarray, torch.Tensor]:
+def scores(dist: torch.Tensor, sigma_cells: float, size: tuple[int, int], topk: int) -> tuple[np.ndarray, torch.Tensor]:
     k1 = gaussian_kernel(sigma_cells)
     p = (k1.numel() - 1) // 2
     m = F.conv2d(F.pad(dist, [p, p, 0, 0], mode="replicate"), k1.view(1, 1, 1, -1))
     m = F.conv2d(F.pad(m, [0, 0, p, p], mode="replicate"), k1.view(1, 1, -1, 1))
     flat = m.flatten(1)
     s = flat.topk(min(topk, flat.shape[1]), dim=1).values.mean(1) if topk > 1 else flat.max(1).values
-    return s.numpy(), F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return s.numpy(), F.interpolate(m, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("/work/shared/datasets/mtd"))
     ap.add_argument("--variants", nargs="+", default=["lite0"])
-    ap.add_argument("--sizes", nargs="+", type=int, default=[160])
+    ap.add_argument("--sizes", nargs="+", default=["160"], help="N (square) or WxH")
     ap.add_argument("--combos", nargs="+", default=["s5,s6"])
     ap.add_argument("--ratio", type=float, default=0.1)
     ap.add_argument("--topk", nargs="+", type=int, default=[1])
@@ -66,7 +66,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     for size in a.sizes:
-        spec = METHOD.input_spec(FitOptions(size=size))
+        width, _, height = size.partition("x")
+        spec = METHOD.input_spec(FitOptions(size=int(width), height=int(height) if height else None))
         train, test, labels, masks = load(a.data, spec)
         for variant in a.variants:
             cache = Path(f"/tmp/pc/bb_{a.data.name}_{variant}_{size}.pt")
@@ -87,9 +88,9 @@ def main() -> None:
                 idx = greedy_coreset(patches, round(a.ratio * patches.shape[0]), dims=64) if a.ratio < 1 else \
                     torch.arange(patches.shape[0])
                 dist = nn_dist(te, patches[idx])
-                stride = size // tr.shape[-1]
+                stride = spec.width // tr.shape[-1]
                 for k in a.topk:
-                    s, amap = scores(dist, a.sigma / stride, size, k)
+                    s, amap = scores(dist, a.sigma / stride, (spec.height, spec.width), k)
                     img = roc_auc_score(labels, s)
                     pix = roc_auc_score(masks.ravel(), amap.numpy().ravel()) if k == a.topk[0] else float("nan")
                     print(f"{variant} {size} {combo_s:12s} d={d:4d} grid={tr.shape[-1]} bank={len(idx):6d} "

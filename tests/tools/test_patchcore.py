@@ -224,3 +224,29 @@ def test_pipeline_bundle_runs_in_the_daemon_detector(synth_data: Path, tmp_path:
     int8 = Detector(result.bundle).infer(frames)
     assert int8[0].anomaly_map is not None and int8[0].anomaly_map.shape == (SIZE, SIZE)
     assert np.corrcoef(fp32, [o.score for o in int8])[0, 1] > 0.9
+
+
+def test_a_feature_autoencoder_beside_the_bank_is_one_graph_with_fp32_autoencoder(tmp_path: Path) -> None:
+    """patchcore's featae option: bank distance and autoencoder error fused on the same features, each divided
+    by its training-patch mean; the ONNX graph gives the torch reference's scores and int8 leaves the
+    autoencoder alone."""
+    from tools.methods.patchcore.export import beside_nodes
+
+    rng = np.random.default_rng(3)
+    good = [np.clip(rng.normal(128, 12, (64, 64, 3)), 0, 255).astype(np.uint8) for _ in range(12)]
+    trained = METHOD.fit(good, FitOptions(size=64, extra={"backbone": "lite0", "layers": "s5,s6",
+                                                           "featae": 1.0, "coreset": 0.5}))
+    beside = trained.graph.beside
+    assert beside is not None and trained.params["beside_bank"]["weight"] == 1.0
+    assert float(beside.bank_scale) > 0 and float(beside.ae_scale) > 0
+    bad = good[0].copy()
+    bad[20:40, 20:40] = 255
+    scores, _ = trained([good[1], bad])
+    assert scores[1] > scores[0]
+    path = tmp_path / "model.onnx"
+    trained.export_onnx(path)
+    kept = beside_nodes(onnx.load(str(path)))
+    assert kept and all(name in trained.quantize.nodes_to_exclude for name in kept)
+    x = images_to_tensor([good[1], bad]).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, scores, rtol=1e-3, atol=1e-4)

@@ -1,26 +1,13 @@
-"""featae's networks: the per-patch autoencoder and the inference graph around it."""
+"""featae's inference graph: patch features -> the feature autoencoder's error -> map head."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from tools.methods.components.feature_ae import FeatureAE, reconstruction_error
 from tools.methods.components.features import PatchFeatures
 from tools.methods.components.map_head import MapHead
-
-
-class FeatureAE(nn.Module):
-    """Per-patch autoencoder as 1x1 convolutions (so it runs on the whole grid in one graph)."""
-
-    def __init__(self, dims: int, hidden: int, bottleneck: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(dims, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, bottleneck, 1), nn.ReLU(),
-            nn.Conv2d(bottleneck, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, dims, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction of standardized patch features, (N, D, h, w) -> (N, D, h, w)."""
-        return self.net(x)
 
 
 class FeatAEGraph(nn.Module):
@@ -39,9 +26,7 @@ class FeatAEGraph(nn.Module):
 
     def errors(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction error of every patch, (N, 1, h, w)."""
-        f = (self.features(x) - self.mean) * self.inv_std
-        d = f - self.ae(f)
-        return torch.sqrt((d * d).sum(dim=1, keepdim=True) + 1e-12)
+        return reconstruction_error(self.ae, (self.features(x) - self.mean) * self.inv_std)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RGB batch in [0, 1] (N, 3, H, W) -> (score [N], map [N, 1, H, W])."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tools.backbones import VARIANTS
+from tools.methods.components.feature_ae import AE_DEFAULTS
 from tools.methods.components.features import check_layers
 from tools.methods.components.options import Option
 from tools.methods.components.options import parse_options as parse_table
@@ -12,10 +13,10 @@ from tools.methods.components.options import parse_options as parse_table
 OPTIONS: dict[str, Option] = {
     "backbone": Option("lite1", "ImageNet backbone: EfficientNet-Lite0, -Lite1 or -Lite2", choices=tuple(VARIANTS)),
     "layers": Option("s5,s6", "backbone stages whose features are reconstructed", check=check_layers),
-    "bottleneck": Option(32, "channels at the narrowest point", low=1, high=4096),
-    "hidden": Option(192, "channels of the layers around the bottleneck", low=1, high=8192),
-    "epochs": Option(30, "passes over the training patches", low=1, high=10_000),
-    "lr": Option(2e-3, "Adam learning rate", low=0.0, low_open=True, high=1.0),
+    "bottleneck": Option(AE_DEFAULTS["bottleneck"], "channels at the narrowest point", low=1, high=4096),
+    "hidden": Option(AE_DEFAULTS["hidden"], "channels of the layers around the bottleneck", low=1, high=8192),
+    "epochs": Option(AE_DEFAULTS["epochs"], "passes over the training patches", low=1, high=10_000),
+    "lr": Option(AE_DEFAULTS["lr"], "Adam learning rate", low=0.0, low_open=True, high=1.0),
     "sigma": Option(4.0, "smoothing of the map in input pixels", low=0.0, high=256.0),
     "top": Option(0.1, "image score = mean of this fraction of the highest map cells (0: the maximum)", low=0.0,
                   high=1.0),

@@ -5,44 +5,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from tools.backbones import efficientnet_lite, stage_outputs
 from tools.methods.base import FitOptions
+from tools.methods.components.feature_ae import train_ae
 from tools.methods.components.features import BackboneMethod, PatchFeatures
 from tools.methods.featae.export import FeatAETrained
-from tools.methods.featae.model import FeatAEGraph, FeatureAE
+from tools.methods.featae.model import FeatAEGraph
 from tools.methods.featae.options import OPTIONS, parse_options
 
 log = logging.getLogger(__name__)
-
-
-def train_ae(patches: torch.Tensor, o: dict[str, Any], seed: int) -> tuple[FeatureAE, list[float]]:
-    """Fit the autoencoder to standardized patch vectors (P, D); returns it and the loss per epoch."""
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    ae = FeatureAE(patches.shape[1], o["hidden"], o["bottleneck"])
-    opt = torch.optim.Adam(ae.parameters(), lr=o["lr"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o["epochs"])
-    x4 = patches[:, :, None, None]
-    losses = []
-    for _ in range(o["epochs"]):
-        perm = torch.randperm(x4.shape[0], generator=g)
-        total = 0.0
-        for i in range(0, x4.shape[0], 1024):
-            xb = x4[perm[i:i + 1024]]
-            loss = F.mse_loss(ae(xb), xb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * xb.shape[0]
-        sched.step()
-        losses.append(total / x4.shape[0])
-    return ae.eval(), losses
 
 
 class FeatAEMethod(BackboneMethod):

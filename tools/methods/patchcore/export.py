@@ -36,7 +36,7 @@ class PatchCoreTrained:
         path = Path(path)
         export_graph(self.graph, self.spec, self.outputs, path)
         model = onnx.load(str(path))
-        self.quantize.nodes_to_exclude = tail_nodes(model)
+        self.quantize.nodes_to_exclude = tail_nodes(model) + beside_nodes(model)
         onnx.save(model, str(path))
 
     def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -57,3 +57,9 @@ def tail_nodes(model: Any) -> list[str]:
         if not node.name:
             node.name = f"patchcore_{node.op_type}_{i}"
     return [n.name for n in nodes[start + 1:] if n.op_type != "Constant"]
+
+
+def beside_nodes(model: Any) -> list[str]:
+    """The feature autoencoder beside the bank (the ``featae`` option), kept fp32 like ``--method featae``'s: its
+    error is the score, and int8 rounding of a reconstruction is as large as the errors it must measure."""
+    return [n.name for n in model.graph.node if n.name.startswith(("/beside/", "/ae/"))]

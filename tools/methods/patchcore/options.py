@@ -22,6 +22,9 @@ OPTIONS: dict[str, Option] = {
     "batch": Option(16, "feature extraction batch", low=1, high=1024),
     "coreset_dims": Option(64, "random projection for the coreset distances", low=1, high=4096),
     "standardize": Option(True, "divide each feature channel by its spread on the good patches"),
+    "featae": Option(0.0, "weight of a feature autoencoder's reconstruction error added to the bank's distance, "
+                          "each divided by its mean on the training patches (0: the memory bank alone)", low=0.0,
+                     high=100.0),
 }
 
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import numpy as np
 import torch
 
 from tools.backbones import efficientnet_lite, stage_outputs
 from tools.methods.base import FitOptions
+from tools.methods.components.feature_ae import AE_DEFAULTS, train_ae
 from tools.methods.components.features import BackboneMethod, PatchFeatures
 from tools.methods.components.sampling import greedy_coreset
 from tools.methods.patchcore.export import PatchCoreTrained
-from tools.methods.patchcore.model import PatchCoreGraph
+from tools.methods.patchcore.model import BesideBank, PatchCoreGraph
 from tools.methods.patchcore.options import OPTIONS, parse_options
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,35 @@ def pca_projection(x: torch.Tensor, dims: int) -> torch.Tensor:
     _, vecs = torch.linalg.eigh(cov.double())
     w = vecs[:, -dims:].flip(1).t().float()
     return torch.cat([w, (-(w @ mean))[:, None]], dim=1)
+
+
+SCALE_PATCHES = 20_000  # training patches whose mean bank distance and autoencoder error set the fusion's scales
+
+
+def beside_bank(graph: PatchCoreGraph, patches: torch.Tensor, weight: float, seed: int,
+                ) -> tuple[BesideBank, dict[str, Any]]:
+    """The feature autoencoder (featae's defaults) trained on the bank's own (scaled) training patches, and the
+    two scales: the mean bank distance and the mean autoencoder error over a seeded sample of those patches.
+    In-sample, both a little optimistic (a patch's own image is in the bank and in the autoencoder's data),
+    alike: the scales only weigh the two grids, the threshold comes from cross-fitting as ever."""
+    t0 = time.perf_counter()
+    ae_opts = dict(AE_DEFAULTS)
+    mean, inv_std = patches.mean(0), 1.0 / patches.std(0).clamp_min(1e-3)
+    ae, losses = train_ae((patches - mean) * inv_std, ae_opts, seed)
+    beside = BesideBank(ae, mean, inv_std, weight).eval()
+    g = torch.Generator().manual_seed(seed)
+    sample = patches[torch.randperm(patches.shape[0], generator=g)[:SCALE_PATCHES]].t()[None, :, :, None]
+    with torch.no_grad():
+        bank_scale = float(graph.nearest(sample).mean())
+        ae_scale = float(beside.errors(sample).mean())
+    beside.bank_scale.fill_(max(bank_scale, 1e-6))
+    beside.ae_scale.fill_(max(ae_scale, 1e-6))
+    info = {"weight": weight, **ae_opts, "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
+            "bank_scale": round(bank_scale, 5), "ae_scale": round(ae_scale, 5),
+            "seconds": round(time.perf_counter() - t0, 1)}
+    log.info("patchcore: feature autoencoder beside the bank (weight %g): loss %.3f -> %.3f, scales bank %.3f / "
+             "autoencoder %.3f (%.0f s)", weight, losses[0], losses[-1], bank_scale, ae_scale, info["seconds"])
+    return beside, info
 
 
 class PatchCoreMethod(BackboneMethod):
@@ -76,6 +107,8 @@ class PatchCoreMethod(BackboneMethod):
         params = {**o, "grid": [h, w], "feature_dims": int(bank.shape[1]), "train_patches": int(total),
                   "bank_size": int(bank.shape[0]), "backbone": f"efficientnet-{o['backbone']} (ImageNet)",
                   "feature_seconds": round(t_feat, 1), "coreset_seconds": round(t_core, 1)}
+        if o["featae"] > 0:
+            graph.beside, params["beside_bank"] = beside_bank(graph, patches, o["featae"], opts.seed)
         log.info("patchcore: %d images, %d patches of %d dims on a %dx%d grid -> bank of %d (features %.0f s, "
                  "coreset %.0f s)", n, total, bank.shape[1], h, w, bank.shape[0], t_feat, t_core)
         return PatchCoreTrained(spec=spec, graph=graph, params=params)
