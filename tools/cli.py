@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-image brightness/contrast normalization in the bundle's preprocessing (daemon too)")
     p.add_argument("--augment-light", type=int, choices=range(0, 9), default=0, metavar="N",
                    help="N photometric copies (gain 0.7-1.3, gamma 0.8-1.25) of each training image (default 0)")
+    p.add_argument("--calibrate-light", action="store_true",
+                   help="also score each calibration image under light x1.3 and x0.7 and keep its highest score, "
+                        "so a lamp's change alone rejects no good part (costs some recall; default off)")
     p.add_argument("--bit-depth", type=int, choices=(8, 10, 12, 14, 16), default=None,
                    help="significant bits of 16-bit images (default: detected from the data)")
     p.add_argument("--no-verify", action="store_true",
@@ -276,7 +279,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                     holdout=args.holdout if args.holdout is not None else 0.15, folds=folds, auto_size=not args.size,
                     percentile=args.percentile, target_frr=args.target_frr, check_test=not args.no_test_check,
                     drop_outliers=args.drop_outliers, bit_depth=args.bit_depth, normalize=args.normalize,
-                    augment_light=args.augment_light)
+                    augment_light=args.augment_light, calibrate_light=args.calibrate_light)
     if args.int8_tolerance is not None:
         cfg.int8_auroc_tolerance = args.int8_tolerance
     if args.calibrate_jpeg is not None:

@@ -26,6 +26,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,9 @@ class FitConfig:
     jpeg_quality: int | None = None
     normalize: str = "none"  # per-image light normalization in the bundle's preprocessing (InputSpec.normalize)
     augment_light: int = 0  # photometric copies of each training image (gain 0.7-1.3, gamma 0.8-1.25) for the model
+    # each calibration image also scored under the brightest and darkest tolerated light (LIGHT_CORNERS), keeping
+    # its highest score, so the threshold holds when the lamp changes (at the cost of some recall)
+    calibrate_light: bool = False
 
 
 @dataclass
@@ -190,19 +194,35 @@ def _as_fitted(trained: InputSpec, spec: InputSpec) -> InputSpec:
     return trained.model_copy(update={"bit_depth": spec.bit_depth, "normalize": spec.normalize})
 
 
+# The light a station must tolerate (issue 20: gain 0.7-1.3, gamma 0.8-1.25) at its extremes, for
+# `calibrate_light`: the gain corners only, because a gamma of 0.8 or 1.25 moves mid-tones by at most 15%,
+# less than a gain of 1.3 or 0.7 moves them, and each corner costs one more scoring of every calibration image.
+LIGHT_CORNERS: tuple[float, ...] = (1.3, 0.7)
+
+
+def light_lut(gain: float, gamma: float = 1.0) -> np.ndarray:
+    """The 256-entry table of a lamp's change: ``255 * gain * (v / 255) ** gamma``, clipped at 255 as a sensor
+    saturates (a brighter exposure loses the bright regions' detail; no normalization can bring it back)."""
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    return np.clip(255.0 * gain * levels ** gamma, 0, 255).round().astype(np.uint8)
+
+
+def under_light(image: np.ndarray, gain: float, gamma: float = 1.0) -> np.ndarray:
+    """A uint8 image as the camera would deliver it under light changed by `gain` and `gamma` (`light_lut`)."""
+    return cv2.LUT(image, light_lut(gain, gamma))
+
+
 def with_light_copies(images: list[np.ndarray], copies: int, seed: int) -> list[np.ndarray]:
     """The training images plus `copies` photometric variants of each (gain 0.7-1.3, gamma 0.8-1.25, the light
     changes a station must tolerate), so the model learns them as normal; the images themselves when 0."""
     if copies <= 0:
         return images
     rng = np.random.default_rng([seed, 7])
-    levels = np.arange(256, dtype=np.float64) / 255.0
     out = list(images)
     for image in images:
         for _ in range(copies):
             gain, gamma = rng.uniform(0.7, 1.3), float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
-            lut = np.clip(255.0 * gain * levels ** gamma, 0, 255).round().astype(np.uint8)
-            out.append(cv2.LUT(image, lut))
+            out.append(cv2.LUT(image, light_lut(gain, gamma)))
     return out
 
 
@@ -413,7 +433,8 @@ def _drop_holdout_outliers(cfg: FitConfig, scores: dict[str, dict[str, Any]], ho
                            hold_images: list[np.ndarray], root: Path, warnings: list[str],
                            ) -> tuple[list[Record], list[np.ndarray], list[dict[str, Any]]]:
     """Refuse hold-out outliers (FitError), or with `drop_outliers` leave them out of every model's scores."""
-    outliers = holdout_outliers(scores["fp32"]["hold"], hold_recs, root)
+    # under light the corners may raise a good image far above the others: judged as stored then (no change else)
+    outliers = holdout_outliers(scores["fp32"]["stored" if cfg.calibrate_light else "hold"], hold_recs, root)
     if not outliers:
         return hold_recs, hold_images, []
     message = outlier_message(outliers, len(hold_recs), "hold-out images")
@@ -424,7 +445,7 @@ def _drop_holdout_outliers(cfg: FitConfig, scores: dict[str, dict[str, Any]], ho
     if len(keep) < MIN_HOLDOUT:
         raise FitError(f"{message}; without them fewer than {MIN_HOLDOUT} hold-out images remain")
     for s in {id(v): v for v in scores.values()}.values():  # int8 may be the same dict as fp32
-        s["hold"] = s["hold"][keep]
+        s["hold"], s["stored"] = s["hold"][keep], s["stored"][keep]
         s["maps"] = [s["maps"][i] for i in keep] if s["maps"] is not None else None
     msg = f"dropped {len(bad)} hold-out image(s) from the threshold: " + ", ".join(o["file"] for o in outliers)
     log.warning("!!! %s", msg)
@@ -480,17 +501,33 @@ def through_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return image if decoded is None else decoded
 
 
+def camera_variants(cfg: FitConfig) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """How a camera may deliver a calibration image besides as stored, by name: through JPEG (`jpeg_quality`),
+    under the extremes of the tolerated light (`calibrate_light`)."""
+    out: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    if cfg.jpeg_quality:
+        out["through JPEG"] = functools.partial(through_jpeg, quality=cfg.jpeg_quality)
+    if cfg.calibrate_light:
+        out.update({f"under light x{g:g}": functools.partial(under_light, gain=g) for g in LIGHT_CORNERS})
+    return out
+
+
 def _score_as_camera(folder: Path, precision: str, images: list[np.ndarray], cfg: FitConfig, desc: str,
-                     ) -> tuple[np.ndarray, list[np.ndarray] | None]:
-    """Calibration scores: each image's higher score (and map, pixel by pixel) of as stored and through JPEG."""
+                     ) -> tuple[np.ndarray, list[np.ndarray] | None, np.ndarray]:
+    """Calibration scores: each image's highest score (and map, pixel by pixel) of as stored and every
+    `camera_variants` way; and the scores as stored (for the outlier check: a good image is no outlier for
+    scoring high under a changed lamp)."""
     scores, maps = _score(folder, precision, images, cfg.options.progress, desc)
-    if not cfg.jpeg_quality or not images:
-        return scores, maps
-    jpeg = [through_jpeg(im, cfg.jpeg_quality) for im in images]
-    j_scores, j_maps = _score(folder, precision, jpeg, cfg.options.progress, desc + " through JPEG")
-    if maps is not None and j_maps is not None:
-        maps = [np.maximum(a, b) for a, b in zip(maps, j_maps, strict=True)]
-    return np.maximum(scores, j_scores), maps
+    stored = scores
+    if not images:
+        return scores, maps, stored
+    for name, variant in camera_variants(cfg).items():
+        v_scores, v_maps = _score(folder, precision, [variant(im) for im in images], cfg.options.progress,
+                                  f"{desc} {name}")
+        if maps is not None and v_maps is not None:
+            maps = [np.maximum(a, b) for a, b in zip(maps, v_maps, strict=True)]
+        scores = np.maximum(scores, v_scores)
+    return scores, maps, stored
 
 
 def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_images: list[np.ndarray],
@@ -509,10 +546,12 @@ def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_i
         held = [det_images[i] for i in held_idx]
         out: dict[str, crossfit.HeldScores] = {}
         for precision in ("fp32", "int8"):
-            scores, maps = _score_as_camera(folder, precision, held, cfg,
-                                            f"fold {fold + 1}/{cfg.folds}: scoring ({precision})")
+            scores, maps, stored = _score_as_camera(folder, precision, held, cfg,
+                                                    f"fold {fold + 1}/{cfg.folds}: scoring ({precision})")
             peaks = np.asarray([float(np.max(m)) for m in maps]) if maps else None
             out[precision] = crossfit.HeldScores(scores, peaks)
+            if cfg.calibrate_light:
+                out[precision + AS_STORED] = crossfit.HeldScores(stored)
         shutil.rmtree(folder, ignore_errors=True)
         return out
 
@@ -522,10 +561,15 @@ def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_i
     return oof
 
 
+# out-of-fold key suffix of a precision's scores as stored, kept beside its calibration scores when
+# `calibrate_light` is on: for the outlier check and to say what the light corners cost (`threshold_as_stored`)
+AS_STORED = " as stored"
+
+
 def _oof_outliers(cfg: FitConfig, oof: crossfit.OutOfFold, recs: list[Record], root: Path,
                   warnings: list[str]) -> list[dict[str, Any]]:
     """Training images whose out-of-fold score is far above the others: refused, or named and dropped."""
-    outliers = holdout_outliers(oof.scores["fp32"], recs, root)
+    outliers = holdout_outliers(oof.scores.get("fp32" + AS_STORED, oof.scores["fp32"]), recs, root)
     if not outliers:
         return []
     message = outlier_message(outliers, len(recs), "good training images")
@@ -649,16 +693,18 @@ def _score_models(cfg: FitConfig, staging: Path, final: _FinalModel, oof: crossf
         if oof is not None:
             hold_scores, hold_maps = oof.scores[precision], None
             peaks = oof.peaks.get(precision)
+            stored = oof.scores.get(precision + AS_STORED, hold_scores)
         else:
-            hold_scores, hold_maps = _score_as_camera(staging, precision, images.hold_images, cfg,
-                                                      f"scoring hold-out ({precision})")
+            hold_scores, hold_maps, stored = _score_as_camera(staging, precision, images.hold_images, cfg,
+                                                              f"scoring hold-out ({precision})")
             peaks = None
         test_scores, _ = _score(staging, precision, images.test_images, opts.progress, f"scoring test ({precision})",
                                 keep_maps=False)
         synth_scores, _ = _score(staging, precision, synthetic, False, "", keep_maps=False)
         ref_scores = hold_scores if oof is None else _score(staging, precision, reference, False, "",
                                                             keep_maps=False)[0]
-        scores[precision] = {"hold": hold_scores, "maps": hold_maps, "peaks": peaks, "test": test_scores,
+        scores[precision] = {"hold": hold_scores, "stored": stored, "maps": hold_maps, "peaks": peaks,
+                             "test": test_scores,
                              "synthetic": synth_scores, "reference": ref_scores}
     return scores
 
@@ -690,6 +736,7 @@ def _training_params(cfg: FitConfig, final: _FinalModel, calibration: dict[str, 
         "size": [spec.width, spec.height], "size_chosen_from_data": cfg.auto_size,
         "seed": opts.seed, "epochs": opts.epochs, "options": dict(opts.extra),
         **calibration, "calibration_jpeg_quality": cfg.jpeg_quality or None,
+        "calibration_light": list(LIGHT_CORNERS) if cfg.calibrate_light else None,
         "skipped_unreadable": skipped,
         "holdout_outliers": [{k: v for k, v in o.items() if k != "index"} for o in outliers],
         "holdout_outliers_dropped": bool(outliers),
@@ -768,6 +815,7 @@ def _fit_in(tmp: Path, cfg: FitConfig, plan: FitPlan, spec: InputSpec, images: _
                                     "crossfit_seconds": round(oof.seconds, 1)} if oof is not None else
                                    {"calibration": "hold-out", "holdout_fraction": cfg.holdout,
                                     "holdout_file_list_sha256": file_list_sha256(images.hold_recs, ds.root)})
+    calibration.update(_light_calibration(cfg, scores, entries))
     skipped = len(ds.train) - len(images.train_recs) - n_hold_scored - len(outliers)
     training = training.model_copy(update={"holdout": len(images.hold_recs), "params": _training_params(
         cfg, final, calibration, skipped, outliers, verification)})
@@ -778,6 +826,21 @@ def _fit_in(tmp: Path, cfg: FitConfig, plan: FitPlan, spec: InputSpec, images: _
         images.train_recs, final.spec.bit_depth)})
     write_manifest(tmp, manifest)  # complete: written last, the bundle is whole from here on
     return manifest, parity
+
+
+def _light_calibration(cfg: FitConfig, scores: dict[str, dict[str, Any]],
+                       entries: dict[export.Precision, export.Entry]) -> dict[str, Any]:
+    """With `calibrate_light`: the threshold each model would have had from the calibration scores as stored
+    (the same rule), so the manifest says how far the light corners raised it; {} otherwise."""
+    if not cfg.calibrate_light:
+        return {}
+    out: dict[str, float] = {}
+    for precision, (_, threshold, _) in entries.items():
+        stored = calibrate.image_threshold(scores[precision]["stored"], cfg.percentile, cfg.target_frr).value
+        out[precision] = stored
+        log.info("calibration under light x%s: %s threshold %.6g (%.6g from the images as stored)",
+                 "/x".join(f"{g:g}" for g in LIGHT_CORNERS), precision, threshold.value, stored)
+    return {"threshold_as_stored": out}
 
 
 def verify_on_defects(scores: np.ndarray, records: list[Record], threshold: float,

@@ -73,6 +73,19 @@ def test_synth_fit_calibrate_evaluate(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "image AUROC" in capsys.readouterr().out
 
 
+def test_fit_calibrate_light_reaches_the_manifest(tmp_path: Path) -> None:
+    """--calibrate-light on a hold-out split: the corners are recorded, with what the threshold was without them."""
+    from tests.tools.conftest import write_good
+
+    good, bundle = write_good(tmp_path / "good", 16, size=32), tmp_path / "bundle"
+    assert main(["fit", "-q", str(good), "--method", "band-test", "--size", "32", "--holdout", "0.3",
+                 "--calibrate-light", "--out", str(bundle)]) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    params = manifest["training"]["params"]
+    assert params["calibration_light"] == [1.3, 0.7]
+    assert manifest["models"]["fp32"]["threshold"]["value"] >= params["threshold_as_stored"]["fp32"]
+
+
 def test_console_script_reports_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "tools.cli", "fit", str(tmp_path / "none"), "--method", "classic",
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)

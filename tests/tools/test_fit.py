@@ -495,6 +495,58 @@ def test_light_copies_are_the_images_plus_variants() -> None:
     assert with_light_copies(images, 2, 0)[2:][0].tolist() == out[2].tolist()  # seeded
 
 
+def test_light_corners_clip_like_a_saturating_sensor() -> None:
+    from tools.fit import LIGHT_CORNERS, under_light
+
+    image = np.array([[0, 100, 200, 250]], np.uint8)
+    assert under_light(image, 1.3).tolist() == [[0, 130, 255, 255]]  # the bright end saturates
+    assert under_light(image, 0.7).tolist() == [[0, 70, 140, 175]]
+    assert under_light(image, 1.0, 1.25)[0, 1] < 100 < under_light(image, 1.0, 0.8)[0, 1]
+    assert max(LIGHT_CORNERS) == 1.3 and min(LIGHT_CORNERS) == 0.7  # the tolerated range's ends (issue 20)
+
+
+def test_light_calibration_scores_each_calibration_image_under_the_corners(tmp_path: Path) -> None:
+    """Same folds, same models: each calibration image keeps its highest score of as stored and under x1.3 and
+    x0.7, so the threshold can only rise; the manifest says which corners were used."""
+    from tools.fit import camera_variants
+
+    data = write_good(tmp_path / "good", 16)
+    plain = fit_bundle(_cfg(data, tmp_path / "plain", folds=3, jpeg_quality=0)).manifest
+    light = fit_bundle(_cfg(data, tmp_path / "light", folds=3, jpeg_quality=0, calibrate_light=True)).manifest
+    assert plain.training.params["calibration_light"] is None
+    assert light.training.params["calibration_light"] == [1.3, 0.7]
+    assert light.models["fp32"].threshold.value > plain.models["fp32"].threshold.value
+    # the same models' scores as stored give the plain bundle's threshold: the manifest says what light cost
+    as_stored = light.training.params["threshold_as_stored"]
+    assert isinstance(as_stored, dict) and as_stored["fp32"] == pytest.approx(plain.models["fp32"].threshold.value)
+    assert "threshold_as_stored" not in plain.training.params
+    assert list(camera_variants(_cfg(data, tmp_path / "x", jpeg_quality=75, calibrate_light=True))) == [
+        "through JPEG", "under light x1.3", "under light x0.7"]
+    assert camera_variants(_cfg(data, tmp_path / "x", jpeg_quality=0)) == {}
+
+
+@pytest.mark.slow
+def test_light_calibration_keeps_good_parts_when_the_lamp_brightens(tmp_path: Path) -> None:
+    """patchcore fitted on good parts, then fed new good parts under a lamp 30% brighter: calibrated on the
+    images as stored, the light change alone rejects good parts; calibrated under the light corners, few."""
+    from tools.calibrate import score_images
+    from tools.fit import under_light
+
+    data = write_good(tmp_path / "good", 30, size=96, seed=5)
+    new_parts = write_good(tmp_path / "new", 40, size=96, seed=6)
+    frames = [under_light(read_image(p), 1.3) for p in sorted(new_parts.iterdir())]
+    extra = {"coreset": 0.05, "backbone": "lite0", "layers": "s5,s6"}
+    rates = {}
+    for on in (False, True):
+        out = tmp_path / f"b{on}"
+        m = fit_bundle(_cfg(data, out, method="patchcore", size=64, folds=3, jpeg_quality=0, calibrate_light=on,
+                            extra=extra)).manifest
+        scores, _ = score_images(Detector(out, precision="fp32"), frames, keep_maps=False)
+        rates[on] = float(np.mean(scores > m.models["fp32"].threshold.value))
+    assert rates[False] >= 0.3, rates  # measured 0.4: the light change alone rejects good parts
+    assert rates[True] <= 0.1, rates  # measured 0.0
+
+
 def test_bad_light_options_are_refused(tmp_path: Path) -> None:
     with pytest.raises(FitError, match="--normalize"):
         check_fit(FitConfig(data=tmp_path, method="classic", out=tmp_path / "b", normalize="gamma"))
