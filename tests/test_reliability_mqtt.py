@@ -28,7 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from devkit.support import Broker, ServiceRunner, Subscriber, free_port, wait_until, write_config, write_spot_video
-from edged.config import load_config
+from edged.config import Config, load_config
 from edged.incoming import MAX_PART_ID_CHARS, MAX_PAYLOAD_BYTES
 
 pytestmark = pytest.mark.slow
@@ -401,8 +401,9 @@ def test_a_broker_closing_before_connack_is_reported_clearly_once(
     assert "client certificate" in said[0] and "not an MQTT broker" in said[0]
 
 
-def test_a_wrong_password_is_said_once_and_retried_with_backoff(
-        tmp_path: Path, tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+def _password_station(tmp_path: Path, tiny_bundle: Path, password: str) -> tuple[Broker, Path, Config]:
+    """A started broker that accepts only edged/right, and a looping station logging in with `password` read
+    from a file (returned, for the test to change)."""
     work = tmp_path / "broker"
     work.mkdir()
     passwords = work / "passwd"
@@ -413,12 +414,18 @@ def test_a_wrong_password_is_said_once_and_retried_with_backoff(
         "allow_anonymous true", f"allow_anonymous false\npassword_file {passwords}"))
     broker.start()
     secret = tmp_path / "mqtt-password"
-    secret.write_text("wrong\n")
+    secret.write_text(f"{password}\n")
     video = tmp_path / "line.avi"
     write_spot_video(video, 40, {5})
     cfg = load_config(write_config(tmp_path / "edged.yaml", tiny_bundle, video, tmp_path / "state", broker.port,
                                    extra_camera="    loop: true\n    realtime: true\n    fps: 20",
                                    mqtt_extra=f"username: edged, password_file: {secret}"))
+    return broker, secret, cfg
+
+
+def test_a_wrong_password_is_said_once_and_retried_with_backoff(
+        tmp_path: Path, tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+    broker, secret, cfg = _password_station(tmp_path, tiny_bundle, "wrong")
     caplog.set_level(logging.INFO)
     runner = ServiceRunner(cfg).start()
     try:
@@ -444,22 +451,7 @@ def test_a_password_file_that_becomes_unreadable_is_said_and_retried_while_inspe
         tmp_path: Path, tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Read again at every connection (rotation): a file spoiled while the daemon runs is an error naming the key,
     retried with the refusal backoff; the link thread lives and connects once the file is right again."""
-    work = tmp_path / "broker"
-    work.mkdir()
-    passwords = work / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "edged", "right"], check=True,
-                   capture_output=True)
-    broker = Broker(work)
-    broker.conf.write_text(broker.conf.read_text().replace(
-        "allow_anonymous true", f"allow_anonymous false\npassword_file {passwords}"))
-    broker.start()
-    secret = tmp_path / "mqtt-password"
-    secret.write_text("right\n")
-    video = tmp_path / "line.avi"
-    write_spot_video(video, 40, {5})
-    cfg = load_config(write_config(tmp_path / "edged.yaml", tiny_bundle, video, tmp_path / "state", broker.port,
-                                   extra_camera="    loop: true\n    realtime: true\n    fps: 20",
-                                   mqtt_extra=f"username: edged, password_file: {secret}"))
+    broker, secret, cfg = _password_station(tmp_path, tiny_bundle, "right")
     caplog.set_level(logging.INFO)
     secret.write_bytes(b"right\xff\n")  # spoiled after the config was checked (edged run checks it at start)
     runner = ServiceRunner(cfg).start()
