@@ -28,6 +28,7 @@ from edged.bundle import Manifest, load_manifest
 from edged.detector import Detector
 from tools.bundle_out import OutputError, check_writable_dir
 from tools.calibrate import score_images
+from tools.camera_effects import defocused, light_lut, partly_covered, through_jpeg, with_sensor_noise
 from tools.dataset import (
     DatasetError,
     Record,
@@ -137,56 +138,30 @@ def rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[flo
 
 # --- robustness ---------------------------------------------------------------------------------------------------
 
-def _lut(fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    return np.clip(fn(np.arange(256, dtype=np.float64)), 0, 255).astype(np.uint8)
-
-
 def perturbations(seed: int = 0) -> dict[str, Callable[[np.ndarray, int], np.ndarray]]:
-    """Named image perturbations (image, index) -> image, as a camera on a line may see them."""
+    """Named image perturbations (image, index) -> image, as a camera on a line may see them
+    (`tools.camera_effects`, the same changes training can calibrate for); seeded per image."""
 
-    def brightness(factor: float) -> Callable[[np.ndarray, int], np.ndarray]:
-        lut = _lut(lambda v: v * factor)
+    def light(gain: float, gamma: float = 1.0) -> Callable[[np.ndarray, int], np.ndarray]:
+        lut = light_lut(gain, gamma)
         return lambda im, i: cv2.LUT(im, lut)
-
-    def gamma(g: float) -> Callable[[np.ndarray, int], np.ndarray]:
-        lut = _lut(lambda v: 255.0 * (v / 255.0) ** g)
-        return lambda im, i: cv2.LUT(im, lut)
-
-    def blur(im: np.ndarray, i: int) -> np.ndarray:
-        sigma = max(0.8, 0.006 * min(im.shape[:2]))  # ~1.5 px at 256 px: a slightly defocused lens
-        return cv2.GaussianBlur(im, (0, 0), sigma)
-
-    def noise(im: np.ndarray, i: int) -> np.ndarray:
-        rng = np.random.default_rng([seed, i, 1])
-        return np.clip(im.astype(np.float32) + rng.normal(0, 8.0, im.shape), 0, 255).astype(np.uint8)
 
     def jpeg(quality: int) -> Callable[[np.ndarray, int], np.ndarray]:
-        """Through a camera's or a stream's lossy encoding (MJPG, H.264 behave alike: blocks, ringing)."""
-        def encode(im: np.ndarray, i: int) -> np.ndarray:
-            ok, buf = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else None
-            return im if decoded is None else decoded
-        return encode
+        return lambda im, i: through_jpeg(im, quality)
+
+    def noise(im: np.ndarray, i: int) -> np.ndarray:
+        return with_sensor_noise(im, 8.0, np.random.default_rng([seed, i, 1]))
 
     def occlusion(im: np.ndarray, i: int) -> np.ndarray:
-        rng = np.random.default_rng([seed, i, 2])
-        h, w = im.shape[:2]
-        ow, oh = int(w * rng.uniform(0.2, 0.35)), int(h * rng.uniform(0.2, 0.35))
-        # from an image border, like a glove or a cable entering the field of view
-        side = int(rng.integers(4))
-        x = 0 if side == 0 else w - ow if side == 1 else int(rng.integers(0, w - ow + 1))
-        y = 0 if side == 2 else h - oh if side == 3 else int(rng.integers(0, h - oh + 1))
-        out = im.copy()
-        out[y:y + oh, x:x + ow] = 20
-        return out
+        return partly_covered(im, np.random.default_rng([seed, i, 2]))
 
     return {
-        "strong light (x1.4)": brightness(1.4), "low light (x0.6)": brightness(0.6),
+        "strong light (x1.4)": light(1.4), "low light (x0.6)": light(0.6),
         # the moderate changes a station must tolerate (issue 20): x0.7-x1.3, gamma 0.8-1.25
-        "light x1.3": brightness(1.3), "light x0.7": brightness(0.7), "gamma 0.8": gamma(0.8),
-        "gamma 1.25": gamma(1.25),
-        "gamma 0.7": gamma(0.7), "gamma 1.5": gamma(1.5), "blur": blur, "noise (sigma 8)": noise,
-        "JPEG quality 75": jpeg(75), "JPEG quality 50": jpeg(50),
+        "light x1.3": light(1.3), "light x0.7": light(0.7), "gamma 0.8": light(1.0, 0.8),
+        "gamma 1.25": light(1.0, 1.25),
+        "gamma 0.7": light(1.0, 0.7), "gamma 1.5": light(1.0, 1.5), "blur": lambda im, i: defocused(im),
+        "noise (sigma 8)": noise, "JPEG quality 75": jpeg(75), "JPEG quality 50": jpeg(50),
         "occlusion (20-35% from a border)": occlusion,
     }
 

@@ -39,6 +39,7 @@ from edged.bundle import InputSpec, Manifest, Threshold, TrainingSummary, unfini
 from edged.detector import Detector
 from edged.preprocess import prepare_uint8, to_tensor
 from tools import bundle_out, calibrate, crossfit, export, input_check, input_size
+from tools.camera_effects import through_jpeg, under_light
 from tools.dataset import (
     Dataset,
     DatasetError,
@@ -200,18 +201,6 @@ def _as_fitted(trained: InputSpec, spec: InputSpec) -> InputSpec:
 LIGHT_CORNERS: tuple[float, ...] = (1.3, 0.7)
 
 
-def light_lut(gain: float, gamma: float = 1.0) -> np.ndarray:
-    """The 256-entry table of a lamp's change: ``255 * gain * (v / 255) ** gamma``, clipped at 255 as a sensor
-    saturates (a brighter exposure loses the bright regions' detail; no normalization can bring it back)."""
-    levels = np.arange(256, dtype=np.float64) / 255.0
-    return np.clip(255.0 * gain * levels ** gamma, 0, 255).round().astype(np.uint8)
-
-
-def under_light(image: np.ndarray, gain: float, gamma: float = 1.0) -> np.ndarray:
-    """A uint8 image as the camera would deliver it under light changed by `gain` and `gamma` (`light_lut`)."""
-    return cv2.LUT(image, light_lut(gain, gamma))
-
-
 def with_light_copies(images: list[np.ndarray], copies: int, seed: int) -> list[np.ndarray]:
     """The training images plus `copies` photometric variants of each (gain 0.7-1.3, gamma 0.8-1.25, the light
     changes a station must tolerate), so the model learns them as normal; the images themselves when 0."""
@@ -222,7 +211,7 @@ def with_light_copies(images: list[np.ndarray], copies: int, seed: int) -> list[
     for image in images:
         for _ in range(copies):
             gain, gamma = rng.uniform(0.7, 1.3), float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
-            out.append(cv2.LUT(image, light_lut(gain, gamma)))
+            out.append(under_light(image, gain, gamma))
     return out
 
 
@@ -340,8 +329,6 @@ def _read(records: list[Record], progress: bool, desc: str, spec: InputSpec, for
 
 def with_blemishes(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A copy of a prepared uint8 image with 1-3 random dark or bright strokes and blobs drawn on it."""
-    import cv2
-
     out = image.copy()
     h, w = out.shape[:2]
     for _ in range(int(rng.integers(1, 4))):
@@ -490,15 +477,6 @@ def _score(folder: Path, precision: str, images: list[np.ndarray], progress: boo
     with unfinished_allowed(folder):
         detector = Detector(folder, precision=precision, intra_op_threads=1)
         return calibrate.score_images(detector, images, progress=progress, desc=desc, keep_maps=keep_maps)
-
-
-def through_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    """The image as a camera's JPEG/MJPG encoder at `quality` would deliver it."""
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else None
-    return image if decoded is None else decoded
 
 
 def camera_variants(cfg: FitConfig) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
