@@ -24,12 +24,17 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edged import __version__
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+
+RuntimeName = Literal["onnxruntime", "openvino", "opencv"]  # the runtimes this edged can run a model in
+RUNTIME_NAMES: tuple[str, ...] = get_args(RuntimeName)
 
 
 class BundleError(Exception):
@@ -37,8 +42,18 @@ class BundleError(Exception):
 
 
 class _Strict(BaseModel):
+    """A section that decides how a frame is scored: a key this edged does not know is refused, because
+    ignoring it (a newer normalization, a resize rule) would score frames unlike the model was trained."""
+
     # every float field refuses NaN and infinity: a NaN threshold rejects nothing, a NaN scale blinds the model
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class _Record(BaseModel):
+    """A section that records what was done (training, checks, statistics): a key a newer edged-train added is
+    dropped, so a bundle from a newer edged-train still loads here as long as its scoring sections are known."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class InputSpec(_Strict):
@@ -128,7 +143,7 @@ class ModelFile(_Strict):
         return v
 
 
-class TrainingSummary(_Strict):
+class TrainingSummary(_Record):
     """How the bundle was trained (data, image counts, method options), for audit; edged never acts on it."""
 
     count: int = 0  # images trained on
@@ -138,7 +153,7 @@ class TrainingSummary(_Strict):
     params: dict[str, object] = Field(default_factory=dict)  # method options: epochs, loss, ...
 
 
-class InputStatistics(_Strict):
+class InputStatistics(_Record):
     """What the training images looked like, for the daemon's input-health checks (edged.input_health).
 
     Ranges are [lowest, highest] over the good training images, measured exactly as the daemon measures
@@ -176,7 +191,7 @@ class InputStatistics(_Strict):
         return self
 
 
-class RuntimeCheck(_Strict):
+class RuntimeCheck(_Record):
     """One runtime x precision as `edged-train verify` found it on this bundle: score parity and speed.
 
     The reference of a precision is ONNX Runtime running the same file, whose scores set that file's
@@ -184,7 +199,7 @@ class RuntimeCheck(_Strict):
     so `passed` (max_diff <= tolerance) means no part further than that from the threshold changes verdict.
     """
 
-    runtime: Literal["onnxruntime", "openvino", "opencv"]
+    runtime: RuntimeName
     precision: Literal["int8", "fp32"]
     passed: bool
     max_diff: float | None = Field(None, ge=0)  # None: it could not run (see error)
@@ -213,7 +228,7 @@ class Manifest(_Strict):
     # runtimes the fp32 model was checked to give the same scores in (tools/fit.py); cv2.dnn imports some
     # graphs it then runs wrongly, so OpenCV is allowed only where that check passed
     # (edged-train verify rewrites it with every runtime whose fp32 check passed, openvino included)
-    runtimes: tuple[Literal["onnxruntime", "opencv", "openvino"], ...] = ("onnxruntime",)
+    runtimes: tuple[RuntimeName, ...] = ("onnxruntime",)
     # per runtime and precision: parity with ONNX Runtime and measured latency (edged-train verify); empty in
     # bundles before it, where `runtimes` alone decides and model.runtime: auto runs ONNX Runtime
     verified: tuple[RuntimeCheck, ...] = ()
@@ -225,6 +240,20 @@ class Manifest(_Strict):
     history: list[dict[str, object]] = Field(default_factory=list)  # earlier ids/thresholds (re-calibrations)
     # ranges of the training images for input health; None in bundles fitted before it (still loaded)
     input_stats: InputStatistics | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_runtimes_only(cls, raw: object) -> object:
+        """Drop runtimes (and their checks) a newer edged-train verified that this edged cannot run anyway."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        if isinstance(raw.get("runtimes"), list):
+            raw["runtimes"] = [r for r in raw["runtimes"] if r in RUNTIME_NAMES]
+        if isinstance(raw.get("verified"), list):
+            raw["verified"] = [c for c in raw["verified"]
+                               if not isinstance(c, dict) or c.get("runtime") in RUNTIME_NAMES]
+        return raw
 
     @model_validator(mode="after")
     def _has_default(self) -> Manifest:
@@ -308,7 +337,11 @@ def load_manifest(bundle_dir: str | Path) -> Manifest:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise BundleError(f"model bundle {bundle_dir}: {MANIFEST_NAME}: {where}: {first['msg']}") from None
+        why = first["msg"]
+        if first["type"] == "extra_forbidden":  # a scoring key from a newer edged-train (see _Strict)
+            why = (f"unknown to this edged ({__version__}): the bundle was written by a newer edged-train and "
+                   f"scores frames in a way this edged cannot; update edged on this station")
+        raise BundleError(f"model bundle {bundle_dir}: {MANIFEST_NAME}: {where}: {why}") from None
     if not manifest.complete and Path(bundle_dir).resolve() not in _UNFINISHED_ALLOWED:
         raise BundleError(f"model bundle {bundle_dir}: unfinished (edged-train fit was interrupted or is still "
                           f"writing it; its thresholds are placeholders): fit again")

@@ -105,3 +105,41 @@ def test_check_config_refuses_a_nan_threshold_with_exit_2(tmp_path: Path) -> Non
                           text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "threshold.value: Input should be a finite number" in proc.stderr
+
+
+def test_a_record_key_from_a_newer_edged_train_is_dropped_and_the_bundle_loads(tmp_path: Path) -> None:
+    """Training summaries, runtime checks and input statistics only record what was done: a key this edged does
+    not know there costs nothing, so a bundle from a newer edged-train still runs on an older station."""
+    bundle = build_max_bundle(tmp_path / "b")
+
+    def change(raw: JsonObject) -> None:
+        json_object(raw["training"])["augmentation"] = {"future": True}
+        raw["verified"] = [{"runtime": "onnxruntime", "precision": "int8", "passed": True, "max_diff": 0.0,
+                            "tolerance": 0.01, "energy_mj": 3.0},
+                           {"runtime": "tensorrt", "precision": "int8", "passed": True, "tolerance": 0.01}]
+        raw["runtimes"] = ["onnxruntime", "tensorrt"]
+
+    edit_manifest(bundle, change)
+    manifest = load_manifest(bundle)
+    assert manifest.runtimes == ("onnxruntime",)  # a runtime this edged cannot run is left out, not an error
+    assert [c.runtime for c in manifest.verified] == ["onnxruntime"]
+    assert "augmentation" not in manifest.training.model_dump()
+
+
+@pytest.mark.parametrize("where", [("input",), ("models", "int8", "threshold"), ("outputs",), ()])
+def test_a_scoring_key_from_a_newer_edged_train_is_refused_saying_so(tmp_path: Path, where: tuple[str, ...]) -> None:
+    """A key in a section that decides how frames are scored cannot be ignored: the message says to update."""
+    bundle = build_max_bundle(tmp_path / "b")
+
+    def change(raw: JsonObject) -> None:
+        node = raw
+        for key in where:
+            node = json_object(node[key])
+        node["contrast_stretch"] = "clahe"
+
+    edit_manifest(bundle, change)
+    with pytest.raises(BundleError) as exc:
+        load_manifest(bundle)
+    message = str(exc.value)
+    assert ".".join((*where, "contrast_stretch")) in message
+    assert "newer edged-train" in message and "update edged" in message

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
 
-from edged.bundle import Manifest
+from edged.bundle import Manifest, RuntimeName
 from edged.runtimes import onnxruntime as ort_runtime
 from edged.runtimes import openvino as ov_runtime
 from edged.runtimes.base import Backend, RuntimeUnavailable
 
-RuntimeName = Literal["onnxruntime", "openvino", "opencv"]
 NAMES: tuple[RuntimeName, ...] = ("onnxruntime", "openvino", "opencv")  # the reference first
 REFERENCE: RuntimeName = "onnxruntime"  # thresholds are calibrated on its scores
 FP32_ONLY: frozenset[str] = frozenset({"opencv"})  # cv2.dnn cannot run QDQ int8 graphs reliably
