@@ -250,3 +250,45 @@ def test_a_feature_autoencoder_beside_the_bank_is_one_graph_with_fp32_autoencode
     x = images_to_tensor([good[1], bad]).numpy()
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(got, scores, rtol=1e-3, atol=1e-4)
+
+
+def test_an_image_gaussian_beside_the_bank_adds_to_the_score_only_and_sees_a_global_change(tmp_path: Path) -> None:
+    """patchcore's gaussian option: the Mahalanobis distance of each channel's mean and spread, in the bank
+    score's units, added to the image score. A part shaded a little darker all over (no single patch unusual
+    for the bank, since the good parts' shading varies) gains more from it than a good part; the map is the
+    bank's alone; the ONNX graph gives the torch scores, with the Gaussian left out of int8."""
+    import torch
+
+    from tools.methods.patchcore.export import beside_nodes
+    from tools.methods.patchcore.model import feature_statistics
+
+    rng = np.random.default_rng(4)
+
+    def part(level: float, noise: float = 12.0) -> np.ndarray:
+        return np.clip(rng.normal(level, noise, (64, 64, 3)), 0, 255).astype(np.uint8)
+
+    good = [part(float(rng.uniform(110, 150))) for _ in range(16)]
+    opts = {"backbone": "lite0", "layers": "s5,s6", "coreset": 0.5}
+    plain = METHOD.fit(good, FitOptions(size=64, extra=opts))
+    trained = METHOD.fit(good, FitOptions(size=64, extra={**opts, "gaussian": 1.0}))
+    gaussian = trained.graph.gaussian
+    info = trained.params["image_gaussian"]
+    assert gaussian is not None and info["weight"] == 1.0 and 0 <= info["shrinkage"] <= 1
+    assert float(gaussian.factor) == pytest.approx(info["mean_bank_score"] / info["mean_distance"], rel=1e-3)
+    coarse = part(130.0, noise=30.0)  # the texture coarser everywhere
+    new_good = part(130.0)
+    s_plain, m_plain = plain([new_good, coarse])
+    s_fused, m_fused = trained([new_good, coarse])
+    np.testing.assert_allclose(m_fused, m_plain, rtol=1e-3)  # same bank (same seed; cached float16 features)
+    gained = s_fused - s_plain
+    assert np.all(gained >= 0) and gained[1] > gained[0]
+    with torch.no_grad():
+        f = trained.graph.features(images_to_tensor([coarse]))
+        assert feature_statistics(f).shape == (1, 2 * f.shape[1])
+    path = tmp_path / "model.onnx"
+    trained.export_onnx(path)
+    kept = [n for n in beside_nodes(onnx.load(str(path))) if n.startswith("/gaussian/")]
+    assert kept and all(name in trained.quantize.nodes_to_exclude for name in kept)
+    x = images_to_tensor([new_good, coarse]).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, s_fused, rtol=1e-3, atol=1e-4)

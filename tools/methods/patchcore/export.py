@@ -61,5 +61,7 @@ def tail_nodes(model: Any) -> list[str]:
 
 def beside_nodes(model: Any) -> list[str]:
     """The feature autoencoder beside the bank (the ``featae`` option), kept fp32 like ``--method featae``'s: its
-    error is the score, and int8 rounding of a reconstruction is as large as the errors it must measure."""
-    return [n.name for n in model.graph.node if n.name.startswith(("/beside/", "/ae/"))]
+    error is the score, and int8 rounding of a reconstruction is as large as the errors it must measure; and the
+    image Gaussian (``gaussian``): a Mahalanobis distance of 2D statistics is a small matrix product whose
+    differences are the signal."""
+    return [n.name for n in model.graph.node if n.name.startswith(("/beside/", "/ae/", "/gaussian/"))]

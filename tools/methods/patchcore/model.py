@@ -1,5 +1,6 @@
 """PatchCore's inference graph: patch features -> distance to the nearest memory-bank patch (optionally plus a
-feature autoencoder's error on the same features) -> map head."""
+feature autoencoder's error on the same features) -> map head; optionally plus an image-level Gaussian's
+distance on the same features added to the image score."""
 
 from __future__ import annotations
 
@@ -39,6 +40,39 @@ class BesideBank(nn.Module):
         return distances / self.bank_scale + (self.weight / self.ae_scale) * self.errors(f)
 
 
+def feature_statistics(f: torch.Tensor) -> torch.Tensor:
+    """Each channel's mean and spread over the patch grid, (N, 2D): what the whole image looks like."""
+    mean = f.mean(dim=(2, 3))
+    var = torch.clamp((f * f).mean(dim=(2, 3)) - mean * mean, min=0.0)
+    return torch.cat([mean, torch.sqrt(var + 1e-12)], dim=1)
+
+
+class ImageGaussian(nn.Module):
+    """An image-level Gaussian beside the bank (patchcore's ``gaussian`` option): the Mahalanobis distance of an
+    image's `feature_statistics` from the good images', times a factor that puts it in the bank score's units
+    (``weight`` x the mean bank score / the mean distance over the training images). It sees what no single
+    patch shows: a tile shaded unevenly, a texture a little too coarse everywhere, a faint smudge spread wide."""
+
+    mean: torch.Tensor  # buffers: the good images' mean statistics (2D,), the shrunk precision matrix (2D, 2D)
+    precision: torch.Tensor
+    factor: torch.Tensor
+
+    def __init__(self, mean: torch.Tensor, precision: torch.Tensor, factor: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float().clone())
+        self.register_buffer("precision", precision.float().clone())
+        self.register_buffer("factor", torch.tensor(float(factor)))
+
+    def distance(self, stats: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distance of statistics (N, 2D) from the good images', (N,)."""
+        c = stats - self.mean
+        return torch.sqrt(torch.clamp((torch.matmul(c, self.precision) * c).sum(1), min=0.0))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        """What the image score gains for patch features f (N, D, h, w): factor x distance, (N,)."""
+        return self.factor * self.distance(feature_statistics(f))
+
+
 class PatchCoreGraph(nn.Module):
     """The whole inference path (what `export_onnx` writes): image -> (score [N], map [N, 1, H, W])."""
 
@@ -46,7 +80,7 @@ class PatchCoreGraph(nn.Module):
     bank_sq: torch.Tensor
 
     def __init__(self, features: PatchFeatures, bank: torch.Tensor, sigma_cells: float, size: tuple[int, int],
-                 top: float = 0.0, beside: BesideBank | None = None) -> None:
+                 top: float = 0.0, beside: BesideBank | None = None, gaussian: ImageGaussian | None = None) -> None:
         super().__init__()
         self.features = features
         # ||b||^2 - 2 a.b as one MatMul + Add: the -2 is folded into the bank constant.
@@ -54,6 +88,7 @@ class PatchCoreGraph(nn.Module):
         self.register_buffer("bank_sq", (bank * bank).sum(1))  # (M,)
         self.head = MapHead(sigma_cells, size, top)
         self.beside = beside
+        self.gaussian = gaussian
 
     def nearest(self, f: torch.Tensor) -> torch.Tensor:
         """Distance of every patch of the features f to its nearest memory-bank patch, (N, 1, h, w)."""
@@ -63,13 +98,19 @@ class PatchCoreGraph(nn.Module):
         nearest = partial.min(dim=2).values + (a * a).sum(2)  # (N, hw)
         return torch.sqrt(torch.clamp(nearest, min=0.0)).view(n, 1, h, w)
 
-    def patch_distances(self, x: torch.Tensor) -> torch.Tensor:
-        """The anomaly of every patch, (N, 1, h, w): its bank distance, fused with the autoencoder's error
-        when one sits beside the bank."""
-        f = self.features(x)
+    def distances_of(self, f: torch.Tensor) -> torch.Tensor:
+        """The anomaly of every patch of the features f, (N, 1, h, w): its bank distance, fused with the
+        autoencoder's error when one sits beside the bank."""
         d = self.nearest(f)
         return d if self.beside is None else self.beside.fuse(d, f)
 
+    def patch_distances(self, x: torch.Tensor) -> torch.Tensor:
+        """`distances_of` the features of an RGB batch in [0, 1]."""
+        return self.distances_of(self.features(x))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """RGB batch in [0, 1] (N, 3, H, W) -> (score [N], map [N, 1, H, W])."""
-        return self.head(self.patch_distances(x))
+        """RGB batch in [0, 1] (N, 3, H, W) -> (score [N], map [N, 1, H, W]); the image Gaussian, when there is
+        one, adds to the score only (the map stays the patches')."""
+        f = self.features(x)
+        score, amap = self.head(self.distances_of(f))
+        return (score, amap) if self.gaussian is None else (score + self.gaussian(f), amap)

@@ -25,6 +25,9 @@ OPTIONS: dict[str, Option] = {
     "featae": Option(0.0, "weight of a feature autoencoder's reconstruction error added to the bank's distance, "
                           "each divided by its mean on the training patches (0: the memory bank alone)", low=0.0,
                      high=100.0),
+    "gaussian": Option(0.0, "weight of an image-level Gaussian (Mahalanobis distance of each channel's mean and "
+                            "spread over the image) added to the image score, in units of the mean bank score "
+                            "(0: off)", low=0.0, high=100.0),
 }
 
 

@@ -16,7 +16,7 @@ from tools.methods.components.feature_ae import AE_DEFAULTS, train_ae
 from tools.methods.components.features import BackboneMethod, PatchFeatures
 from tools.methods.components.sampling import greedy_coreset
 from tools.methods.patchcore.export import PatchCoreTrained
-from tools.methods.patchcore.model import BesideBank, PatchCoreGraph
+from tools.methods.patchcore.model import BesideBank, ImageGaussian, PatchCoreGraph, feature_statistics
 from tools.methods.patchcore.options import OPTIONS, parse_options
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,40 @@ def beside_bank(graph: PatchCoreGraph, patches: torch.Tensor, weight: float, see
     return beside, info
 
 
+@torch.no_grad()
+def image_gaussian(graph: PatchCoreGraph, feats: torch.Tensor, weight: float, chunk: int = 32,
+                   ) -> tuple[ImageGaussian, dict[str, Any]]:
+    """The image-level Gaussian of the training images' `feature_statistics` (raw features `feats` (N, D, h, w)
+    taken through the graph's own projection and scale, so it sees what the graph sees), its covariance shrunk
+    by Ledoit-Wolf (2D statistics from maybe fewer images: the plain inverse would be singular), and the factor
+    ``weight`` x the mean bank score / the mean Mahalanobis distance, both over the training images in sample
+    (alike optimistic; the threshold comes from cross-fitting as ever)."""
+    from sklearn.covariance import LedoitWolf
+
+    t0 = time.perf_counter()
+    stats, bank_scores = [], []
+    for i in range(0, feats.shape[0], chunk):
+        f = feats[i:i + chunk].float()
+        if graph.features.proj is not None:
+            f = graph.features.proj(f)
+        if graph.features.scale is not None:
+            f = f * graph.features.scale
+        stats.append(feature_statistics(f))
+        bank_scores.append(graph.head(graph.distances_of(f))[0])
+    x = torch.cat(stats).double()
+    lw = LedoitWolf().fit(x.numpy())
+    gaussian = ImageGaussian(torch.from_numpy(lw.location_), torch.from_numpy(lw.precision_), 1.0)
+    mean_distance = float(gaussian.distance(x.float()).mean())
+    mean_bank = float(torch.cat(bank_scores).mean())
+    gaussian.factor.fill_(weight * mean_bank / max(mean_distance, 1e-6))
+    info = {"weight": weight, "dims": int(x.shape[1]), "shrinkage": round(float(lw.shrinkage_), 4),
+            "mean_distance": round(mean_distance, 4), "mean_bank_score": round(mean_bank, 4),
+            "factor": round(float(gaussian.factor), 6), "seconds": round(time.perf_counter() - t0, 1)}
+    log.info("patchcore: image Gaussian beside the bank (weight %g): %d statistics, shrinkage %.3f, factor %.4g "
+             "(%.1f s)", weight, info["dims"], lw.shrinkage_, info["factor"], info["seconds"])
+    return gaussian, info
+
+
 class PatchCoreMethod(BackboneMethod):
     """Frozen-backbone patch features against a coreset memory bank of the good patches (docs/patchcore.md)."""
 
@@ -79,7 +113,8 @@ class PatchCoreMethod(BackboneMethod):
         feats = self.cache.features(features, key, images, o["batch"], opts.progress)
         n, d, h, w = feats.shape
         patches = feats.permute(0, 2, 3, 1).reshape(-1, d)
-        del feats
+        if not o["gaussian"]:
+            del feats  # kept for the image Gaussian's per-image statistics only
         t_feat = time.perf_counter() - t0
         total = patches.shape[0]
         g = torch.Generator().manual_seed(opts.seed)
@@ -109,6 +144,9 @@ class PatchCoreMethod(BackboneMethod):
                   "feature_seconds": round(t_feat, 1), "coreset_seconds": round(t_core, 1)}
         if o["featae"] > 0:
             graph.beside, params["beside_bank"] = beside_bank(graph, patches, o["featae"], opts.seed)
+        if o["gaussian"] > 0:
+            graph.gaussian, params["image_gaussian"] = image_gaussian(graph, feats, o["gaussian"])
+            del feats
         log.info("patchcore: %d images, %d patches of %d dims on a %dx%d grid -> bank of %d (features %.0f s, "
                  "coreset %.0f s)", n, total, bank.shape[1], h, w, bank.shape[0], t_feat, t_core)
         return PatchCoreTrained(spec=spec, graph=graph, params=params)
