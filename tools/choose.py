@@ -45,6 +45,8 @@ CANDIDATES: dict[str, tuple[Candidate, ...]] = {
         Candidate("Lite0 s5+s6", {"backbone": "lite0", "layers": "s5,s6"}),
         # the memory bank alone ranks a busy texture poorly where the autoencoder does better (docs/detection.md)
         Candidate("feature autoencoder beside the bank (weight 0.5)", {"featae": 0.5}),
+        # an image-level Gaussian ranks faint, spread-out defects on busy textures far better (docs/detection.md)
+        Candidate("image Gaussian beside the bank (weight 1)", {"gaussian": 1.0}),
     ),
 }
 

@@ -17,7 +17,8 @@ stride 16 + 16 + 32, 80 + 112 + 192 channels, on the stride-16 grid), standardiz
 feature channel divided by its spread on the good patches, so every channel weighs the same in the
 distance), coreset (fraction of the training patches kept in the memory bank, default 0.1), top (the
 image score's fraction of highest cells, default 0.1), featae (weight of a feature autoencoder's error fused
-with the bank's distance in the same graph, default 0 = off; docs/detection.md), proj, max_patches,
+with the bank's distance in the same graph, default 0 = off; docs/detection.md), gaussian (weight of an
+image-level Gaussian of the features' statistics added to the score, default 0 = off), proj, max_patches,
 coreset_dims, sigma, batch.
 The input may be any width x height (the pipeline picks it from the training images).
 The choice of defaults and the sweep behind them: docs/patchcore.md.
