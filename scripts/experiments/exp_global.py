@@ -87,8 +87,12 @@ def main() -> None:
                       for q in sorted(d.iterdir()) if q.suffix.lower() in EXTS])
 
     def per_kind(s: np.ndarray) -> str:
-        return " ".join(f"{k}={roc_auc_score(labels[(kinds == k) | (kinds == 'good')], s[(kinds == k) | (kinds == 'good')]):.3f}"
-                        for k in sorted(set(kinds) - {"good"}))
+        """Image AUROC of each defect kind against the good test images."""
+        out = []
+        for k in sorted(set(kinds) - {"good"}):
+            pick = (kinds == k) | (kinds == "good")
+            out.append(f"{k}={roc_auc_score(labels[pick], s[pick]):.3f}")
+        return " ".join(out)
 
     print(f"  bank per kind: {per_kind(b_te)}", flush=True)
     for stages in (["s6"], ["s7"], ["s5", "s6", "s7"], ["s4", "s5", "s6"]):
@@ -101,7 +105,8 @@ def main() -> None:
                              for w in a.weights)
             print(f"  global {'+'.join(stages):10s} std={int(with_std)} d={xtr.shape[1]:4d}: alone {g_auc:.4f}; "
                   f"fused {fused}", flush=True)
-            print(f"    alone per kind: {per_kind(g_te)}; W0.5 per kind: {per_kind(b_te / b_ho.mean() + 0.5 * g_te / g_ho.mean())}", flush=True)
+            half = b_te / b_ho.mean() + 0.5 * g_te / g_ho.mean()
+            print(f"    alone per kind: {per_kind(g_te)}; W0.5 per kind: {per_kind(half)}", flush=True)
 
 
 if __name__ == "__main__":
