@@ -66,15 +66,24 @@ def _shot(driver: Any, folder: Path, name: str) -> None:
 def _wait(driver: Any, condition: Any, what: str, timeout: float = 20.0) -> None:
     """Wait until the page shows what `condition` looks for. While a click's POST, redirect and new page are on
     their way, the element may be missing or belong to the page being replaced: that is "not yet", not a
-    failure (it failed a CI run once, `find_element` raising mid-navigation); a page that never shows it still
-    fails here, after `timeout`."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    failure (it failed a CI run once, `find_element` raising mid-navigation; and once as Chrome's own form of a
+    stale element, an "unknown error" that the node "does not belong to the document", when `.text` was read of
+    an element found on the page just replaced); a page that never shows it still fails here, after `timeout`."""
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
 
     def shown() -> object:
         try:
             return condition(driver)
         except (NoSuchElementException, StaleElementReferenceException):
             return False
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc.msg):
+                return False  # the element was on the page being replaced: not yet
+            raise
 
     wait_until(shown, timeout, what, poll=0.1)
 
