@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal, get_args
@@ -29,12 +30,15 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edged import __version__
+from edged.safetext import escape
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
 RuntimeName = Literal["onnxruntime", "openvino", "opencv"]  # the runtimes this edged can run a model in
 RUNTIME_NAMES: tuple[str, ...] = get_args(RuntimeName)
+
+log = logging.getLogger(__name__)
 
 
 class BundleError(Exception):
@@ -244,11 +248,16 @@ class Manifest(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _known_runtimes_only(cls, raw: object) -> object:
-        """Drop runtimes (and their checks) a newer edged-train verified that this edged cannot run anyway."""
+        """Drop runtimes (and their checks) a newer edged-train verified that this edged cannot run anyway,
+        logged once per load so that a station that never uses a verified runtime can be told why."""
         if not isinstance(raw, dict):
             return raw
         raw = dict(raw)
         if isinstance(raw.get("runtimes"), list):
+            unknown = [r for r in raw["runtimes"] if r not in RUNTIME_NAMES]
+            if unknown:
+                log.info("bundle lists runtimes this edged does not know, ignored: %s (update edged to use them)",
+                         ", ".join(escape(r, 40) for r in unknown[:8]))
             raw["runtimes"] = [r for r in raw["runtimes"] if r in RUNTIME_NAMES]
         if isinstance(raw.get("verified"), list):
             raw["verified"] = [c for c in raw["verified"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -107,9 +108,11 @@ def test_check_config_refuses_a_nan_threshold_with_exit_2(tmp_path: Path) -> Non
     assert "threshold.value: Input should be a finite number" in proc.stderr
 
 
-def test_a_record_key_from_a_newer_edged_train_is_dropped_and_the_bundle_loads(tmp_path: Path) -> None:
+def test_a_record_key_from_a_newer_edged_train_is_dropped_and_the_bundle_loads(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Training summaries, runtime checks and input statistics only record what was done: a key this edged does
-    not know there costs nothing, so a bundle from a newer edged-train still runs on an older station."""
+    not know there costs nothing, so a bundle from a newer edged-train still runs on an older station; the
+    runtimes it leaves out are logged, so nobody wonders why a verified one is never used."""
     bundle = build_max_bundle(tmp_path / "b")
 
     def change(raw: JsonObject) -> None:
@@ -117,11 +120,14 @@ def test_a_record_key_from_a_newer_edged_train_is_dropped_and_the_bundle_loads(t
         raw["verified"] = [{"runtime": "onnxruntime", "precision": "int8", "passed": True, "max_diff": 0.0,
                             "tolerance": 0.01, "energy_mj": 3.0},
                            {"runtime": "tensorrt", "precision": "int8", "passed": True, "tolerance": 0.01}]
-        raw["runtimes"] = ["onnxruntime", "tensorrt"]
+        raw["runtimes"] = ["onnxruntime", "tensorrt", "x\nfake log line"]
 
     edit_manifest(bundle, change)
-    manifest = load_manifest(bundle)
+    with caplog.at_level(logging.INFO, logger="edged.bundle"):
+        manifest = load_manifest(bundle)
     assert manifest.runtimes == ("onnxruntime",)  # a runtime this edged cannot run is left out, not an error
+    (line,) = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert "tensorrt" in line and "\n" not in line  # the outside text is escaped: one log line
     assert [c.runtime for c in manifest.verified] == ["onnxruntime"]
     assert "augmentation" not in manifest.training.model_dump()
 

@@ -58,7 +58,11 @@ class PatchFeatures(nn.Module):
             if (f.shape[-2], f.shape[-1]) != grid:
                 f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
             out.append(f)
-        y = torch.cat(out, dim=1)
+        return self.project(torch.cat(out, dim=1))
+
+    def project(self, y: torch.Tensor) -> torch.Tensor:
+        """Raw concatenated stage features -> what the bank holds: projected and scaled when those were given.
+        Its own step so that statistics of cached raw features see exactly what the graph sees."""
         if self.proj is not None:
             y = self.proj(y)
         return y * self.scale if self.scale is not None else y

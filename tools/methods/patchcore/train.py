@@ -74,11 +74,7 @@ def image_gaussian(graph: PatchCoreGraph, feats: torch.Tensor, weight: float, ch
     t0 = time.perf_counter()
     stats, bank_scores = [], []
     for i in range(0, feats.shape[0], chunk):
-        f = feats[i:i + chunk].float()
-        if graph.features.proj is not None:
-            f = graph.features.proj(f)
-        if graph.features.scale is not None:
-            f = f * graph.features.scale
+        f = graph.features.project(feats[i:i + chunk].float())
         stats.append(feature_statistics(f))
         bank_scores.append(graph.head(graph.distances_of(f))[0])
     x = torch.cat(stats).double()
