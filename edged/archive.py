@@ -4,6 +4,12 @@ The oldest files are deleted when the quota is exceeded. When the disk is full o
 pauses (reported in the health file and the log) and is retried a minute later: inspecting and
 publishing rejects matters more than pictures. A full disk also lowers the quota below what the
 images hold (oldest deleted), so images that outgrew a small disk leave room for the database.
+
+Beside a frame goes its anomaly map as people see it (`<name>_map.png`: grey, 0-255 over the map's own
+range, at the model's resolution), not a rendered overlay: a PNG of 128 x 128 costs a fraction of a
+millisecond where a 640 x 480 overlay JPEG cost as much CPU as the frame's JPEG (flat out, a sixth of the
+daemon's CPU went to overlays nobody looked at). The web view draws the overlay from the two on demand,
+with `overlay_from_map`, the same pixels `render_overlay` gives.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edged.frames import Verdict
+from edged.frames import Region, Verdict
 from edged.health import Heartbeats, SupervisedThread
 from edged.preprocess import to_uint8
 
@@ -112,8 +119,7 @@ class ImageArchive:
 
     def _write_overlay(self, base: Path, verdict: Verdict) -> None:
         if self.overlay and verdict.anomaly_map is not None:
-            self._write(base.with_name(base.name + "_map").with_suffix(self.ext),
-                        render_overlay(verdict.frame.image, verdict.anomaly_map, verdict.threshold, verdict.regions))
+            self._write(map_path(base.with_suffix(self.ext)), map_image(verdict.anomaly_map))
 
     def _write(self, path: Path, image: np.ndarray) -> None:
         ok, data = cv2.imencode(path.suffix, image)
@@ -220,15 +226,31 @@ class ImageWriter(SupervisedThread):
             self.lost.put(row_id)
 
 
-def render_overlay(image: np.ndarray, amap: np.ndarray, threshold: float, regions: tuple = ()) -> np.ndarray:
-    """The frame with the anomaly map as a heat map and the defect boxes, for people to look at."""
+def map_path(frame_path: Path) -> Path:
+    """Where a stored frame's anomaly map lies: `<name>_map.png` beside it."""
+    return frame_path.with_name(frame_path.stem + "_map.png")
+
+
+def map_image(amap: np.ndarray) -> np.ndarray:
+    """The anomaly map as people see it: uint8, 0 at its lowest and 255 at its highest value (its own range:
+    the overlay shows where, the score how much)."""
+    lo, hi = float(np.min(amap)), float(np.max(amap))
+    return (np.clip((amap - lo) / (hi - lo + 1e-12), 0, 1) * 255).astype(np.uint8)
+
+
+def overlay_from_map(image: np.ndarray, grey_map: np.ndarray, boxes: Iterable[tuple[int, int, int, int]] = ()
+                     ) -> np.ndarray:
+    """The frame with a `map_image` as a heat map and the defect boxes (x, y, w, h), for people to look at."""
     frame = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     frame = to_uint8(frame)  # the one 16-bit rule (edged.preprocess); a 16-bit frame keeps its top 8 bits
     h, w = frame.shape[:2]
-    lo, hi = float(np.min(amap)), float(np.max(amap))
-    norm = np.clip((amap - lo) / (hi - lo + 1e-12), 0, 1)
-    heat = cv2.applyColorMap(cv2.resize((norm * 255).astype(np.uint8), (w, h)), cv2.COLORMAP_JET)
+    heat = cv2.applyColorMap(cv2.resize(grey_map, (w, h)), cv2.COLORMAP_JET)
     out = cv2.addWeighted(frame[:, :, :3], 0.6, heat, 0.4, 0)
-    for r in regions:
-        cv2.rectangle(out, (r.x, r.y), (r.x + r.w - 1, r.y + r.h - 1), (0, 0, 255), 2)
+    for x, y, bw, bh in boxes:
+        cv2.rectangle(out, (x, y), (x + max(bw, 1) - 1, y + max(bh, 1) - 1), (0, 0, 255), 2)
     return out
+
+
+def render_overlay(image: np.ndarray, amap: np.ndarray, regions: Iterable[Region] = ()) -> np.ndarray:
+    """A verdict's frame with its anomaly map and regions drawn (the live view's latest reject)."""
+    return overlay_from_map(image, map_image(amap), ((r.x, r.y, r.w, r.h) for r in regions))

@@ -91,7 +91,8 @@ class ImagesConfig(Section):
     dir: Path = Field(Path("images"), description="Image folder; a relative path is under storage.state_dir.")
     quota_mb: float = Field(1024.0, gt=0, description="Above this many MB the oldest images are deleted.",
                             json_schema_extra={"common": True})
-    overlay: bool = Field(True, description="Also save the anomaly map over the frame, beside it.")
+    overlay: bool = Field(True, description="Also save the anomaly map beside the frame (`<name>_map.png`, grey, at "
+                          "the model's resolution); the web view draws it over the frame on demand.")
     format: Literal["jpg", "png"] = Field("jpg", description="Image file format (png: lossless, several times larger).")
 
 

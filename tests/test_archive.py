@@ -6,13 +6,14 @@ import errno
 import sqlite3
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from devkit.support import write_config, write_spot_video
-from edged.archive import ImageArchive, ImageWriter
+from edged.archive import ImageArchive, ImageWriter, map_path, overlay_from_map, render_overlay
 from edged.config import load_config
-from edged.frames import Frame, Verdict
+from edged.frames import Frame, Region, Verdict
 from edged.sdnotify import Notifier
 from edged.service import Service
 
@@ -24,14 +25,37 @@ def _verdict(seq: int) -> Verdict:
                    decided_at=frame.captured_at, model="test", anomaly_map=np.zeros((16, 16), np.float32))
 
 
-def test_save_writes_the_planned_path_and_its_overlay(tmp_path: Path) -> None:
+def test_save_writes_the_planned_path_and_its_map(tmp_path: Path) -> None:
     archive = ImageArchive(tmp_path / "images", quota_mb=10)
     v = _verdict(7)
     planned = archive.planned_path(v, "line1")
     assert planned is not None and not Path(planned).exists()
     assert archive.save(v, "line1") == planned
     assert Path(planned).is_file()
-    assert Path(planned).with_name(Path(planned).stem + "_map.jpg").is_file()
+    assert map_path(Path(planned)) == Path(planned).with_name(Path(planned).stem + "_map.png")
+    saved = cv2.imread(str(map_path(Path(planned))), cv2.IMREAD_UNCHANGED)
+    assert saved.shape == (16, 16) and saved.dtype == np.uint8  # the model's resolution, not the frame's
+    assert archive._total == sum(p.stat().st_size for p in (tmp_path / "images").rglob("*") if p.is_file())
+
+
+def test_an_overlay_drawn_from_the_saved_map_is_the_one_the_verdict_gives(tmp_path: Path) -> None:
+    """The web view draws a stored frame's overlay from its PNG map: the same pixels as drawing it from the
+    verdict (the map is saved as the 0-255 image the overlay is made of, losslessly)."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    amap = rng.normal(0.0, 2.0, (16, 16)).astype(np.float32)
+    amap[4:7, 9:12] += 9.0
+    frame = Frame(camera="cam1", seq=1, image=image, captured_mono=0.0, captured_at=1_795_766_400.0)
+    regions = (Region(x=36, y=12, w=12, h=9, area=108, peak=11.0),)
+    v = Verdict(frame=frame, score=2.0, threshold=1.0, is_defective=True, decided_mono=0.0,
+                decided_at=frame.captured_at, model="test", anomaly_map=amap, regions=regions)
+    archive = ImageArchive(tmp_path / "images", quota_mb=10, fmt="png")
+    stored = Path(str(archive.save(v, "line1")))
+    grey = cv2.imread(str(map_path(stored)), cv2.IMREAD_UNCHANGED)
+    drawn = overlay_from_map(cv2.imread(str(stored)), grey, [(36, 12, 12, 9)])
+    expected = render_overlay(image, amap, regions)
+    assert np.array_equal(drawn, expected)
+    assert not np.array_equal(expected, render_overlay(image, np.zeros_like(amap), regions))  # it can fail
 
 
 def test_image_thread_writes_everything_and_never_holds_more_than_its_backlog(tmp_path: Path) -> None:

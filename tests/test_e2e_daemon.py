@@ -59,7 +59,8 @@ def test_video_rejects_match_defective_frames(tmp_path: Path, tiny_bundle: Path,
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     # the reject images were saved
     images = list((tmp_path / "state" / "images").rglob("*.jpg"))
-    assert len(images) == 2 * len(DEFECTIVE)  # frame + overlay each
+    maps = list((tmp_path / "state" / "images").rglob("*_map.png"))
+    assert len(images) == len(maps) == len(DEFECTIVE)  # the frame and its anomaly map each
 
 
 def test_replay_prints_summary_and_json(tmp_path: Path, tiny_bundle: Path) -> None:

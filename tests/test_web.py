@@ -4,6 +4,7 @@ sessions, CSRF, the API, /metrics, feedback labels, and the bounds that keep a h
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 import sqlite3
@@ -11,14 +12,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devkit.support import ServiceRunner, build_max_bundle, wait_until, write_config, write_spot_video
 from devkit.webline import PASSWORD, Client, WebLine, basic, start_line
+from edged.archive import map_path
 from edged.config import ConfigError, load_config, parse_config
 from edged.incoming import MessageRefused
 from edged.payloads import TriggerAck
+from edged.web import images
 
 pytestmark = pytest.mark.slow
 
@@ -166,7 +171,11 @@ def test_rejects_api_pages_and_filters(client: Client, line: WebLine) -> None:
     assert part["id"] == newest["id"] and any(n["id"] == newest["id"] for n in part["neighbours"])
     image = client.get(f"/image/{newest['id']}.jpg")
     assert image.status == 200 and image.body[:2] == b"\xff\xd8"
-    assert client.get(f"/image/{newest['id']}/overlay.jpg").body[:2] == b"\xff\xd8"
+    overlay = client.get(f"/image/{newest['id']}/overlay.jpg")
+    assert overlay.body[:2] == b"\xff\xd8"
+    frame_px, overlay_px = (cv2.imdecode(np.frombuffer(r.body, np.uint8), cv2.IMREAD_COLOR) for r in (image, overlay))
+    # drawn now from the saved map: a heat map over the whole frame, not only the regions' boxes
+    assert frame_px.shape == overlay_px.shape and np.abs(frame_px.astype(int) - overlay_px).mean() > 10
     assert client.get("/image/999999999.jpg").status == 404
 
 
@@ -296,3 +305,17 @@ def test_a_login_without_a_password_found_refuses_the_view_not_the_line(tmp_path
             caplog.clear()
     finally:
         busy.close()
+
+
+def test_a_stored_overlay_without_its_map_is_the_frame_with_its_boxes(tmp_path: Path) -> None:
+    """A frame saved without its map (images.overlay off, an older edged, a map deleted or spoiled) still gets
+    an overlay: its regions' boxes; a region the database holds badly is left out, not a 500."""
+    frame = np.full((40, 60, 3), 90, np.uint8)
+    stored = tmp_path / "f.jpg"
+    cv2.imwrite(str(stored), frame)
+    regions = json.loads('[{"x": 5, "y": 6, "w": 10, "h": 8}, {"x": "bad"}]')  # as the row's column holds them
+    assert np.array_equal(images.stored_overlay(stored, frame, regions), images.boxes_on(frame, regions[:1]))
+    map_path(stored).write_bytes(b"not a png")
+    assert np.array_equal(images.stored_overlay(stored, frame, regions), images.boxes_on(frame, regions[:1]))
+    cv2.imwrite(str(map_path(stored)), np.full((4, 6), 200, np.uint8))
+    assert not np.array_equal(images.stored_overlay(stored, frame, regions), images.boxes_on(frame, regions[:1]))

@@ -320,14 +320,14 @@ class WebApp:
             return Response.text(HTTPStatus.NOT_FOUND, "no stored image for this inspection")
         kind = groups[1]
         if kind == "/overlay":
-            beside = images.overlay_file(stored)
-            if beside is not None and beside.suffix.lower() in (".jpg", ".jpeg"):
+            beside = images.legacy_overlay_file(stored)
+            if beside is not None:
                 return Response.jpeg(beside.read_bytes(), cache="private, max-age=3600")
         frame = images.read_frame(stored)
         if frame is None:
             return Response.text(HTTPStatus.NOT_FOUND, "the stored image cannot be read")
         if kind == "/overlay":
-            frame = images.boxes_on(frame, regions)
+            frame = images.stored_overlay(stored, frame, regions)
         data = images.encode_jpeg(frame, images.THUMB_WIDTH if kind == "/thumb" else None)
         return Response.jpeg(data, cache="private, max-age=3600")
 

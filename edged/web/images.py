@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edged.archive import render_overlay
+from edged.archive import map_path, overlay_from_map, render_overlay
 from edged.frames import Frame, Verdict
 from edged.preprocess import to_uint8
 
@@ -49,16 +49,45 @@ def overlay_of(verdict: Verdict) -> np.ndarray:
     """The verdict's frame with its anomaly map and regions (the frame itself when it has no map)."""
     if verdict.anomaly_map is None:
         return boxes_on(verdict.frame.image, [r.to_dict() for r in verdict.regions])
-    return render_overlay(verdict.frame.image, verdict.anomaly_map, verdict.threshold, verdict.regions)
+    return render_overlay(verdict.frame.image, verdict.anomaly_map, verdict.regions)
 
 
 def boxes_on(image: np.ndarray, regions: list[dict[str, float | int]]) -> np.ndarray:
-    """A copy of the frame with the regions' boxes drawn (stored frames have no map, only their boxes)."""
+    """A copy of the frame with the regions' boxes drawn (a stored frame whose map was not saved)."""
     out = to_uint8(image)
     out = cv2.cvtColor(out, cv2.COLOR_GRAY2BGR) if out.ndim == 2 else out[:, :, :3].copy()
-    for r in regions:
-        x, y, w, h = (int(r.get(k, 0)) for k in ("x", "y", "w", "h"))
+    for x, y, w, h in _boxes(regions):
         cv2.rectangle(out, (x, y), (x + max(w, 1) - 1, y + max(h, 1) - 1), (0, 0, 255), 2)
+    return out
+
+
+def stored_overlay(frame_path: Path, frame: np.ndarray, regions: list[dict[str, float | int]]) -> np.ndarray:
+    """A stored frame's overlay, drawn now: its saved anomaly map as a heat map and its regions' boxes; the boxes
+    alone when the map was not saved or cannot be read (deleted by the quota, spoiled)."""
+    grey = read_map(map_path(frame_path))
+    if grey is None:
+        return boxes_on(frame, regions)
+    return overlay_from_map(frame, grey, _boxes(regions))
+
+
+def read_map(path: Path) -> np.ndarray | None:
+    """A saved `map_image` (2-D uint8); None when missing or not one."""
+    if not path.is_file():
+        return None
+    grey = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if not isinstance(grey, np.ndarray) or grey.ndim != 2 or grey.dtype != np.uint8 or grey.size == 0:
+        return None
+    return grey
+
+
+def _boxes(regions: list[dict[str, float | int]]) -> list[tuple[int, int, int, int]]:
+    """(x, y, w, h) of each region as the database holds it; an entry that is not one is left out."""
+    out = []
+    for r in regions:
+        try:
+            out.append((int(r["x"]), int(r["y"]), int(r["w"]), int(r["h"])))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            continue
     return out
 
 
@@ -116,10 +145,10 @@ def stored_image(folder: Path, path: str | None) -> Path | None:
     return candidate
 
 
-def overlay_file(image: Path) -> Path | None:
-    """The archive's overlay beside a stored frame (`<name>_map.<ext>`), when it was written."""
+def legacy_overlay_file(image: Path) -> Path | None:
+    """An overlay JPEG an older edged rendered beside a stored frame (`<name>_map.jpg`), when there is one."""
     candidate = image.with_name(image.stem + "_map" + image.suffix)
-    return candidate if candidate.is_file() else None
+    return candidate if candidate.suffix.lower() in (".jpg", ".jpeg") and candidate.is_file() else None
 
 
 def read_frame(path: Path) -> np.ndarray | None:
