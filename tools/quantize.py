@@ -4,7 +4,10 @@ Static (not dynamic) so activations get fixed scales from real data: a calibrati
 training images (the same pixels the daemon computes). QDQ format, per-channel weights, what the method's
 `QuantizeOptions` asks for. ``quant_pre_process`` (shape inference + graph optimization) runs first
 because the quantizer needs shapes to choose what it can quantize; when it fails on a graph, the
-quantizer runs on the plain graph instead and the summary says so.
+quantizer runs on the plain graph instead and the summary says so. Then `fold_pads` moves zero Pads into
+the convolutions they feed (TensorFlow's SAME padding of a strided convolution is asymmetric, which
+PyTorch's conv cannot express, so it is exported as Pad + Conv): left alone, each such Pad runs in fp32
+between a DequantizeLinear and a QuantizeLinear.
 """
 
 from __future__ import annotations
@@ -80,6 +83,71 @@ def op_summary(model_path: Path) -> dict[str, dict[str, int]]:
     return {"int8": dict(sorted(quantized.items())), "fp32": dict(sorted(floating.items()))}
 
 
+def _zero_pad_of(pad: Any, constants: dict[str, np.ndarray]) -> list[int] | None:
+    """A Pad node's [top, left, bottom, right] when it adds zeros around H and W only; None otherwise."""
+    import onnx
+
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in pad.attribute}
+    if attrs.get("mode", b"constant") != b"constant" or len(pad.input) < 2 or pad.input[1] not in constants:
+        return None
+    if len(pad.input) > 3 and pad.input[3]:  # explicit axes: not the plain NCHW form
+        return None
+    if len(pad.input) > 2 and pad.input[2]:
+        value = constants.get(pad.input[2])
+        if value is None or np.any(value != 0):
+            return None
+    pads = [int(v) for v in constants[pad.input[1]].ravel()]
+    if len(pads) != 8 or any(v < 0 for v in pads) or any(pads[i] for i in (0, 1, 4, 5)):
+        return None
+    return [pads[2], pads[3], pads[6], pads[7]]
+
+
+def _add_pads(conv: Any, extra: list[int]) -> bool:
+    """Add [top, left, bottom, right] to a 2-D Conv's explicit pads; False (unchanged) for any other Conv."""
+    import onnx
+
+    attrs = {a.name: a for a in conv.attribute}
+    auto_pad = onnx.helper.get_attribute_value(attrs["auto_pad"]) if "auto_pad" in attrs else b"NOTSET"
+    own = list(onnx.helper.get_attribute_value(attrs["pads"])) if "pads" in attrs else [0, 0, 0, 0]
+    if auto_pad not in (b"NOTSET", b"") or len(own) != 4:
+        return False
+    if "pads" in attrs:
+        conv.attribute.remove(attrs["pads"])
+    conv.attribute.append(onnx.helper.make_attribute("pads", [a + b for a, b in zip(own, extra, strict=True)]))
+    return True
+
+
+def fold_pads(path: Path) -> int:
+    """Fold each zero Pad whose only reader is a Conv (as its data input) into that Conv's own pads; the graph
+    computes the same, with fewer nodes. Returns how many were folded; the file is rewritten only then."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    folded = []
+    for pad in graph.node:
+        if pad.op_type != "Pad" or pad.output[0] in outputs:
+            continue
+        extra = _zero_pad_of(pad, constants)
+        users = readers.get(pad.output[0], [])
+        if extra is None or len(users) != 1 or users[0].op_type != "Conv" or users[0].input[0] != pad.output[0]:
+            continue
+        if _add_pads(users[0], extra):
+            users[0].input[0] = pad.input[0]
+            folded.append(pad)
+    for pad in folded:
+        graph.node.remove(pad)
+    if folded:
+        onnx.save(model, str(path))
+    return len(folded)
+
+
 def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, input_name: str,
              options: QuantizeOptions, batch_size: int = 8) -> dict[str, Any]:
     """Write the int8 (QDQ) model of `fp32_path` calibrated on `calibration` (N x model input, float32).
@@ -119,6 +187,8 @@ def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, input_na
         except Exception as exc:  # the pre-processing is an optimization; quantize the plain graph instead
             log.warning("quant_pre_process failed (%s); quantizing the graph as exported", exc)
             summary["pre_process"] = f"skipped: {type(exc).__name__}"
+        if source == pre:  # constants folded by the pre-processing: the Pads' amounts are now initializers
+            summary["pads_folded"] = fold_pads(pre)
         reader = _CalibrationReader(input_name, calibration, fixed or batch_size)
         if fixed:  # drop a short last batch the graph cannot take
             reader.batches = [b for b in reader.batches if len(b) == fixed] or reader.batches[:1]
