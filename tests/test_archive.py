@@ -34,6 +34,7 @@ def test_save_writes_the_planned_path_and_its_map(tmp_path: Path) -> None:
     assert Path(planned).is_file()
     assert map_path(Path(planned)) == Path(planned).with_name(Path(planned).stem + "_map.png")
     saved = cv2.imread(str(map_path(Path(planned))), cv2.IMREAD_UNCHANGED)
+    assert saved is not None
     assert saved.shape == (16, 16) and saved.dtype == np.uint8  # the model's resolution, not the frame's
     assert archive._total == sum(p.stat().st_size for p in (tmp_path / "images").rglob("*") if p.is_file())
 
@@ -51,8 +52,9 @@ def test_an_overlay_drawn_from_the_saved_map_is_the_one_the_verdict_gives(tmp_pa
                 decided_at=frame.captured_at, model="test", anomaly_map=amap, regions=regions)
     archive = ImageArchive(tmp_path / "images", quota_mb=10, fmt="png")
     stored = Path(str(archive.save(v, "line1")))
-    grey = cv2.imread(str(map_path(stored)), cv2.IMREAD_UNCHANGED)
-    drawn = overlay_from_map(cv2.imread(str(stored)), grey, [(36, 12, 12, 9)])
+    grey, frame_read = cv2.imread(str(map_path(stored)), cv2.IMREAD_UNCHANGED), cv2.imread(str(stored))
+    assert grey is not None and frame_read is not None
+    drawn = overlay_from_map(frame_read, grey, [(36, 12, 12, 9)])
     expected = render_overlay(image, amap, regions)
     assert np.array_equal(drawn, expected)
     assert not np.array_equal(expected, render_overlay(image, np.zeros_like(amap), regions))  # it can fail

@@ -174,6 +174,7 @@ def test_rejects_api_pages_and_filters(client: Client, line: WebLine) -> None:
     overlay = client.get(f"/image/{newest['id']}/overlay.jpg")
     assert overlay.body[:2] == b"\xff\xd8"
     frame_px, overlay_px = (cv2.imdecode(np.frombuffer(r.body, np.uint8), cv2.IMREAD_COLOR) for r in (image, overlay))
+    assert frame_px is not None and overlay_px is not None
     # drawn now from the saved map: a heat map over the whole frame, not only the regions' boxes
     assert frame_px.shape == overlay_px.shape and np.abs(frame_px.astype(int) - overlay_px).mean() > 10
     assert client.get("/image/999999999.jpg").status == 404
@@ -308,8 +309,9 @@ def test_a_login_without_a_password_found_refuses_the_view_not_the_line(tmp_path
 
 
 def test_a_stored_overlay_without_its_map_is_the_frame_with_its_boxes(tmp_path: Path) -> None:
-    """A frame saved without its map (images.overlay off, an older edged, a map deleted or spoiled) still gets
-    an overlay: its regions' boxes; a region the database holds badly is left out, not a 500."""
+    """A frame saved without its map (images.overlay off, a map deleted or spoiled) still gets an overlay: its
+    regions' boxes; a region the database holds badly is left out, not a 500. An older edged's rendered
+    overlay in the map's place is shown as it is."""
     frame = np.full((40, 60, 3), 90, np.uint8)
     stored = tmp_path / "f.jpg"
     cv2.imwrite(str(stored), frame)
@@ -319,3 +321,6 @@ def test_a_stored_overlay_without_its_map_is_the_frame_with_its_boxes(tmp_path: 
     assert np.array_equal(images.stored_overlay(stored, frame, regions), images.boxes_on(frame, regions[:1]))
     cv2.imwrite(str(map_path(stored)), np.full((4, 6), 200, np.uint8))
     assert not np.array_equal(images.stored_overlay(stored, frame, regions), images.boxes_on(frame, regions[:1]))
+    legacy = np.full((40, 60, 3), 33, np.uint8)  # an overlay an older edged rendered there (images.format: png)
+    cv2.imwrite(str(map_path(stored)), legacy)
+    assert np.array_equal(images.stored_overlay(stored, frame, regions), legacy)

@@ -5,6 +5,7 @@ Independent of the HTTP server (a Request in, a Response out), so each rule is o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -321,8 +322,9 @@ class WebApp:
         kind = groups[1]
         if kind == "/overlay":
             beside = images.legacy_overlay_file(stored)
-            if beside is not None:
-                return Response.jpeg(beside.read_bytes(), cache="private, max-age=3600")
+            with contextlib.suppress(OSError):  # deleted by the quota meanwhile: drawn from the frame below
+                if beside is not None:
+                    return Response.jpeg(beside.read_bytes(), cache="private, max-age=3600")
         frame = images.read_frame(stored)
         if frame is None:
             return Response.text(HTTPStatus.NOT_FOUND, "the stored image cannot be read")

@@ -62,22 +62,15 @@ def boxes_on(image: np.ndarray, regions: list[dict[str, float | int]]) -> np.nda
 
 
 def stored_overlay(frame_path: Path, frame: np.ndarray, regions: list[dict[str, float | int]]) -> np.ndarray:
-    """A stored frame's overlay, drawn now: its saved anomaly map as a heat map and its regions' boxes; the boxes
-    alone when the map was not saved or cannot be read (deleted by the quota, spoiled)."""
-    grey = read_map(map_path(frame_path))
-    if grey is None:
-        return boxes_on(frame, regions)
-    return overlay_from_map(frame, grey, _boxes(regions))
-
-
-def read_map(path: Path) -> np.ndarray | None:
-    """A saved `map_image` (2-D uint8); None when missing or not one."""
-    if not path.is_file():
-        return None
-    grey = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if not isinstance(grey, np.ndarray) or grey.ndim != 2 or grey.dtype != np.uint8 or grey.size == 0:
-        return None
-    return grey
+    """A stored frame's overlay, drawn now: its saved anomaly map as a heat map and its regions' boxes. An
+    overlay an older edged rendered into that file (`images.format: png`: colour, the frame's size) is shown
+    as it is; the boxes alone when there is no map or it cannot be read (deleted by the quota, spoiled)."""
+    saved = read_frame(map_path(frame_path))
+    if saved is not None and saved.ndim == 2 and saved.dtype == np.uint8:
+        return overlay_from_map(frame, saved, _boxes(regions))
+    if saved is not None and saved.ndim == 3 and saved.shape[:2] == frame.shape[:2]:
+        return saved
+    return boxes_on(frame, regions)
 
 
 def _boxes(regions: list[dict[str, float | int]]) -> list[tuple[int, int, int, int]]:
@@ -153,8 +146,11 @@ def legacy_overlay_file(image: Path) -> Path | None:
 
 def read_frame(path: Path) -> np.ndarray | None:
     """A stored frame as pixels; None when it cannot be read (deleted by the quota meanwhile, truncated)."""
-    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
-    if data is None or data.size == 0:
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:  # missing, or deleted between the row's read and this one
+        return None
+    if data.size == 0:
         return None
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     return image if isinstance(image, np.ndarray) else None
