@@ -17,7 +17,7 @@ from enum import Enum
 from typing import Any
 
 from edged import jsonout
-from edged.frames import Region, Verdict
+from edged.frames import CameraStamp, Region, Verdict
 from edged.parts import PartEvent, Trigger
 from edged.recipes import RecipeOutcome
 
@@ -25,6 +25,13 @@ from edged.recipes import RecipeOutcome
 def _t(seconds: float) -> float:
     """Unix seconds on the wire: microseconds."""
     return round(seconds, 6)
+
+
+def _camera_keys(stamp: CameraStamp | None) -> dict[str, int | None]:
+    """What the camera itself numbered the frame (GenICam: its block id and clock), for matching a result with
+    the line's own records; null for cameras that give none."""
+    return {"camera_frame_id": stamp.frame_id if stamp is not None else None,
+            "camera_timestamp_ns": stamp.timestamp_ns if stamp is not None and stamp.timestamp_ns else None}
 
 
 class Status(str, Enum):
@@ -79,6 +86,7 @@ class Reject(Payload):
     frames: int
     image: str | None
     recipe: str = ""  # the recipe that judged the part (edged.recipes)
+    camera_stamp: CameraStamp | None = None  # the best frame's own numbering by the camera (GenICam)
 
     @classmethod
     def for_part(cls, event: PartEvent, uid: str, station: str, ttl_ms: float, image: str | None) -> Reject:
@@ -91,7 +99,7 @@ class Reject(Payload):
                    captured_at=best.frame.captured_at, decided_at=best.decided_at,
                    expires_at=start + ttl_ms / 1000.0, score=best.score, threshold=best.threshold,
                    confidence=best.confidence, regions=best.regions, model=best.model, frames=event.frames,
-                   image=image, recipe=best.recipe)
+                   image=image, recipe=best.recipe, camera_stamp=best.frame.camera_stamp)
 
     @property
     def deadline(self) -> float:
@@ -106,7 +114,7 @@ class Reject(Payload):
             "decided_at": _t(self.decided_at), "expires_at": self.deadline, "score": round(self.score, 6),
             "threshold": round(self.threshold, 6), "confidence": round(self.confidence, 4),
             "regions": [r.to_dict() for r in self.regions], "model": self.model, "frames": self.frames,
-            "image": self.image, "recipe": self.recipe or None,
+            "image": self.image, "recipe": self.recipe or None, **_camera_keys(self.camera_stamp),
             "inspection_id": None,  # filled in with the row id as the outbox row is written (edged.store)
         }
 
@@ -125,6 +133,7 @@ class NotInspected(Payload):
     expires_at: float
     input_ok: bool | None = None  # the frame's input health when one was taken (degraded camera), else null
     degraded: str = ""  # why: the camera's degraded reason (input_health.on_degraded: not_inspected)
+    camera_stamp: CameraStamp | None = None  # the frame's numbering by the camera, when a frame was taken
 
     @classmethod
     def for_trigger(cls, trig: Trigger, uid: str, station: str, ttl_ms: float, decided_at: float) -> NotInspected:
@@ -145,6 +154,7 @@ class NotInspected(Payload):
             "decided_at": _t(self.decided_at), "triggered_at": _t(self.triggered_at), "expires_at": self.deadline,
             "score": None, "threshold": None, "confidence": None, "regions": [], "model": None,
             "input_ok": self.input_ok, "degraded": self.degraded or None, "recipe": None,
+            **_camera_keys(self.camera_stamp),
             "inspection_id": None,  # filled in with the row id as the outbox row is written (edged.store)
         }
 
@@ -170,6 +180,7 @@ class Result(Payload):
     input_ok: bool | None = None  # the frame's input health (edged.input_health); null when it is off
     degraded: str = ""  # the camera's degraded reason when the frame was captured ('' when not)
     recipe: str = ""  # the recipe whose model and threshold judged the frame (edged.recipes)
+    camera_stamp: CameraStamp | None = None  # the frame's own numbering by the camera (GenICam)
 
     @classmethod
     def for_verdict(cls, v: Verdict, uid: str, station: str) -> Result:
@@ -179,7 +190,7 @@ class Result(Payload):
                    reason=v.reason, is_defective=v.is_defective, captured_at=v.frame.captured_at,
                    decided_at=v.decided_at, score=v.score, threshold=v.threshold, confidence=v.confidence,
                    regions=v.regions, model=v.model, input_ok=flag.ok if flag is not None else None,
-                   degraded=v.degraded, recipe=v.recipe)
+                   degraded=v.degraded, recipe=v.recipe, camera_stamp=v.frame.camera_stamp)
 
     def to_dict(self) -> dict[str, Any]:
         """The /result message."""
@@ -190,7 +201,7 @@ class Result(Payload):
             "score": round(self.score, 6), "threshold": round(self.threshold, 6),
             "confidence": round(self.confidence, 4), "regions": [r.to_dict() for r in self.regions],
             "model": self.model, "input_ok": self.input_ok, "degraded": self.degraded or None,
-            "recipe": self.recipe or None,
+            "recipe": self.recipe or None, **_camera_keys(self.camera_stamp),
             "inspection_id": None,  # the row id when sent through the outbox (a triggered part's result)
         }
 

@@ -203,7 +203,8 @@ class RecorderThread(SupervisedThread):
             captured_at=v.frame.captured_at, decided_at=v.decided_at, score=v.score, threshold=v.threshold,
             is_defective=v.is_defective, confidence=v.confidence, latency_ms=round(v.latency_ms, 3),
             model=v.model, regions=[r.to_dict() for r in v.regions], image_path=image_path, reason=v.reason,
-            input_ok=v.frame.input.ok if v.frame.input is not None else None, recipe=v.recipe or None))
+            input_ok=v.frame.input.ok if v.frame.input is not None else None, recipe=v.recipe or None,
+            camera_stamp=v.frame.camera_stamp))
         if v.is_defective:
             group.verdict_rows[(v.frame.camera, v.frame.seq)] = len(group.rows) - 1
             self._defect_rows[(v.frame.camera, v.frame.seq)] = (-1, uid, image_path)
@@ -316,7 +317,8 @@ class RecorderThread(SupervisedThread):
         message = dataclasses.replace(
             NotInspected.for_trigger(trig, uid, self.config.station, self.config.mqtt.reject_ttl_ms,
                                      decided_at=v.decided_at),
-            input_ok=v.frame.input.ok if v.frame.input is not None else None, degraded=v.degraded)
+            input_ok=v.frame.input.ok if v.frame.input is not None else None, degraded=v.degraded,
+            camera_stamp=v.frame.camera_stamp)
         payload = message.to_dict()
         out = [OutboxMessage("result", self.topics.result, payload, None, row_index=row_index)]
         if self.cameras[v.frame.camera].trigger.fail_safe == "reject":

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edged import jsonout
+from edged.frames import CameraStamp
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,9 @@ CREATE TABLE IF NOT EXISTS inspections (
     image_path   TEXT,
     reason       TEXT NOT NULL DEFAULT 'ok', -- ok | defect | not_inspected
     input_ok     INTEGER,                    -- input health of the frame: 1 in range, 0 not, NULL unchecked
-    recipe       TEXT                        -- the recipe that judged it (edged.recipes); NULL: not inspected
+    recipe       TEXT,                       -- the recipe that judged it (edged.recipes); NULL: not inspected
+    camera_frame_id     INTEGER,             -- the camera's own frame number (GenICam block id); NULL: none given
+    camera_timestamp_ns INTEGER              -- the camera's clock at exposure (its own epoch); NULL: none given
 );
 CREATE INDEX IF NOT EXISTS inspections_time ON inspections(captured_at);
 CREATE INDEX IF NOT EXISTS inspections_camera_time ON inspections(camera, captured_at);
@@ -166,7 +169,8 @@ def open_database(path: Path, timeout_s: float = 10.0) -> sqlite3.Connection:
 
 # columns added after the first release: (table, column, declaration); old databases get them at open, their old
 # rows read NULL (an older edged writing to a migrated file ignores them)
-ADDED_COLUMNS = (("inspections", "input_ok", "INTEGER"), ("inspections", "recipe", "TEXT"))
+ADDED_COLUMNS = (("inspections", "input_ok", "INTEGER"), ("inspections", "recipe", "TEXT"),
+                 ("inspections", "camera_frame_id", "INTEGER"), ("inspections", "camera_timestamp_ns", "INTEGER"))
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:
@@ -222,6 +226,19 @@ class InspectionRow:
     reason: str
     input_ok: bool | None = None  # the frame's input health; None: not checked (input_health off, not_inspected)
     recipe: str | None = None  # the recipe that judged it; None: no verdict (not_inspected by deadline)
+    camera_stamp: CameraStamp | None = None  # the camera's own frame number and clock (GenICam), else None
+
+
+def _camera_columns(stamp: CameraStamp | None) -> tuple[int | None, int | None]:
+    """The camera's frame number and clock as SQLite integers (signed 64 bits: a USB3 Vision block id or a clock
+    beyond that range, which no real camera reaches, is left NULL rather than failing the transaction)."""
+    if stamp is None:
+        return None, None
+
+    def fits(v: int) -> int | None:
+        return v if 0 <= v < 2**63 else None
+
+    return fits(stamp.frame_id), fits(stamp.timestamp_ns) if stamp.timestamp_ns else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,11 +282,12 @@ class InspectionWriter:
                 cur.execute(
                     "INSERT INTO inspections (uid, seq, camera, part_id, captured_at, decided_at, score, "
                     "threshold, is_defective, confidence, latency_ms, model, regions, image_path, reason, "
-                    "input_ok, recipe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "input_ok, recipe, camera_frame_id, camera_timestamp_ns) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (r.uid, r.seq, r.camera, r.part_id, r.captured_at, r.decided_at, r.score, r.threshold,
                      int(r.is_defective), r.confidence, r.latency_ms, r.model,
                      jsonout.dumps(r.regions), r.image_path, r.reason,
-                     None if r.input_ok is None else int(r.input_ok), r.recipe))
+                     None if r.input_ok is None else int(r.input_ok), r.recipe, *_camera_columns(r.camera_stamp)))
                 ids.append(int(cur.lastrowid or 0))
             for m in messages:
                 inspection_id = ids[m.row_index] if m.row_index is not None else m.inspection_id

@@ -262,6 +262,12 @@ def test_line_triggered_frames_are_parts_named_by_the_camera_frame_id(tmp_path: 
     ids = [int(str(r["part_id"]).removeprefix("cam1-")) for r in rejects]
     assert ids == list(range(ids[0], ids[0] + len(ids)))  # one part per frame, the camera's numbering
     assert ids[0] != 0  # the camera's frame id (the fake starts near 65400), not edged's seq (0, 1, ...)
+    assert [r["camera_frame_id"] for r in rejects] == ids  # and said as such, beside the part id
+    db = sqlite3.connect(tmp_path / "state" / "edged.db")
+    # a free-run row is written before its part closes (part_id NULL): the camera's number ties it to the reject
+    stored = {uid: n for uid, n in db.execute("SELECT uid, camera_frame_id FROM inspections")}
+    db.close()
+    assert [stored[str(r["id"])] for r in rejects] == ids
 
 
 def test_edged_cameras_lists_devices_and_the_settings_they_take(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,11 +3,12 @@ because it is the contract with the controls engineers (README, "MQTT contract")
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 
-from edged.frames import Frame, Region, Verdict
+from edged.frames import CameraStamp, Frame, Region, Verdict
 from edged.parts import PartEvent, Trigger
 from edged.payloads import Audit, CameraState, NotInspected, Reject, Result, Stats, Status
 
@@ -31,10 +32,11 @@ def test_reject_fields_order_and_rounding() -> None:
         "expires_at": 1795766402.123457, "score": 0.041235, "threshold": 0.0297, "confidence": 1.3884,
         "regions": [{"x": 212, "y": 88, "w": 40, "h": 12, "area": 310, "peak": 0.091235}],
         "model": "cae-1", "frames": 3, "image": "/var/lib/edged/images/x.jpg", "recipe": None,
-        "inspection_id": None}
+        "camera_frame_id": None, "camera_timestamp_ns": None, "inspection_id": None}
     assert list(reject.to_dict()) == ["id", "station", "camera", "part_id", "seq", "reason", "captured_at",
                                       "decided_at", "expires_at", "score", "threshold", "confidence", "regions",
-                                      "model", "frames", "image", "recipe", "inspection_id"]
+                                      "model", "frames", "image", "recipe", "camera_frame_id",
+                                      "camera_timestamp_ns", "inspection_id"]
     assert reject.deadline == reject.to_dict()["expires_at"]  # the outbox row expires when the message says
     assert json.loads(reject.to_json()) == reject.to_dict()
 
@@ -51,7 +53,22 @@ def test_result_fields_order_and_rounding() -> None:
         "is_defective": False, "captured_at": 1795766400.123457, "decided_at": 1795766400.13158, "score": 0.01,
         "threshold": 0.0297, "confidence": 0.3367,
         "regions": [{"x": 212, "y": 88, "w": 40, "h": 12, "area": 310, "peak": 0.091235}], "model": "cae-1",
-        "input_ok": None, "degraded": None, "recipe": None, "inspection_id": None}
+        "input_ok": None, "degraded": None, "recipe": None, "camera_frame_id": None, "camera_timestamp_ns": None,
+        "inspection_id": None}
+
+
+def test_the_cameras_own_frame_number_and_clock_go_into_results_and_rejects() -> None:
+    """A GenICam frame's block id and timestamp, so the line can match a verdict with its own records; a clock
+    the camera does not give (0) is null, not a time."""
+    frame = dataclasses.replace(_verdict(7, T0).frame, camera_stamp=CameraStamp(frame_id=65534, timestamp_ns=2**60))
+    v = dataclasses.replace(_verdict(7, T0), frame=frame)
+    result = Result.for_verdict(v, "u1", "line1").to_dict()
+    assert (result["camera_frame_id"], result["camera_timestamp_ns"]) == (65534, 2**60)
+    reject = Reject.for_part(PartEvent("cam1", v, v, 0.0), "u1", "line1", 2000.0, None)
+    assert (reject.to_dict()["camera_frame_id"], reject.to_dict()["camera_timestamp_ns"]) == (65534, 2**60)
+    assert '"camera_timestamp_ns":1152921504606846976' in reject.to_json().replace(" ", "")  # an integer, exact
+    no_clock = dataclasses.replace(v, frame=dataclasses.replace(frame, camera_stamp=CameraStamp(3, 0)))
+    assert Result.for_verdict(no_clock, "u", "s").to_dict()["camera_timestamp_ns"] is None
 
 
 def test_not_inspected_has_nulls_where_there_is_no_verdict() -> None:
@@ -62,7 +79,7 @@ def test_not_inspected_has_nulls_where_there_is_no_verdict() -> None:
         "is_defective": None, "captured_at": None, "decided_at": 1795766401.723457,
         "triggered_at": 1795766400.123457, "expires_at": 1795766403.623457, "score": None, "threshold": None,
         "confidence": None, "regions": [], "model": None, "input_ok": None, "degraded": None,
-        "recipe": None, "inspection_id": None}
+        "recipe": None, "camera_frame_id": None, "camera_timestamp_ns": None, "inspection_id": None}
     assert message.deadline == message.to_dict()["expires_at"]
 
 

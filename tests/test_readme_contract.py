@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edged import payloads
+from edged.frames import CameraStamp
 from edged.topics import Topics
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -59,7 +60,8 @@ def topic_suffixes() -> set[str]:
 
 def placeholder(annotation: str) -> Any:
     """A value of the field's declared type (annotations are strings here: `from __future__ import annotations`)."""
-    kinds: list[tuple[str, Any]] = [("bool", True), ("int", 1), ("float", 1.0), ("str", "x"),
+    kinds: list[tuple[str, Any]] = [("CameraStamp", CameraStamp(frame_id=7, timestamp_ns=9)),
+                                    ("bool", True), ("int", 1), ("float", 1.0), ("str", "x"),
                                     ("tuple[str", ("x",)), ("tuple", ()),
                                     ("Mapping", {})]
     for prefix, value in kinds:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from edged.frames import CameraStamp
 from edged.store import InspectionRow, InspectionWriter, Outbox, OutboxMessage, connect, open_database
 
 
@@ -210,7 +211,7 @@ def test_outbox_sends_rejects_before_results_and_bounds_results(tmp_path: Path) 
         "SELECT COUNT(*) FROM outbox WHERE kind = 'reject' AND state = 'pending'").fetchone()[0] == 3
 
 
-def test_an_older_database_gets_the_input_ok_column_and_keeps_its_rows(tmp_path: Path) -> None:
+def test_an_older_database_gets_the_newer_columns_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     old = sqlite3.connect(path)  # the inspections table as the first release made it (no input_ok)
     old.execute("CREATE TABLE inspections (id INTEGER PRIMARY KEY AUTOINCREMENT, uid TEXT NOT NULL, seq INTEGER NOT "
@@ -222,8 +223,18 @@ def test_an_older_database_gets_the_input_ok_column_and_keeps_its_rows(tmp_path:
     old.commit()
     old.close()
     conn = open_database(path)
-    InspectionWriter(conn).record([row(1), replace(row(2), input_ok=False), replace(row(3), input_ok=True)], [])
-    got = conn.execute("SELECT uid, input_ok FROM inspections ORDER BY id").fetchall()
-    assert got == [("old", None), ("u1", None), ("u2", 0), ("u3", 1)]
+    stamped = replace(row(3), input_ok=True, camera_stamp=CameraStamp(frame_id=65534, timestamp_ns=2**62))
+    InspectionWriter(conn).record([row(1), replace(row(2), input_ok=False), stamped], [])
+    got = conn.execute("SELECT uid, input_ok, camera_frame_id, camera_timestamp_ns FROM inspections ORDER BY id")
+    assert got.fetchall() == [("old", None, None, None), ("u1", None, None, None), ("u2", 0, None, None),
+                              ("u3", 1, 65534, 2**62)]
     conn.close()
     assert open_database(path).execute("SELECT COUNT(*) FROM inspections").fetchone()[0] == 4  # migrated once
+
+
+def test_a_camera_number_beyond_sqlites_integers_is_null_not_a_lost_transaction(tmp_path: Path) -> None:
+    """A 64-bit USB3 Vision block id past 2^63 does not fit SQLite's signed integer: the row keeps NULL there
+    and the transaction (with its reject) still commits."""
+    conn = open_database(tmp_path / "e.db")
+    InspectionWriter(conn).record([replace(row(1), camera_stamp=CameraStamp(frame_id=2**64 - 1, timestamp_ns=5))], [])
+    assert conn.execute("SELECT camera_frame_id, camera_timestamp_ns FROM inspections").fetchall() == [(None, 5)]
