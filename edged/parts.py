@@ -103,6 +103,7 @@ class Trigger:
     due_at: float  # Unix seconds: trigger time + delay
     deadline_at: float  # Unix seconds: no verdict by then -> not_inspected
     received_at: float
+    refused: str = ""  # why its camera refused it at once (edged.handshake: not_ready...); '' when accepted
 
 
 class TriggerGate:

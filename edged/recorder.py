@@ -333,7 +333,8 @@ class RecorderThread(SupervisedThread):
         for trig in gone:
             self.counters.not_inspected += 1
             uid = uuid.uuid4().hex
-            log.warning("%s: part %s NOT INSPECTED (no verdict within its timeout)", trig.camera, trig.part_id)
+            why = f"trigger refused: {trig.refused}" if trig.refused else "no verdict within its timeout"
+            log.warning("%s: part %s NOT INSPECTED (%s)", trig.camera, trig.part_id, why)
             rows.append(InspectionRow(
                 uid=uid, seq=-1, camera=trig.camera, part_id=trig.part_id, captured_at=trig.due_at, decided_at=now,
                 score=None, threshold=None, is_defective=False, confidence=None, latency_ms=None, model="",

@@ -516,7 +516,8 @@ class Service:
         except MessageRefused as exc:
             self._trigger_refused(TriggerRefused(TriggerRefusal.BAD_MESSAGE, str(exc)), arrived_at, acks)
         refusals = {t.camera: r for t in parsed if (r := self.trigger_refusal(t.camera)) is not None}
-        parsed = [dataclasses.replace(t, deadline_at=arrived_at) if t.camera in refusals else t for t in parsed]
+        parsed = [dataclasses.replace(t, deadline_at=arrived_at, refused=refusals[t.camera].value)
+                  if t.camera in refusals else t for t in parsed]
         try:
             triggers = self._admission.admit(parsed, arrived_at)
         except TriggerRefused as exc:

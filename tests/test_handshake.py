@@ -81,7 +81,7 @@ class _Plc:
 
 @pytest.mark.slow
 def test_the_daemon_acknowledges_each_trigger_and_counts_results_the_plc_has_not_taken(
-        tmp_path: Path, broker: Broker) -> None:
+        tmp_path: Path, broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
     video = tmp_path / "line.avi"
     write_spot_video(video, 900, set())
     bundle = build_max_bundle(tmp_path / "bundle", bundle_id="model-a")
@@ -142,6 +142,8 @@ web: {{enabled: false}}
     assert len(results) == 4, results  # exactly one per part
     by_part = {str(r["part_id"]): r for r in results}
     assert by_part["P-dead"]["reason"] == "not_inspected"  # refused, and still its one (fail-safe) result
+    said = [r.getMessage() for r in caplog.records if "P-dead" in r.getMessage() and "NOT INSPECTED" in r.getMessage()]
+    assert said == ["cam2: part P-dead NOT INSPECTED (trigger refused: not_ready)"]  # not "no verdict in time"
     assert sorted(ids) == ids and len(set(ids)) == len(ids), ids  # increasing: the station's row ids
     assert {r["reason"] for p, r in by_part.items() if p != "P-dead"} == {"ok"}
     assert health["handshake"] == {"unacknowledged": 1, "acknowledged": 3, "overruns": 0, "unknown_acks": 0}
