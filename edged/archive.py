@@ -7,9 +7,9 @@ images hold (oldest deleted), so images that outgrew a small disk leave room for
 
 Beside a frame goes its anomaly map as people see it (`<name>_map.png`: grey, 0-255 over the map's own
 range, at the model's resolution), not a rendered overlay: a PNG of 128 x 128 costs a fraction of a
-millisecond where a 640 x 480 overlay JPEG cost as much CPU as the frame's JPEG (flat out, a sixth of the
-daemon's CPU went to overlays nobody looked at). The web view draws the overlay from the two on demand,
-with `overlay_from_map`, the same pixels `render_overlay` gives.
+millisecond where a 640 x 480 overlay JPEG cost about as much CPU as the frame's own (a saved reject: 6.1-7.6
+-> 4.0-4.2 ms, docs/performance.md). The web view draws the overlay from the two on demand, with
+`overlay_from_map`, the same pixels `render_overlay` gives.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class ImageArchive:
             return None
         self.saved += 1
         try:
-            self._write_overlay(base, verdict)
+            self._write_map(base, verdict)
         except OSError as exc:  # the frame stays: the overlay is only a convenience
             self._failed(exc, "overlay")
         self._enforce_quota()
@@ -117,7 +117,7 @@ class ImageArchive:
         else:
             log.warning("cannot save defect %s: %s", what, exc)
 
-    def _write_overlay(self, base: Path, verdict: Verdict) -> None:
+    def _write_map(self, base: Path, verdict: Verdict) -> None:
         if self.overlay and verdict.anomaly_map is not None:
             self._write(map_path(base.with_suffix(self.ext)), map_image(verdict.anomaly_map))
 
@@ -245,10 +245,14 @@ def overlay_from_map(image: np.ndarray, grey_map: np.ndarray, boxes: Iterable[tu
     frame = to_uint8(frame)  # the one 16-bit rule (edged.preprocess); a 16-bit frame keeps its top 8 bits
     h, w = frame.shape[:2]
     heat = cv2.applyColorMap(cv2.resize(grey_map, (w, h)), cv2.COLORMAP_JET)
-    out = cv2.addWeighted(frame[:, :, :3], 0.6, heat, 0.4, 0)
+    return draw_boxes(cv2.addWeighted(frame[:, :, :3], 0.6, heat, 0.4, 0), boxes)
+
+
+def draw_boxes(image: np.ndarray, boxes: Iterable[tuple[int, int, int, int]]) -> np.ndarray:
+    """The defect boxes (x, y, w, h) drawn in red on `image` (BGR uint8, changed in place), which is returned."""
     for x, y, bw, bh in boxes:
-        cv2.rectangle(out, (x, y), (x + max(bw, 1) - 1, y + max(bh, 1) - 1), (0, 0, 255), 2)
-    return out
+        cv2.rectangle(image, (x, y), (x + max(bw, 1) - 1, y + max(bh, 1) - 1), (0, 0, 255), 2)
+    return image
 
 
 def render_overlay(image: np.ndarray, amap: np.ndarray, regions: Iterable[Region] = ()) -> np.ndarray:

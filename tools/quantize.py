@@ -188,7 +188,11 @@ def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, input_na
             log.warning("quant_pre_process failed (%s); quantizing the graph as exported", exc)
             summary["pre_process"] = f"skipped: {type(exc).__name__}"
         if source == pre:  # constants folded by the pre-processing: the Pads' amounts are now initializers
-            summary["pads_folded"] = fold_pads(pre)
+            try:
+                summary["pads_folded"] = fold_pads(pre)
+            except Exception as exc:  # an optimization too: a graph it cannot read is quantized as it is
+                log.warning("folding Pads into convolutions failed (%s); quantizing with them", exc)
+                summary["pads_folded"] = f"skipped: {type(exc).__name__}"
         reader = _CalibrationReader(input_name, calibration, fixed or batch_size)
         if fixed:  # drop a short last batch the graph cannot take
             reader.batches = [b for b in reader.batches if len(b) == fixed] or reader.batches[:1]

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edged.archive import map_path, overlay_from_map, render_overlay
+from edged.archive import draw_boxes, map_path, overlay_from_map, render_overlay
 from edged.frames import Frame, Verdict
 from edged.preprocess import to_uint8
 
@@ -56,9 +56,7 @@ def boxes_on(image: np.ndarray, regions: list[dict[str, float | int]]) -> np.nda
     """A copy of the frame with the regions' boxes drawn (a stored frame whose map was not saved)."""
     out = to_uint8(image)
     out = cv2.cvtColor(out, cv2.COLOR_GRAY2BGR) if out.ndim == 2 else out[:, :, :3].copy()
-    for x, y, w, h in _boxes(regions):
-        cv2.rectangle(out, (x, y), (x + max(w, 1) - 1, y + max(h, 1) - 1), (0, 0, 255), 2)
-    return out
+    return draw_boxes(out, _boxes(regions))
 
 
 def stored_overlay(frame_path: Path, frame: np.ndarray, regions: list[dict[str, float | int]]) -> np.ndarray:
