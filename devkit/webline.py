@@ -111,8 +111,11 @@ def basic(password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"prometheus:{password}".encode()).decode()}
 
 
-def start_line(root: Path, web_extra: str = "", password: bool = True) -> WebLine:
-    """Build and start the line under `root` (the view behind PASSWORD, or open on loopback); the caller stops it."""
+def start_line(root: Path, web_extra: str = "", password: bool = True, request_timeout_s: float = 10.0) -> WebLine:
+    """Build and start the line under `root` (the view behind PASSWORD, or open on loopback); the caller stops it.
+
+    `request_timeout_s` is the product's default: a test that holds slots with silent sockets needs them held
+    until it has looked, which a short deadline would race on a loaded machine."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "broker").mkdir(exist_ok=True)
     broker = Broker(root / "broker")
@@ -128,7 +131,7 @@ def start_line(root: Path, web_extra: str = "", password: bool = True) -> WebLin
         cfg = load_config(write_config(
             root / "edged.yaml", bundle, video, root / "state", broker.port,
             extra_camera="    loop: true\n    realtime: true\n    fps: 30",
-            extra=f"web: {{port: 0, request_timeout_s: 3{login}{more}}}"))
+            extra=f"web: {{port: 0, request_timeout_s: {request_timeout_s}{login}{more}}}"))
         runner = ServiceRunner(cfg).start()
         wait_until(lambda: runner.service.web is not None or runner.error is not None, 30, "the web view")
         web = runner.service.web

@@ -237,8 +237,9 @@ class WebConfig(Section):
     session_hours: float = Field(12.0, gt=0, le=24 * 30, description="A login lasts this long (one shift).")
     max_clients: int = Field(8, ge=1, le=64, description="Requests served at once; more are answered 503 at once, "
                                                          "so a crowd of browsers cannot pile up threads.")
-    request_timeout_s: float = Field(10.0, gt=0, le=300, description="A client silent this long in a request is "
-                                                                     "dropped (a slow or hostile browser).")
+    request_timeout_s: float = Field(10.0, gt=0, le=300, description="A connection not done this long after it "
+                                                                     "was accepted is cut (a slow or hostile "
+                                                                     "browser), however it trickles its bytes.")
     live_fps: float = Field(4.0, gt=0, le=30, description="The live frame is encoded at most this often per camera "
                                                           "(in the web thread, shared by every viewer).")
     feedback_dir: Path = Field(Path("feedback"), description="Folder of feedback images, relative to "

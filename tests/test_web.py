@@ -255,6 +255,34 @@ def test_silent_clients_get_no_more_than_their_slots_and_the_pipeline_goes_on(li
     assert line.runner.service.web is not None and line.runner.service.web.refused >= 1
 
 
+def test_a_client_trickling_its_request_is_cut_at_the_deadline(line: WebLine) -> None:
+    """request_timeout_s is one deadline for the connection: a byte every 0.3 s (each read well inside the
+    timeout) no longer holds a slot for ever; the server cuts it once the 10 s are up (with slack for a loaded
+    box) and the view still answers."""
+    timeout_s = line.runner.service.config.web.request_timeout_s
+    start = time.monotonic()
+    cut = False
+    with socket.create_connection((line.host, line.port)) as trickle:
+        trickle.settimeout(0.3)
+        request = b"GET /login HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 200
+        for byte in request:
+            try:
+                trickle.sendall(bytes([byte]))
+                if trickle.recv(1024) == b"":
+                    cut = True
+                    break
+            except TimeoutError:
+                pass  # nothing from the server yet: trickle on
+            except OSError:
+                cut = True
+                break
+            if time.monotonic() - start > timeout_s + 15:
+                break
+    assert cut, f"a trickling client still held its slot {time.monotonic() - start:.0f} s after connecting"
+    assert time.monotonic() - start >= timeout_s - 0.5  # cut by the deadline, not at once
+    assert Client(line).get("/login").status == 200
+
+
 def test_a_view_outside_loopback_needs_a_password_or_auth_none() -> None:
     base = {"model": {"bundle": "/b"}, "cameras": [{"name": "c", "source": "x.avi"}]}
     with pytest.raises(ConfigError, match=r"web: .*bind 0\.0\.0\.0 is not loopback"):

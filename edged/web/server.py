@@ -4,7 +4,9 @@ Why the stdlib and not a framework: the view serves one station's few browsers a
 so the standard library's `http.server` is enough once it is bounded, and it adds no dependency (and no
 event loop) to a daemon that must run for years on a small box. The bounds are what keeps a slow or hostile
 client from the pipeline: at most `web.max_clients` requests are served at once (more get a 503 at once,
-they do not queue up threads), every socket has `web.request_timeout_s`, a request body is at most
+they do not queue up threads), every connection is cut `web.request_timeout_s` after it was accepted (a whole
+deadline, not one per read: a client that trickles a byte a second would reset a per-read timeout forever and
+keep its slot), a request body is at most
 MAX_BODY bytes, headers are bounded by http.server itself (64 KiB lines, 100 headers). The handlers never
 take a lock the capture, inference or recorder threads take: they read counters and the latest verdicts by
 reference, encode JPEGs themselves, and read SQLite through their own read-only connection.
@@ -13,6 +15,7 @@ reference, encode JPEGs themselves, and read SQLite through their own read-only 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import logging
 import socket
@@ -54,6 +57,8 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.cpu_seconds = 0.0  # CPU time of every request's thread (bench: the view's CPU share)
         self._cpu_lock = threading.Lock()
         self._beat = beat
+        self._deadlines: dict[socket.socket, float] = {}  # connections being served, and when each is cut
+        self._deadline_lock = threading.Lock()
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
         # the socket timeout of every client (a silent client is dropped): StreamRequestHandler's class attribute
@@ -75,11 +80,29 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """The request, then its slot back whatever happened."""
+        """The request under its deadline, then its slot back whatever happened."""
+        with self._deadline_lock:
+            self._deadlines[request] = time.monotonic() + self.web.request_timeout_s
         try:
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+
+    def shutdown_request(self, request: Any) -> None:
+        """Close a connection, first taken off the deadlines (so `_cut_overdue` never touches a closed socket)."""
+        with self._deadline_lock:
+            self._deadlines.pop(request, None)
+        super().shutdown_request(request)
+
+    def _cut_overdue(self) -> None:
+        """Shut down every connection past its deadline: its handler's blocked read or write returns at once and
+        its thread ends, giving its slot back."""
+        now = time.monotonic()
+        with self._deadline_lock:
+            for request, deadline in self._deadlines.items():
+                if deadline <= now:
+                    with contextlib.suppress(OSError):  # already gone
+                        request.shutdown(socket.SHUT_RDWR)
 
     def add_cpu(self, seconds: float) -> None:
         """A request's thread CPU time (its handler calls this once, at its end)."""
@@ -87,8 +110,9 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
             self.cpu_seconds += seconds
 
     def service_actions(self) -> None:
-        """Called by serve_forever between polls: the web thread's heartbeat."""
+        """Called by serve_forever between polls (at least every poll_interval): the heartbeat, the deadlines."""
         self._beat()
+        self._cut_overdue()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A handler's exception is logged, never printed to stderr; a client that hung up or went silent is only
