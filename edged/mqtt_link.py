@@ -1,7 +1,12 @@
 """The MQTT link: durable rejects from the outbox, plus status, camera states, results and stats.
 
 One thread of ours owns the connection and the outbox's database connection; paho's network thread
-only moves bytes and reports acknowledgements back through a queue. Each connection uses a FRESH
+only moves bytes and reports acknowledgements back through a queue. The one shortcut: the recorder hands
+each commit's rejects to `offer`, which publishes them from the recorder's thread when the link is caught
+up (connected, not stalled, room in the window and the rate, nothing older waiting), under the same lock as
+the link's own steps; that spares a reject the wake-up of the link's thread and its query of the outbox
+(a GIL hand-off and a SELECT, the larger part of the commit-to-broker time). Otherwise it only wakes the
+link, which reads the outbox as ever. Each connection uses a FRESH
 paho client: paho re-sends its unacknowledged messages on reconnect, and a reject re-sent after its
 deadline could move an actuator for a part that has already gone. Instead, unacknowledged rows simply
 stay `pending` in the outbox, are checked against their deadline again and re-published (same `id`:
@@ -139,6 +144,13 @@ class MqttLink(SupervisedThread):
         self._inflight_since: dict[int, float] = {}  # paho mid -> time.monotonic() it was published
         self._inflight_rows: set[int] = set()
         self._acked: list[int] = []  # acknowledged, not yet marked delivered in the database
+        # the fast path (`offer`), all under _step_lock but _missed (the recorder's thread's own)
+        self._step_lock = threading.Lock()  # held by each step of the link's thread, and by `offer`
+        self._fast_ok = False  # the last fetch got every pending message and nothing went back to pending since
+        self._handled_upto = 0  # highest reject row id fetched or published (every older one is in flight or done)
+        self._missed = 0  # highest reject row id `offer` could not publish: the link's thread must fetch it first
+        self._unmarked: list[int] = []  # published by `offer`, their attempt not yet counted in the database
+        self.offered = 0  # rejects published by `offer` (the rest went through the link's thread)
         self.db_errors = 0
         self._last_db_error_log = 0.0
         self._draining_since: float | None = None
@@ -168,6 +180,18 @@ class MqttLink(SupervisedThread):
     def wake(self) -> None:
         """Have the link's thread look at the outbox now (a commit added rejects); from any thread."""
         self.wake_event.set()
+
+    def offer(self, items: list[OutboxItem]) -> None:
+        """Messages the recorder has just committed, from its thread: the rejects among them go out at once when
+        the link is caught up; whatever is left, the link's thread is woken for (it reads them from the outbox)."""
+        rejects = [i for i in items if i.kind == "reject"]
+        published = bool(rejects) and self._publish_now(rejects)
+        if rejects and not published:
+            self._missed = max(self._missed, rejects[-1].id)
+        if not published or len(rejects) < len(items):
+            self.wake_event.set()
+        # else no wake-up: the broker's acknowledgement wakes the link's thread, which counts their attempt then;
+        # waking it now would only compete for the GIL with paho's thread sending them
 
     def send(self, topic: str, payload: Payload | str, qos: int = 0, retain: bool = False) -> None:
         """Publish a non-durable message (results, stats, states) on a topic of `self.topics`; dropped while
@@ -209,7 +233,8 @@ class MqttLink(SupervisedThread):
 
     def finish(self) -> None:
         """Say `stopped` and disconnect (when connected); the service waits on `done`."""
-        self._close(clean=True)
+        with self._step_lock:
+            self._close(clean=True)
         self.done.set()
 
     def _loop(self) -> None:
@@ -235,7 +260,17 @@ class MqttLink(SupervisedThread):
             log.error("outbox database error: %s (%d so far); retrying", exc, self.db_errors)
 
     def _step(self) -> bool:
-        """One pass of the link's work; True when it is time to end (stopped, and drained or given up)."""
+        """One pass of the link's work, then a wait for the next; True when it is time to end (stopped, and
+        drained or given up). Cleared before the work: a wake-up that comes during it is not lost."""
+        self.wake_event.clear()
+        with self._step_lock:
+            if self._work():
+                return True
+        self.wake_event.wait(0.02 if self._inflight else 0.2)
+        return False
+
+    def _work(self) -> bool:
+        """The step's work, under the step lock (`offer` changes the same state)."""
         self.heartbeats.beat(self.name)
         now = time.monotonic()
         if self._client is None and now >= self._next_attempt:
@@ -245,6 +280,9 @@ class MqttLink(SupervisedThread):
             self._on_lost()
         self._flush_volatile()  # first: rejects published directly (database failing) wait for no bookkeeping
         self._handle_acks()
+        if self._unmarked:
+            self.outbox.attempted(self._unmarked)
+            self._unmarked = []
         if self.connected and self._inflight_deadline and min(self._inflight_deadline.values()) <= time.time():
             self._abort()
         if self.connected:
@@ -261,8 +299,6 @@ class MqttLink(SupervisedThread):
             if (self.backlog == 0 and not self._inflight) or not self.connected or now - self._draining_since > 2.0:
                 self.drained.set()
                 return True
-        self.wake_event.wait(0.02 if self._inflight else 0.2)
-        self.wake_event.clear()
         return False
 
     # --- connection --------------------------------------------------------------------------------
@@ -412,6 +448,7 @@ class MqttLink(SupervisedThread):
         problem, self._problem = self._problem, None
         if problem is None and was_connected and not ours:
             problem = self._session_problem(time.monotonic() - self._connected_at)
+        self._fast_ok = False  # what was in flight is pending again
         self._inflight.clear()
         self._inflight_deadline.clear()
         self._inflight_since.clear()
@@ -514,6 +551,7 @@ class MqttLink(SupervisedThread):
                 self._acked.append(row)  # stays in _inflight_rows (not re-sent) until marked
             else:
                 self._inflight_rows.discard(row)
+                self._fast_ok = False  # pending again: the link's thread re-sends it before anything newer
         if self._acked:
             rows = self._acked
             try:
@@ -533,14 +571,20 @@ class MqttLink(SupervisedThread):
         self._tokens = min(rate, self._tokens + (now - self._last_refill) * rate)
         self._last_refill = now
 
-    def _pump(self) -> None:
-        room = WINDOW - len(self._inflight)
-        if room <= 0 or self._client is None:
-            return
-        if self._inflight_since and time.monotonic() - min(self._inflight_since.values()) > ACK_STALL_S:
-            return  # the broker stopped acknowledging: hold the rest back rather than queue them behind
+    def _stalled(self) -> bool:
+        """The broker stopped acknowledging: hold the rest back rather than queue them behind."""
+        return bool(self._inflight_since) and time.monotonic() - min(self._inflight_since.values()) > ACK_STALL_S
+
+    def _room(self) -> int:
+        """How many more may be published now: the window's room, the rate's tokens."""
+        if self._client is None or self._stalled():
+            return 0
         self._refill()
-        room = min(room, int(self._tokens))
+        return max(0, min(WINDOW - len(self._inflight), int(self._tokens)))
+
+    def _pump(self) -> None:
+        """Publish what the outbox holds (rejects first), as far as the window and the rate allow."""
+        room = self._room()
         if room <= 0:
             return
         items = self.outbox.next_to_send(room, self._inflight_rows)  # rejects first
@@ -548,17 +592,54 @@ class MqttLink(SupervisedThread):
         expired = [i for i in items if i.kind == "reject" and i.expires_at is not None and now >= i.expires_at]
         if expired:
             self._expire(expired)
+        fresh = [i for i in items if i not in expired]
+        sent = self._publish(fresh, now)
+        if sent:
+            self.outbox.attempted(sent)
+        fetched = [i.id for i in items if i.kind == "reject"]
+        self._handled_upto = max([self._handled_upto, *fetched])
+        # fewer than asked for: nothing pending was left behind, so `offer` may publish what comes next
+        self._fast_ok = len(items) < room and len(sent) == len(fresh)
+
+    def _publish_now(self, rejects: list[OutboxItem]) -> bool:
+        """`offer`'s publish, from the recorder's thread: only when the link's thread is not in a step and
+        nothing older than these rejects waits (else they would overtake it); True when all went out."""
+        if not self._step_lock.acquire(blocking=False):
+            return False
+        try:
+            caught_up = (self._fast_ok and self.connected and not self._lost.is_set()
+                         and self._missed <= self._handled_upto < rejects[0].id)
+            now = time.time()
+            if not caught_up or any(i.expires_at is not None and now >= i.expires_at for i in rejects):
+                return False
+            if self._room() < len(rejects):
+                return False
+            sent = self._publish(rejects, now)
+            self._unmarked.extend(sent)
+            self.offered += len(sent)
+            if len(sent) < len(rejects):
+                self._fast_ok = False  # the connection is going down; the rest stay pending
+                return False
+            self._handled_upto = rejects[-1].id
+            return True
+        finally:
+            self._step_lock.release()
+
+    def _publish(self, items: list[OutboxItem], now: float) -> list[int]:
+        """Publish outbox messages QoS 1 and track them in flight; the ids that went out (all, unless the
+        connection is going down: the rest stay pending)."""
         sent: list[int] = []
+        client = self._client
+        if client is None:
+            return sent
         for item in items:
-            if item in expired:
-                continue
             props = None
             if self.cfg.protocol == "5" and item.expires_at is not None:
                 props = Properties(PacketTypes.PUBLISH)
                 props.MessageExpiryInterval = max(1, math.ceil(item.expires_at - now))
-            info = self._client.publish(item.topic, item.payload, qos=1, properties=props)
+            info = client.publish(item.topic, item.payload, qos=1, properties=props)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                break  # connection going down; the row stays pending
+                break
             self._inflight[info.mid] = item.id
             self._inflight_since[info.mid] = time.monotonic()
             if item.kind == "reject" and item.expires_at is not None:
@@ -568,8 +649,7 @@ class MqttLink(SupervisedThread):
             self._inflight_rows.add(item.id)
             self._tokens -= 1
             sent.append(item.id)
-        if sent:
-            self.outbox.attempted(sent)
+        return sent
 
     def _expire(self, items: list[OutboxItem]) -> None:
         """Past its deadline: never actuate. Counted, logged, and told to the MES on /audit."""

@@ -26,7 +26,7 @@ from edged.input_health import InputHealth
 from edged.logsetup import LogThrottle
 from edged.parts import FreeRunGrouper, PartEvent, Trigger, TriggerBook
 from edged.payloads import NotInspected, Reject, Result
-from edged.store import InspectionRow, InspectionWriter, OutboxMessage, is_disk_full
+from edged.store import InspectionRow, InspectionWriter, OutboxItem, OutboxMessage, Recorded, is_disk_full
 from edged.topics import Topics
 from edged.worker import Decided
 
@@ -52,7 +52,7 @@ class RecorderThread(SupervisedThread):
 
     def __init__(self, config: Config, decided: queue.Queue[Decided], writer: InspectionWriter,
                  archive: ImageArchive | None, counters: Counters, latency: LatencyWindow,
-                 heartbeats: Heartbeats, stop: threading.Event, wake_sender: Callable[[], None],
+                 heartbeats: Heartbeats, stop: threading.Event, to_link: Callable[[list[OutboxItem]], None],
                  send_result: Callable[[Result], None] | None = None,
                  on_verdict: Callable[[Verdict, str], None] | None = None,
                  publish_direct: Callable[[str, dict[str, object]], None] | None = None,
@@ -70,7 +70,7 @@ class RecorderThread(SupervisedThread):
         self.latency = latency
         self.heartbeats = heartbeats
         self.stop_event = stop
-        self.wake_sender = wake_sender
+        self.to_link = to_link  # committed outbox messages: the link publishes them (MqttLink.offer)
         self.send_result = send_result
         self.on_verdict = on_verdict  # replay's per-frame output
         self.publish_direct = publish_direct  # when the database cannot be written
@@ -168,11 +168,11 @@ class RecorderThread(SupervisedThread):
         if not group.rows and not messages:
             return
         try:
-            ids = self.writer.record(group.rows, messages)
+            done = self.writer.record(group.rows, messages)
         except sqlite3.Error as exc:
             self._commit_failed(exc, group, messages)
             return
-        self._committed(group, messages, ids)
+        self._committed(group, messages, done)
 
     def _take_triggers(self) -> None:
         """Book the triggers the MQTT thread queued since the last group."""
@@ -249,19 +249,21 @@ class RecorderThread(SupervisedThread):
                 self.publish_direct(m.topic, m.payload)
         self._save_images(group.images, None)
 
-    def _committed(self, group: _Group, messages: list[OutboxMessage], ids: list[int]) -> None:
-        """After the group's transaction: row ids for open parts, counters, wake the link, hand over images."""
+    def _committed(self, group: _Group, messages: list[OutboxMessage], done: Recorded) -> None:
+        """After the group's transaction: the messages to the link first (a reject is the line's latency), then row
+        ids for open parts, counters, images."""
+        if done.outbox:
+            self.to_link(done.outbox)
         if self.last_db_error:
             log.warning("the database accepts commits again (after %d failed ones)", self.db_errors)
             self.last_db_error, self.db_full = "", False
+        ids = done.ids
         self._remember_defect_ids(group.verdict_rows, ids)
         if self.on_results is not None:
             sent = [(ids[m.row_index], m.payload) for m in messages if m.kind == "result" and m.row_index is not None]
             if sent:
                 self.on_results(sent)
         self._count(group.events, messages)
-        if messages:
-            self.wake_sender()
         self._save_images(group.images, ids)
 
     def _remember_defect_ids(self, verdict_rows: dict[tuple[str, int], int], ids: list[int]) -> None:

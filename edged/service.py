@@ -192,7 +192,7 @@ class Service:
         self._start_input_health()
         self.recorder = RecorderThread(
             cfg, self.decided, self.writer, self.archive, self.counters, self.latency, self.heartbeats,
-            self.worker_stop, wake_sender=self.link.wake if self.link else (lambda: None),
+            self.worker_stop, to_link=self.link.offer if self.link else (lambda items: None),
             send_result=self.link.send_result if (self.link and cfg.mqtt.publish_results) else None,
             on_verdict=self._on_verdict if self.web_enabled else self.on_verdict,
             publish_direct=self.link.publish_direct if self.link else None, input_health=self.input_health)

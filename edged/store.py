@@ -265,16 +265,26 @@ class OutboxItem:
     attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What one `InspectionWriter.record` committed: the inspections' row ids (in the rows' order) and the outbox
+    messages as the link publishes them (the recorder hands the rejects to the link at once: `MqttLink.offer`)."""
+
+    ids: list[int]
+    outbox: list[OutboxItem]
+
+
 class InspectionWriter:
     """The recorder thread's side of the database: inspections and new outbox rows."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
-    def record(self, rows: list[InspectionRow], messages: list[OutboxMessage]) -> list[int]:
-        """Insert rows and their messages in ONE transaction; returns the inspection ids."""
+    def record(self, rows: list[InspectionRow], messages: list[OutboxMessage]) -> Recorded:
+        """Insert rows and their messages in ONE transaction; returns their ids and the messages as stored."""
         now = time.time()
         ids: list[int] = []
+        outbox: list[OutboxItem] = []
         cur = self.conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
@@ -294,10 +304,12 @@ class InspectionWriter:
                 payload = m.payload
                 if "inspection_id" in payload and inspection_id is not None:  # the handshake's id: this row's
                     payload = {**payload, "inspection_id": inspection_id}
+                text = jsonout.dumps(payload)
                 cur.execute(
                     "INSERT INTO outbox (inspection_id, kind, topic, payload, created_at, expires_at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (inspection_id, m.kind, m.topic, jsonout.dumps(payload), now, m.expires_at))
+                    (inspection_id, m.kind, m.topic, text, now, m.expires_at))
+                outbox.append(OutboxItem(int(cur.lastrowid or 0), m.kind, m.topic, text, m.expires_at, 0))
             cur.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (SQLITE_FULL, IOERR, BUSY): a ROLLBACK then fails with
@@ -308,7 +320,7 @@ class InspectionWriter:
                 except sqlite3.Error as rollback:
                     log.warning("ROLLBACK after a failed write failed too: %s", rollback)
             raise
-        return ids
+        return Recorded(ids, outbox)
 
     def forget_images(self, ids: list[int]) -> None:
         """Rows whose planned image could not be written: no path to a file that does not exist."""

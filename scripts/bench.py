@@ -258,7 +258,7 @@ def child_main(args: argparse.Namespace) -> int:
     import edged.service as service_mod
     from edged.config import load_config
     from edged.logsetup import setup_logging
-    from edged.store import InspectionRow, InspectionWriter, OutboxMessage
+    from edged.store import InspectionRow, InspectionWriter, OutboxMessage, Recorded
 
     cfg = load_config(args.config)
     setup_logging("warning")
@@ -270,9 +270,9 @@ def child_main(args: argparse.Namespace) -> int:
     commits: list[float] = []
 
     class TimedWriter(InspectionWriter):
-        def record(self, rows: list[InspectionRow], messages: list[OutboxMessage]) -> list[int]:
+        def record(self, rows: list[InspectionRow], messages: list[OutboxMessage]) -> Recorded:
             t0 = time.monotonic()
-            ids = super().record(rows, messages)
+            done = super().record(rows, messages)
             t1, wall = time.monotonic(), time.time()
             commits.append((t1 - t0) * 1000)
             with lock:
@@ -280,7 +280,7 @@ def child_main(args: argparse.Namespace) -> int:
                     r["committed"], r["committed_at"] = t1, wall
                 records.extend(pending)
                 pending.clear()
-            return ids
+            return done
 
     def on_verdict(v: Verdict, uid: str) -> None:
         f = v.frame

@@ -246,7 +246,7 @@ def test_a_degraded_cameras_free_run_verdicts(tmp_path: Path, mode: str) -> None
                                    extra=f"input_health: {{on_degraded: {mode}}}"))
     health = InputHealth(cfg.input_health, ["cam1"], load_manifest(bundle))
     rec = RecorderThread(cfg, queue.Queue(), InspectionWriter(open_database(tmp_path / "e.db")), None, Counters(),
-                         LatencyWindow(), Heartbeats(), threading.Event(), wake_sender=lambda: None,
+                         LatencyWindow(), Heartbeats(), threading.Event(), to_link=lambda items: None,
                          input_health=health)
     frame = Frame("cam1", 5, np.zeros((4, 4), np.uint8), 0.0, 0.0, input=FrameInput(False, ("frozen",), "frozen"))
     group = _Group()

@@ -28,7 +28,7 @@ def db(tmp_path: Path) -> tuple[object, list[int], Path]:
     conn = open_database(tmp_path / "edged.db")
     ensure_schema(conn)
     ids = InspectionWriter(conn).record([_row(1, True, str(frame)), _row(2, False, None),
-                                         _row(3, True, str(outside))], [])
+                                         _row(3, True, str(outside))], []).ids
     return conn, ids, tmp_path
 
 

@@ -341,6 +341,93 @@ def test_a_reject_goes_out_before_thousands_of_pending_results(tmp_path: Path, t
     assert results_before_it < 1000  # it overtook at least half of the flood (FIFO: behind all 2000)
 
 
+# --- the recorder's fast path (MqttLink.offer) ------------------------------------------------------------
+
+class SteppedLink:
+    """An MqttLink whose thread is not started: the test takes its steps (`step`) on its own thread, so whether
+    `offer` finds the link busy or caught up is the test's choice, not the scheduler's."""
+
+    def __init__(self, tmp_path: Path, bundle: Path, port: int) -> None:
+        from edged.health import Heartbeats
+        from edged.mqtt_link import MqttLink
+        from edged.store import InspectionWriter, Outbox, connect, open_database
+
+        cfg = load_config(write_config(tmp_path / "edged.yaml", bundle, tmp_path, tmp_path / "state", port))
+        db_path = tmp_path / "state" / "edged.db"
+        self.writer = InspectionWriter(open_database(db_path))
+        self.link = MqttLink(cfg, db_path, Heartbeats(), threading.Event())
+        self.link.outbox = Outbox(connect(db_path))
+        self.conn = self.writer.conn
+
+    def step(self) -> bool:
+        """One pass of the link's thread, here; its result (False until stopped, for `wait_until`)."""
+        return self.link._step()
+
+    def ids(self, sub: Subscriber) -> list[object]:
+        """The ids of the rejects `sub` received, in arrival order."""
+        return [m["id"] for m in sub.on(f"{BASE}/reject") if isinstance(m, dict)]
+
+    def reject(self, name: str) -> list[Any]:
+        """Commit one reject (as the recorder does) and return the outbox items `offer` gets."""
+        from edged.store import OutboxMessage
+
+        deadline = time.time() + 30.0
+        return self.writer.record([], [OutboxMessage("reject", f"{BASE}/reject", {"id": name}, deadline)]).outbox
+
+    def connect(self) -> None:
+        wait_until(lambda: self.step() or self.link.connected, 10, "the link connected")
+        self.step()  # its first look at the outbox
+
+    def close(self) -> None:
+        self.link.finish()
+
+
+def test_a_committed_reject_goes_out_from_the_committing_thread_when_the_link_is_caught_up(
+        tmp_path: Path, tiny_bundle: Path, broker: Broker) -> None:
+    line = SteppedLink(tmp_path, tiny_bundle, broker.port)
+    sub = Subscriber(broker.port, [f"{BASE}/reject"])
+    try:
+        line.connect()
+        line.link.offer(line.reject("r1"))
+        assert line.link.offered == 1  # published by offer itself: no step of the link's thread in between
+        wait_until(lambda: line.ids(sub) == ["r1"], 10, "r1 at the subscriber")
+        wait_until(lambda: line.step() or line.link.delivered == 1, 10, "its acknowledgement")
+        # the row is what the link's own path leaves: delivered, one attempt counted
+        assert line.conn.execute("SELECT state, attempts FROM outbox").fetchall() == [("delivered", 1)]
+    finally:
+        line.close()
+        sub.close()
+
+
+def test_a_reject_the_link_could_not_take_at_once_is_never_overtaken(tmp_path: Path, tiny_bundle: Path,
+                                                                     broker: Broker) -> None:
+    """Order is kept whatever the fast path finds. r0 waits from before the connection: r1, offered once
+    connected, must wait behind it for the link's query. r2 is offered while the link's thread is in a step
+    (its lock held): r3, offered when the link is free again, must wait too, until the link has fetched r2.
+    After that, r4 goes out at once again."""
+    line = SteppedLink(tmp_path, tiny_bundle, broker.port)
+    sub = Subscriber(broker.port, [f"{BASE}/reject"])
+    try:
+        assert line.reject("r0")  # committed before the link ever connected, never offered
+        line.link._connect()  # connect without the step's look at the outbox
+        wait_until(lambda: line.link.connected, 10, "the link connected")
+        line.link.offer(line.reject("r1"))
+        assert line.link.offered == 0  # r0 is older and not yet fetched
+        line.step()  # the link's thread: r0, r1 from the outbox
+        with line.link._step_lock:  # the link's thread busy in a step
+            line.link.offer(line.reject("r2"))
+        line.link.offer(line.reject("r3"))
+        assert line.link.offered == 0
+        line.step()  # r2, r3 from the outbox, in their order
+        line.link.offer(line.reject("r4"))
+        assert line.link.offered == 1
+        wait_until(lambda: len(sub.on(f"{BASE}/reject")) == 5, 10, "five rejects")
+        assert line.ids(sub) == ["r0", "r1", "r2", "r3", "r4"]
+    finally:
+        line.close()
+        sub.close()
+
+
 # --- a broker that refuses or drops us -------------------------------------------------------------------
 
 def _errors(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:

@@ -22,11 +22,15 @@ def row(seq: int, defective: bool = False, t: float | None = None) -> Inspection
 def test_rows_and_their_rejects_are_written_together(tmp_path: Path) -> None:
     conn = open_database(tmp_path / "e.db")
     w = InspectionWriter(conn)
-    ids = w.record([row(0), row(1, True)], [OutboxMessage("reject", "t/reject", {"id": "u1"}, time.time() + 2,
-                                                          row_index=1)])
+    done = w.record([row(0), row(1, True)], [OutboxMessage("reject", "t/reject", {"id": "u1"}, time.time() + 2,
+                                                           row_index=1)])
+    ids = done.ids
     assert len(ids) == 2
-    (inspection_id, state) = conn.execute("SELECT inspection_id, state FROM outbox").fetchone()
+    (outbox_id, inspection_id, state) = conn.execute("SELECT id, inspection_id, state FROM outbox").fetchone()
     assert inspection_id == ids[1] and state == "pending"
+    # the message as stored, for the link's fast path: its row id, and the payload text the row holds
+    assert done.outbox == Outbox(conn).pending(10)
+    assert done.outbox[0].id == outbox_id and done.outbox[0].kind == "reject"
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
