@@ -52,10 +52,13 @@ class FreeRunGrouper:
         self.max_s = max_part_ms / 1000.0
         self.max_frames = max_part_frames
         self.open: PartEvent | None = None
+        self.joined: PartEvent | None = None  # the part the last verdict fed belongs to (None: a good frame)
 
     def feed(self, verdict: Verdict) -> list[PartEvent]:
-        """One verdict, in capture order; returns the parts it closes (by the gap, or by the part's caps)."""
+        """One verdict, in capture order; returns the parts it closes (by the gap, or by the part's caps).
+        Afterwards `joined` is the defective verdict's part (its row carries the part's id)."""
         closed: list[PartEvent] = []
+        self.joined = None
         t = verdict.frame.captured_mono
         if self.open is not None and t - self.open.last_defect_mono > self.gap_s:
             closed.append(self.open)
@@ -69,6 +72,7 @@ class FreeRunGrouper:
                 self.open.last_captured_at = verdict.frame.captured_at
                 if verdict.score > self.open.best.score:
                     self.open.best = verdict
+            self.joined = self.open
             if self.gap_s <= 0 or self._full(self.open):
                 self.open.capped = self.gap_s > 0
                 closed.append(self.open)

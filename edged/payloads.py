@@ -183,10 +183,12 @@ class Result(Payload):
     camera_stamp: CameraStamp | None = None  # the frame's own numbering by the camera (GenICam)
 
     @classmethod
-    def for_verdict(cls, v: Verdict, uid: str, station: str) -> Result:
-        """The result of one inspected frame."""
+    def for_verdict(cls, v: Verdict, uid: str, station: str, part_id: str | None = None) -> Result:
+        """The result of one inspected frame; `part_id` the free-run part a defective frame belongs to (else the
+        trigger's, on the frame)."""
         flag = v.frame.input
-        return cls(id=uid, station=station, camera=v.frame.camera, seq=v.frame.seq, part_id=v.frame.part_id,
+        return cls(id=uid, station=station, camera=v.frame.camera, seq=v.frame.seq,
+                   part_id=part_id or v.frame.part_id,
                    reason=v.reason, is_defective=v.is_defective, captured_at=v.frame.captured_at,
                    decided_at=v.decided_at, score=v.score, threshold=v.threshold, confidence=v.confidence,
                    regions=v.regions, model=v.model, input_ok=flag.ok if flag is not None else None,

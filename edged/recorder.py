@@ -193,13 +193,19 @@ class RecorderThread(SupervisedThread):
                                d.camera, d.frame.seq if d.frame else "?", d.error)
 
     def _add_verdict(self, group: _Group, v: Verdict) -> None:
-        """A verdict's row (and planned image) into the group, then its result, and its part: a triggered
-        part's messages, or the free-run grouper's events."""
+        """A verdict's part (the free-run grouper's events; a defect's row names its part), its row (and planned
+        image) into the group, its result, and a triggered part's messages."""
         v = self._input_checked(v)
         uid = uuid.uuid4().hex
         image_path = self._plan_image(v, group.images, len(group.rows))
+        part_id = v.frame.part_id  # a trigger's
+        if v.frame.camera not in self.triggered:
+            grouper = self.groupers[v.frame.camera]
+            group.events.extend(grouper.feed(v))
+            if grouper.joined is not None:  # a free-run defect: its row names its part, as the reject does
+                part_id = grouper.joined.part_id
         group.rows.append(InspectionRow(
-            uid=uid, seq=v.frame.seq, camera=v.frame.camera, part_id=v.frame.part_id,
+            uid=uid, seq=v.frame.seq, camera=v.frame.camera, part_id=part_id,
             captured_at=v.frame.captured_at, decided_at=v.decided_at, score=v.score, threshold=v.threshold,
             is_defective=v.is_defective, confidence=v.confidence, latency_ms=round(v.latency_ms, 3),
             model=v.model, regions=[r.to_dict() for r in v.regions], image_path=image_path, reason=v.reason,
@@ -211,13 +217,11 @@ class RecorderThread(SupervisedThread):
         self.latency.add(v.latency_ms)
         self.counters.inspected += 1
         if self.send_result is not None:
-            self.send_result(Result.for_verdict(v, uid, self.config.station))
+            self.send_result(Result.for_verdict(v, uid, self.config.station, part_id))
         if self.on_verdict is not None:
             self.on_verdict(v, uid)
         if v.frame.camera in self.triggered:
             group.triggered.extend(self._triggered_verdict(v, uid, image_path, len(group.rows) - 1))
-        else:
-            group.events.extend(self.groupers[v.frame.camera].feed(v))
 
     def _input_checked(self, v: Verdict) -> Verdict:
         """The camera's reject rate is fed; a verdict of a degraded camera says so, and with `input_health.on_degraded:

@@ -99,3 +99,11 @@ def test_free_run_one_reject_per_defective_part(tmp_path: Path, tiny_bundle: Pat
     assert b["part_id"] == "cam1-40" and b["frames"] == 4 and b["seq"] in part_b
     db = sqlite3.connect(tmp_path / "state" / "edged.db")
     assert db.execute("SELECT COUNT(*) FROM inspections WHERE is_defective = 1").fetchone()[0] == 9
+    # every defective row names its part, as the reject does (good frames belong to no part)
+    parts = dict(db.execute("SELECT seq, part_id FROM inspections WHERE is_defective = 1").fetchall())
+    assert parts == {**{s: "cam1-10" for s in part_a}, **{s: "cam1-40" for s in part_b}}
+    assert db.execute("SELECT COUNT(*) FROM inspections WHERE is_defective = 0 AND part_id IS NOT NULL"
+                      ).fetchone()[0] == 0
+    rejected = db.execute("SELECT i.part_id FROM outbox o JOIN inspections i ON i.id = o.inspection_id "
+                          "WHERE o.kind = 'reject' ORDER BY i.seq").fetchall()
+    assert rejected == [("cam1-10",), ("cam1-40",)]

@@ -137,3 +137,17 @@ def test_gate_lets_triggers_go_at_their_deadline_even_without_frames() -> None:
     assert gate.offer(None) == []
     assert len(gate._pending) == 250  # the expired half is gone, with no frame ever captured
     assert gate.inbox.maxsize == TriggerGate.INBOX_MAX
+
+
+def test_joined_is_the_part_of_each_defective_frame_fed() -> None:
+    """The recorder names each defective row after its part: `joined` after every feed, None for a good frame,
+    the part itself for a frame that closed it by a cap (gap 0: every defect its own part)."""
+    grouper = FreeRunGrouper("c", gap_ms=100)
+    joined = []
+    for i, s in enumerate([0.1, 2.0, 3.0, 0.1, 0.1, 0.1, 0.1, 0.1, 2.0]):
+        grouper.feed(verdict(i, i * 0.033, s))
+        joined.append(grouper.joined.part_id if grouper.joined is not None else None)
+    assert joined == [None, "c-1", "c-1", None, None, None, None, None, "c-8"]
+    single = FreeRunGrouper("c", gap_ms=0)
+    closed = single.feed(verdict(5, 0.0, 2.0))
+    assert single.joined is closed[0] and single.joined.part_id == "c-5"
