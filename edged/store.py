@@ -76,7 +76,6 @@ class NotADatabase(StoreError):
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
-BUSY_TIMEOUT_S = 10.0  # how long a writer waits for another (the recorder, the MQTT link, edged label ...)
 # primary result codes (sqlite3 exposes them as constants only from Python 3.11)
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 5, 6, 11, 13, 26
 
@@ -127,40 +126,11 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0, check_same_thread=False)
     else:
-        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+    conn.execute("PRAGMA busy_timeout=10000")
     return conn
-
-
-def begin_write(conn: sqlite3.Connection, cur: sqlite3.Cursor | None = None, timeout_s: float = BUSY_TIMEOUT_S) -> None:
-    """BEGIN IMMEDIATE, waiting for another writer by short polls (50 us, doubling to 2 ms) instead of SQLite's
-    busy handler, which sleeps 1 ms, then 2, 5, 10...: the recorder's commit that meets the MQTT link's
-    bookkeeping (a transaction of a few tenths of a ms) waited 1.1 ms, and that was the commit's tail on a
-    reject's path. Raises SQLite's "database is locked" after `timeout_s`, as the busy timeout would."""
-    run = cur.execute if cur is not None else conn.execute
-    conn.execute("PRAGMA busy_timeout=0")
-    try:
-        deadline = time.monotonic() + timeout_s
-        pause = 50e-6
-        while True:
-            try:
-                run("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(2 * pause, 2e-3)
-    finally:
-        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    """SQLITE_BUSY: another connection holds the write lock (Python 3.10 has no error code, only the text)."""
-    code = _code(exc)
-    return code == _SQLITE_BUSY if code is not None else "database is locked" in str(exc)
 
 
 def open_database(path: Path, timeout_s: float = 10.0) -> sqlite3.Connection:
@@ -316,7 +286,7 @@ class InspectionWriter:
         ids: list[int] = []
         outbox: list[OutboxItem] = []
         cur = self.conn.cursor()
-        begin_write(self.conn, cur)
+        cur.execute("BEGIN IMMEDIATE")
         try:
             for r in rows:
                 cur.execute(
@@ -401,7 +371,7 @@ class Outbox:
             return
         now = time.time()
         with self.conn:  # one transaction for the whole batch
-            begin_write(self.conn)
+            self.conn.execute("BEGIN IMMEDIATE")
             self.conn.executemany(
                 "UPDATE outbox SET state = ?, delivered_at = ? WHERE id = ? AND state = 'pending'",
                 [(state, now, i) for i in ids])
@@ -411,7 +381,7 @@ class Outbox:
         expired reject is never left without its audit message."""
         now = time.time()
         with self.conn:
-            begin_write(self.conn)
+            self.conn.execute("BEGIN IMMEDIATE")
             self.conn.executemany(
                 "UPDATE outbox SET state = 'expired', delivered_at = ? WHERE id = ? AND state = 'pending'",
                 [(now, i) for i in ids])
@@ -422,7 +392,7 @@ class Outbox:
     def attempted(self, ids: list[int]) -> None:
         """One more publish attempt for each message."""
         with self.conn:
-            begin_write(self.conn)
+            self.conn.execute("BEGIN IMMEDIATE")
             self.conn.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", [(i,) for i in ids])
 
     def add(self, kind: str, topic: str, payload: str, expires_at: float | None) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edged.frames import CameraStamp
-from edged.store import InspectionRow, InspectionWriter, Outbox, OutboxMessage, begin_write, connect, open_database
+from edged.store import InspectionRow, InspectionWriter, Outbox, OutboxMessage, connect, open_database
 
 
 def row(seq: int, defective: bool = False, t: float | None = None) -> InspectionRow:
@@ -243,29 +242,3 @@ def test_a_camera_number_beyond_sqlites_integers_is_null_not_a_lost_transaction(
     conn = open_database(tmp_path / "e.db")
     InspectionWriter(conn).record([replace(row(1), camera_stamp=CameraStamp(frame_id=2**64 - 1, timestamp_ns=5))], [])
     assert conn.execute("SELECT camera_frame_id, camera_timestamp_ns FROM inspections").fetchall() == [(None, 5)]
-
-
-def test_a_writer_waits_for_another_and_gives_up_only_after_its_timeout(tmp_path: Path) -> None:
-    """The recorder's commit polls for the lock another writer (the MQTT link) holds, instead of SQLite's busy
-    handler's 1-ms sleeps; it still waits as long as the busy timeout, and says 'locked' after it."""
-    path = tmp_path / "e.db"
-    writer = InspectionWriter(open_database(path))
-    other = connect(path)
-    other.execute("BEGIN IMMEDIATE")  # the other writer holds the lock
-    released = threading.Timer(0.3, lambda: other.execute("COMMIT"))
-    released.start()
-    start = time.monotonic()
-    done = writer.record([row(1)], [])  # waits for it, then commits
-    released.join()
-    assert time.monotonic() - start >= 0.25 and len(done.ids) == 1
-    assert writer.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10000  # restored for other statements
-
-    other.execute("BEGIN IMMEDIATE")
-    try:
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
-            begin_write(writer.conn, timeout_s=0.2)
-    finally:
-        other.execute("COMMIT")
-    assert not writer.conn.in_transaction
-    assert writer.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10000
-    assert writer.record([row(2)], []).ids  # usable afterwards
