@@ -19,7 +19,7 @@ from edged.store import connect
 MAX_PAGE = 200
 NEIGHBOURS = 10  # frames either side on the part page
 
-# part_id: the row's (a trigger's), else the one its reject message gave the free-run part
+# part_id: the row's (a trigger's, or the free-run part's), else its reject's (rows of an edged before 2026-12-03)
 _COLUMNS = ("i.id, i.uid, i.seq, i.camera, COALESCE(i.part_id, json_extract(o.payload, '$.part_id')), "
             "i.captured_at, i.decided_at, i.score, i.threshold, "
             "i.is_defective, i.confidence, i.latency_ms, i.model, i.regions, i.image_path, i.reason, "
