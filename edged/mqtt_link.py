@@ -91,6 +91,11 @@ def reconnect_delay(attempt: int, reject_ttl_ms: float, rng: random.Random) -> f
     return backoff_delay(attempt, RECONNECT_FIRST_S, cap, RECONNECT_JITTER, rng)
 
 
+def _past_deadline(item: OutboxItem, now: float) -> bool:
+    """A reject whose deadline has passed: never published to /reject (the part has gone), only expired."""
+    return item.kind == "reject" and item.expires_at is not None and now >= item.expires_at
+
+
 Handler = Callable[[bytes, float], None]
 """An incoming message's handler: (raw payload, arrival in Unix seconds), called on paho's thread after
 the link's own checks (topic, retain, size). It raises MessageRefused for a message it cannot use: the
@@ -589,7 +594,7 @@ class MqttLink(SupervisedThread):
             return
         items = self.outbox.next_to_send(room, self._inflight_rows)  # rejects first
         now = time.time()
-        expired = [i for i in items if i.kind == "reject" and i.expires_at is not None and now >= i.expires_at]
+        expired = [i for i in items if _past_deadline(i, now)]
         if expired:
             self._expire(expired)
         fresh = [i for i in items if i not in expired]
@@ -610,7 +615,7 @@ class MqttLink(SupervisedThread):
             caught_up = (self._fast_ok and self.connected and not self._lost.is_set()
                          and self._missed <= self._handled_upto < rejects[0].id)
             now = time.time()
-            if not caught_up or any(i.expires_at is not None and now >= i.expires_at for i in rejects):
+            if not caught_up or any(_past_deadline(i, now) for i in rejects):  # left to `_pump`: expired, audited
                 return False
             if self._room() < len(rejects):
                 return False
