@@ -5,6 +5,11 @@ lane is full the OLDEST frame is dropped (the newest is what the line needs) and
 A file or folder replay waits instead, so it loses nothing. Workers take frames from the lanes in
 turn, so a busy camera cannot starve a quiet one.
 
+A frame put wakes ONE waiting worker (no frame is stranded: every put that finds a worker waiting wakes
+one, and a worker looks at the lanes before it waits), and a frame taken wakes only blocked producers:
+waking every worker for every frame (one condition for all) made the losers of each race queue for the
+GIL just as the winner began preparing its frame.
+
 Every frame a worker takes gets a per-camera dispatch number (0, 1, 2, ... without gaps), which lets
 the downstream stage put verdicts from several workers back in capture order.
 """
@@ -36,7 +41,9 @@ class FrameQueue:
     thread-safe."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._has_frames = threading.Condition(lock)  # workers wait here; a put wakes one
+        self._has_room = threading.Condition(lock)  # blocking producers wait here; a take wakes them
         self._lanes: dict[str, deque[Frame]] = {}
         self._capacity: dict[str, int] = {}
         self._drops: dict[str, int] = {}
@@ -47,7 +54,7 @@ class FrameQueue:
 
     def add_lane(self, camera: str, capacity: int) -> None:
         """A lane of `capacity` frames for `camera`; add every camera's before frames are put."""
-        with self._cond:
+        with self._has_frames:
             self._lanes[camera] = deque()
             self._capacity[camera] = capacity
             self._drops[camera] = 0
@@ -59,7 +66,7 @@ class FrameQueue:
 
         Returns False when a blocking put timed out (the caller may retry after checking for stop).
         """
-        with self._cond:
+        with self._has_frames:
             lane = self._lanes[frame.camera]
             cap = self._capacity[frame.camera]
             if drop_oldest:
@@ -72,17 +79,17 @@ class FrameQueue:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return False
-                    self._cond.wait(remaining)
+                    self._has_room.wait(remaining)
             if self._closed:
                 raise QueueClosed
             lane.append(frame)
-            self._cond.notify_all()
+            self._has_frames.notify()
             return True
 
     def get_batch(self, max_items: int, timeout: float) -> list[Dispatched]:
         """Up to max_items frames of ONE camera, oldest first; [] on timeout or when closed and empty."""
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with self._has_frames:
             while True:
                 for _ in range(len(self._order)):
                     camera = self._order[self._next % len(self._order)]
@@ -93,30 +100,31 @@ class FrameQueue:
                         while lane and len(out) < max_items:
                             out.append(Dispatched(lane.popleft(), self._dispatched[camera]))
                             self._dispatched[camera] += 1
-                        self._cond.notify_all()
+                        self._has_room.notify_all()
                         return out
                 remaining = deadline - time.monotonic()
                 if self._closed or remaining <= 0:
                     return []
-                self._cond.wait(remaining)
+                self._has_frames.wait(remaining)
 
     def drain(self) -> list[Dispatched]:
         """Take everything left (at shutdown, to count what is dropped)."""
-        with self._cond:
+        with self._has_frames:
             out = []
             for camera in self._order:
                 lane = self._lanes[camera]
                 while lane:
                     out.append(Dispatched(lane.popleft(), self._dispatched[camera]))
                     self._dispatched[camera] += 1
-            self._cond.notify_all()
+            self._has_room.notify_all()
             return out
 
     def close(self) -> None:
         """Wake everyone: producers get QueueClosed, consumers get what is left, then []."""
-        with self._cond:
+        with self._has_frames:
             self._closed = True
-            self._cond.notify_all()
+            self._has_frames.notify_all()
+            self._has_room.notify_all()
 
     @property
     def closed(self) -> bool:
@@ -125,10 +133,10 @@ class FrameQueue:
 
     def depth(self, camera: str) -> int:
         """Frames waiting in `camera`'s lane now (health file)."""
-        with self._cond:
+        with self._has_frames:
             return len(self._lanes[camera])
 
     def drops(self, camera: str) -> int:
         """Frames dropped from `camera`'s full lane so far (a live camera drops the oldest)."""
-        with self._cond:
+        with self._has_frames:
             return self._drops[camera]

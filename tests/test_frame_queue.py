@@ -88,3 +88,47 @@ def test_put_after_close_raises() -> None:
     q.close()
     with pytest.raises(QueueClosed):
         q.put(frame("a", 0), True)
+
+
+def test_every_frame_reaches_a_waiting_worker_though_a_put_wakes_only_one() -> None:
+    """Each put wakes one worker: frames put faster than the woken take them must still all be taken promptly
+    (the workers wait 30 s, so a lost wake-up would strand a frame far past the join below)."""
+    q = FrameQueue()
+    q.add_lane("a", 10)
+    q.add_lane("b", 10)
+    taken: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            got = q.get_batch(1, timeout=30)
+            if not got:
+                return
+            with lock:
+                taken.extend((d.frame.camera, d.frame.seq) for d in got)
+                if len(taken) == 12:
+                    q.close()
+
+    workers = [threading.Thread(target=work) for _ in range(3)]
+    for t in workers:
+        t.start()
+    time.sleep(0.05)  # all three waiting
+    for i in range(6):
+        q.put(frame("a", i), drop_oldest=False)
+        q.put(frame("b", i), drop_oldest=True)
+    for t in workers:
+        t.join(5)
+    assert not any(t.is_alive() for t in workers)
+    assert sorted(taken) == sorted([("a", i) for i in range(6)] + [("b", i) for i in range(6)])
+
+
+def test_close_wakes_a_waiting_worker() -> None:
+    q = FrameQueue()
+    q.add_lane("a", 1)
+    got: list[list] = []
+    t = threading.Thread(target=lambda: got.append(q.get_batch(1, timeout=30)))
+    t.start()
+    time.sleep(0.05)
+    q.close()
+    t.join(2)
+    assert not t.is_alive() and got == [[]]
