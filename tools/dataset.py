@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from edged.bundle import InputSpec
-from edged.preprocess import prepare_uint8
+from edged.preprocess import prepare_uint8, to_uint8
 from edged.sources import IMAGE_EXTENSIONS  # the one list, owned by the daemon
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,29 @@ def model_sized(spec: InputSpec) -> Callable[[np.ndarray], np.ndarray]:
     as_read = spec.model_copy(update={"color_order": "bgr" if spec.color_order == "rgb" else spec.color_order,
                                       "normalize": "none"})  # the Detector normalizes when it takes it again
     return lambda image: prepare_uint8(image, as_read)
+
+
+def as_delivered(records: Sequence[Record], spec: InputSpec, change: Callable[[np.ndarray, int], np.ndarray],
+                 progress: bool = False, desc: str = "reading images") -> list[np.ndarray]:
+    """Each record's image (index i) as a camera that changes it by `change(image, i)` would deliver it, at the
+    model's size like `model_sized`: the change is made at the size stored, the camera's, before the resize. A
+    JPEG block, sensor noise or a clipped highlight belongs to the camera's pixels: made on the small model-sized
+    image, JPEG 75 and noise of 8 grey levels were several times harsher than any camera makes them. The records
+    must be readable (kept by an earlier `load_images`); 16-bit images are brought to 8 bits first, as the
+    daemon's preprocessing does before anything else."""
+    to_model = model_sized(spec)
+    iterable: Iterable[tuple[int, Record]] = enumerate(records)
+    if progress:
+        from tqdm import tqdm
+
+        iterable = tqdm(iterable, total=len(records), desc=desc, unit="img", leave=False)
+    out: list[np.ndarray] = []
+    for i, rec in iterable:
+        image = read_image(rec.path)
+        if image is None:
+            raise DatasetError(f"{rec.path}: no longer a readable image (it was read moments ago)")
+        out.append(to_model(change(to_uint8(image, spec.bit_depth), i)))
+    return out
 
 
 def load_images(records: Sequence[Record], progress: bool = False, desc: str = "reading images",

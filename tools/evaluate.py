@@ -32,6 +32,7 @@ from tools.camera_effects import defocused, light_lut, partly_covered, through_j
 from tools.dataset import (
     DatasetError,
     Record,
+    as_delivered,
     file_list_sha256,
     load_dataset,
     load_images,
@@ -326,7 +327,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, report_dir: str | Path
                     "its recall and AUROC here are optimistic; judge it on defect images it has not seen",
                     manifest.bundle_id)
     if robustness:
-        result["robustness"] = _robustness(detector, images, labels, threshold, progress)
+        result["robustness"] = _robustness(detector, records, labels, threshold, progress)
         result["input_health"] = _input_health(manifest, records)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result = jsonable(result)
@@ -354,11 +355,12 @@ def _at(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     return mask
 
 
-def _robustness(detector: Detector, images: list[np.ndarray], labels: np.ndarray, threshold: float,
+def _robustness(detector: Detector, records: Sequence[Record], labels: np.ndarray, threshold: float,
                 progress: bool) -> dict[str, dict[str, float | None]]:
+    """FRR, recall and AUROC under each perturbation, made on the images as stored (the camera's resolution)."""
     out: dict[str, dict[str, float | None]] = {}
     for name, fn in perturbations().items():
-        perturbed = [fn(im, i) for i, im in enumerate(images)]
+        perturbed = as_delivered(records, detector.spec, fn, progress, f"reading test images ({name})")
         s, _ = score_images(detector, perturbed, progress=progress, desc=f"robustness: {name}", keep_maps=False)
         frr, recall = rates(labels, s, threshold)
         out[name] = {"frr": frr, "recall": recall, "image_auroc": image_auroc(labels, s)}

@@ -44,6 +44,7 @@ from tools.dataset import (
     Dataset,
     DatasetError,
     Record,
+    as_delivered,
     detect_bit_depth,
     file_list_sha256,
     holdout_split,
@@ -490,18 +491,28 @@ def camera_variants(cfg: FitConfig) -> dict[str, Callable[[np.ndarray], np.ndarr
     return out
 
 
-def _score_as_camera(folder: Path, precision: str, images: list[np.ndarray], cfg: FitConfig, desc: str,
-                     ) -> tuple[np.ndarray, list[np.ndarray] | None, np.ndarray]:
+def _as_camera_delivers(cfg: FitConfig, records: list[Record], spec: InputSpec) -> dict[str, list[np.ndarray]]:
+    """The calibration images each `camera_variants` way, changed at the size stored (the camera's) and then
+    brought to the model's size (`tools.dataset.as_delivered`), by variant name."""
+    def per_index(variant: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray, int], np.ndarray]:
+        return lambda image, i: variant(image)
+
+    return {name: as_delivered(records, spec, per_index(variant), cfg.options.progress,
+                               f"reading calibration images ({name})")
+            for name, variant in camera_variants(cfg).items()} if records else {}
+
+
+def _score_as_camera(folder: Path, precision: str, images: list[np.ndarray], variants: dict[str, list[np.ndarray]],
+                     cfg: FitConfig, desc: str) -> tuple[np.ndarray, list[np.ndarray] | None, np.ndarray]:
     """Calibration scores: each image's highest score (and map, pixel by pixel) of as stored and every
-    `camera_variants` way; and the scores as stored (for the outlier check: a good image is no outlier for
-    scoring high under a changed lamp)."""
+    way a camera may deliver it (`variants`, from `_as_camera_delivers`); and the scores as stored (for the
+    outlier check: a good image is no outlier for scoring high under a changed lamp)."""
     scores, maps = _score(folder, precision, images, cfg.options.progress, desc)
     stored = scores
     if not images:
         return scores, maps, stored
-    for name, variant in camera_variants(cfg).items():
-        v_scores, v_maps = _score(folder, precision, [variant(im) for im in images], cfg.options.progress,
-                                  f"{desc} {name}")
+    for name, changed in variants.items():
+        v_scores, v_maps = _score(folder, precision, changed, cfg.options.progress, f"{desc} {name}")
         if maps is not None and v_maps is not None:
             maps = [np.maximum(a, b) for a, b in zip(maps, v_maps, strict=True)]
         scores = np.maximum(scores, v_scores)
@@ -509,7 +520,7 @@ def _score_as_camera(folder: Path, precision: str, images: list[np.ndarray], cfg
 
 
 def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_images: list[np.ndarray],
-               spec: InputSpec, staging: Path) -> crossfit.OutOfFold:
+               records: list[Record], spec: InputSpec, staging: Path) -> crossfit.OutOfFold:
     """k fold models, each a full bundle in `staging`/folds (exported, quantized, scored by `Detector`)."""
     def fit_and_score(train_idx: Any, held_idx: Any, fold: int) -> dict[str, crossfit.HeldScores]:
         folder = staging / "folds" / str(fold)
@@ -522,9 +533,10 @@ def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_i
         summary = TrainingSummary(count=len(train_idx), data=str(cfg.data))
         _write_provisional(folder, cfg, fold_spec, trained, int8_file, summary, quant)
         held = [det_images[i] for i in held_idx]
+        variants = _as_camera_delivers(cfg, [records[i] for i in held_idx], fold_spec)
         out: dict[str, crossfit.HeldScores] = {}
         for precision in ("fp32", "int8"):
-            scores, maps, stored = _score_as_camera(folder, precision, held, cfg,
+            scores, maps, stored = _score_as_camera(folder, precision, held, variants, cfg,
                                                     f"fold {fold + 1}/{cfg.folds}: scoring ({precision})")
             peaks = np.asarray([float(np.max(m)) for m in maps]) if maps else None
             out[precision] = crossfit.HeldScores(scores, peaks)
@@ -605,7 +617,7 @@ def _cross_fit_step(cfg: FitConfig, method: Method, images: _FitImages, spec: In
     """With --folds: the out-of-fold scores, and the outliers among them (dropped from `images` and the scores)."""
     if not cfg.folds:
         return None, []
-    oof = _cross_fit(cfg, method, images.prepared, images.det_train, spec, staging)
+    oof = _cross_fit(cfg, method, images.prepared, images.det_train, images.train_recs, spec, staging)
     outliers = _oof_outliers(cfg, oof, images.train_recs, root, warnings)
     if outliers:
         bad = {o["index"] for o in outliers}
@@ -664,6 +676,7 @@ def _score_models(cfg: FitConfig, staging: Path, final: _FinalModel, oof: crossf
         rng = np.random.default_rng(opts.seed + 1)
         synthetic = [with_blemishes(im, rng) for im in reference]
     scores: dict[str, dict[str, Any]] = {}
+    variants = _as_camera_delivers(cfg, images.hold_recs, final.spec) if oof is None else {}
     for precision in ("fp32", "int8"):
         if precision == "int8" and not final.quantized:
             scores["int8"] = scores["fp32"]
@@ -673,7 +686,7 @@ def _score_models(cfg: FitConfig, staging: Path, final: _FinalModel, oof: crossf
             peaks = oof.peaks.get(precision)
             stored = oof.scores.get(precision + AS_STORED, hold_scores)
         else:
-            hold_scores, hold_maps, stored = _score_as_camera(staging, precision, images.hold_images, cfg,
+            hold_scores, hold_maps, stored = _score_as_camera(staging, precision, images.hold_images, variants, cfg,
                                                               f"scoring hold-out ({precision})")
             peaks = None
         test_scores, _ = _score(staging, precision, images.test_images, opts.progress, f"scoring test ({precision})",

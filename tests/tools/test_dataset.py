@@ -114,3 +114,33 @@ def test_training_reads_the_pixels_the_daemon_feeds_with_halve_area(order: str) 
         # not vacuous: one-step area (old bundles) gives other pixels at 5 x 3.75
         assert not np.array_equal(prepare_uint8(stored, spec),
                                   prepare_uint8(frame, spec.model_copy(update={"resize": "area"})))
+
+
+def test_camera_changes_are_made_at_the_stored_size_before_the_resize(tmp_path: Path) -> None:
+    """`as_delivered`: noise (or a JPEG block, a clipped highlight) is the camera's, made on the image as stored and
+    then averaged by the resize, not added to the small model-sized image; 16-bit images come to 8 bits first."""
+    from edged.bundle import InputSpec
+    from tools.camera_effects import with_sensor_noise
+    from tools.dataset import Record, as_delivered, model_sized
+
+    spec = InputSpec(width=64, height=64, channels=1, color_order="gray", resize="halve_area", bit_depth=12)
+    part = synth.make_part(np.random.default_rng(5), (256, 256))[0]
+    grey = cv2.cvtColor(part, cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(tmp_path / "a.png"), grey)
+    cv2.imwrite(str(tmp_path / "b.png"), grey.astype(np.uint16) << 4)  # the same pixels from a 12-bit camera
+    records = [Record(tmp_path / "a.png", "good", True), Record(tmp_path / "b.png", "good", True)]
+
+    def noise(image: np.ndarray, i: int) -> np.ndarray:
+        return with_sensor_noise(image, 16.0, np.random.default_rng(i % 1))
+
+    delivered = as_delivered(records, spec, noise)
+    expected = model_sized(spec)(noise(grey, 0))
+    for image in delivered:
+        np.testing.assert_array_equal(image, expected)
+    small = model_sized(spec)(grey).astype(np.float32)
+    at_model_size = noise(model_sized(spec)(grey), 0).astype(np.float32)
+    # 4x4 pixels average into one: the camera's noise is about a quarter as strong in the model's input
+    assert np.std(delivered[0] - small) < 0.4 * np.std(at_model_size - small)
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(DatasetError, match="no longer a readable image"):
+        as_delivered(records, spec, noise)
