@@ -216,6 +216,11 @@ def with_light_copies(images: list[np.ndarray], copies: int, seed: int) -> list[
     return out
 
 
+def _with_copies(cfg: FitConfig) -> FitOptions:
+    """The method's options, telling it how many light copies of each image it is given."""
+    return dataclasses.replace(cfg.options, light_copies=cfg.augment_light)
+
+
 def _check_method(method: Method, cfg: FitConfig) -> InputSpec:
     """--size within the method's limits and --opt under the shared rules; the method's input spec."""
     opts = cfg.options
@@ -527,7 +532,8 @@ def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_i
         folder.mkdir(parents=True, exist_ok=True)
         _seed_everything(cfg.options.seed + fold + 1)
         fold_images = [prepared[i] for i in train_idx]
-        trained = method.fit(with_light_copies(fold_images, cfg.augment_light, cfg.options.seed + fold), cfg.options)
+        trained = method.fit(with_light_copies(fold_images, cfg.augment_light, cfg.options.seed + fold),
+                             _with_copies(cfg))
         fold_spec = _as_fitted(trained.spec, spec)
         int8_file, quant = _export_models(trained, fold_images, fold_spec, folder, cfg, [])
         summary = TrainingSummary(count=len(train_idx), data=str(cfg.data))
@@ -653,7 +659,7 @@ def _train_final(cfg: FitConfig, method: Method, images: _FitImages, spec: Input
     """Fit the bundle's model on `images.prepared` (then emptied: the pixels are no longer needed) and export it."""
     _seed_everything(cfg.options.seed)
     t_train = time.perf_counter()
-    trained = method.fit(with_light_copies(images.prepared, cfg.augment_light, cfg.options.seed), cfg.options)
+    trained = method.fit(with_light_copies(images.prepared, cfg.augment_light, cfg.options.seed), _with_copies(cfg))
     train_seconds = time.perf_counter() - t_train
     if _as_fitted(trained.spec, spec) != spec:
         log.info("method %s changed its input spec while fitting; using the trained one", cfg.method)

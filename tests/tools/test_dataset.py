@@ -128,7 +128,7 @@ def test_camera_changes_are_made_at_the_stored_size_before_the_resize(tmp_path: 
     grey = cv2.cvtColor(part, cv2.COLOR_BGR2GRAY)
     cv2.imwrite(str(tmp_path / "a.png"), grey)
     cv2.imwrite(str(tmp_path / "b.png"), grey.astype(np.uint16) << 4)  # the same pixels from a 12-bit camera
-    records = [Record(tmp_path / "a.png", "good", True), Record(tmp_path / "b.png", "good", True)]
+    records = [Record(tmp_path / "a.png"), Record(tmp_path / "b.png")]
 
     def noise(image: np.ndarray, i: int) -> np.ndarray:
         return with_sensor_noise(image, 16.0, np.random.default_rng(i % 1))

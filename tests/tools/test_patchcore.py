@@ -124,6 +124,19 @@ def test_fit_records_a_small_bank(trained: PatchCoreTrained) -> None:
     assert p["feature_dims"] == 40 + 112
 
 
+def test_light_copies_enrich_the_bank_without_enlarging_it() -> None:
+    """`--augment-light 1` doubles the images: their patches all compete for the coreset, whose size follows the
+    originals (the bundle's size and the kNN's cost stay those of the part's own images)."""
+    from tools.fit import with_light_copies
+
+    good, _ = _parts(6, seed=2)
+    extra = {"layers": "s3,s5", "coreset": "0.05", "batch": "6"}
+    out = METHOD.fit(with_light_copies(good, 1, 0), FitOptions(size=SIZE, extra=extra, progress=False, light_copies=1))
+    p = out.params
+    assert p["train_patches"] == 12 * (SIZE // 8) ** 2
+    assert p["bank_size"] == round(0.05 * p["train_patches"] / 2)
+
+
 def test_knn_in_the_graph_equals_cdist(trained: PatchCoreTrained) -> None:
     """The matmul form ||a||^2 - 2ab + ||b||^2 + min equals an exact nearest-neighbour search."""
     test, _ = _parts(3, seed=7, defect="spot")

@@ -34,6 +34,7 @@ class FitOptions:
     epochs: int | None = None  # None: the method's default
     extra: dict[str, Any] = field(default_factory=dict)  # method options from --opt KEY=VALUE
     progress: bool = True  # show a progress bar (tqdm)
+    light_copies: int = 0  # the images passed hold this many light copies of each original (`--augment-light`)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -128,7 +128,9 @@ class PatchCoreMethod(BackboneMethod):
             scale = 1.0 / patches.std(dim=0).clamp_min(1e-3)
             patches = patches * scale
             features = PatchFeatures(features.backbone, layers, proj, scale).eval()
-        k = max(1, round(o["coreset"] * total))
+        # the copies of `--augment-light` enrich the bank (a clipped highlight, a dim texture), not enlarge it:
+        # its size, the bundle's and the kNN's cost follow the originals
+        k = max(1, round(o["coreset"] * total / (1 + opts.light_copies)))
         t1 = time.perf_counter()
         idx = greedy_coreset(patches, k, dims=o["coreset_dims"], seed=opts.seed, progress=opts.progress)
         bank = patches[idx].clone()
