@@ -172,6 +172,7 @@ def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, input_na
     summary: dict[str, Any] = {
         "enabled": True, "format": "QDQ", "per_channel": options.per_channel,
         "calibrate_method": options.calibrate_method, "calibration_images": len(calibration),
+        "reduce_range": options.reduce_range,
         "activation_type": activation_type.name, "weight_type": weight_type.name,
         "op_types": options.op_types, "nodes_to_exclude": list(options.nodes_to_exclude),
     }
@@ -199,6 +200,7 @@ def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, input_na
         quantize_static(
             str(source), str(int8_path), reader, quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
             activation_type=activation_type, weight_type=weight_type, op_types_to_quantize=options.op_types,
+            reduce_range=options.reduce_range,
             nodes_to_exclude=list(options.nodes_to_exclude) or None, calibrate_method=calibrate_method,
             extra_options=extra or None,
         )

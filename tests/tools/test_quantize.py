@@ -127,3 +127,20 @@ def test_quantize_folds_the_pads_so_the_int8_graph_has_none_between_its_convolut
     assert [n.op_type for n in onnx.load(str(fp32)).graph.node].count("Pad") == 2  # the fp32 file as exported
     test = _images(40, 2)
     assert np.corrcoef(_run(fp32, test).ravel(), _run(int8, test).ravel())[0, 1] > 0.98
+
+
+def test_weights_are_quantized_to_7_bits_so_no_cpu_saturates_them(tmp_path: Path) -> None:
+    """x86 CPUs without VNNI multiply int8 pairs into 16 bits (VPMADDUBSW) and saturate with full 8-bit weights:
+    the int8 scores then stray on those stations only. 7-bit weights cannot saturate; the manifest says so."""
+    fp32 = tmp_path / "m.fp32.onnx"
+    _conv_model(fp32)
+    for reduce_range, bound in ((True, 64), (False, 128)):
+        int8 = tmp_path / f"m{reduce_range}.onnx"
+        info = quantize(fp32, int8, _images(32, 1), "input", QuantizeOptions(reduce_range=reduce_range))
+        assert info["reduce_range"] is reduce_range
+        weights = [numpy_helper.to_array(i) for i in onnx.load(str(int8)).graph.initializer
+                   if i.name.endswith("_quantized")]
+        assert weights and all(w.dtype == np.int8 for w in weights)
+        peak = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+        assert bound // 2 <= peak <= bound, (reduce_range, peak)  # the largest weight uses the range it has
+    assert QuantizeOptions().reduce_range  # the default

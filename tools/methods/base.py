@@ -51,6 +51,10 @@ class QuantizeOptions:
     op_types: list[str] | None = None  # None: onnxruntime's default set
     nodes_to_exclude: list[str] = field(default_factory=list)
     calibrate_method: str = "MinMax"  # MinMax | Entropy | Percentile
+    # 7-bit weights: ONNX Runtime's int8 convolutions on x86 CPUs without VNNI (AVX2 only, as many industrial PCs)
+    # multiply pairs into 16 bits with VPMADDUBSW, which saturates with full 8-bit weights (measured on such a CPU:
+    # score correlation with fp32 0.971 instead of 1.000); a bundle is quantized once and runs on any station
+    reduce_range: bool = True
     extra_options: dict[str, Any] = field(default_factory=dict)
 
 
