@@ -183,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--choose", action="store_true",
                    help="fit a few configurations and keep the one that ranks the data's defect images "
                         "(test/<defect>) best; the manifest and evaluate then say it was chosen on them")
-    p.add_argument("--normalize", choices=("none", "mean_std"), default="none",
-                   help="per-image brightness/contrast normalization in the bundle's preprocessing (daemon too)")
+    p.add_argument("--normalize", choices=("auto", "none", "mean_std"), default="auto",
+                   help="per-image brightness/contrast normalization in the bundle's preprocessing (daemon too); "
+                        "auto (default): mean_std when the training images' brightness spans less than x1.3")
     p.add_argument("--augment-light", type=int, choices=range(0, 9), default=0, metavar="N",
                    help="N photometric copies (gain 0.7-1.3, gamma 0.8-1.25) of each training image (default 0)")
     p.add_argument("--calibrate-light", action="store_true",

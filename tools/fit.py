@@ -38,7 +38,7 @@ from edged import features as feature_extractors
 from edged.bundle import InputSpec, Manifest, Threshold, TrainingSummary, unfinished_allowed, write_manifest
 from edged.detector import Detector
 from edged.preprocess import prepare_uint8, to_tensor
-from tools import bundle_out, calibrate, crossfit, export, input_check, input_size
+from tools import bundle_out, calibrate, crossfit, export, input_check, input_size, light_range
 from tools.camera_effects import through_jpeg, under_light
 from tools.dataset import (
     Dataset,
@@ -116,7 +116,9 @@ class FitConfig:
     # calibration images also scored through JPEG at this quality, each keeping its higher score (0: off;
     # None: CALIBRATION_JPEG_QUALITY when the training images are lossless, off when they are JPEGs already)
     jpeg_quality: int | None = None
-    normalize: str = "none"  # per-image light normalization in the bundle's preprocessing (InputSpec.normalize)
+    # per-image light normalization in the bundle's preprocessing (InputSpec.normalize): none, mean_std, or auto
+    # (tools/light_range.py: mean_std when the training images' brightness spans less than a lamp may move)
+    normalize: str = "auto"
     augment_light: int = 0  # photometric copies of each training image (gain 0.7-1.3, gamma 0.8-1.25) for the model
     # each calibration image also scored under the brightest and darkest tolerated light (LIGHT_CORNERS), keeping
     # its highest score, so the threshold holds when the lamp changes (at the cost of some recall)
@@ -132,6 +134,7 @@ class FitPlan:
     spec: InputSpec
     train: list[Record]
     hold: list[Record]
+    light: light_range.LightChoice | None = None  # what `--normalize auto` decided; None when it was given
 
 
 @dataclass
@@ -200,6 +203,7 @@ def _as_fitted(trained: InputSpec, spec: InputSpec) -> InputSpec:
 # `calibrate_light`: the gain corners only, because a gamma of 0.8 or 1.25 moves mid-tones by at most 15%,
 # less than a gain of 1.3 or 0.7 moves them, and each corner costs one more scoring of every calibration image.
 LIGHT_CORNERS: tuple[float, ...] = (1.3, 0.7)
+NORMALIZE_CHOICES = ("auto", "none", "mean_std")  # `--normalize`; auto: tools.light_range decides from the images
 
 
 def with_light_copies(images: list[np.ndarray], copies: int, seed: int) -> list[np.ndarray]:
@@ -236,11 +240,11 @@ def _check_method(method: Method, cfg: FitConfig) -> InputSpec:
         spec = method.input_spec(opts)
     except ValueError as exc:  # OptionError, or a method's own rule (e.g. cae: a multiple of 32)
         raise FitError(str(exc)) from None
-    if cfg.normalize not in ("none", "mean_std"):
-        raise FitError(f"--normalize {cfg.normalize}: must be none or mean_std")
+    if cfg.normalize not in NORMALIZE_CHOICES:
+        raise FitError(f"--normalize {cfg.normalize}: must be one of {', '.join(NORMALIZE_CHOICES)}")
     if cfg.augment_light < 0 or cfg.augment_light > 8:
         raise FitError(f"--augment-light {cfg.augment_light}: must be 0 to 8 copies per image")
-    spec = spec.model_copy(update={"normalize": cfg.normalize})
+    spec = spec.model_copy(update={"normalize": "none" if cfg.normalize == "auto" else cfg.normalize})
     if spec.kind == "features":
         try:
             feature_extractors.get(spec.features or "")
@@ -284,14 +288,17 @@ def check_fit(cfg: FitConfig) -> FitPlan:
         raise DatasetError(f"{cfg.data}: no good training images (train/good is empty)")
     if cfg.auto_size:
         spec = _check_method(method, _sized_from_data(cfg, method, ds.train))
+    light = _light_from_data(cfg, ds.train) if cfg.normalize == "auto" else None
+    if light is not None:
+        spec = spec.model_copy(update={"normalize": light.normalize})
     n = len(ds.train)
     if cfg.folds:
         _check_folds(method, cfg, n)
-        return FitPlan(method, ds, spec, list(ds.train), [])
+        return FitPlan(method, ds, spec, list(ds.train), [], light)
     n_hold = max(1, round(n * cfg.holdout)) if n > 1 else 0
     _check_amounts(method, cfg, n - n_hold, n_hold)
     train, hold = holdout_split(ds.train, cfg.holdout, cfg.options.seed)
-    return FitPlan(method, ds, spec, train, hold)
+    return FitPlan(method, ds, spec, train, hold, light)
 
 
 def _sized_from_data(cfg: FitConfig, method: Method, records: list[Record]) -> FitConfig:
@@ -307,6 +314,13 @@ def _sized_from_data(cfg: FitConfig, method: Method, records: list[Record]) -> F
                  "square for method %s, aspect kept, never enlarged)", width, height, mw, mh, len(shapes),
                  base_side, cfg.method)
     return cfg
+
+
+def _light_from_data(cfg: FitConfig, records: list[Record]) -> light_range.LightChoice:
+    """`--normalize auto`: the light normalization chosen from a sample of the training images (`tools.light_range`)."""
+    choice = light_range.choose_for(records, seed=cfg.options.seed)
+    log.info("%s", choice.describe())
+    return choice
 
 
 def _check_folds(method: Method, cfg: FitConfig, n: int) -> None:
@@ -813,6 +827,8 @@ def _fit_in(tmp: Path, cfg: FitConfig, plan: FitPlan, spec: InputSpec, images: _
                                    {"calibration": "hold-out", "holdout_fraction": cfg.holdout,
                                     "holdout_file_list_sha256": file_list_sha256(images.hold_recs, ds.root)})
     calibration.update(_light_calibration(cfg, scores, entries))
+    calibration["normalize_chosen_from_data"] = plan.light is not None
+    calibration["light_span"] = plan.light.span if plan.light is not None else None
     skipped = len(ds.train) - len(images.train_recs) - n_hold_scored - len(outliers)
     training = training.model_copy(update={"holdout": len(images.hold_recs), "params": _training_params(
         cfg, final, calibration, skipped, outliers, verification)})

@@ -91,5 +91,7 @@ def test_a_fold_model_never_trains_on_the_images_it_scores(tmp_path: Path) -> No
     odd = 255 - read_image(sorted(good.iterdir())[0])
     cv2.imwrite(str(good / "zz_odd.png"), odd)
     with pytest.raises(ValueError, match=r"zz_odd\.png"):
-        fit_bundle(FitConfig(data=good, method="mean-distance-test", out=tmp_path / "b", folds=4,
+        # light left as it is: the toy method's distance to the mean part is what makes the negative stand out,
+        # and normalizing both to one mean and spread narrows it (0.59 -> 0.37 against 0.14-0.20 in-sample)
+        fit_bundle(FitConfig(data=good, method="mean-distance-test", out=tmp_path / "b", folds=4, normalize="none",
                              options=FitOptions(size=48, progress=False)))

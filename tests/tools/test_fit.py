@@ -62,6 +62,10 @@ def test_bundle_is_complete_and_honest(band_bundle: Path, synth_data: Path) -> N
     stats = m.input_stats  # the training images as the daemon's input health measures frames
     assert stats is not None and stats.n_images == 30 and stats.mean[0] <= stats.mean[1]
     assert len(stats.reference_low) == stats.reference_size[0] * stats.reference_size[1]
+    # the synthetic line's lamp is steady (+-5%): `--normalize auto` (the default) normalizes, and says so
+    assert m.input.normalize == "mean_std" and m.training.params["normalize_chosen_from_data"] is True
+    span = m.training.params["light_span"]
+    assert isinstance(span, float) and 1.0 <= span < 1.3
 
 
 def test_daemon_verdicts_separate_good_and_defective(band_bundle: Path) -> None:
@@ -506,9 +510,10 @@ def test_light_calibration_scores_each_calibration_image_under_the_corners(tmp_p
     x0.7, so the threshold can only rise; the manifest says which corners were used."""
     from tools.fit import camera_variants
 
-    data = write_good(tmp_path / "good", 16)
-    plain = fit_bundle(_cfg(data, tmp_path / "plain", folds=3, jpeg_quality=0)).manifest
-    light = fit_bundle(_cfg(data, tmp_path / "light", folds=3, jpeg_quality=0, calibrate_light=True)).manifest
+    data = write_good(tmp_path / "good", 16)  # the light left as it is: a normalized model would not see the corners
+    plain = fit_bundle(_cfg(data, tmp_path / "plain", folds=3, jpeg_quality=0, normalize="none")).manifest
+    light = fit_bundle(_cfg(data, tmp_path / "light", folds=3, jpeg_quality=0, normalize="none",
+                            calibrate_light=True)).manifest
     assert plain.training.params["calibration_light"] is None
     assert light.training.params["calibration_light"] == [1.3, 0.7]
     assert light.models["fp32"].threshold.value > plain.models["fp32"].threshold.value
@@ -523,8 +528,10 @@ def test_light_calibration_scores_each_calibration_image_under_the_corners(tmp_p
 
 @pytest.mark.slow
 def test_light_calibration_keeps_good_parts_when_the_lamp_brightens(tmp_path: Path) -> None:
-    """patchcore fitted on good parts, then fed new good parts under a lamp 30% brighter: calibrated on the
-    images as stored, the light change alone rejects good parts; calibrated under the light corners, few."""
+    """patchcore fitted on good parts of a steady lamp, then fed new good parts under a lamp 30% brighter: with
+    the light left as it is and calibrated on the images as stored, the light change alone rejects good parts;
+    calibrated under the light corners, few; with the default `--normalize auto` (which normalizes such a set), few
+    without any light calibration."""
     from tools.calibrate import score_images
     from tools.camera_effects import under_light
 
@@ -533,16 +540,18 @@ def test_light_calibration_keeps_good_parts_when_the_lamp_brightens(tmp_path: Pa
     frames = [under_light(read_image(p), 1.3) for p in sorted(new_parts.iterdir())]
     extra = {"coreset": 0.05, "backbone": "lite0", "layers": "s5,s6"}
     rates = {}
-    for on in (False, True):
-        out = tmp_path / f"b{on}"
+    for name, normalize, on in (("plain", "none", False), ("corners", "none", True), ("default", "auto", False)):
+        out = tmp_path / name
         m = fit_bundle(_cfg(data, out, method="patchcore", size=64, folds=3, jpeg_quality=0, calibrate_light=on,
-                            extra=extra)).manifest
+                            normalize=normalize, extra=extra)).manifest
         scores, _ = score_images(Detector(out, precision="fp32"), frames, keep_maps=False)
-        rates[on] = float(np.mean(scores > m.models["fp32"].threshold.value))
-    assert rates[False] >= 0.3, rates  # measured 0.4: the light change alone rejects good parts
-    assert rates[True] <= 0.1, rates  # measured 0.0
+        rates[name] = float(np.mean(scores > m.models["fp32"].threshold.value))
+    assert m.input.normalize == "mean_std"  # the default chose it: the synthetic lamp varies by +-5%
+    assert rates["plain"] >= 0.3, rates  # measured 0.4: the light change alone rejects good parts
+    assert rates["corners"] <= 0.1, rates  # measured 0.0
+    assert rates["default"] <= 0.1, rates
 
 
 def test_bad_light_options_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(FitError, match="--normalize"):
+    with pytest.raises(FitError, match="--normalize gamma: must be one of auto, none, mean_std"):
         check_fit(FitConfig(data=tmp_path, method="classic", out=tmp_path / "b", normalize="gamma"))

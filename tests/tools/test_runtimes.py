@@ -46,7 +46,11 @@ def test_cae_runs_the_same_in_both_runtimes(tmp_path: Path, data: Path) -> None:
             b = det.infer([frame])[0]
             assert abs(a.score - b.score) <= RELATIVE_TOLERANCE * max(abs(a.score), 1e-6), det.runtime
             assert a.anomaly_map is not None and b.anomaly_map is not None
-            np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-3, atol=1e-3)
+            # a map's pixels near zero differ by float rounding (one runtime's convolution algorithm against
+            # another's): measured up to 0.0017 on a map reaching 1.7, so the bound is a share of the map's peak
+            peak = float(np.abs(a.anomaly_map).max())
+            np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-3, atol=2e-3 * max(peak, 1.0),
+                                       err_msg=det.runtime)
 
 
 def test_a_model_opencv_cannot_run_is_refused(tmp_path: Path, data: Path) -> None:
