@@ -43,7 +43,9 @@ def _images(n: int, seed: int, size: int = 24) -> np.ndarray:
 def test_int8_scores_track_fp32(tmp_path: Path) -> None:
     fp32, int8 = tmp_path / "m.fp32.onnx", tmp_path / "m.onnx"
     _conv_model(fp32)
-    info = quantize(fp32, int8, _images(32, 1), "input", QuantizeOptions())
+    # 7-bit weights: this toy model's inputs span 0-1 and its weights are large, so with 8 bits a CPU without VNNI
+    # saturates its 16-bit sums (correlation 0.971 there); what is tested is the quantizer, on any CPU
+    info = quantize(fp32, int8, _images(32, 1), "input", QuantizeOptions(reduce_range=True))
     assert info["format"] == "QDQ" and info["per_channel"] and info["calibration_images"] == 32
     assert info["ops"]["int8"].get("Conv") == 2  # both convolutions run on int8 inputs
     kinds = {n.op_type for n in onnx.load(str(int8)).graph.node}
@@ -121,7 +123,7 @@ def test_a_zero_pad_folds_into_its_convolution_and_the_graph_computes_the_same(t
 def test_quantize_folds_the_pads_so_the_int8_graph_has_none_between_its_convolutions(tmp_path: Path) -> None:
     fp32, int8 = tmp_path / "m.fp32.onnx", tmp_path / "m.onnx"
     _padded_model(fp32, as_torch_exports=True)
-    info = quantize(fp32, int8, _images(16, 1), "input", QuantizeOptions())
+    info = quantize(fp32, int8, _images(16, 1), "input", QuantizeOptions(reduce_range=True))  # as above
     assert info["pads_folded"] == 1
     assert [n.op_type for n in onnx.load(str(int8)).graph.node].count("Pad") == 1  # the edge Pad only
     assert [n.op_type for n in onnx.load(str(fp32)).graph.node].count("Pad") == 2  # the fp32 file as exported
@@ -129,9 +131,9 @@ def test_quantize_folds_the_pads_so_the_int8_graph_has_none_between_its_convolut
     assert np.corrcoef(_run(fp32, test).ravel(), _run(int8, test).ravel())[0, 1] > 0.98
 
 
-def test_weights_are_quantized_to_7_bits_so_no_cpu_saturates_them(tmp_path: Path) -> None:
-    """x86 CPUs without VNNI multiply int8 pairs into 16 bits (VPMADDUBSW) and saturate with full 8-bit weights:
-    the int8 scores then stray on those stations only. 7-bit weights cannot saturate; the manifest says so."""
+def test_reduce_range_quantizes_the_weights_to_7_bits(tmp_path: Path) -> None:
+    """x86 CPUs without VNNI add int8 pairs into 16 bits (VPMADDUBSW) and can saturate with full 8-bit weights;
+    7-bit weights cannot. The option does what it says, and the manifest records it."""
     fp32 = tmp_path / "m.fp32.onnx"
     _conv_model(fp32)
     for reduce_range, bound in ((True, 64), (False, 128)):
@@ -143,4 +145,4 @@ def test_weights_are_quantized_to_7_bits_so_no_cpu_saturates_them(tmp_path: Path
         assert weights and all(w.dtype == np.int8 for w in weights)
         peak = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
         assert bound // 2 <= peak <= bound, (reduce_range, peak)  # the largest weight uses the range it has
-    assert QuantizeOptions().reduce_range  # the default
+    assert not QuantizeOptions().reduce_range  # the default: 8 bits (measured in docs/patchcore.md)
