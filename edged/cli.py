@@ -137,7 +137,8 @@ def cmd_check_config(config: Config, out: TextIO) -> int:
     w = out.write
     w(f"config OK: station {config.station}\n")
     w(f"model:    {man.bundle_id} ({man.method}, {det.precision}) from {m.bundle}\n")
-    w(f"          input {man.input.width}x{man.input.height} {man.input.color_order}, threshold "
+    light = ", light normalized per image (mean_std)" if man.input.normalize == "mean_std" else ""
+    w(f"          input {man.input.width}x{man.input.height} {man.input.color_order}{light}, threshold "
       f"{det.threshold:.6g} ({man.model(det.precision).threshold.method}"
       f"{_pct(man.model(det.precision).threshold.percentile)})\n")
     w(f"runtime:  {det.runtime}, provider {det.provider}, {m.intra_op_threads} thread(s) x {m.workers} worker(s),"

@@ -70,3 +70,4 @@ def test_non_square_bundle_end_to_end(tmp_path: Path) -> None:
                            text=True, timeout=120)
     assert check.returncode == 0, check.stderr
     assert "256x64" in check.stdout + check.stderr
+    assert "light normalized per image" in check.stdout  # the synthetic line's steady lamp: --normalize auto chose it
