@@ -144,6 +144,8 @@ def cmd_check_config(config: Config, out: TextIO) -> int:
     w(f"runtime:  {det.runtime}, provider {det.provider}, {m.intra_op_threads} thread(s) x {m.workers} worker(s),"
       f" batch {m.batch_size}\n")
     w(f"          chosen: {det.choice.describe()}\n")
+    for text in det.warnings:
+        w(f"warning:  {text}\n")
     for cam in config.cameras:
         thr = f"threshold {cam.threshold:.6g} (camera override)" if cam.threshold is not None else "bundle threshold"
         trig = cam.trigger.mode + (f", gap {cam.trigger.gap_ms:g} ms" if cam.trigger.mode == "free_run" else

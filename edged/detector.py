@@ -20,7 +20,7 @@ from edged.bundle import BundleError, Manifest, load_manifest, resolve_model
 from edged.preprocess import prepare_uint8, to_tensor
 from edged.runtimes import registry
 from edged.runtimes.base import Backend, RuntimeUnavailable
-from edged.runtimes.choice import RuntimeChoice, choose_auto, refuse
+from edged.runtimes.choice import RuntimeChoice, choose_auto, int8_saturation_warning, refuse
 from edged.runtimes.onnxruntime import PROVIDER_NAMES
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,10 @@ class Detector:
         log.info("model %s (%s, %s) loaded from %s: runtime %s (%s), provider %s, %d intra-op thread(s)",
                  self.manifest.bundle_id, self.manifest.method, self.precision, self.model_path.name,
                  self.runtime, self.choice.describe(), self.provider, intra_op_threads)
+        saturation = int8_saturation_warning(self.manifest, self.precision) if self.runtime != "opencv" else None
+        self.warnings: tuple[str, ...] = (saturation,) if saturation else ()
+        for text in self.warnings:
+            log.warning("model %s: %s", self.manifest.bundle_id, text)
 
     def _load(self, runtime: str, precision: str) -> Backend:
         """The bundle's `precision` file (hash checked) opened in `runtime`."""

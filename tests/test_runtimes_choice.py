@@ -223,3 +223,39 @@ def test_edged_status_shows_the_choice(verified: Path, tmp_path: Path) -> None:
     rest = itertools.takewhile(lambda line: line.startswith(" "), lines[at + 1:])
     shown = " ".join([lines[at].split(None, 1)[1], *(line.strip() for line in rest)])
     assert shown == det.choice.describe()  # wrapped under the value column, never cut
+
+
+@pytest.mark.parametrize(("machine", "flags", "quant", "warned"), [
+    ("x86_64", {"avx2"}, {"enabled": True}, True),  # 8-bit weights (a bundle from before reduce_range), no VNNI
+    ("x86_64", {"avx2"}, {"enabled": True, "reduce_range": False}, True),
+    ("x86_64", {"avx2"}, {"enabled": True, "reduce_range": True}, False),  # 7-bit weights cannot saturate
+    ("x86_64", {"avx2", "avx512_vnni"}, {"enabled": True}, False),  # VNNI adds in 32 bits
+    ("x86_64", {"avx2", "avx_vnni"}, {"enabled": True}, False),
+    ("x86_64", set(), {"enabled": True}, False),  # flags unknown: no guess
+    ("aarch64", {"asimd"}, {"enabled": True}, False),  # ARM's int8 dot products add in 32 bits
+    ("x86_64", {"avx2"}, {"enabled": False}, False),  # not quantized
+    ("x86_64", {"avx2"}, {}, False),  # not made by edged-train: nothing known of its weights
+])
+def test_an_int8_model_that_may_saturate_on_this_cpu_is_named(tmp_path: Path, machine: str, flags: set[str],
+                                                               quant: dict[str, object], warned: bool) -> None:
+    bundle = build_max_bundle(tmp_path / "b")  # two real files: model.onnx stands for an int8 one
+    man = load_manifest(bundle).model_copy(update={"quantization": quant})
+    text = choice.int8_saturation_warning(man, "int8", machine=machine, flags=frozenset(flags))
+    assert (text is not None) is warned
+    if text:
+        assert "no VNNI" in text and "model.precision: fp32" in text
+    assert choice.int8_saturation_warning(man, "fp32", machine=machine, flags=frozenset(flags)) is None
+
+
+def test_check_config_prints_the_saturation_warning_on_such_a_cpu(tmp_path: Path) -> None:
+    """This machine's own flags decide; the line is there exactly when the rule says so."""
+    bundle = build_max_bundle(tmp_path / "b")
+    man = load_manifest(bundle)  # quantized as edged-train did before reduce_range: 8-bit weights
+    write_manifest(bundle, man.model_copy(update={"quantization": {"enabled": True, "format": "QDQ"}}))
+    cfg = write_config(tmp_path / "edged.yaml", bundle, tmp_path / "frames", tmp_path / "state")
+    (tmp_path / "frames").mkdir()
+    out = subprocess.run([sys.executable, "-m", "edged", "check-config", "-c", str(cfg)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    expected = choice.int8_saturation_warning(load_manifest(bundle), "int8") is not None
+    assert ("warning:  its int8 model has 8-bit weights" in out.stdout) is expected, out.stdout

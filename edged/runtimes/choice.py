@@ -78,6 +78,49 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# x86 instructions that add int8 products into 32 bits; without them int8 kernels use 16-bit pair sums (VPMADDUBSW)
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+X86 = frozenset({"x86_64", "amd64", "i386", "i686"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (/proc/cpuinfo's first `flags` line; x86 only); empty when unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def int8_saturation_warning(manifest: Manifest, precision: str, machine: str | None = None,
+                            flags: frozenset[str] | None = None) -> str | None:
+    """Why this bundle's int8 scores may stray on this CPU, or None.
+
+    An int8 model quantized with 8-bit weights (bundles from before edged-train's `reduce_range`) on an x86 CPU
+    without VNNI: its int8 convolutions add pairs of products into 16 bits and saturate where inputs and weights
+    are both large. Measured on such a CPU: the tiles' default bundle, int8 image AUROC 0.871 against fp32 0.965
+    (7-bit weights: 0.964). The fit's own parity check only saw the CPU it ran on."""
+    int8, fp32 = manifest.models.get("int8"), manifest.models.get("fp32")
+    if precision != "int8" or int8 is None or (fp32 is not None and fp32.file == int8.file):
+        return None  # not an int8 file (a method without quantization points both entries at the fp32 one)
+    quant = manifest.quantization
+    if quant.get("enabled") is not True or quant.get("reduce_range") is True:
+        return None  # not quantized by edged-train (nothing known of its weights), or with 7-bit weights
+    if (machine or platform.machine()).lower() not in X86:
+        return None
+    found = cpu_flags() if flags is None else flags
+    if not found or found & INT8_DOT_FLAGS:
+        return None
+    return ("its int8 model has 8-bit weights and this CPU has no VNNI, so int8 convolutions add products in "
+            "16 bits and can saturate: scores may differ from those the threshold was set on (measured once: image "
+            "AUROC 0.965 -> 0.871). Refit the bundle with this edged-train (7-bit weights), or set "
+            "model.precision: fp32")
+
+
 def refusal(manifest: Manifest, runtime: str, precision: str) -> str | None:
     """Why `runtime` may not run the bundle's `precision` file (None: it may), for a message naming model.runtime."""
     if not registry.installed(runtime):

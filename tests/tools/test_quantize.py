@@ -43,8 +43,8 @@ def _images(n: int, seed: int, size: int = 24) -> np.ndarray:
 def test_int8_scores_track_fp32(tmp_path: Path) -> None:
     fp32, int8 = tmp_path / "m.fp32.onnx", tmp_path / "m.onnx"
     _conv_model(fp32)
-    # 7-bit weights: this toy model's inputs span 0-1 and its weights are large, so with 8 bits a CPU without VNNI
-    # saturates its 16-bit sums (correlation 0.971 there); what is tested is the quantizer, on any CPU
+    # 7-bit weights (the default, said here because it matters): this toy model's inputs span 0-1 and its weights
+    # are large, so with 8 bits a CPU without VNNI saturates its 16-bit sums (correlation 0.971 there)
     info = quantize(fp32, int8, _images(32, 1), "input", QuantizeOptions(reduce_range=True))
     assert info["format"] == "QDQ" and info["per_channel"] and info["calibration_images"] == 32
     assert info["ops"]["int8"].get("Conv") == 2  # both convolutions run on int8 inputs
@@ -145,4 +145,4 @@ def test_reduce_range_quantizes_the_weights_to_7_bits(tmp_path: Path) -> None:
         assert weights and all(w.dtype == np.int8 for w in weights)
         peak = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
         assert bound // 2 <= peak <= bound, (reduce_range, peak)  # the largest weight uses the range it has
-    assert not QuantizeOptions().reduce_range  # the default: 8 bits (measured in docs/patchcore.md)
+    assert QuantizeOptions().reduce_range  # the default (measured in docs/patchcore.md)
