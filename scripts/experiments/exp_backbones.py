@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from exp_patchcore import load
 from exp_patchcore_diag import combine, nn_dist
 
+from edged.bundle import InputSpec
 from tools.backbones import Normalize, efficientnet_lite
 from tools.methods.base import FitOptions
 from tools.methods.components.blur import gaussian_kernel
@@ -42,6 +43,23 @@ def stage_features(images: list[np.ndarray], variant: str, batch: int = 16) -> d
         for s, f in zip(STAGES, net.features(norm(images_to_tensor(images[i:i + batch])), STAGES), strict=True):
             out[s].append(f.half())
     return {s: torch.cat(v) for s, v in out.items()}
+
+
+def cached_stage_features(data: Path, variant: str, size: str,
+                          ) -> tuple[InputSpec, dict[str, torch.Tensor], dict[str, torch.Tensor], np.ndarray]:
+    """The input spec for `size` (WxH or N), the train and test images' stage features (cached in /tmp/pc), and
+    the test labels: what the fusion experiments (exp_global, exp_pooling) start from."""
+    width, _, height = size.partition("x")
+    spec = METHOD.input_spec(FitOptions(size=int(width), height=int(height) if height else None))
+    train, test, labels, _ = load(data, spec)
+    cache = Path(f"/tmp/pc/bb_{data.name}_{variant}_{size}.pt")
+    cache.parent.mkdir(exist_ok=True)
+    if cache.exists():
+        ftr, fte = torch.load(cache)
+    else:
+        ftr, fte = stage_features(train, variant), stage_features(test, variant)
+        torch.save((ftr, fte), cache)
+    return spec, ftr, fte, labels
 
 
 def scores(dist: torch.Tensor, sigma_cells: float, size: tuple[int, int], topk: int) -> tuple[np.ndarray, torch.Tensor]:

@@ -22,13 +22,11 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exp_backbones import scores, stage_features
-from exp_patchcore import EXTS, load
+from exp_backbones import cached_stage_features, scores
+from exp_patchcore import EXTS
 from exp_patchcore_diag import combine, nn_dist
 
-from tools.methods.base import FitOptions
 from tools.methods.components.sampling import greedy_coreset
-from tools.methods.patchcore import METHOD
 
 
 def pooled(f: dict[str, torch.Tensor], stages: list[str], with_std: bool) -> np.ndarray:
@@ -68,16 +66,7 @@ def main() -> None:
     ap.add_argument("--weights", nargs="+", type=float, default=[0.25, 0.5, 1.0])
     a = ap.parse_args()
     torch.set_num_threads(2)
-    width, _, height = a.size.partition("x")
-    spec = METHOD.input_spec(FitOptions(size=int(width), height=int(height) if height else None))
-    train, test, labels, _ = load(a.data, spec)
-    cache = Path(f"/tmp/pc/bb_{a.data.name}_{a.variant}_{a.size}.pt")
-    cache.parent.mkdir(exist_ok=True)
-    if cache.exists():
-        ftr, fte = torch.load(cache)
-    else:
-        ftr, fte = stage_features(train, a.variant), stage_features(test, a.variant)
-        torch.save((ftr, fte), cache)
+    spec, ftr, fte, labels = cached_stage_features(a.data, a.variant, a.size)
     n = ftr["s5"].shape[0]
     perm = np.random.default_rng(0).permutation(n)
     rest, fit = np.sort(perm[: n // 5]), np.sort(perm[n // 5:])

@@ -22,14 +22,11 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exp_backbones import stage_features
-from exp_patchcore import load
+from exp_backbones import cached_stage_features
 from exp_patchcore_diag import combine, nn_dist
 
-from tools.methods.base import FitOptions
 from tools.methods.components.blur import gaussian_kernel
 from tools.methods.components.sampling import greedy_coreset
-from tools.methods.patchcore import METHOD
 
 FRACTIONS = {"max": 0.0, "top1%": 0.01, "top5%": 0.05, "top10%": 0.10, "top25%": 0.25, "top50%": 0.5, "mean": 1.0}
 FUSIONS = {
@@ -70,17 +67,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     torch.set_num_threads(2)
-    width, _, height = a.size.partition("x")
-    spec = METHOD.input_spec(FitOptions(size=int(width), height=int(height) if height else None))
-    train, test, labels, _ = load(a.data, spec)
-    cache = Path(f"/tmp/pc/bb_{a.data.name}_{a.variant}_{a.size}.pt")
-    cache.parent.mkdir(exist_ok=True)
     t0 = time.perf_counter()
-    if cache.exists():
-        ftr, fte = torch.load(cache)
-    else:
-        ftr, fte = stage_features(train, a.variant), stage_features(test, a.variant)
-        torch.save((ftr, fte), cache)
+    spec, ftr, fte, labels = cached_stage_features(a.data, a.variant, a.size)
     print(f"features {time.perf_counter() - t0:.0f}s", flush=True)
     combo = a.combo.split(",")
     tr, te = combine(ftr, combo, {}, 3), combine(fte, combo, {}, 3)
