@@ -14,12 +14,12 @@ than MAX_T_FUTURE_S ahead of the arrival and no more than MAX_T_PAST_S behind it
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from edged import jsonin
 from edged.handshake import TriggerRefusal
 from edged.parts import Trigger
 from edged.recipes import RecipeRequest
@@ -64,13 +64,13 @@ def decode_object(payload: bytes) -> dict[str, Any]:
         raise MessageRefused(f"payload of {len(payload)} bytes is over the limit of {MAX_PAYLOAD_BYTES}")
     try:
         text = payload.decode("utf-8")
-        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+        data = jsonin.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except MessageRefused:
         raise
     except UnicodeDecodeError:
         raise MessageRefused("payload is not UTF-8") from None
-    except RecursionError:
-        raise MessageRefused("JSON nested too deeply") from None
+    except (RecursionError, jsonin.TooDeep):
+        raise MessageRefused(f"JSON nested too deeply (over {jsonin.MAX_NESTING} levels)") from None
     except ValueError as exc:  # JSONDecodeError, and int() refusing thousands of digits
         raise MessageRefused(f"not JSON: {escape(str(exc), 80)}") from None
     if not isinstance(data, dict):

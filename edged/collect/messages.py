@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from edged import jsonin
 from edged.topics import StationTopic
 
 MAX_PAYLOAD = 256 * 1024  # a stats message with many cameras is a few KB; more is not from edged
@@ -68,7 +69,7 @@ def _object(payload: bytes) -> tuple[dict[str, Any], str]:
     if len(payload) > MAX_PAYLOAD:
         raise BadMessage(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD}")
     try:
-        value = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+        value = jsonin.loads(payload.decode("utf-8"), parse_constant=_reject_constant)  # TooDeep: a ValueError
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BadMessage(f"not JSON: {exc}") from None
     if not isinstance(value, dict):

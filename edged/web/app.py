@@ -6,7 +6,6 @@ Independent of the HTTP server (a Request in, a Response out), so each rule is o
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import sqlite3
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from edged import jsonout, labels
+from edged import jsonin, jsonout, labels
 from edged.safetext import escape
 from edged.store import connect
 from edged.web import api, images, pages, queries
@@ -55,7 +54,7 @@ class Request:
         """The body as fields: a urlencoded form or a JSON object (values as text)."""
         if self.content_type == "application/json":
             try:
-                data = json.loads(self.body.decode("utf-8") or "{}")
+                data = jsonin.loads(self.body.decode("utf-8") or "{}")  # refuses deep nesting (TooDeep)
             except (UnicodeDecodeError, ValueError):
                 return {}
             return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
