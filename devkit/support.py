@@ -19,6 +19,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from devkit.localbroker import MOSQUITTO, LocalBroker, free_port  # noqa: F401 (re-exported)
+from edged import jsonin
 from edged.bundle import InputSpec, Manifest, ModelFile, OutputSpec, Threshold, sha256_file, write_manifest
 
 if TYPE_CHECKING:
@@ -180,14 +181,12 @@ class Subscriber:
     """A real paho subscriber collecting messages per topic."""
 
     def __init__(self, port: int, topics: list[str]) -> None:
-        import json as _json
         import threading
 
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, object, bool]] = []
         self._lock = threading.Lock()
-        self._json = _json
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{free_port()}",
                                   protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
@@ -207,7 +206,7 @@ class Subscriber:
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         text = msg.payload.decode(errors="replace")
         try:
-            payload = self._json.loads(text)
+            payload = jsonin.loads(text)  # depth-checked: json at the recursion limit can abort the process
         except (ValueError, RecursionError):  # anything may arrive (the fuzz tests publish everywhere)
             payload = text
         with self._lock:
@@ -291,7 +290,6 @@ class DurableSubscriber:
 
     def on(self, topic: str) -> list[tuple[float, object, dict[str, int]]]:
         """(arrival time, payload parsed as JSON when it is JSON, properties) for each raw message."""
-        import json
 
         out: list[tuple[float, object, dict[str, int]]] = []
         with self._lock:
@@ -301,8 +299,8 @@ class DurableSubscriber:
                 continue
             text = payload.decode()
             try:
-                value: object = json.loads(text)
-            except ValueError:
+                value: object = jsonin.loads(text)  # as above: the fuzz tests publish deep JSON everywhere
+            except (ValueError, RecursionError):
                 value = text
             out.append((t, value, props))
         return out
