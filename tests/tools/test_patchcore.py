@@ -305,3 +305,57 @@ def test_an_image_gaussian_beside_the_bank_adds_to_the_score_only_and_sees_a_glo
     x = images_to_tensor([new_good, coarse]).numpy()
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(got, s_fused, rtol=1e-3, atol=1e-4)
+
+
+def test_bank_sources_name_the_image_of_every_bank_row() -> None:
+    """Rows laid out image by image, originals first, then each original's light copies; through the random cap
+    and the coreset, every bank row is traced to its original image."""
+    from tools.methods.patchcore.train import bank_sources
+
+    cells, copies = 4, 2
+    n = 3 * (1 + copies)  # images 0-2, then copies 0,0,1,1,2,2
+    owner = torch.tensor([0, 1, 2, 0, 0, 1, 1, 2, 2]).repeat_interleave(cells)
+    kept = torch.randperm(n * cells, generator=torch.Generator().manual_seed(0))[:20]
+    coreset = torch.tensor([0, 5, 19, 7, 12])
+    assert bank_sources(n, copies, cells, kept, coreset).tolist() == owner[kept[coreset]].tolist()
+    assert bank_sources(3, 0, cells, None, torch.tensor([0, 4, 11])).tolist() == [0, 1, 2]
+
+
+def test_fused_pooling_scores_in_units_of_good_images_the_bank_did_not_see(tmp_path: Path) -> None:
+    """pool=fused: the image score is the largest z-score of the grid's max, top mean and mean, whose units come
+    from training images scored without their own patches; so fresh good parts score near the training images'
+    statistics (not far above an in-sample score of about 0), a defect scores far above them, and the ONNX graph
+    gives the torch scores."""
+    good, _ = _parts(14, seed=21)
+    extra = {"layers": "s3,s5", "coreset": "0.2", "batch": "7", "pool": "fused"}
+    trained = METHOD.fit(good, FitOptions(size=SIZE, extra=extra, progress=False))
+    info = trained.params["fused_pool"]
+    head = trained.graph.head
+    assert info["images"] == 14 and head.pool == "fused" and len(info["mean"]) == 3
+    assert all(s > 0 for s in info["std"])
+    fresh, _ = _parts(8, seed=22)
+    bad, _ = _parts(4, seed=23, defect="spot")
+    fresh_scores, _ = trained(fresh)
+    bad_scores, _ = trained(bad)
+    in_sample, _ = trained(good)
+    assert abs(float(np.median(fresh_scores))) < 2.0  # z units: good parts the bank never saw sit near 0
+    assert np.median(in_sample) < np.median(fresh_scores)  # their own patches in the bank: lower than unseen
+    assert bad_scores.min() > fresh_scores.max()
+    with torch.no_grad():  # the score is the largest z-score of the three statistics, as documented
+        stats = head.statistics(head.smoothed(trained.graph.patch_distances(images_to_tensor(bad))))
+    z = (stats - torch.tensor(info["mean"])) / torch.tensor(info["std"])
+    np.testing.assert_allclose(bad_scores, z.max(dim=1).values.numpy(), rtol=1e-3, atol=1e-3)
+    path = tmp_path / "model.onnx"
+    trained.export_onnx(path)
+    x = images_to_tensor(fresh[:2] + bad[:2]).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, np.concatenate([fresh_scores[:2], bad_scores[:2]]), rtol=1e-3, atol=1e-3)
+
+
+def test_fused_pooling_refuses_the_image_gaussian() -> None:
+    """The Gaussian's weight is in units of the top-mean bank score, which fused pooling replaces."""
+    assert parse_options({"pool": "fused"})["pool"] == "fused"
+    with pytest.raises(ValueError, match="gaussian needs pool=top"):
+        parse_options({"pool": "fused", "gaussian": "1"})
+    with pytest.raises(ValueError, match="pool"):
+        parse_options({"pool": "median"})

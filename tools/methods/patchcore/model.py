@@ -80,28 +80,32 @@ class PatchCoreGraph(nn.Module):
     bank_sq: torch.Tensor
 
     def __init__(self, features: PatchFeatures, bank: torch.Tensor, sigma_cells: float, size: tuple[int, int],
-                 top: float = 0.0, beside: BesideBank | None = None, gaussian: ImageGaussian | None = None) -> None:
+                 top: float = 0.0, beside: BesideBank | None = None, gaussian: ImageGaussian | None = None,
+                 pool: str = "top") -> None:
         super().__init__()
         self.features = features
         # ||b||^2 - 2 a.b as one MatMul + Add: the -2 is folded into the bank constant.
         self.register_buffer("bank_t", (-2.0 * bank).t().contiguous())  # (D, M)
         self.register_buffer("bank_sq", (bank * bank).sum(1))  # (M,)
-        self.head = MapHead(sigma_cells, size, top)
+        self.head = MapHead(sigma_cells, size, top, pool)
         self.beside = beside
         self.gaussian = gaussian
 
-    def nearest(self, f: torch.Tensor) -> torch.Tensor:
-        """Distance of every patch of the features f to its nearest memory-bank patch, (N, 1, h, w)."""
+    def nearest(self, f: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
+        """Distance of every patch of the features f to its nearest memory-bank patch, (N, 1, h, w); bank rows
+        where the mask `ignore` (M,) is true are not candidates (fit: an image scored without its own patches)."""
         n, _, h, w = f.shape
         a = f.flatten(2).transpose(1, 2)  # (N, hw, D)
         partial = torch.matmul(a, self.bank_t) + self.bank_sq  # (N, hw, M)
+        if ignore is not None:
+            partial = partial.masked_fill(ignore, float("inf"))
         nearest = partial.min(dim=2).values + (a * a).sum(2)  # (N, hw)
         return torch.sqrt(torch.clamp(nearest, min=0.0)).view(n, 1, h, w)
 
-    def distances_of(self, f: torch.Tensor) -> torch.Tensor:
-        """The anomaly of every patch of the features f, (N, 1, h, w): its bank distance, fused with the
-        autoencoder's error when one sits beside the bank."""
-        d = self.nearest(f)
+    def distances_of(self, f: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
+        """The anomaly of every patch of the features f, (N, 1, h, w): its bank distance (`nearest`), fused with
+        the autoencoder's error when one sits beside the bank."""
+        d = self.nearest(f, ignore)
         return d if self.beside is None else self.beside.fuse(d, f)
 
     def patch_distances(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from tools.backbones import efficientnet_lite, stage_outputs
 from tools.methods.base import FitOptions
 from tools.methods.components.feature_ae import AE_DEFAULTS, train_ae
 from tools.methods.components.features import BackboneMethod, PatchFeatures
+from tools.methods.components.options import OptionError
 from tools.methods.components.sampling import greedy_coreset
 from tools.methods.patchcore.export import PatchCoreTrained
 from tools.methods.patchcore.model import BesideBank, ImageGaussian, PatchCoreGraph, feature_statistics
@@ -91,6 +92,49 @@ def image_gaussian(graph: PatchCoreGraph, feats: torch.Tensor, weight: float, ch
     return gaussian, info
 
 
+POOL_IMAGES = 200  # training images scored without their own patches to set fused pooling's units
+
+
+def bank_sources(n_images: int, copies: int, grid_cells: int, kept: torch.Tensor | None,
+                 coreset: torch.Tensor) -> torch.Tensor:
+    """The training image (original index, light copies mapped to theirs) each memory-bank row came from, (M,).
+
+    Patches are laid out image by image (`grid_cells` each), the originals first, then `copies` light copies per
+    original in order (`tools.fit.with_light_copies`); `kept` is the random cap's selection (None: all), `coreset`
+    the rows the coreset kept of those."""
+    rows = coreset if kept is None else kept[coreset]
+    src = rows // grid_cells
+    originals = n_images // (1 + copies)
+    return torch.where(src < originals, src, (src - originals) // max(copies, 1))
+
+
+@torch.no_grad()
+def fused_pool_stats(graph: PatchCoreGraph, feats: torch.Tensor, images: torch.Tensor, sources: torch.Tensor,
+                     ) -> dict[str, Any]:
+    """Set fused pooling's units from training images (`images`: their indices; `feats`: their raw features) each
+    scored against the bank without its own patches (nor its light copies'): what a good image the bank never saw
+    scores, the statistics' spread included, without refitting. An image whose own patches are the whole bank
+    (two tiny images) cannot be scored that way and is left out."""
+    t0 = time.perf_counter()
+    rows = []
+    for i, index in enumerate(images.tolist()):
+        ignore = sources == index
+        if bool(ignore.all()):
+            continue
+        f = graph.features.project(feats[i:i + 1].float())
+        rows.append(graph.head.statistics(graph.head.smoothed(graph.distances_of(f, ignore))))
+    if len(rows) < 2:
+        raise OptionError("patchcore: pool=fused needs at least two training images whose patches are not the "
+                         "whole memory bank; use pool=top for this data")
+    mean, std = graph.head.set_pool_stats(torch.cat(rows))
+    info = {"statistics": ["max", f"top {graph.head.top:g}", "mean"], "images": len(rows),
+            "mean": [round(v, 5) for v in mean], "std": [round(v, 5) for v in std],
+            "seconds": round(time.perf_counter() - t0, 1)}
+    log.info("patchcore: fused pooling from %d training images scored without their own patches: means %s, "
+             "spreads %s (%.1f s)", len(rows), info["mean"], info["std"], info["seconds"])
+    return info
+
+
 class PatchCoreMethod(BackboneMethod):
     """Frozen-backbone patch features against a coreset memory bank of the good patches (docs/patchcore.md)."""
 
@@ -109,13 +153,20 @@ class PatchCoreMethod(BackboneMethod):
         feats = self.cache.features(features, key, images, o["batch"], opts.progress)
         n, d, h, w = feats.shape
         patches = feats.permute(0, 2, 3, 1).reshape(-1, d)
+        pool_images, pool_feats = None, None
+        if o["pool"] == "fused":  # its own generator: the bank's random cap stays what it is with pool=top
+            pick = torch.Generator().manual_seed(opts.seed + 1)
+            pool_images = torch.randperm(n // (1 + opts.light_copies), generator=pick)[:POOL_IMAGES].sort().values
+            pool_feats = feats[pool_images].clone()
         if not o["gaussian"]:
             del feats  # kept for the image Gaussian's per-image statistics only
         t_feat = time.perf_counter() - t0
         total = patches.shape[0]
         g = torch.Generator().manual_seed(opts.seed)
+        kept = None
         if total > o["max_patches"]:
-            patches = patches[torch.randperm(total, generator=g)[: o["max_patches"]]]
+            kept = torch.randperm(total, generator=g)[: o["max_patches"]]
+            patches = patches[kept]
         proj = None
         if o["proj"] and o["proj"] < d:
             proj = pca_projection(patches, o["proj"])
@@ -136,7 +187,8 @@ class PatchCoreMethod(BackboneMethod):
         bank = patches[idx].clone()
         t_core = time.perf_counter() - t1
         stride = min(stage_outputs(o["backbone"])[s][1] for s in layers)
-        graph = PatchCoreGraph(features, bank, o["sigma"] / stride, (spec.height, spec.width), o["top"]).eval()
+        graph = PatchCoreGraph(features, bank, o["sigma"] / stride, (spec.height, spec.width), o["top"],
+                               pool=o["pool"]).eval()
         params = {**o, "grid": [h, w], "feature_dims": int(bank.shape[1]), "train_patches": int(total),
                   "bank_size": int(bank.shape[0]), "backbone": f"efficientnet-{o['backbone']} (ImageNet)",
                   "feature_seconds": round(t_feat, 1), "coreset_seconds": round(t_core, 1)}
@@ -145,6 +197,9 @@ class PatchCoreMethod(BackboneMethod):
         if o["gaussian"] > 0:
             graph.gaussian, params["image_gaussian"] = image_gaussian(graph, feats, o["gaussian"])
             del feats
+        if pool_images is not None and pool_feats is not None:  # after the autoencoder: the grid's own units
+            sources = bank_sources(n, opts.light_copies, h * w, kept, idx)
+            params["fused_pool"] = fused_pool_stats(graph, pool_feats, pool_images, sources)
         log.info("patchcore: %d images, %d patches of %d dims on a %dx%d grid -> bank of %d (features %.0f s, "
                  "coreset %.0f s)", n, total, bank.shape[1], h, w, bank.shape[0], t_feat, t_core)
         return PatchCoreTrained(spec=spec, graph=graph, params=params)
