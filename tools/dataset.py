@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,6 +144,16 @@ def read_image(path: Path) -> np.ndarray | None:
     if image is None or image.size == 0:
         return None
     return image
+
+
+def sample_images(records: Sequence[Record], sample: int, seed: int | Sequence[int]) -> Iterator[np.ndarray]:
+    """The decoded images (as stored) of a seeded random sample of `records`, in file order, unreadable or empty
+    ones skipped: what the fit's choices from the data (input size, light normalization) look at."""
+    idx = np.random.default_rng(seed).permutation(len(records))[:sample]
+    for i in sorted(idx.tolist()):
+        image = read_image(records[i].path)
+        if image is not None and image.size:
+            yield image
 
 
 def read_mask(path: Path | None, shape: tuple[int, int], image_shape: tuple[int, int] | None = None,

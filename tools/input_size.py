@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tools.dataset import Record, read_image
+from tools.dataset import Record, sample_images
 
 MULTIPLE = 16  # the stride of the feature grid: each side a whole number of patches
 MAX_ASPECT = 4.0  # longer than 4:1, a part is better cut into several views
@@ -36,14 +36,7 @@ def parse_size(text: str) -> tuple[int, int] | None:
 
 def sample_shapes(records: Sequence[Record], sample: int = SAMPLE, seed: int = 0) -> list[tuple[int, int]]:
     """(width, height) of a seeded sample of the records' images as stored (unreadable ones skipped)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(records))[:sample]
-    shapes = []
-    for i in sorted(idx.tolist()):
-        image = read_image(records[i].path)
-        if image is not None:
-            shapes.append((int(image.shape[1]), int(image.shape[0])))
-    return shapes
+    return [(int(image.shape[1]), int(image.shape[0])) for image in sample_images(records, sample, seed)]
 
 
 def _round(side: float, low: int, high: int, cap: float | None = None) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tools.dataset import Record, read_image
+from tools.dataset import Record, sample_images
 
 SPAN = 1.3  # the brightest gain a station must tolerate (issue 20: x0.7-x1.3); also tools.fit.LIGHT_CORNERS
 SAMPLE = 64  # images decoded to learn the range: a tenth of them at each end
@@ -51,14 +51,7 @@ def mean_brightness(image: np.ndarray) -> float:
 
 def sample_brightness(records: Sequence[Record], sample: int = SAMPLE, seed: int = 0) -> list[float]:
     """Mean brightness of a seeded sample of the records' images as stored (unreadable ones skipped)."""
-    rng = np.random.default_rng([seed, 11])
-    idx = rng.permutation(len(records))[:sample]
-    out = []
-    for i in sorted(idx.tolist()):
-        image = read_image(records[i].path)
-        if image is not None and image.size:
-            out.append(mean_brightness(image))
-    return out
+    return [mean_brightness(image) for image in sample_images(records, sample, [seed, 11])]
 
 
 def choose(means: Sequence[float]) -> LightChoice:

@@ -144,3 +144,23 @@ def test_camera_changes_are_made_at_the_stored_size_before_the_resize(tmp_path: 
     (tmp_path / "a.png").write_bytes(b"")
     with pytest.raises(DatasetError, match="no longer a readable image"):
         as_delivered(records, spec, noise)
+
+
+def test_sample_images_is_seeded_in_file_order_and_skips_unreadable(tmp_path: Path) -> None:
+    """The sample the fit's data-driven choices look at: the same seed gives the same images, in file order, and a
+    file that does not decode is left out, not raised."""
+    from tools.dataset import Record, sample_images
+
+    records = []
+    for i in range(8):
+        path = tmp_path / f"{i}.png"
+        if i == 3:
+            path.write_bytes(b"not a png")
+        else:
+            cv2.imwrite(str(path), np.full((4, 4 + i), i, np.uint8))
+        records.append(Record(path))
+    every = [int(im[0, 0]) for im in sample_images(records, 8, seed=0)]
+    assert every == [0, 1, 2, 4, 5, 6, 7]
+    some = [int(im[0, 0]) for im in sample_images(records, 4, seed=[5, 11])]
+    assert some == sorted(some) and len(some) in (3, 4)
+    assert some == [int(im[0, 0]) for im in sample_images(records, 4, seed=[5, 11])]
