@@ -218,9 +218,24 @@ def test_standardized_features_weigh_every_channel_evenly(trained: PatchCoreTrai
     np.testing.assert_allclose(spread.numpy(), 1.0, rtol=0.02)
 
 
+def _int8_convolutions(path: Path) -> list[str]:
+    """The convolutions of an int8 file whose weights come through a DequantizeLinear (quantized ones)."""
+    model = onnx.load(str(path))
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and n.input[1] in dequantized]
+
+
+def _beyond_the_stem_stage(path: Path) -> list[str]:
+    """The fp32 file's backbone convolutions from its second stride-2 one on, by their strides alone."""
+    convs = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Conv" and n.name.startswith("/features/")]
+    strided = [i for i, n in enumerate(convs) if any(max(a.ints) > 1 for a in n.attribute if a.name == "strides")]
+    return [n.name for n in convs[strided[1]:]]
+
+
 def test_pipeline_bundle_runs_in_the_daemon_detector(synth_data: Path, tmp_path: Path) -> None:
     """`edged-train fit --method patchcore` end to end on generated parts: the int8 bundle loads in the
-    daemon's Detector, keeps the kNN tail in fp32, and its scores follow the fp32 model's."""
+    daemon's Detector, keeps the kNN tail and the backbone's stem stage in fp32 (every later convolution int8),
+    and its scores follow the fp32 model's."""
     from edged.detector import Detector
     from tools.fit import FitConfig, fit_bundle
 
@@ -232,6 +247,7 @@ def test_pipeline_bundle_runs_in_the_daemon_detector(synth_data: Path, tmp_path:
     ops = m.quantization["ops"]
     assert isinstance(ops, dict)
     assert "MatMul" in ops["int8"] and {"Sqrt", "TopK"} <= set(ops["fp32"])
+    assert _int8_convolutions(result.bundle / "model.onnx") == _beyond_the_stem_stage(result.bundle / "model.fp32.onnx")
     frames = [read_image(p) for p in sorted((synth_data / "test").rglob("*.png"))]
     fp32 = [o.score for o in Detector(result.bundle, precision="fp32").infer(frames)]
     int8 = Detector(result.bundle).infer(frames)

@@ -11,7 +11,7 @@ import torch
 
 from edged.bundle import InputSpec, OutputSpec
 from tools.methods.base import QuantizeOptions
-from tools.methods.components.export import export_graph
+from tools.methods.components.export import export_graph, stem_stage_nodes
 from tools.methods.components.tensors import images_to_tensor
 from tools.methods.featae.model import FeatAEGraph
 
@@ -31,14 +31,16 @@ class FeatAETrained:
         op_types=["Conv"], extra_options={"ActivationType": "QUInt8"}))
 
     def export_onnx(self, path: Path) -> None:
-        """fp32 graph with a dynamic batch; records the autoencoder's nodes for int8 to leave alone."""
+        """fp32 graph with a dynamic batch; records the autoencoder's nodes (and the backbone's stem stage) for int8
+        to leave alone."""
         import onnx
 
         export_graph(self.graph, self.spec, self.outputs, path)
         model = onnx.load(str(path))
-        self.quantize.nodes_to_exclude = [n.name for n in model.graph.node if n.name.startswith("/ae/")]
-        if not self.quantize.nodes_to_exclude:
+        ae = [n.name for n in model.graph.node if n.name.startswith("/ae/")]
+        if not ae:
             raise RuntimeError("featae export: no autoencoder nodes found to keep in fp32 (node names changed?)")
+        self.quantize.nodes_to_exclude = stem_stage_nodes(model) + ae
 
     def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The torch reference: (scores [N], maps [N, 1, H, W]) for prepared uint8 images."""

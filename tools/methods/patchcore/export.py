@@ -11,7 +11,7 @@ import torch
 
 from edged.bundle import InputSpec, OutputSpec
 from tools.methods.base import QuantizeOptions
-from tools.methods.components.export import export_graph
+from tools.methods.components.export import export_graph, stem_stage_nodes
 from tools.methods.components.tensors import images_to_tensor
 from tools.methods.patchcore.model import PatchCoreGraph
 
@@ -30,13 +30,14 @@ class PatchCoreTrained:
         extra_options={"ActivationType": "QUInt8"}))
 
     def export_onnx(self, path: Path) -> None:
-        """fp32 graph with a dynamic batch; also records which tail nodes int8 must leave alone."""
+        """fp32 graph with a dynamic batch; also records which nodes int8 must leave alone (the kNN tail, what sits
+        beside the bank, the backbone's stem stage)."""
         import onnx
 
         path = Path(path)
         export_graph(self.graph, self.spec, self.outputs, path)
         model = onnx.load(str(path))
-        self.quantize.nodes_to_exclude = tail_nodes(model) + beside_nodes(model)
+        self.quantize.nodes_to_exclude = stem_stage_nodes(model) + tail_nodes(model) + beside_nodes(model)
         onnx.save(model, str(path))
 
     def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
