@@ -42,6 +42,8 @@ CANDIDATES: dict[str, tuple[Candidate, ...]] = {
         Candidate("default (Lite1 s4+s5+s6, 160 px budget, top 10%)"),
         Candidate("224 px budget", budget=224),
         Candidate("image score = maximum cell", {"top": 0.0}),
+        # ranks better on every set measured, but rejects good parts under sensor noise (docs/detection.md)
+        Candidate("fused pooling (largest z-score of the maximum, top 10% and mean)", {"pool": "fused"}),
         Candidate("Lite0 s5+s6", {"backbone": "lite0", "layers": "s5,s6"}),
         # the memory bank alone ranks a busy texture poorly where the autoencoder does better (docs/detection.md)
         Candidate("feature autoencoder beside the bank (weight 0.5)", {"featae": 0.5}),

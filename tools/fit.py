@@ -220,9 +220,16 @@ def with_light_copies(images: list[np.ndarray], copies: int, seed: int) -> list[
     return out
 
 
-def _with_copies(cfg: FitConfig) -> FitOptions:
-    """The method's options, telling it how many light copies of each image it is given."""
-    return dataclasses.replace(cfg.options, light_copies=cfg.augment_light)
+def _with_copies(cfg: FitConfig, records: list[Record], spec: InputSpec) -> FitOptions:
+    """The method's options, telling it how many light copies of each image it is given and how the camera may
+    deliver each original (`records`: the training images in the order given, as `camera_variants` says)."""
+    variants = list(camera_variants(cfg).values())
+
+    def camera_copies(i: int) -> list[np.ndarray]:
+        return [prepare_uint8(as_delivered([records[i]], spec, _per_index(variant))[0], spec) for variant in variants]
+
+    return dataclasses.replace(cfg.options, light_copies=cfg.augment_light,
+                               camera_copies=camera_copies if variants else None)
 
 
 def _check_method(method: Method, cfg: FitConfig) -> InputSpec:
@@ -510,13 +517,15 @@ def camera_variants(cfg: FitConfig) -> dict[str, Callable[[np.ndarray], np.ndarr
     return out
 
 
+def _per_index(variant: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray, int], np.ndarray]:
+    """`variant` as `as_delivered` takes a change: the same for every image index."""
+    return lambda image, i: variant(image)
+
+
 def _as_camera_delivers(cfg: FitConfig, records: list[Record], spec: InputSpec) -> dict[str, list[np.ndarray]]:
     """The calibration images each `camera_variants` way, changed at the size stored (the camera's) and then
     brought to the model's size (`tools.dataset.as_delivered`), by variant name."""
-    def per_index(variant: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray, int], np.ndarray]:
-        return lambda image, i: variant(image)
-
-    return {name: as_delivered(records, spec, per_index(variant), cfg.options.progress,
+    return {name: as_delivered(records, spec, _per_index(variant), cfg.options.progress,
                                f"reading calibration images ({name})")
             for name, variant in camera_variants(cfg).items()} if records else {}
 
@@ -547,7 +556,7 @@ def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_i
         _seed_everything(cfg.options.seed + fold + 1)
         fold_images = [prepared[i] for i in train_idx]
         trained = method.fit(with_light_copies(fold_images, cfg.augment_light, cfg.options.seed + fold),
-                             _with_copies(cfg))
+                             _with_copies(cfg, [records[i] for i in train_idx], spec))
         fold_spec = _as_fitted(trained.spec, spec)
         int8_file, quant = _export_models(trained, fold_images, fold_spec, folder, cfg, [])
         summary = TrainingSummary(count=len(train_idx), data=str(cfg.data))
@@ -673,7 +682,8 @@ def _train_final(cfg: FitConfig, method: Method, images: _FitImages, spec: Input
     """Fit the bundle's model on `images.prepared` (then emptied: the pixels are no longer needed) and export it."""
     _seed_everything(cfg.options.seed)
     t_train = time.perf_counter()
-    trained = method.fit(with_light_copies(images.prepared, cfg.augment_light, cfg.options.seed), _with_copies(cfg))
+    trained = method.fit(with_light_copies(images.prepared, cfg.augment_light, cfg.options.seed),
+                         _with_copies(cfg, images.train_recs, spec))
     train_seconds = time.perf_counter() - t_train
     if _as_fitted(trained.spec, spec) != spec:
         log.info("method %s changed its input spec while fitting; using the trained one", cfg.method)

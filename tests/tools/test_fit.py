@@ -434,9 +434,11 @@ def test_choose_without_defect_images_is_a_clear_error(good_folder: Path, tmp_pa
 
 
 @pytest.mark.slow
-def test_calibration_through_jpeg_keeps_good_parts_from_a_camera_that_compresses(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pool", ["top", "fused"])
+def test_calibration_through_jpeg_keeps_good_parts_from_a_camera_that_compresses(tmp_path: Path, pool: str) -> None:
     """patchcore fitted on PNG stills of finely textured parts, then fed new parts through JPEG (a camera's
-    MJPG): calibrated on stills only, compression alone rejects good parts; calibrated through JPEG, not."""
+    MJPG): calibrated on stills only, compression alone rejects good parts; calibrated through JPEG (threshold
+    and fused pooling's units), not."""
 
     from edged.detector import Detector
     from tools.calibrate import score_images
@@ -445,17 +447,20 @@ def test_calibration_through_jpeg_keeps_good_parts_from_a_camera_that_compresses
     data = write_good(tmp_path / "good", 30, size=96, seed=5)
     new_parts = write_good(tmp_path / "new", 40, size=96, seed=6)
     frames = [through_jpeg(read_image(p), 50) for p in sorted(new_parts.iterdir())]
-    extra = {"coreset": 0.05, "backbone": "lite0", "layers": "s5,s6"}
+    extra = {"coreset": 0.05, "backbone": "lite0", "layers": "s5,s6", "pool": pool}
     rates = {}
     for quality in (0, 50):
         out = tmp_path / f"b{quality}"
         m = fit_bundle(_cfg(data, out, method="patchcore", size=64, folds=3, jpeg_quality=quality,
                             extra=extra)).manifest
         assert m.training.params["calibration_jpeg_quality"] == (quality or None)
+        # fused pooling's units count each training image through JPEG too when the fit calibrates so
+        if pool == "fused":
+            assert json_object(m.training.params["fused_pool"])["camera_copies"] == (30 if quality else 0)
         scores, _ = score_images(Detector(out, precision="fp32"), frames, keep_maps=False)
         rates[quality] = float(np.mean(scores > m.models["fp32"].threshold.value))
     assert rates[0] >= 0.5  # measured 1.0: the still-only threshold rejects compressed good parts
-    assert rates[50] <= 0.1  # measured 0.0
+    assert rates[50] <= 0.1  # measured 0.0 (top), 0.025 (fused; 0.225 with its units from the stored images alone)
     with pytest.raises(FitError, match="--calibrate-jpeg 101"):
         check_fit(_cfg(data, tmp_path / "x", jpeg_quality=101))
 

@@ -9,6 +9,7 @@ evaluation are shared code and never method-specific except through `QuantizeOpt
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +36,10 @@ class FitOptions:
     extra: dict[str, Any] = field(default_factory=dict)  # method options from --opt KEY=VALUE
     progress: bool = True  # show a progress bar (tqdm)
     light_copies: int = 0  # the images passed hold this many light copies of each original (`--augment-light`)
+    # original training image i as each other way the camera may deliver it (the fit's calibration variants:
+    # through JPEG, under the light corners), prepared like the images passed; None: the fit calibrates as stored.
+    # For methods whose score units come from training images: units of good parts as they will arrive
+    camera_copies: Callable[[int], list[np.ndarray]] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -108,6 +109,28 @@ def bank_sources(n_images: int, copies: int, grid_cells: int, kept: torch.Tensor
     return torch.where(src < originals, src, (src - originals) // max(copies, 1))
 
 
+def with_camera_copies(images: torch.Tensor, feats: torch.Tensor, opts: FitOptions,
+                       extract: Callable[[list[np.ndarray]], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused pooling's images (indices) and raw features, plus each one as the camera may deliver it
+    (`FitOptions.camera_copies`: through JPEG, under the light corners), under the original's index.
+
+    The pooled statistics of a PNG-trained model shift under JPEG far more than they vary between stored good
+    parts (the grid's mean most: compression moves every cell), and in units of that spread alone a good part
+    through JPEG scored 30 spreads; the fold models' spreads differ by a few percent, so their calibration
+    scores did not cover the bundle's (22% false rejects through JPEG 50 in the test). In units that include
+    the camera's copies, the threshold set through them carries over."""
+    if opts.camera_copies is None:
+        return images, feats
+    copies, owners = [], []
+    for index in images.tolist():
+        for copy in opts.camera_copies(index):
+            copies.append(copy)
+            owners.append(index)
+    if not copies:
+        return images, feats
+    return torch.cat([images, torch.tensor(owners, dtype=images.dtype)]), torch.cat([feats, extract(copies)])
+
+
 @torch.no_grad()
 def fused_pool_stats(graph: PatchCoreGraph, feats: torch.Tensor, images: torch.Tensor, sources: torch.Tensor,
                      ) -> dict[str, Any]:
@@ -153,11 +176,14 @@ class PatchCoreMethod(BackboneMethod):
         feats = self.cache.features(features, key, images, o["batch"], opts.progress)
         n, d, h, w = feats.shape
         patches = feats.permute(0, 2, 3, 1).reshape(-1, d)
-        pool_images, pool_feats = None, None
+        pool_images, pool_feats, stored = None, None, 0
         if o["pool"] == "fused":  # its own generator: the bank's random cap stays what it is with pool=top
             pick = torch.Generator().manual_seed(opts.seed + 1)
             pool_images = torch.randperm(n // (1 + opts.light_copies), generator=pick)[:POOL_IMAGES].sort().values
-            pool_feats = feats[pool_images].clone()
+            stored = len(pool_images)
+            pool_images, pool_feats = with_camera_copies(pool_images, feats[pool_images].clone(), opts,
+                                                         lambda ims: self.cache.features(features, key, ims,
+                                                                                         o["batch"], False))
         if not o["gaussian"]:
             del feats  # kept for the image Gaussian's per-image statistics only
         t_feat = time.perf_counter() - t0
@@ -200,6 +226,7 @@ class PatchCoreMethod(BackboneMethod):
         if pool_images is not None and pool_feats is not None:  # after the autoencoder: the grid's own units
             sources = bank_sources(n, opts.light_copies, h * w, kept, idx)
             params["fused_pool"] = fused_pool_stats(graph, pool_feats, pool_images, sources)
+            params["fused_pool"]["camera_copies"] = len(pool_images) - stored
         log.info("patchcore: %d images, %d patches of %d dims on a %dx%d grid -> bank of %d (features %.0f s, "
                  "coreset %.0f s)", n, total, bank.shape[1], h, w, bank.shape[0], t_feat, t_core)
         return PatchCoreTrained(spec=spec, graph=graph, params=params)
