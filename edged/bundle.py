@@ -172,6 +172,8 @@ class InputStatistics(_Record):
     mean: tuple[float, float] = Field(description="brightness mean, grey levels 0..255")
     spread: tuple[float, float] = Field(description="brightness standard deviation, grey levels")
     sharpness: tuple[float, float] = Field(description="variance of the Laplacian at mean 128, grey levels^2")
+    noise: tuple[float, float] | None = Field(None, description="median absolute Laplacian at mean 128, grey "
+                                                                "levels (None: a bundle fitted before it was kept)")
     clipped_low: tuple[float, float] = Field(description="fraction of pixels <= 2")
     clipped_high: tuple[float, float] = Field(description="fraction of pixels >= 253")
     differs: tuple[float, float] = Field(description="fraction of the reference grid outside its bounds")

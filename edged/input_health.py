@@ -14,6 +14,9 @@ mean           brightness mean, grey levels 0..255                           too
 spread         brightness standard deviation, grey levels                    blocked (a uniform cover)
 sharpness      variance of the Laplacian of the copy scaled to mean 128      out_of_focus
                (grey levels^2; gain-independent, so dimming is not blur)
+noise          median absolute Laplacian of the same copy, scaled alike      noisy
+               (grey levels): noise moves every pixel, so the median; the
+               part's edges and texture move a few, so mostly the variance
 clipped_low    fraction of pixels <= 2                                       too_dark
 clipped_high   fraction of pixels >= 253                                     too_bright
 frozen_diff    mean absolute difference to the camera's previous frame       frozen
@@ -61,8 +64,8 @@ SHARPNESS_MEAN = 128.0  # sharpness is measured on the copy scaled to this mean
 DRIFT_EVERY = 10  # frames between refreshes of the recent median brightness (a median of 100 costs ~10 us)
 UNIFORM_SPREAD = 2.0  # below this standard deviation (grey levels) an image is uniform: blocked, reference or not
 
-Reason = Literal["too_dark", "too_bright", "out_of_focus", "blocked", "frozen", "reject_rate"]
-PRIORITY: tuple[Reason, ...] = ("frozen", "blocked", "too_dark", "too_bright", "out_of_focus")
+Reason = Literal["too_dark", "too_bright", "out_of_focus", "noisy", "blocked", "frozen", "reject_rate"]
+PRIORITY: tuple[Reason, ...] = ("frozen", "blocked", "too_dark", "too_bright", "out_of_focus", "noisy")
 
 
 class InputHealthConfig(Section):
@@ -84,6 +87,10 @@ class InputHealthConfig(Section):
                                        "(1 + this) x the training maximum too_bright.")
     sharpness_factor: float = Field(0.4, ge=0, le=1, description="Sharpness below this x the training minimum is "
                                                                  "out_of_focus.")
+    noisy_factor: float = Field(
+        1.5, ge=1, le=1000, description="Noise (median absolute Laplacian) above this x the training maximum is "
+                                        "noisy: sensor noise (gain turned up in low light), interference, heavy "
+                                        "compression, which an anomaly model sees on every part.")
     clipped_margin: float = Field(0.05, ge=0, le=1, description="Clipped fraction (pixels <= 2 or >= 253) more "
                                                                 "than this above the training maximum: too_dark "
                                                                 "or too_bright.")
@@ -116,6 +123,7 @@ class InputStats:
     mean: float
     spread: float
     sharpness: float
+    noise: float
     clipped_low: float
     clipped_high: float
     frozen_diff: float | None  # None for a camera's first frame
@@ -124,7 +132,7 @@ class InputStats:
     def to_dict(self) -> dict[str, float | None]:
         """For the health file and the alarm message: rounded."""
         return {k: None if v is None else round(v, 4) for k, v in (
-            ("mean", self.mean), ("spread", self.spread), ("sharpness", self.sharpness),
+            ("mean", self.mean), ("spread", self.spread), ("sharpness", self.sharpness), ("noise", self.noise),
             ("clipped_low", self.clipped_low), ("clipped_high", self.clipped_high),
             ("frozen_diff", self.frozen_diff), ("differs", self.differs))}
 
@@ -179,7 +187,8 @@ def measure(grey: np.ndarray, previous: np.ndarray | None, bounds: Bounds | None
     mean_a, std_a = cv2.meanStdDev(grey)
     mean, spread = float(mean_a[0, 0]), float(std_a[0, 0])
     gain = SHARPNESS_MEAN / max(mean, 1.0)
-    _, lap_std = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_16S))
+    laplacian = cv2.Laplacian(grey, cv2.CV_16S)
+    _, lap_std = cv2.meanStdDev(laplacian)
     n = float(grey.size)
     frozen = None
     if previous is not None and previous.shape == grey.shape:
@@ -190,9 +199,22 @@ def measure(grey: np.ndarray, previous: np.ndarray | None, bounds: Bounds | None
         out = int(np.count_nonzero(grid < bounds.low)) + int(np.count_nonzero(grid > bounds.high))
         differs = out / grid.size
     return InputStats(mean=mean, spread=spread, sharpness=float(lap_std[0, 0]) ** 2 * gain * gain,
+                      noise=_median_abs(laplacian) * gain,
                       clipped_low=float(np.count_nonzero(grey <= CLIP_LOW)) / n,
                       clipped_high=float(np.count_nonzero(grey >= CLIP_HIGH)) / n,
                       frozen_diff=frozen, differs=differs)
+
+
+def _median_abs(laplacian: np.ndarray) -> float:
+    """The median of |laplacian| (saturated at 255), interpolated within its histogram bin (bin b holds the values
+    b - 0.5 to b + 0.5): a histogram costs a tenth of a sort, and a noise level of a few grey levels needs more
+    than whole steps."""
+    hist = cv2.calcHist([cv2.convertScaleAbs(laplacian)], [0], None, [256], [0, 256]).ravel().astype(np.float64)
+    cum = np.cumsum(hist)
+    half = cum[-1] / 2.0
+    b = int(np.searchsorted(cum, half))
+    below = float(cum[b - 1]) if b > 0 else 0.0
+    return float(max(0.0, b - 0.5 + (half - below) / max(float(hist[b]), 1.0)))
 
 
 def problems(stats: InputStats, ref: InputStatistics | None, cfg: InputHealthConfig,
@@ -237,6 +259,8 @@ def _against_reference(stats: InputStats, ref: InputStatistics, cfg: InputHealth
         found.add("too_bright")
     if stats.sharpness < ref.sharpness[0] * cfg.sharpness_factor:
         found.add("out_of_focus")
+    if ref.noise is not None and stats.noise > max(ref.noise[1], 1.0) * cfg.noisy_factor:  # 1: a flat training set
+        found.add("noisy")
     return found
 
 
@@ -258,6 +282,7 @@ def fit_statistics(images: Iterable[np.ndarray], bit_depth: int = 16) -> InputSt
     return InputStatistics(  # every training image lies inside its own bounds: differs is 0 by construction
         n_images=len(stats), stats_size=STATS_SIZE, mean=_span(s.mean for s in stats),
         spread=_span(s.spread for s in stats), sharpness=_span(s.sharpness for s in stats),
+        noise=_span(s.noise for s in stats),
         clipped_low=_span(s.clipped_low for s in stats), clipped_high=_span(s.clipped_high for s in stats),
         differs=(0.0, 0.0), reference_size=REFERENCE_SIZE, reference_mean=round(ref_mean, 3),
         reference_low=tuple(int(v) for v in low), reference_high=tuple(int(v) for v in high))

@@ -280,7 +280,7 @@ class Ready(Payload):
 @dataclass(frozen=True, slots=True)
 class Alarm(Payload):
     """`<base>/alarm/<camera>`, retained while the camera is degraded: the camera changed, not the parts (too_dark,
-    too_bright, out_of_focus, blocked, frozen: its input; reject_rate: a flood of rejects). Cleared by an empty
+    too_bright, out_of_focus, noisy, blocked, frozen: its input; reject_rate: a flood of rejects). Cleared by an empty
     retained message (which deletes the retained alarm at the broker: a late subscriber sees none)."""
 
     station: str

@@ -72,7 +72,26 @@ def test_statistics_have_their_units() -> None:
     assert s.frozen_diff == 0.0 and s.differs is None
     assert s.spread > 50
     flat = measure(np.full((120, 160), 128, np.uint8), None, None)
-    assert flat.sharpness == 0.0 and flat.spread == 0.0 and flat.frozen_diff is None
+    assert flat.sharpness == 0.0 and flat.noise == 0.0 and flat.spread == 0.0 and flat.frozen_diff is None
+    steps = np.tile(np.array([100, 100, 100, 103], np.uint8), (120, 40))  # |Laplacian| 0 or 3-6 on every row
+    assert 0.0 < measure(steps, None, None).noise < 6.0
+
+
+def _noisy(image: np.ndarray, sigma: float) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return np.clip(image + rng.normal(0.0, sigma, image.shape), 0, 255).astype(np.uint8)
+
+
+def test_noise_is_told_from_texture(ref: InputStatistics) -> None:
+    """The median |Laplacian| rises with sensor noise on every pixel, not with the part's edges: another part of
+    the product is not noisy, nor is noise of 1 grey level; noise of 4 grey levels is; a bundle fitted before
+    the statistic was kept (no ``noise`` range) checks nothing of it."""
+    assert ref.noise is not None and ref.noise[0] > 0
+    assert "noisy" not in found(scene(60), ref)
+    assert "noisy" not in found(_noisy(scene(60), 1.0), ref)
+    assert found(_noisy(scene(60), 4.0), ref) == ("noisy",)
+    old = ref.model_copy(update={"noise": None})
+    assert found(_noisy(scene(60), 8.0), old) == ()
 
 
 def test_sharpness_does_not_depend_on_the_light() -> None:
@@ -86,6 +105,7 @@ def test_sharpness_does_not_depend_on_the_light() -> None:
     ("dim x0.5", lambda im: (im * 0.5).astype(np.uint8), "too_dark"),
     ("bright x1.8", lambda im: np.clip(im * 1.8, 0, 255).astype(np.uint8), "too_bright"),
     ("blur", lambda im: cv2.GaussianBlur(im, (0, 0), 4), "out_of_focus"),
+    ("sensor noise sigma 8", lambda im: _noisy(im, 8.0), "noisy"),
     ("half covered black", lambda im: np.concatenate([im[:, :320] * 0, im[:, 320:]], axis=1), "blocked"),
     ("half covered white", lambda im: np.concatenate([im[:, :320] * 0 + 255, im[:, 320:]], axis=1), "blocked"),
     ("lens cap", lambda im: np.full_like(im, 20), "blocked"),
