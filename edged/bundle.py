@@ -128,6 +128,14 @@ class Threshold(_Strict):
         return v
 
 
+def bundle_file_name(v: str) -> str:
+    """A path relative to the bundle folder, never leaving it (checked again, symlinks followed, at load)."""
+    p = PurePosixPath(v.replace("\\", "/"))
+    if not v or "\x00" in v or p.is_absolute() or ".." in p.parts or PureWindowsPath(v).drive:
+        raise ValueError(f"{v!r} must be a file name inside the bundle folder (no absolute path, no '..')")
+    return v
+
+
 class ModelFile(_Strict):
     """One ONNX file of the bundle, calibrated on its own: int8 scores differ slightly from fp32."""
 
@@ -140,11 +148,7 @@ class ModelFile(_Strict):
     @field_validator("file")
     @classmethod
     def _plain_name(cls, v: str) -> str:
-        """A path relative to the bundle folder, never leaving it (checked again, symlinks followed, at load)."""
-        p = PurePosixPath(v.replace("\\", "/"))
-        if not v or "\x00" in v or p.is_absolute() or ".." in p.parts or PureWindowsPath(v).drive:
-            raise ValueError(f"{v!r} must be a file name inside the bundle folder (no absolute path, no '..')")
-        return v
+        return bundle_file_name(v)
 
 
 class TrainingSummary(_Record):
@@ -219,6 +223,25 @@ class RuntimeCheck(_Record):
     error: str = ""  # why it could not load or run, when it could not
 
 
+class ReferenceParts(_Strict):
+    """A few good training parts as the daemon's `Detector` takes them, with the scores each precision gave them at
+    fit under `runtime`: the station scores them again at load, so a model that scores differently on this CPU or
+    with this runtime's build (int8 kernels that saturate without VNNI, a changed library) is caught before the
+    first part, not read off the reject rate weeks later."""
+
+    file: str = "reference_parts.npz"  # uint8 images, N x H x W [x C], key "images"
+    sha256: str
+    runtime: RuntimeName = "onnxruntime"
+    scores: dict[Literal["int8", "fp32"], tuple[float, ...]]
+    # largest difference allowed, as a fraction of the model's threshold (7-bit weights score alike everywhere)
+    tolerance: float = Field(0.02, gt=0, le=1)
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return bundle_file_name(v)
+
+
 class Manifest(_Strict):
     """A bundle's manifest.json: what its models take and give, and their thresholds. Validated on load; a
     format_version this edged does not read is refused."""
@@ -246,6 +269,8 @@ class Manifest(_Strict):
     history: list[dict[str, object]] = Field(default_factory=list)  # earlier ids/thresholds (re-calibrations)
     # ranges of the training images for input health; None in bundles fitted before it (still loaded)
     input_stats: InputStatistics | None = None
+    # good parts scored again at load (edged.detector); None in bundles fitted before it
+    reference_parts: ReferenceParts | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edged import features as feature_extractors
-from edged.bundle import BundleError, Manifest, load_manifest, resolve_model
+from edged.bundle import BundleError, Manifest, inside_bundle, load_manifest, resolve_model, sha256_file
 from edged.preprocess import prepare_uint8, to_tensor
 from edged.runtimes import registry
 from edged.runtimes.base import Backend, RuntimeUnavailable
@@ -52,22 +52,65 @@ class Detector:
             except KeyError:
                 raise BundleError(f"model bundle {bundle_dir}: unknown feature extractor "
                                   f"{self.spec.features!r}") from None
-        self.choice, self._backend = self._open(runtime, precision)
-        self.runtime = self.choice.runtime
-        self.precision = self.choice.precision
-        entry = self.manifest.model(self.precision)
-        self.model_path = resolve_model(self.bundle_dir, self.manifest, self.precision, verify=False)  # checked at load
-        self.threshold = entry.threshold.value
-        self.map_threshold = entry.map_threshold
-        self.provider = self._backend.provider
-        self._self_test()
+        self._use(*self._open(runtime, precision))
+        warnings: list[str] = []
+        mismatch = self._reference_mismatch()
+        if mismatch and self.precision == "int8" and precision is None and self.runtime == "onnxruntime":
+            # the bundle's default, not the station's choice: the fp32 file carries the same model
+            warnings.append(f"{mismatch}: running the fp32 model instead (refit on this kind of CPU for int8, or "
+                            "set model.precision: fp32 to say so)")
+            self._use(*self._open("onnxruntime", "fp32"))
+            mismatch = self._reference_mismatch()
+        if mismatch:
+            raise BundleError(f"model bundle {self.bundle_dir}: {mismatch}: refused (model.precision: fp32, or refit "
+                              "the bundle)")
         log.info("model %s (%s, %s) loaded from %s: runtime %s (%s), provider %s, %d intra-op thread(s)",
                  self.manifest.bundle_id, self.manifest.method, self.precision, self.model_path.name,
                  self.runtime, self.choice.describe(), self.provider, intra_op_threads)
         saturation = int8_saturation_warning(self.manifest, self.precision) if self.runtime != "opencv" else None
-        self.warnings: tuple[str, ...] = (saturation,) if saturation else ()
+        self.warnings: tuple[str, ...] = (*warnings, saturation) if saturation else tuple(warnings)
         for text in self.warnings:
             log.warning("model %s: %s", self.manifest.bundle_id, text)
+
+    def _use(self, choice: RuntimeChoice, backend: Backend) -> None:
+        """Take `backend` as the model to run, after the blank-frame self-test."""
+        self.choice, self._backend = choice, backend
+        self.runtime = choice.runtime
+        self.precision = choice.precision
+        entry = self.manifest.model(self.precision)
+        self.model_path = resolve_model(self.bundle_dir, self.manifest, self.precision, verify=False)  # checked at load
+        self.threshold = entry.threshold.value
+        self.map_threshold = entry.map_threshold
+        self.provider = backend.provider
+        self._self_test()
+
+    def _reference_mismatch(self) -> str | None:
+        """What differs when this station scores the bundle's reference parts (`Manifest.reference_parts`) with
+        the loaded model; None within the tolerance, or when the fit did not score them under this runtime."""
+        ref = self.manifest.reference_parts
+        if ref is None or ref.runtime != self.runtime or self.precision not in ref.scores:
+            return None
+        where = f"model bundle {self.bundle_dir}: {ref.file}"
+        path = inside_bundle(self.bundle_dir, ref.file)
+        if not path.is_file():
+            raise BundleError(f"{where} is missing")
+        if self._verify and sha256_file(path) != ref.sha256:
+            raise BundleError(f"{where} does not match its sha256 in the manifest (file damaged or replaced)")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                images = np.asarray(data["images"])
+        except Exception as exc:  # a zip numpy cannot read: damaged
+            raise BundleError(f"{where} cannot be read ({type(exc).__name__})") from None
+        expected = np.asarray(ref.scores[self.precision], dtype=np.float64)
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(expected) or not len(images):
+            raise BundleError(f"{where} does not hold the {len(expected)} uint8 images its manifest entry names")
+        got = np.asarray([o.score for o in self.infer(list(images))], dtype=np.float64)
+        worst = float(np.max(np.abs(got - expected))) / max(abs(self.threshold), 1e-9)
+        if worst <= ref.tolerance:  # NaN is not
+            return None
+        return (f"the {self.precision} model scores the bundle's {len(expected)} reference parts differently here "
+                f"({self.runtime}) than at fit: largest difference {worst:.1%} of the threshold, allowed "
+                f"{ref.tolerance:.0%}")
 
     def _load(self, runtime: str, precision: str) -> Backend:
         """The bundle's `precision` file (hash checked) opened in `runtime`."""

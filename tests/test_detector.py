@@ -116,3 +116,47 @@ def test_check_config_and_run_exit_2_on_a_mismatched_bundle(tmp_path: Path) -> N
         assert proc.returncode == 2, (command, proc.stderr)
         assert "does not match" in proc.stderr or "the manifest says" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def _with_reference_parts(bundle: Path, shift: dict[str, float] | None = None) -> Path:
+    """The bundle with reference parts written by fit's own code, its recorded scores then moved by `shift`
+    (precision -> amount), as a station whose kernels score differently would see them."""
+    from edged.bundle import load_manifest, write_manifest
+    from tools.fit import reference_parts
+
+    manifest = load_manifest(bundle)
+    parts = [spot_frame(i == 3, size=(32, 32), seed=20 + i) for i in range(4)]
+    ref = reference_parts(bundle, parts, manifest)
+    assert ref is not None and set(ref.scores) == {"int8", "fp32"} and len(ref.scores["fp32"]) == 4
+    moved = {p: tuple(s + (shift or {}).get(p, 0.0) for s in scores) for p, scores in ref.scores.items()}
+    write_manifest(bundle, manifest.model_copy(update={"reference_parts": ref.model_copy(update={"scores": moved})}))
+    return bundle
+
+
+def test_reference_parts_score_alike_at_load(tmp_path: Path) -> None:
+    det = Detector(_with_reference_parts(build_max_bundle(tmp_path / "b")))
+    assert det.precision == "int8" and det.warnings == ()
+
+
+def test_an_int8_model_that_scores_the_reference_parts_differently_falls_back_or_is_refused(tmp_path: Path) -> None:
+    """3% of the threshold off (tolerance 2%): the bundle's default int8 gives way to fp32 with a warning that
+    names the difference; int8 asked for by name is refused; fp32 off as well refuses the bundle."""
+    bundle = _with_reference_parts(build_max_bundle(tmp_path / "b", threshold=0.5), {"int8": 0.015})
+    det = Detector(bundle)
+    assert det.precision == "fp32" and len(det.warnings) == 1
+    assert "reference parts differently" in det.warnings[0] and "3.0% of the threshold" in det.warnings[0]
+    with pytest.raises(BundleError, match=r"int8 model scores .* reference parts differently.*refused"):
+        Detector(bundle, precision="int8")
+    assert Detector(bundle, precision="fp32").warnings == ()
+    both = _with_reference_parts(build_max_bundle(tmp_path / "c", threshold=0.5), {"int8": 0.015, "fp32": 0.015})
+    with pytest.raises(BundleError, match="fp32 model scores"):
+        Detector(both)
+
+
+def test_damaged_reference_parts_are_refused(tmp_path: Path) -> None:
+    bundle = _with_reference_parts(build_max_bundle(tmp_path / "b"))
+    (bundle / "reference_parts.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(BundleError, match=r"reference_parts\.npz does not match its sha256"):
+        Detector(bundle)
+    with pytest.raises(BundleError, match=r"reference_parts\.npz cannot be read"):
+        Detector(bundle, verify=False)

@@ -39,10 +39,13 @@ class OutputError(ValueError):
 
 
 def bundle_files(folder: Path) -> set[str] | None:
-    """Names a bundle folder may hold (its manifest, the model files it lists), or None if not a bundle."""
+    """Names a bundle folder may hold (its manifest, the model files and reference parts it lists), or None if
+    not a bundle."""
     try:
         raw = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
         files = {str(entry["file"]) for entry in raw["models"].values()}
+        if isinstance(raw.get("reference_parts"), dict):
+            files.add(str(raw["reference_parts"]["file"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return {MANIFEST_NAME, f"{MANIFEST_NAME}.tmp", MARKER, *files}

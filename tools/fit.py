@@ -35,7 +35,16 @@ import cv2
 import numpy as np
 
 from edged import features as feature_extractors
-from edged.bundle import InputSpec, Manifest, Threshold, TrainingSummary, unfinished_allowed, write_manifest
+from edged.bundle import (
+    InputSpec,
+    Manifest,
+    ReferenceParts,
+    Threshold,
+    TrainingSummary,
+    sha256_file,
+    unfinished_allowed,
+    write_manifest,
+)
 from edged.detector import Detector
 from edged.preprocess import prepare_uint8, to_tensor
 from tools import bundle_out, calibrate, crossfit, export, input_check, input_size, light_range
@@ -846,9 +855,25 @@ def _fit_in(tmp: Path, cfg: FitConfig, plan: FitPlan, spec: InputSpec, images: _
                                      final.quant, runtimes=runtimes)
     # what good images look like at full size, for the daemon's input health (edged.input_health)
     manifest = manifest.model_copy(update={"input_stats": input_check.record_statistics(
-        images.train_recs, final.spec.bit_depth)})
+        images.train_recs, final.spec.bit_depth), "reference_parts": reference_parts(tmp, reference, manifest)})
     write_manifest(tmp, manifest)  # complete: written last, the bundle is whole from here on
     return manifest, parity
+
+
+REFERENCE_PARTS = 4  # good parts the station scores again at load (edged.detector): ~40 ms, ~100 KB
+
+
+def reference_parts(folder: Path, images: list[np.ndarray], manifest: Manifest) -> ReferenceParts | None:
+    """Write a few good training parts (as `Detector` takes them) into the bundle with the score each precision
+    gives them here, for the station to score them again at load; None when there is nothing to keep."""
+    parts = images[:REFERENCE_PARTS]
+    if not parts or any(p.shape != parts[0].shape or p.dtype != np.uint8 for p in parts):
+        return None
+    path = folder / "reference_parts.npz"
+    np.savez_compressed(path, images=np.stack(parts))
+    scores = {precision: tuple(float(s) for s in _score(folder, precision, parts, False, "", keep_maps=False)[0])
+              for precision in manifest.models}
+    return ReferenceParts(file=path.name, sha256=sha256_file(path), scores=scores)
 
 
 def _light_calibration(cfg: FitConfig, scores: dict[str, dict[str, Any]],

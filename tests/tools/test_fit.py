@@ -251,8 +251,9 @@ def test_refit_swaps_the_bundle_and_removes_only_its_files(good_folder: Path, tm
     first = fit_bundle(_cfg(good_folder, out, seed=1)).manifest
     second = fit_bundle(_cfg(good_folder, out, seed=2)).manifest
     assert load_manifest(out) == second and second.complete and first.complete
-    assert sorted(p.name for p in out.iterdir()) == sorted({"manifest.json", *[e.file for e in
-                                                                                second.models.values()]})
+    assert second.reference_parts is not None
+    assert sorted(p.name for p in out.iterdir()) == sorted({"manifest.json", second.reference_parts.file,
+                                                            *[e.file for e in second.models.values()]})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["line1"]
 
 

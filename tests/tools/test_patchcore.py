@@ -250,7 +250,10 @@ def test_pipeline_bundle_runs_in_the_daemon_detector(synth_data: Path, tmp_path:
     assert _int8_convolutions(result.bundle / "model.onnx") == _beyond_the_stem_stage(result.bundle / "model.fp32.onnx")
     frames = [read_image(p) for p in sorted((synth_data / "test").rglob("*.png"))]
     fp32 = [o.score for o in Detector(result.bundle, precision="fp32").infer(frames)]
-    int8 = Detector(result.bundle).infer(frames)
+    loaded = Detector(result.bundle)  # scores the bundle's reference parts again at load: alike here
+    assert m.reference_parts is not None and set(m.reference_parts.scores) == {"int8", "fp32"}
+    assert loaded.precision == "int8" and loaded.warnings == ()
+    int8 = loaded.infer(frames)
     assert int8[0].anomaly_map is not None and int8[0].anomaly_map.shape == (SIZE, SIZE)
     assert np.corrcoef(fp32, [o.score for o in int8])[0, 1] > 0.9
 
