@@ -223,13 +223,16 @@ class RuntimeCheck(_Record):
     error: str = ""  # why it could not load or run, when it could not
 
 
+REFERENCE_PARTS_FILE = "reference_parts.npz"
+
+
 class ReferenceParts(_Strict):
     """A few good training parts as the daemon's `Detector` takes them, with the scores each precision gave them at
     fit under `runtime`: the station scores them again at load, so a model that scores differently on this CPU or
     with this runtime's build (int8 kernels that saturate without VNNI, a changed library) is caught before the
     first part, not read off the reject rate weeks later."""
 
-    file: str = "reference_parts.npz"  # uint8 images, N x H x W [x C], key "images"
+    file: str = REFERENCE_PARTS_FILE  # uint8 images, N x H x W [x C], key "images"
     sha256: str
     runtime: RuntimeName = "onnxruntime"
     scores: dict[Literal["int8", "fp32"], tuple[float, ...]]

@@ -36,6 +36,7 @@ import numpy as np
 
 from edged import features as feature_extractors
 from edged.bundle import (
+    REFERENCE_PARTS_FILE,
     InputSpec,
     Manifest,
     ReferenceParts,
@@ -229,7 +230,7 @@ def with_light_copies(images: list[np.ndarray], copies: int, seed: int) -> list[
     return out
 
 
-def _with_copies(cfg: FitConfig, records: list[Record], spec: InputSpec) -> FitOptions:
+def _method_options(cfg: FitConfig, records: list[Record], spec: InputSpec) -> FitOptions:
     """The method's options, telling it how many light copies of each image it is given and how the camera may
     deliver each original (`records`: the training images in the order given, as `camera_variants` says)."""
     variants = list(camera_variants(cfg).values())
@@ -565,7 +566,7 @@ def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_i
         _seed_everything(cfg.options.seed + fold + 1)
         fold_images = [prepared[i] for i in train_idx]
         trained = method.fit(with_light_copies(fold_images, cfg.augment_light, cfg.options.seed + fold),
-                             _with_copies(cfg, [records[i] for i in train_idx], spec))
+                             _method_options(cfg, [records[i] for i in train_idx], spec))
         fold_spec = _as_fitted(trained.spec, spec)
         int8_file, quant = _export_models(trained, fold_images, fold_spec, folder, cfg, [])
         summary = TrainingSummary(count=len(train_idx), data=str(cfg.data))
@@ -692,7 +693,7 @@ def _train_final(cfg: FitConfig, method: Method, images: _FitImages, spec: Input
     _seed_everything(cfg.options.seed)
     t_train = time.perf_counter()
     trained = method.fit(with_light_copies(images.prepared, cfg.augment_light, cfg.options.seed),
-                         _with_copies(cfg, images.train_recs, spec))
+                         _method_options(cfg, images.train_recs, spec))
     train_seconds = time.perf_counter() - t_train
     if _as_fitted(trained.spec, spec) != spec:
         log.info("method %s changed its input spec while fitting; using the trained one", cfg.method)
@@ -855,7 +856,8 @@ def _fit_in(tmp: Path, cfg: FitConfig, plan: FitPlan, spec: InputSpec, images: _
                                      final.quant, runtimes=runtimes)
     # what good images look like at full size, for the daemon's input health (edged.input_health)
     manifest = manifest.model_copy(update={"input_stats": input_check.record_statistics(
-        images.train_recs, final.spec.bit_depth), "reference_parts": reference_parts(tmp, reference, manifest)})
+        images.train_recs, final.spec.bit_depth), "reference_parts": reference_parts(
+            tmp, reference, manifest, {p: s["reference"] for p, s in scores.items()} if oof is not None else None)})
     write_manifest(tmp, manifest)  # complete: written last, the bundle is whole from here on
     return manifest, parity
 
@@ -863,15 +865,19 @@ def _fit_in(tmp: Path, cfg: FitConfig, plan: FitPlan, spec: InputSpec, images: _
 REFERENCE_PARTS = 4  # good parts the station scores again at load (edged.detector): ~40 ms, ~100 KB
 
 
-def reference_parts(folder: Path, images: list[np.ndarray], manifest: Manifest) -> ReferenceParts | None:
+def reference_parts(folder: Path, images: list[np.ndarray], manifest: Manifest,
+                    scored: dict[str, np.ndarray] | None = None) -> ReferenceParts | None:
     """Write a few good training parts (as `Detector` takes them) into the bundle with the score each precision
-    gives them here, for the station to score them again at load; None when there is nothing to keep."""
+    gives them here, for the station to score them again at load; None when there is nothing to keep.
+    `scored`: the scores `Detector` already gave `images`, per precision (None: scored now)."""
     parts = images[:REFERENCE_PARTS]
     if not parts or any(p.shape != parts[0].shape or p.dtype != np.uint8 for p in parts):
         return None
-    path = folder / "reference_parts.npz"
+    path = folder / REFERENCE_PARTS_FILE
     np.savez_compressed(path, images=np.stack(parts))
-    scores = {precision: tuple(float(s) for s in _score(folder, precision, parts, False, "", keep_maps=False)[0])
+    scores = {precision: tuple(float(s) for s in (scored[precision] if scored is not None else
+                                                 _score(folder, precision, parts, False, "", keep_maps=False)[0]
+                                                 )[:len(parts)])
               for precision in manifest.models}
     return ReferenceParts(file=path.name, sha256=sha256_file(path), scores=scores)
 

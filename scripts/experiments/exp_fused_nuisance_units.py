@@ -5,7 +5,7 @@ threshold calibrated as usual: can the units absorb what a camera does to every 
     nice python scripts/experiments/exp_fused_nuisance_units.py DATA OUT
     edged-train evaluate OUT DATA --report R --robustness --timing-images 0
 
-Benchmark aid only: it wraps `tools.fit._with_copies` for this one fit.
+Benchmark aid only: it wraps `tools.fit._method_options` for this one fit.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tools.camera_effects import defocused, with_sensor_noise
 from tools.cli import main
 from tools.dataset import as_delivered
 
-_plain = fit._with_copies
+_plain = fit._method_options
 
 
 def _with_nuisance(cfg: Any, records: list[Any], spec: Any) -> Any:
@@ -44,5 +44,5 @@ def _with_nuisance(cfg: Any, records: list[Any], spec: Any) -> Any:
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit(__doc__)
-    fit._with_copies = _with_nuisance
+    fit._method_options = _with_nuisance
     sys.exit(main(["fit", sys.argv[1], "--out", sys.argv[2], "--opt", "pool=fused"]))
