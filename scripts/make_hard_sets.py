@@ -9,8 +9,11 @@ defaults are not tuned to the magnetic tiles:
   shipped in its wheel: foreign material), a smudge (the area blurred), a small dark pit; masks exact.
 * ``rail``: long narrow color parts (384 x 96 px, the synthetic line of `tools.synth` at a 4:1 aspect)
   with small low-contrast defects, to check that a long part keeps its aspect end to end.
+* ``lamp``: other stones under light that differs by up to x2 between parts (gain 0.65-1.35, the brightest
+  seams' neighbours clip at 255), as the tiles' light does: a set whose brightness is not steady, so that
+  what the defaults do for such data (no normalization, light copies) is measured on more than the tiles.
 
-    python scripts/make_hard_sets.py /tmp/hard      # -> /tmp/hard/stones, /tmp/hard/rail
+    python scripts/make_hard_sets.py /tmp/hard      # -> /tmp/hard/stones, /tmp/hard/rail, /tmp/hard/lamp
 
 Benchmark aid (docs/patchcore.md): the test suite makes its own small images.
 """
@@ -28,10 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools import synth
 
 CROP = 160
+LAMP_GAINS = (0.65, 1.35)  # `lamp`: the stones under a lamp that differs by x2 between parts; the brightest clip
 
 
-def _jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    gain, offset = rng.uniform(0.95, 1.05), rng.uniform(-6, 6)
+def _jitter(image: np.ndarray, rng: np.random.Generator, gains: tuple[float, float] = (0.95, 1.05)) -> np.ndarray:
+    gain, offset = rng.uniform(*gains), rng.uniform(-6, 6)
     return np.clip(image.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
 
 
@@ -85,21 +89,22 @@ def stones(rng: np.random.Generator, size: int = CROP, cells: int = 90) -> np.nd
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def write_stones(root: Path, n_train: int = 200, n_good: int = 60, n_defect: int = 80, seed: int = 0) -> Path:
+def write_stones(root: Path, n_train: int = 200, n_good: int = 60, n_defect: int = 80, seed: int = 0,
+                 gains: tuple[float, float] = (0.95, 1.05)) -> Path:
     from skimage import data
 
     foreign = data.grass()
     rng = np.random.default_rng(seed)
     (root / "train" / "good").mkdir(parents=True, exist_ok=True)
     for i in range(n_train):
-        cv2.imwrite(str(root / "train" / "good" / f"{i:04d}.png"), _jitter(stones(rng), rng))
+        cv2.imwrite(str(root / "train" / "good" / f"{i:04d}.png"), _jitter(stones(rng), rng, gains))
     (root / "test" / "good").mkdir(parents=True, exist_ok=True)
     for i in range(n_good):
-        cv2.imwrite(str(root / "test" / "good" / f"{i:04d}.png"), _jitter(stones(rng), rng))
+        cv2.imwrite(str(root / "test" / "good" / f"{i:04d}.png"), _jitter(stones(rng), rng, gains))
     kinds = ("scratch", "foreign", "smudge", "pit")
     for i in range(n_defect):
         kind = kinds[i % len(kinds)]
-        image, mask = _defect(_jitter(stones(rng), rng), kind, rng, foreign)
+        image, mask = _defect(_jitter(stones(rng), rng, gains), kind, rng, foreign)
         for folder, arr, name in (("test", image, f"{i:04d}.png"), ("ground_truth", mask, f"{i:04d}_mask.png")):
             (root / folder / kind).mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(root / folder / kind / name), arr)
@@ -116,6 +121,7 @@ def main() -> None:
     a = ap.parse_args()
     print(write_stones(a.out / "stones"))
     print(write_rail(a.out / "rail"))
+    print(write_stones(a.out / "lamp", seed=1, gains=LAMP_GAINS))
 
 
 if __name__ == "__main__":

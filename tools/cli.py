@@ -87,6 +87,16 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
+def _light_copies(text: str) -> int | None:
+    """`--augment-light`: auto (None) or 0 to 8 copies."""
+    if text.strip().lower() == "auto":
+        return None
+    value = _int(text)
+    if not 0 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"must be auto or 0 to 8 copies per image, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = _int(text)
     if value <= 0:
@@ -186,8 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", choices=("auto", "none", "mean_std"), default="auto",
                    help="per-image brightness/contrast normalization in the bundle's preprocessing (daemon too); "
                         "auto (default): mean_std when the training images' brightness spans less than x1.3")
-    p.add_argument("--augment-light", type=int, choices=range(0, 9), default=0, metavar="N",
-                   help="N photometric copies (gain 0.7-1.3, gamma 0.8-1.25) of each training image (default 0)")
+    p.add_argument("--augment-light", type=_light_copies, default=None, metavar="N|auto",
+                   help="N photometric copies of each training image, the first under light x1.3 (clipped as a "
+                        "sensor clips), the others gain 0.7-1.3, gamma 0.8-1.25; auto (default): 1 when the "
+                        "bundle keeps the light as it is (--normalize none), 0 when it normalizes it")
     p.add_argument("--calibrate-light", action="store_true",
                    help="also score each calibration image under light x1.3 and x0.7 and keep its highest score, "
                         "so a lamp's change alone rejects no good part (costs some recall; default off)")
@@ -389,11 +401,13 @@ def _print_robustness(report: dict[str, Any]) -> None:
     def pct(v: Any) -> str:
         return "n/a" if v is None else f"{100 * v:.1f}%"
 
-    print(f"{'condition':34} {'FRR':>7} {'recall':>7} {'AUROC':>6}  input health (good images)")
+    # unflagged: the FRR among the good images input health lets pass, the false rejects nobody is told the cause of
+    print(f"{'condition':34} {'FRR':>7} {'recall':>7} {'AUROC':>6} {'unflagged':>9}  input health (good images)")
     for name, row in [("none", report), *rob.items()]:
         auroc = row.get("image_auroc")
         print(f"{name:34} {pct(row.get('frr')):>7} {pct(row.get('recall')):>7} "
-              f"{'n/a' if auroc is None else f'{auroc:.3f}':>6}  {describe(health.get(name) or {})}")
+              f"{'n/a' if auroc is None else f'{auroc:.3f}':>6} {pct(row.get('frr_unflagged')):>9}  "
+              f"{describe(health.get(name) or {})}")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

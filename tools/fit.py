@@ -129,7 +129,9 @@ class FitConfig:
     # per-image light normalization in the bundle's preprocessing (InputSpec.normalize): none, mean_std, or auto
     # (tools/light_range.py: mean_std when the training images' brightness spans less than a lamp may move)
     normalize: str = "auto"
-    augment_light: int = 0  # photometric copies of each training image (gain 0.7-1.3, gamma 0.8-1.25) for the model
+    # photometric copies of each training image for the model (`with_light_copies`); None (auto): one when the
+    # bundle does not normalize the light, none when it does (`light_copies_for`)
+    augment_light: int | None = None
     # each calibration image also scored under the brightest and darkest tolerated light (LIGHT_CORNERS), keeping
     # its highest score, so the threshold holds when the lamp changes (at the cost of some recall)
     calibrate_light: bool = False
@@ -214,20 +216,35 @@ def _as_fitted(trained: InputSpec, spec: InputSpec) -> InputSpec:
 # less than a gain of 1.3 or 0.7 moves them, and each corner costs one more scoring of every calibration image.
 LIGHT_CORNERS: tuple[float, ...] = (1.3, 0.7)
 NORMALIZE_CHOICES = ("auto", "none", "mean_std")  # `--normalize`; auto: tools.light_range decides from the images
+AUTO_LIGHT_COPIES = 1  # `--augment-light auto` on a bundle that keeps the light as it is (`light_copies_for`)
 
 
 def with_light_copies(images: list[np.ndarray], copies: int, seed: int) -> list[np.ndarray]:
-    """The training images plus `copies` photometric variants of each (gain 0.7-1.3, gamma 0.8-1.25, the light
-    changes a station must tolerate), so the model learns them as normal; the images themselves when 0."""
+    """The training images plus `copies` photometric variants of each, so the model learns them as normal; the
+    images themselves when 0. The first copy is under the brightest tolerated gain (LIGHT_CORNERS[0], x1.3, with a
+    random gamma 0.8-1.25), the others anywhere in gain 0.7-1.3. Why the bright corner first: a dimmer lamp loses
+    little (the tiles' false rejects under x0.7 stayed at the calibrated 0.3% without any copy), but a brighter one
+    clips the bright regions at 255, which no good image shows; one copy drawn anywhere in the range rarely lands
+    there (the tiles under x1.3: 3.8% false rejects with it, 2.8% with the bright corner, docs/input-health.md)."""
     if copies <= 0:
         return images
     rng = np.random.default_rng([seed, 7])
     out = list(images)
     for image in images:
-        for _ in range(copies):
+        for j in range(copies):
             gain, gamma = rng.uniform(0.7, 1.3), float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
-            out.append(under_light(image, gain, gamma))
+            out.append(under_light(image, LIGHT_CORNERS[0] if j == 0 else gain, gamma))
     return out
+
+
+def light_copies_for(cfg: FitConfig, spec: InputSpec) -> int:
+    """`--augment-light`: the copies given, or for auto (None) one where the bundle does not normalize the light.
+
+    A normalized bundle no longer sees a lamp's gain; one that keeps the light as it is (its good parts' own
+    brightness varies, `tools.light_range`) must be shown the clipping a brighter lamp brings."""
+    if cfg.augment_light is not None:
+        return cfg.augment_light
+    return AUTO_LIGHT_COPIES if spec.normalize == "none" else 0
 
 
 def _method_options(cfg: FitConfig, records: list[Record], spec: InputSpec) -> FitOptions:
@@ -238,7 +255,7 @@ def _method_options(cfg: FitConfig, records: list[Record], spec: InputSpec) -> F
     def camera_copies(i: int) -> list[np.ndarray]:
         return [prepare_uint8(as_delivered([records[i]], spec, _per_index(variant))[0], spec) for variant in variants]
 
-    return dataclasses.replace(cfg.options, light_copies=cfg.augment_light,
+    return dataclasses.replace(cfg.options, light_copies=light_copies_for(cfg, spec),
                                camera_copies=camera_copies if variants else None)
 
 
@@ -259,7 +276,7 @@ def _check_method(method: Method, cfg: FitConfig) -> InputSpec:
         raise FitError(str(exc)) from None
     if cfg.normalize not in NORMALIZE_CHOICES:
         raise FitError(f"--normalize {cfg.normalize}: must be one of {', '.join(NORMALIZE_CHOICES)}")
-    if cfg.augment_light < 0 or cfg.augment_light > 8:
+    if cfg.augment_light is not None and not 0 <= cfg.augment_light <= 8:
         raise FitError(f"--augment-light {cfg.augment_light}: must be 0 to 8 copies per image")
     spec = spec.model_copy(update={"normalize": "none" if cfg.normalize == "auto" else cfg.normalize})
     if spec.kind == "features":
@@ -565,7 +582,7 @@ def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_i
         folder.mkdir(parents=True, exist_ok=True)
         _seed_everything(cfg.options.seed + fold + 1)
         fold_images = [prepared[i] for i in train_idx]
-        trained = method.fit(with_light_copies(fold_images, cfg.augment_light, cfg.options.seed + fold),
+        trained = method.fit(with_light_copies(fold_images, light_copies_for(cfg, spec), cfg.options.seed + fold),
                              _method_options(cfg, [records[i] for i in train_idx], spec))
         fold_spec = _as_fitted(trained.spec, spec)
         int8_file, quant = _export_models(trained, fold_images, fold_spec, folder, cfg, [])
@@ -692,7 +709,7 @@ def _train_final(cfg: FitConfig, method: Method, images: _FitImages, spec: Input
     """Fit the bundle's model on `images.prepared` (then emptied: the pixels are no longer needed) and export it."""
     _seed_everything(cfg.options.seed)
     t_train = time.perf_counter()
-    trained = method.fit(with_light_copies(images.prepared, cfg.augment_light, cfg.options.seed),
+    trained = method.fit(with_light_copies(images.prepared, light_copies_for(cfg, spec), cfg.options.seed),
                          _method_options(cfg, images.train_recs, spec))
     train_seconds = time.perf_counter() - t_train
     if _as_fitted(trained.spec, spec) != spec:
@@ -785,6 +802,11 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
     spec = plan.spec.model_copy(update={"bit_depth": _bit_depth(cfg, plan.train)})
     cfg = dataclasses.replace(cfg, jpeg_quality=jpeg_quality_for(cfg, plan.train))
     images = _read_fit_images(cfg, plan, spec)
+    if cfg.augment_light is None:
+        copies = light_copies_for(cfg, spec)
+        log.info("light copies per training image: %d (auto: %s)", copies,
+                 "the bundle keeps the light as it is, so it is shown a brighter lamp's clipping" if copies else
+                 "the bundle normalizes each image's light")
     log.info("method %s: training on %d images (%s), %s", cfg.method, len(images.prepared),
              f"{spec.width}x{spec.height} {spec.color_order}",
              f"threshold from {cfg.folds}-fold cross-fitting" if cfg.folds else f"{len(images.hold_images)} held out")
@@ -849,6 +871,8 @@ def _fit_in(tmp: Path, cfg: FitConfig, plan: FitPlan, spec: InputSpec, images: _
     calibration.update(_light_calibration(cfg, scores, entries))
     calibration["normalize_chosen_from_data"] = plan.light is not None
     calibration["light_span"] = plan.light.span if plan.light is not None else None
+    calibration["light_copies"] = light_copies_for(cfg, spec)
+    calibration["light_copies_chosen_from_data"] = cfg.augment_light is None
     skipped = len(ds.train) - len(images.train_recs) - n_hold_scored - len(outliers)
     training = training.model_copy(update={"holdout": len(images.hold_recs), "params": _training_params(
         cfg, final, calibration, skipped, outliers, verification)})

@@ -86,6 +86,25 @@ def test_fit_calibrate_light_reaches_the_manifest(tmp_path: Path) -> None:
     assert manifest["models"]["fp32"]["threshold"]["value"] >= params["threshold_as_stored"]["fp32"]
 
 
+@pytest.mark.parametrize(("given", "copies", "chosen"), [("auto", 1, True), ("2", 2, False), ("0", 0, False)])
+def test_fit_augment_light_reaches_the_manifest(tmp_path: Path, given: str, copies: int, chosen: bool) -> None:
+    """--augment-light auto (the default) or a number: the copies the model was shown are recorded."""
+    from tests.tools.conftest import write_good
+
+    good, bundle = write_good(tmp_path / "good", 16, size=32), tmp_path / "bundle"
+    assert main(["fit", "-q", str(good), "--method", "band-test", "--size", "32", "--holdout", "0.3",
+                 "--normalize", "none", "--augment-light", given, "--out", str(bundle)]) == 0
+    params = json.loads((bundle / "manifest.json").read_text())["training"]["params"]
+    assert (params["light_copies"], params["light_copies_chosen_from_data"]) == (copies, chosen)
+
+
+@pytest.mark.parametrize("given", ["9", "-1", "many"])
+def test_fit_refuses_a_bad_augment_light(tmp_path: Path, given: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", str(tmp_path), "--augment-light", given, "--out", str(tmp_path / "b")])
+    assert exc.value.code == 2 and "--augment-light" in capsys.readouterr().err
+
+
 def test_console_script_reports_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "tools.cli", "fit", str(tmp_path / "none"), "--method", "classic",
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)

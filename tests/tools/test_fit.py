@@ -505,6 +505,26 @@ def test_light_copies_are_the_images_plus_variants() -> None:
     assert with_light_copies(images, 2, 0)[2:][0].tolist() == out[2].tolist()  # seeded
 
 
+def test_the_first_light_copy_is_under_the_bright_corner_clipped_like_a_sensor() -> None:
+    """Clipping is what a brighter lamp brings that no good image shows, so every seed's first copy has it."""
+    images = [np.full((8, 8), 250, np.uint8), np.full((8, 8), 100, np.uint8)]
+    for seed in range(5):
+        out = with_light_copies(images, 1, seed)
+        assert int(out[2][0, 0]) == 255 and int(out[3][0, 0]) > 100
+
+
+def test_auto_light_copies_follow_the_light_normalization(tmp_path: Path) -> None:
+    from edged.bundle import InputSpec
+    from tools.fit import light_copies_for
+
+    spec = InputSpec(width=64, height=64)
+    cfg = _cfg(tmp_path, tmp_path / "o")
+    assert cfg.augment_light is None  # auto is the default
+    assert light_copies_for(cfg, spec.model_copy(update={"normalize": "none"})) == 1
+    assert light_copies_for(cfg, spec.model_copy(update={"normalize": "mean_std"})) == 0
+    assert light_copies_for(_cfg(tmp_path, tmp_path / "o", augment_light=3), spec) == 3  # as given
+
+
 def test_light_corners_are_the_tolerated_range_ends() -> None:
     from tools.fit import LIGHT_CORNERS
 
@@ -517,8 +537,10 @@ def test_light_calibration_scores_each_calibration_image_under_the_corners(tmp_p
     from tools.fit import camera_variants
 
     data = write_good(tmp_path / "good", 16)  # the light left as it is: a normalized model would not see the corners
-    plain = fit_bundle(_cfg(data, tmp_path / "plain", folds=3, jpeg_quality=0, normalize="none")).manifest
-    light = fit_bundle(_cfg(data, tmp_path / "light", folds=3, jpeg_quality=0, normalize="none",
+    # no light copies: a model shown the corners would score them as it scores the images (this test's toy)
+    plain = fit_bundle(_cfg(data, tmp_path / "plain", folds=3, jpeg_quality=0, normalize="none",
+                            augment_light=0)).manifest
+    light = fit_bundle(_cfg(data, tmp_path / "light", folds=3, jpeg_quality=0, normalize="none", augment_light=0,
                             calibrate_light=True)).manifest
     assert plain.training.params["calibration_light"] is None
     assert light.training.params["calibration_light"] == [1.3, 0.7]
@@ -546,15 +568,20 @@ def test_light_calibration_keeps_good_parts_when_the_lamp_brightens(tmp_path: Pa
     frames = [under_light(read_image(p), 1.3) for p in sorted(new_parts.iterdir())]
     extra = {"coreset": 0.05, "backbone": "lite0", "layers": "s5,s6"}
     rates = {}
-    for name, normalize, on in (("plain", "none", False), ("corners", "none", True), ("default", "auto", False)):
+    for name, normalize, on, copies in (("plain", "none", False, 0), ("corners", "none", True, 0),
+                                        ("copies", "none", False, None), ("default", "auto", False, None)):
         out = tmp_path / name
         m = fit_bundle(_cfg(data, out, method="patchcore", size=64, folds=3, jpeg_quality=0, calibrate_light=on,
-                            normalize=normalize, extra=extra)).manifest
+                            normalize=normalize, augment_light=copies, extra=extra)).manifest
         scores, _ = score_images(Detector(out, precision="fp32"), frames, keep_maps=False)
         rates[name] = float(np.mean(scores > m.models["fp32"].threshold.value))
+        if name == "copies":  # auto on a bundle that keeps the light: one copy under the bright corner
+            assert m.training.params["light_copies"] == 1 and m.training.params["light_copies_chosen_from_data"]
     assert m.input.normalize == "mean_std"  # the default chose it: the synthetic lamp varies by +-5%
+    assert m.training.params["light_copies"] == 0  # ... and so no light copies
     assert rates["plain"] >= 0.3, rates  # measured 0.4: the light change alone rejects good parts
     assert rates["corners"] <= 0.1, rates  # measured 0.0
+    assert rates["copies"] <= 0.1, rates  # the model has seen the brighter lamp
     assert rates["default"] <= 0.1, rates
 
 
