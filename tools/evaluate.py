@@ -327,8 +327,14 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, report_dir: str | Path
                     "its recall and AUROC here are optimistic; judge it on defect images it has not seen",
                     manifest.bundle_id)
     if robustness:
-        result["robustness"] = _robustness(detector, records, labels, threshold, progress)
-        result["input_health"] = _input_health(manifest, records)
+        result["robustness"], rejected = _robustness(detector, records, labels, threshold, progress)
+        health = _input_health(manifest, records)
+        rejected["none"] = scores[labels == 0] > threshold
+        for name, verdict in health.items():
+            flags = verdict.pop("flags", [])
+            joint = flagged_false_rejects(rejected[name], flags if isinstance(flags, list) else [])
+            (result if name == "none" else result["robustness"][name]).update(joint)
+        result["input_health"] = health
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result = jsonable(result)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -356,31 +362,49 @@ def _at(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _robustness(detector: Detector, records: Sequence[Record], labels: np.ndarray, threshold: float,
-                progress: bool) -> dict[str, dict[str, float | None]]:
-    """FRR, recall and AUROC under each perturbation, made on the images as stored (the camera's resolution)."""
+                progress: bool) -> tuple[dict[str, dict[str, float | None]], dict[str, np.ndarray]]:
+    """FRR, recall and AUROC under each perturbation, made on the images as stored (the camera's resolution);
+    and per perturbation which good images were rejected (in the order of the good records)."""
     out: dict[str, dict[str, float | None]] = {}
+    rejected: dict[str, np.ndarray] = {}
     for name, fn in perturbations().items():
         perturbed = as_delivered(records, detector.spec, fn, progress, f"reading test images ({name})")
         s, _ = score_images(detector, perturbed, progress=progress, desc=f"robustness: {name}", keep_maps=False)
         frr, recall = rates(labels, s, threshold)
         out[name] = {"frr": frr, "recall": recall, "image_auroc": image_auroc(labels, s)}
+        rejected[name] = s[labels == 0] > threshold
         log.info("robustness %-34s FRR %s recall %s", name, _pct(frr), _pct(recall))
-    return out
+    return out, rejected
 
 
 def _input_health(manifest: Manifest, records: Sequence[Record]) -> dict[str, dict[str, object]]:
-    """What the daemon's input-health checks say of the good test images under each perturbation (at full size,
-    as the camera sees them): which conditions the station would report as a camera change."""
+    """What the daemon's input-health checks say of every good test image under each perturbation (at full size,
+    as the camera sees them, each seeded as it was scored): which conditions the station would report as a camera
+    change; with "flags", one per good image."""
     from tools import input_check
 
-    good = [r for r in records if r.is_good]
+    good_at = [i for i, r in enumerate(records) if r.is_good]
     if manifest.input_stats is None:
         log.warning("bundle %s has no input statistics (fitted before they were recorded): the input-health "
                     "verdicts below use only the checks that need none", manifest.bundle_id)
-    out = input_check.verdicts(manifest, good, perturbations())
+    out = input_check.verdicts(manifest, [records[i] for i in good_at], perturbations(), limit=None,
+                               indices=good_at)
     for name, v in out.items():
         log.info("input health %-32s %s", name, input_check.describe(v))
     return out
+
+
+def flagged_false_rejects(rejected: np.ndarray, flags: Sequence[bool]) -> dict[str, float | None]:
+    """Of one condition's good images: the false-reject rate among those input health lets pass (the parts the
+    station would call defective without saying the camera changed), and the share of its false rejects that
+    input health flags. Why: under a change the model rightly calls unusual, a flagged false reject is reported
+    as the camera's doing; an unflagged one is the false reject nobody is told the cause of."""
+    flagged = np.asarray(flags, dtype=bool)
+    if flagged.shape != rejected.shape:
+        return {"frr_unflagged": None, "false_rejects_flagged": None}
+    passed = ~flagged
+    return {"frr_unflagged": float((rejected & passed).sum() / passed.sum()) if passed.any() else None,
+            "false_rejects_flagged": float((rejected & flagged).sum() / rejected.sum()) if rejected.any() else None}
 
 
 def _pct(v: float | None) -> str:

@@ -3,7 +3,8 @@
 Plots (matplotlib, Agg backend, PNG next to the report): ROC curve with the bundle's operating point,
 score histograms of good vs defective parts with the threshold line, a grid of example images (the
 strongest detections, the misses, the false rejects, typical good parts) with their anomaly maps, and
-for ``--robustness`` the false-reject rate and recall under each perturbation.
+for ``--robustness`` the false-reject rate and recall under each perturbation, and the false rejects among the
+good images the daemon's input health would let pass.
 
 Readability rules every figure follows (tests/tools/test_report.py checks them): no figure is wider
 than the page (`PAGE_WIDTH_PX`), so the browser never shrinks it and text stays at least
@@ -318,10 +319,12 @@ def write_report(report_dir: Path, report: dict[str, Any], images: Sequence[np.n
     health = report.get("input_health") or {}
     if rob:
         md += ["", "## Robustness (at the bundle threshold)", "",
-               "| perturbation | false rejects | recall | image AUROC | input health (good images) |",
-               "|---|---|---|---|---|"]
+               "| perturbation | false rejects | recall | image AUROC | false rejects among the good images input "
+               "health passes | input health (good images) |",
+               "|---|---|---|---|---|---|"]
         md += [f"| {k} | {_fmt(v['frr'], True)} | {_fmt(v['recall'], True)} | {_fmt(v['image_auroc'])} | "
-               f"{_input_cell(health.get(k))} |" for k, v in [("none", report), *rob.items()]]
+               f"{_fmt(v.get('frr_unflagged'), True)} | {_input_cell(health.get(k))} |"
+               for k, v in [("none", report), *rob.items()]]
     md += [""] + [f"## {title}\n\n![{title}]({file})\n" for file, title in plots]
     (report_dir / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
 
@@ -340,9 +343,11 @@ def write_report(report_dir: Path, report: dict[str, Any], images: Sequence[np.n
         body.append("</table>")
     if rob:
         body.append("<h2>Robustness (at the bundle threshold)</h2><table><tr><th>perturbation</th>"
-                    "<th>false rejects</th><th>recall</th><th>image AUROC</th><th>input health</th></tr>")
+                    "<th>false rejects</th><th>recall</th><th>image AUROC</th><th>false rejects among the good "
+                    "images input health passes</th><th>input health</th></tr>")
         body += [f"<tr><td>{html.escape(k)}</td><td>{_fmt(v['frr'], True)}</td><td>{_fmt(v['recall'], True)}</td>"
-                 f"<td>{_fmt(v['image_auroc'])}</td><td>{html.escape(_input_cell(health.get(k)))}</td></tr>"
+                 f"<td>{_fmt(v['image_auroc'])}</td><td>{_fmt(v.get('frr_unflagged'), True)}</td>"
+                 f"<td>{html.escape(_input_cell(health.get(k)))}</td></tr>"
                  for k, v in [("none", report), *rob.items()]]
         body.append("</table>")
     for file, title in plots:

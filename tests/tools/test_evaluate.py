@@ -177,7 +177,25 @@ def test_robustness_says_what_input_health_flags(spot_dataset: Path, tmp_path: P
     assert health["low light (x0.6)"]["flagged"] == 1.0 and health["low light (x0.6)"]["reason"] == "too_dark"
     assert health["strong light (x1.4)"]["reason"] == "too_bright"
     assert health["low light (x0.6)"]["drift"] == "too_dark" and health["none"]["drift"] is None
-    assert health["noise (sigma 8)"]["images"] == 6
+    assert health["noise (sigma 8)"]["images"] == 6 and "flags" not in health["none"]
+    # joined with the scores: nothing flagged as stored, so every false reject is an unflagged one
+    assert report["frr_unflagged"] == report["frr"]
+    assert report["robustness"]["low light (x0.6)"]["frr_unflagged"] is None  # every good image flagged
+    for row in report["robustness"].values():
+        assert row["frr_unflagged"] is None or 0.0 <= row["frr_unflagged"] <= 1.0
+
+
+def test_false_rejects_are_set_beside_the_input_health_flags_of_the_same_images() -> None:
+    from tools.evaluate import flagged_false_rejects
+
+    rejected = np.array([True, True, True, False, False, False, False, False])
+    flags = [True, True, False, True, False, False, False, False]
+    joint = flagged_false_rejects(rejected, flags)
+    assert joint["frr_unflagged"] == pytest.approx(1 / 5)  # one false reject among the five images passed
+    assert joint["false_rejects_flagged"] == pytest.approx(2 / 3)
+    assert flagged_false_rejects(rejected, [True] * 8)["frr_unflagged"] is None  # nothing passed
+    assert flagged_false_rejects(np.zeros(8, bool), flags)["false_rejects_flagged"] is None  # no false reject
+    assert flagged_false_rejects(rejected, flags[:3]) == {"frr_unflagged": None, "false_rejects_flagged": None}
 
 
 def test_robustness_without_input_statistics_still_reports(spot_dataset: Path, tmp_path: Path) -> None:
