@@ -129,8 +129,8 @@ class FitConfig:
     # per-image light normalization in the bundle's preprocessing (InputSpec.normalize): none, mean_std, or auto
     # (tools/light_range.py: mean_std when the training images' brightness spans less than a lamp may move)
     normalize: str = "auto"
-    # photometric copies of each training image for the model (`with_light_copies`); None (auto): one when the
-    # bundle does not normalize the light, none when it does (`light_copies_for`)
+    # photometric copies of each training image for the model (`with_light_copies`); None (auto): the method's
+    # `auto_light_copies` when the bundle does not normalize the light, none when it does (`light_copies_for`)
     augment_light: int | None = None
     # each calibration image also scored under the brightest and darkest tolerated light (LIGHT_CORNERS), keeping
     # its highest score, so the threshold holds when the lamp changes (at the cost of some recall)
@@ -216,7 +216,6 @@ def _as_fitted(trained: InputSpec, spec: InputSpec) -> InputSpec:
 # less than a gain of 1.3 or 0.7 moves them, and each corner costs one more scoring of every calibration image.
 LIGHT_CORNERS: tuple[float, ...] = (1.3, 0.7)
 NORMALIZE_CHOICES = ("auto", "none", "mean_std")  # `--normalize`; auto: tools.light_range decides from the images
-AUTO_LIGHT_COPIES = 1  # `--augment-light auto` on a bundle that keeps the light as it is (`light_copies_for`)
 
 
 def with_light_copies(images: list[np.ndarray], copies: int, seed: int) -> list[np.ndarray]:
@@ -237,17 +236,20 @@ def with_light_copies(images: list[np.ndarray], copies: int, seed: int) -> list[
     return out
 
 
-def light_copies_for(cfg: FitConfig, spec: InputSpec) -> int:
-    """`--augment-light`: the copies given, or for auto (None) one where the bundle does not normalize the light.
+def light_copies_for(cfg: FitConfig, spec: InputSpec, method: Method) -> int:
+    """`--augment-light`: the copies given, or for auto (None) the method's `auto_light_copies` where the bundle
+    does not normalize the light, none where it does.
 
     A normalized bundle no longer sees a lamp's gain; one that keeps the light as it is (its good parts' own
-    brightness varies, `tools.light_range`) must be shown the clipping a brighter lamp brings."""
+    brightness varies, `tools.light_range`) must be shown the clipping a brighter lamp brings. Per method, because
+    a copy costs each method differently: patchcore's bank keeps its size (fit 1:52 -> 2:57 on the tiles), the
+    feature autoencoder trains on twice the patches (a fold model 36-57 s -> about 230 s, its fit past 10 min)."""
     if cfg.augment_light is not None:
         return cfg.augment_light
-    return AUTO_LIGHT_COPIES if spec.normalize == "none" else 0
+    return int(getattr(method, "auto_light_copies", 0)) if spec.normalize == "none" else 0
 
 
-def _method_options(cfg: FitConfig, records: list[Record], spec: InputSpec) -> FitOptions:
+def _method_options(cfg: FitConfig, method: Method, records: list[Record], spec: InputSpec) -> FitOptions:
     """The method's options, telling it how many light copies of each image it is given and how the camera may
     deliver each original (`records`: the training images in the order given, as `camera_variants` says)."""
     variants = list(camera_variants(cfg).values())
@@ -255,7 +257,7 @@ def _method_options(cfg: FitConfig, records: list[Record], spec: InputSpec) -> F
     def camera_copies(i: int) -> list[np.ndarray]:
         return [prepare_uint8(as_delivered([records[i]], spec, _per_index(variant))[0], spec) for variant in variants]
 
-    return dataclasses.replace(cfg.options, light_copies=light_copies_for(cfg, spec),
+    return dataclasses.replace(cfg.options, light_copies=light_copies_for(cfg, spec, method),
                                camera_copies=camera_copies if variants else None)
 
 
@@ -582,8 +584,9 @@ def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_i
         folder.mkdir(parents=True, exist_ok=True)
         _seed_everything(cfg.options.seed + fold + 1)
         fold_images = [prepared[i] for i in train_idx]
-        trained = method.fit(with_light_copies(fold_images, light_copies_for(cfg, spec), cfg.options.seed + fold),
-                             _method_options(cfg, [records[i] for i in train_idx], spec))
+        copies = light_copies_for(cfg, spec, method)
+        trained = method.fit(with_light_copies(fold_images, copies, cfg.options.seed + fold),
+                             _method_options(cfg, method, [records[i] for i in train_idx], spec))
         fold_spec = _as_fitted(trained.spec, spec)
         int8_file, quant = _export_models(trained, fold_images, fold_spec, folder, cfg, [])
         summary = TrainingSummary(count=len(train_idx), data=str(cfg.data))
@@ -709,8 +712,8 @@ def _train_final(cfg: FitConfig, method: Method, images: _FitImages, spec: Input
     """Fit the bundle's model on `images.prepared` (then emptied: the pixels are no longer needed) and export it."""
     _seed_everything(cfg.options.seed)
     t_train = time.perf_counter()
-    trained = method.fit(with_light_copies(images.prepared, light_copies_for(cfg, spec), cfg.options.seed),
-                         _method_options(cfg, images.train_recs, spec))
+    trained = method.fit(with_light_copies(images.prepared, light_copies_for(cfg, spec, method), cfg.options.seed),
+                         _method_options(cfg, method, images.train_recs, spec))
     train_seconds = time.perf_counter() - t_train
     if _as_fitted(trained.spec, spec) != spec:
         log.info("method %s changed its input spec while fitting; using the trained one", cfg.method)
@@ -803,10 +806,11 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
     cfg = dataclasses.replace(cfg, jpeg_quality=jpeg_quality_for(cfg, plan.train))
     images = _read_fit_images(cfg, plan, spec)
     if cfg.augment_light is None:
-        copies = light_copies_for(cfg, spec)
-        log.info("light copies per training image: %d (auto: %s)", copies,
-                 "the bundle keeps the light as it is, so it is shown a brighter lamp's clipping" if copies else
-                 "the bundle normalizes each image's light")
+        copies = light_copies_for(cfg, spec, plan.method)
+        why = ("the bundle normalizes each image's light" if spec.normalize != "none" else
+               "the bundle keeps the light as it is, so it is shown a brighter lamp's clipping" if copies else
+               f"method {cfg.method} takes none unless asked (--augment-light N)")
+        log.info("light copies per training image: %d (auto: %s)", copies, why)
     log.info("method %s: training on %d images (%s), %s", cfg.method, len(images.prepared),
              f"{spec.width}x{spec.height} {spec.color_order}",
              f"threshold from {cfg.folds}-fold cross-fitting" if cfg.folds else f"{len(images.hold_images)} held out")
@@ -871,7 +875,7 @@ def _fit_in(tmp: Path, cfg: FitConfig, plan: FitPlan, spec: InputSpec, images: _
     calibration.update(_light_calibration(cfg, scores, entries))
     calibration["normalize_chosen_from_data"] = plan.light is not None
     calibration["light_span"] = plan.light.span if plan.light is not None else None
-    calibration["light_copies"] = light_copies_for(cfg, spec)
+    calibration["light_copies"] = light_copies_for(cfg, spec, plan.method)
     calibration["light_copies_chosen_from_data"] = cfg.augment_light is None
     skipped = len(ds.train) - len(images.train_recs) - n_hold_scored - len(outliers)
     training = training.model_copy(update={"holdout": len(images.hold_recs), "params": _training_params(

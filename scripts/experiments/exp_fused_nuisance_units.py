@@ -27,9 +27,9 @@ from tools.dataset import as_delivered
 _plain = fit._method_options
 
 
-def _with_nuisance(cfg: Any, records: list[Any], spec: Any) -> Any:
+def _with_nuisance(cfg: Any, method: Any, records: list[Any], spec: Any) -> Any:
     """The fit's method options, each pool image also through noise and defocus."""
-    opts = _plain(cfg, records, spec)
+    opts = _plain(cfg, method, records, spec)
     base = opts.camera_copies
 
     def copies(i: int) -> list[np.ndarray]:

@@ -519,10 +519,12 @@ def test_auto_light_copies_follow_the_light_normalization(tmp_path: Path) -> Non
 
     spec = InputSpec(width=64, height=64)
     cfg = _cfg(tmp_path, tmp_path / "o")
+    patchcore, featae = get_method("patchcore"), get_method("featae")
     assert cfg.augment_light is None  # auto is the default
-    assert light_copies_for(cfg, spec.model_copy(update={"normalize": "none"})) == 1
-    assert light_copies_for(cfg, spec.model_copy(update={"normalize": "mean_std"})) == 0
-    assert light_copies_for(_cfg(tmp_path, tmp_path / "o", augment_light=3), spec) == 3  # as given
+    assert light_copies_for(cfg, spec.model_copy(update={"normalize": "none"}), patchcore) == 1
+    assert light_copies_for(cfg, spec.model_copy(update={"normalize": "mean_std"}), patchcore) == 0
+    assert light_copies_for(cfg, spec.model_copy(update={"normalize": "none"}), featae) == 0  # not measured worth it
+    assert light_copies_for(_cfg(tmp_path, tmp_path / "o", augment_light=3), spec, featae) == 3  # as given
 
 
 def test_light_corners_are_the_tolerated_range_ends() -> None:

@@ -81,7 +81,8 @@ class Method(Protocol):
     """A detector method as `--method NAME` runs it (tools/methods/registry.py lists them).
 
     Optional attributes the pipeline reads with defaults: ``min_size``/``max_size``, ``min_images``,
-    ``default_size``, ``non_square``, ``options`` (its ``--opt`` table)."""
+    ``default_size``, ``non_square``, ``options`` (its ``--opt`` table), ``auto_light_copies`` (the light copies
+    `--augment-light auto` gives it where the light is not normalized; 0 unless measured worth its fit time)."""
 
     name: str
 
