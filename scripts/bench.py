@@ -754,10 +754,11 @@ def run_main(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
-    if args.md:
-        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.md).write_text(markdown(report))
-    print(f"bench: wrote {args.json or '-'} and {args.md or '-'}")
+    md = args.md or (str(Path(args.json).with_suffix(".md")) if args.json else None)
+    if md:
+        Path(md).parent.mkdir(parents=True, exist_ok=True)
+        Path(md).write_text(markdown(report))
+    print(f"bench: wrote {args.json or '-'} and {md or '-'}")
     return 0
 
 
@@ -1088,7 +1089,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--soak-json", nargs="*", help="soak results to include in the report")
     sp.add_argument("--notes", help="a markdown file appended to the report (findings, caveats)")
     sp.add_argument("--json", default=str(ROOT / "docs" / "performance.json"))
-    sp.add_argument("--md", default=str(ROOT / "docs" / "performance.md"))
+    sp.add_argument("--md", default=None,
+                    help="markdown report (default: beside --json, e.g. docs/performance.md for the default json; "
+                         "a partial run written elsewhere must not overwrite the docs)")
     sp.set_defaults(func=run_main)
 
     sp = sub.add_parser("render", help="rewrite the markdown report from its JSON")
