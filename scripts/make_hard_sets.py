@@ -12,8 +12,9 @@ defaults are not tuned to the magnetic tiles:
 * ``lamp``: other stones under light that differs by up to x2 between parts (gain 0.65-1.35, the brightest
   seams' neighbours clip at 255), as the tiles' light does: a set whose brightness is not steady, so that
   what the defaults do for such data (no normalization, light copies) is measured on more than the tiles.
+* ``rail_lamp``: ``rail`` with each image under its own lamp (gain 0.65-1.35), long color parts whose light varies.
 
-    python scripts/make_hard_sets.py /tmp/hard      # -> /tmp/hard/stones, /tmp/hard/rail, /tmp/hard/lamp
+    python scripts/make_hard_sets.py /tmp/hard      # -> /tmp/hard/stones, rail, lamp, rail_lamp
 
 Benchmark aid (docs/patchcore.md): the test suite makes its own small images.
 """
@@ -115,6 +116,22 @@ def write_rail(root: Path, seed: int = 0) -> Path:
     return synth.write_dataset(root, n_train=120, n_test_good=40, n_test_defect=48, size=(384, 96), seed=seed)
 
 
+def under_lamps(src: Path, dst: Path, gains: tuple[float, float] = LAMP_GAINS, seed: int = 2) -> Path:
+    """A copy of the set `src` with each image under its own lamp (a seeded gain in `gains`, clipped at 255); the
+    masks as they were. `rail_lamp`: the long color parts under light that varies as the tiles' does."""
+    rng = np.random.default_rng(seed)
+    for path in sorted(src.rglob("*.png")):
+        out = dst / path.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise SystemExit(f"{path}: cannot be read")
+        if path.relative_to(src).parts[0] != "ground_truth":
+            image = np.clip(image.astype(np.float32) * rng.uniform(*gains), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(out), image)
+    return dst
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
@@ -122,6 +139,7 @@ def main() -> None:
     print(write_stones(a.out / "stones"))
     print(write_rail(a.out / "rail"))
     print(write_stones(a.out / "lamp", seed=1, gains=LAMP_GAINS))
+    print(under_lamps(a.out / "rail", a.out / "rail_lamp"))
 
 
 if __name__ == "__main__":
