@@ -198,8 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "auto (default): mean_std when the training images' brightness spans less than x1.3")
     p.add_argument("--augment-light", type=_light_copies, default=None, metavar="N|auto",
                    help="N photometric copies of each training image, the first under light x1.3 (clipped as a "
-                        "sensor clips), the others gain 0.7-1.3, gamma 0.8-1.25; auto (default): 1 when the "
-                        "bundle keeps the light as it is (--normalize none), 0 when it normalizes it")
+                        "sensor clips), the others gain 0.7-1.3, gamma 0.8-1.25; auto (default): the method's "
+                        "own number (patchcore 1, the others 0) when the bundle keeps the light as it is, 0 when "
+                        "it normalizes it")
     p.add_argument("--calibrate-light", action="store_true",
                    help="also score each calibration image under light x1.3 and x0.7 and keep its highest score, "
                         "so a lamp's change alone rejects no good part (costs some recall; default off)")

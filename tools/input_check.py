@@ -70,35 +70,34 @@ def verdicts(manifest: Manifest, good: Sequence[Record],
     ref = manifest.input_stats
     bounds = Bounds.of(ref, cfg.pixel_margin) if ref is not None else None
     chosen = list(good) if limit is None else _spread(good, limit)
-    images = [read_image(rec.path) for rec in chosen]
-    seeds = list(indices) if indices is not None and limit is None else list(range(len(images)))
-    if len(seeds) != len(images):
-        raise ValueError(f"{len(seeds)} indices for {len(images)} images")
-    readable = [im for im in images if im is not None]
-    out: dict[str, dict[str, object]] = {}
-    for name, change in {"none": lambda im, i: im, **conditions}.items():
-        reasons: Counter[str] = Counter()
-        means: list[float] = []
-        flags: list[bool] = []
-        for i, image in enumerate(images):
+    seeds = list(indices) if indices is not None and limit is None else list(range(len(chosen)))
+    if len(seeds) != len(chosen):
+        raise ValueError(f"{len(seeds)} indices for {len(chosen)} images")
+    changes: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"none": lambda im, i: im, **conditions}
+    first: dict[str, list[str | None]] = {name: [] for name in changes}  # per image: its reason, "" none, None unread
+    means: dict[str, list[float]] = {name: [] for name in changes}
+    for rec, seed in zip(chosen, seeds, strict=True):
+        image = read_image(rec.path)  # decoded once for every condition; one full-size image in memory at a time
+        for name, change in changes.items():
             if image is None:
-                flags.append(False)
+                first[name].append(None)
                 continue
-            stats = measure(small_grey(change(image, seeds[i]), manifest.input.bit_depth), None, bounds)
-            means.append(stats.mean)
+            stats = measure(small_grey(change(image, seed), manifest.input.bit_depth), None, bounds)
+            means[name].append(stats.mean)
             found = problems(stats, ref, cfg)
-            flags.append(bool(found))
-            if found:
-                reasons[found[0]] += 1
-        flagged = sum(reasons.values()) / len(readable) if readable else None
+            first[name].append(found[0] if found else "")
+    out: dict[str, dict[str, object]] = {}
+    for name in changes:
+        reasons = Counter(r for r in first[name] if r)
+        readable = sum(r is not None for r in first[name])
         # a camera that keeps seeing these images: its recent median brightness against the training median
-        drift = drift_problem(float(np.median(means)), ref, cfg) if means else None
-        out[name] = {"flagged": flagged, "reasons": dict(reasons.most_common()),
-                     "reason": reasons.most_common(1)[0][0] if reasons else None, "images": len(readable),
-                     "drift": drift,
-                     "reference": ref is not None}
+        drift = drift_problem(float(np.median(means[name])), ref, cfg) if means[name] else None
+        out[name] = {"flagged": sum(reasons.values()) / readable if readable else None,
+                     "reasons": dict(reasons.most_common()),
+                     "reason": reasons.most_common(1)[0][0] if reasons else None, "images": readable,
+                     "drift": drift, "reference": ref is not None}
         if limit is None:
-            out[name]["flags"] = flags
+            out[name]["flags"] = [bool(r) for r in first[name]]
     return out
 
 

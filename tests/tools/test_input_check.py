@@ -61,3 +61,21 @@ def test_describe_says_when_a_few_images_are_flagged() -> None:
     assert describe({"flagged": 0.12, "reason": "too_bright", "drift": "too_bright"}) == (
         "flagged 12% (too_bright), drift: too_bright")
     assert describe({}) == "n/a"
+
+
+def test_each_image_is_decoded_once_for_every_condition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All of a test split's good images at full size would not fit in memory: one at a time, read once."""
+    import tools.input_check as input_check
+
+    manifest = load_manifest(build_max_bundle(tmp_path / "b", size=32, threshold=0.5, map_threshold=0.5))
+    good = _good(tmp_path / "good", 4)
+    reads: list[Path] = []
+    real = input_check.read_image
+
+    def counting(path: Path) -> np.ndarray | None:
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(input_check, "read_image", counting)
+    out = verdicts(manifest, good, {"a": lambda im, i: im, "b": lambda im, i: im // 2}, limit=None)
+    assert sorted(reads) == sorted(r.path for r in good) and set(out) == {"none", "a", "b"}
