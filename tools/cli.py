@@ -201,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "sensor clips), the others gain 0.7-1.3, gamma 0.8-1.25; auto (default): the method's "
                         "own number (patchcore 1, the others 0) when the bundle keeps the light as it is, 0 when "
                         "it normalizes it")
+    p.add_argument("--augment-jpeg", choices=("auto", "on", "off"), default="auto",
+                   help="one copy of each training image as a camera's chain delivers it (sensor noise sigma 0-8, "
+                        "then JPEG at quality 40-90), so compression is normal to the model; auto (default): on "
+                        "for lossless training images with --method patchcore, off for JPEG training images (they "
+                        "show the artefacts already)")
     p.add_argument("--calibrate-light", action="store_true",
                    help="also score each calibration image under light x1.3 and x0.7 and keep its highest score, "
                         "so a lamp's change alone rejects no good part (costs some recall; default off)")
@@ -293,7 +298,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                     holdout=args.holdout if args.holdout is not None else 0.15, folds=folds, auto_size=not args.size,
                     percentile=args.percentile, target_frr=args.target_frr, check_test=not args.no_test_check,
                     drop_outliers=args.drop_outliers, bit_depth=args.bit_depth, normalize=args.normalize,
-                    augment_light=args.augment_light, calibrate_light=args.calibrate_light)
+                    augment_light=args.augment_light, calibrate_light=args.calibrate_light,
+                    augment_jpeg=None if args.augment_jpeg == "auto" else args.augment_jpeg == "on")
     if args.int8_tolerance is not None:
         cfg.int8_auroc_tolerance = args.int8_tolerance
     if args.calibrate_jpeg is not None:

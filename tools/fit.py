@@ -49,7 +49,7 @@ from edged.bundle import (
 from edged.detector import Detector
 from edged.preprocess import prepare_uint8, to_tensor
 from tools import bundle_out, calibrate, crossfit, export, input_check, input_size, light_range
-from tools.camera_effects import through_jpeg, under_light
+from tools.camera_effects import through_jpeg, under_light, with_sensor_noise
 from tools.dataset import (
     Dataset,
     DatasetError,
@@ -132,6 +132,9 @@ class FitConfig:
     # photometric copies of each training image for the model (`with_light_copies`); None (auto): the method's
     # `auto_light_copies` when the bundle does not normalize the light, none when it does (`light_copies_for`)
     augment_light: int | None = None
+    # one copy of each training image through JPEG at a random quality (`encoded_copies`) for the model; None
+    # (auto): the method's `auto_encoded_copies` when the calibration goes through JPEG (lossless training images)
+    augment_jpeg: bool | None = None
     # each calibration image also scored under the brightest and darkest tolerated light (LIGHT_CORNERS), keeping
     # its highest score, so the threshold holds when the lamp changes (at the cost of some recall)
     calibrate_light: bool = False
@@ -218,22 +221,64 @@ LIGHT_CORNERS: tuple[float, ...] = (1.3, 0.7)
 NORMALIZE_CHOICES = ("auto", "none", "mean_std")  # `--normalize`; auto: tools.light_range decides from the images
 
 
-def with_light_copies(images: list[np.ndarray], copies: int, seed: int) -> list[np.ndarray]:
-    """The training images plus `copies` photometric variants of each, so the model learns them as normal; the
-    images themselves when 0. The first copy is under the brightest tolerated gain (LIGHT_CORNERS[0], x1.3, with a
-    random gamma 0.8-1.25), the others anywhere in gain 0.7-1.3. Why the bright corner first: a dimmer lamp loses
-    little (the tiles' false rejects under x0.7 stayed at the calibrated 0.3% without any copy), but a brighter one
-    clips the bright regions at 255, which no good image shows; one copy drawn anywhere in the range rarely lands
-    there (the tiles under x1.3: 3.8% false rejects with it, 2.8% with the bright corner, docs/input-health.md)."""
-    if copies <= 0:
+def with_light_copies(images: list[np.ndarray], copies: int, seed: int,
+                      encoded: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """The training images plus `copies` photometric variants of each (and its `encoded` copy, when given, after
+    them), so the model learns them as normal; the images themselves when there are none. Laid out as the methods
+    expect (`FitOptions.copies`): the originals, then each original's copies in turn.
+
+    The first light copy is under the brightest tolerated gain (LIGHT_CORNERS[0], x1.3, with a random gamma
+    0.8-1.25), the others anywhere in gain 0.7-1.3. Why the bright corner first: a dimmer lamp loses little (the
+    tiles' false rejects under x0.7 stayed at the calibrated 0.3% without any copy), but a brighter one clips the
+    bright regions at 255, which no good image shows; one copy drawn anywhere in the range rarely lands there (the
+    tiles under x1.3: 3.8% false rejects with it, 2.8% with the bright corner, docs/input-health.md)."""
+    if copies <= 0 and not encoded:
         return images
+    if encoded and len(encoded) != len(images):
+        raise ValueError(f"{len(encoded)} encoded copies for {len(images)} images")
     rng = np.random.default_rng([seed, 7])
     out = list(images)
-    for image in images:
+    for i, image in enumerate(images):
         for j in range(copies):
             gain, gamma = rng.uniform(0.7, 1.3), float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
             out.append(under_light(image, LIGHT_CORNERS[0] if j == 0 else gain, gamma))
+        if encoded:
+            out.append(encoded[i])
     return out
+
+
+# `--augment-jpeg`: the encoded copy is the stored image as a camera's chain delivers it, sensor noise then its
+# encoder, each drawn per image in these ranges: JPEG from a good MJPG camera's quality (90) down to a stream squeezed
+# hard (40), so the model learns blocks and ringing, not one quality's; noise of 0-8 grey levels (a gain turned up),
+# because a model that knows the encoder's smooth blocks but no noise has a tighter threshold and rejected most good
+# parts under sigma 8 (rail_lamp: 82.5%; with noise up to 5 in the copy 5%, up to 8 0%; docs/detection.md)
+ENCODED_QUALITY = (40, 90)
+ENCODED_NOISE = (0.0, 8.0)
+
+
+def encoded_copies_for(cfg: FitConfig, method: Method) -> bool:
+    """`--augment-jpeg`: as given, or for auto (None) the method's `auto_encoded_copies` where the calibration goes
+    through JPEG, i.e. the training images are lossless (`jpeg_quality_for`): JPEG training images show the
+    artefacts already."""
+    if cfg.augment_jpeg is not None:
+        return cfg.augment_jpeg
+    return bool(cfg.jpeg_quality) and bool(getattr(method, "auto_encoded_copies", False))
+
+
+def encoded_copies(records: list[Record], spec: InputSpec, seed: int, progress: bool) -> list[np.ndarray]:
+    """Each training image with sensor noise and through JPEG, sigma and quality drawn in ENCODED_NOISE and
+    ENCODED_QUALITY, made at the size stored (the camera's, `as_delivered`) and prepared like the training images,
+    in the records' order."""
+    rng = np.random.default_rng([seed, 11])
+    qualities = rng.integers(ENCODED_QUALITY[0], ENCODED_QUALITY[1] + 1, len(records))
+    sigmas = rng.uniform(ENCODED_NOISE[0], ENCODED_NOISE[1], len(records))
+
+    def encoded(image: np.ndarray, i: int) -> np.ndarray:
+        noisy = with_sensor_noise(image, float(sigmas[i]), np.random.default_rng([seed, 13, i])) if sigmas[i] else image
+        return through_jpeg(noisy, int(qualities[i]))
+
+    delivered = as_delivered(records, spec, encoded, progress, "reading train (encoded copies)")
+    return [prepare_uint8(image, spec) for image in delivered]
 
 
 def light_copies_for(cfg: FitConfig, spec: InputSpec, method: Method) -> int:
@@ -250,15 +295,15 @@ def light_copies_for(cfg: FitConfig, spec: InputSpec, method: Method) -> int:
 
 
 def _method_options(cfg: FitConfig, method: Method, records: list[Record], spec: InputSpec) -> FitOptions:
-    """The method's options, telling it how many light copies of each image it is given and how the camera may
+    """The method's options, telling it how many copies of each image it is given and how the camera may
     deliver each original (`records`: the training images in the order given, as `camera_variants` says)."""
     variants = list(camera_variants(cfg).values())
 
     def camera_copies(i: int) -> list[np.ndarray]:
         return [prepare_uint8(as_delivered([records[i]], spec, _per_index(variant))[0], spec) for variant in variants]
 
-    return dataclasses.replace(cfg.options, light_copies=light_copies_for(cfg, spec, method),
-                               camera_copies=camera_copies if variants else None)
+    copies = light_copies_for(cfg, spec, method) + int(encoded_copies_for(cfg, method))
+    return dataclasses.replace(cfg.options, copies=copies, camera_copies=camera_copies if variants else None)
 
 
 def _check_method(method: Method, cfg: FitConfig) -> InputSpec:
@@ -576,16 +621,19 @@ def _score_as_camera(folder: Path, precision: str, images: list[np.ndarray], var
     return scores, maps, stored
 
 
-def _cross_fit(cfg: FitConfig, method: Method, prepared: list[np.ndarray], det_images: list[np.ndarray],
-               records: list[Record], spec: InputSpec, staging: Path) -> crossfit.OutOfFold:
+def _cross_fit(cfg: FitConfig, method: Method, images: _FitImages, spec: InputSpec,
+               staging: Path) -> crossfit.OutOfFold:
     """k fold models, each a full bundle in `staging`/folds (exported, quantized, scored by `Detector`)."""
+    prepared, det_images, records = images.prepared, images.det_train, images.train_recs
+
     def fit_and_score(train_idx: Any, held_idx: Any, fold: int) -> dict[str, crossfit.HeldScores]:
         folder = staging / "folds" / str(fold)
         folder.mkdir(parents=True, exist_ok=True)
         _seed_everything(cfg.options.seed + fold + 1)
         fold_images = [prepared[i] for i in train_idx]
         copies = light_copies_for(cfg, spec, method)
-        trained = method.fit(with_light_copies(fold_images, copies, cfg.options.seed + fold),
+        encoded = [images.encoded[i] for i in train_idx] if images.encoded else None
+        trained = method.fit(with_light_copies(fold_images, copies, cfg.options.seed + fold, encoded),
                              _method_options(cfg, method, [records[i] for i in train_idx], spec))
         fold_spec = _as_fitted(trained.spec, spec)
         int8_file, quant = _export_models(trained, fold_images, fold_spec, folder, cfg, [])
@@ -647,6 +695,14 @@ class _FitImages:
     hold_recs: list[Record]
     test_images: list[np.ndarray]  # the data's test split, when `check_test` (empty otherwise)
     test_recs: list[Record]
+    encoded: list[np.ndarray] = field(default_factory=list)  # `encoded_copies` of `prepared` ([] when off)
+
+    def keep(self, indices: list[int]) -> None:
+        """Only the training images at `indices` (with their records and copies), e.g. without outliers."""
+        self.prepared = [self.prepared[i] for i in indices]
+        self.det_train = [self.det_train[i] for i in indices] if self.det_train else []
+        self.train_recs = [self.train_recs[i] for i in indices]
+        self.encoded = [self.encoded[i] for i in indices] if self.encoded else []
 
 
 def _read_fit_images(cfg: FitConfig, plan: FitPlan, spec: InputSpec) -> _FitImages:
@@ -668,7 +724,9 @@ def _read_fit_images(cfg: FitConfig, plan: FitPlan, spec: InputSpec) -> _FitImag
     test_recs: list[Record] = []
     if cfg.check_test and plan.dataset.test:
         test_images, test_recs = _read(plan.dataset.test, progress, "reading test", spec, for_detector=True)
-    return _FitImages(prepared, det_train, train_recs, hold_images, hold_recs, test_images, test_recs)
+    encoded = (encoded_copies(train_recs, spec, cfg.options.seed, progress)
+               if encoded_copies_for(cfg, plan.method) else [])
+    return _FitImages(prepared, det_train, train_recs, hold_images, hold_recs, test_images, test_recs, encoded)
 
 
 def _cross_fit_step(cfg: FitConfig, method: Method, images: _FitImages, spec: InputSpec, staging: Path, root: Path,
@@ -676,14 +734,12 @@ def _cross_fit_step(cfg: FitConfig, method: Method, images: _FitImages, spec: In
     """With --folds: the out-of-fold scores, and the outliers among them (dropped from `images` and the scores)."""
     if not cfg.folds:
         return None, []
-    oof = _cross_fit(cfg, method, images.prepared, images.det_train, images.train_recs, spec, staging)
+    oof = _cross_fit(cfg, method, images, spec, staging)
     outliers = _oof_outliers(cfg, oof, images.train_recs, root, warnings)
     if outliers:
         bad = {o["index"] for o in outliers}
         keep = [i for i in range(len(images.prepared)) if i not in bad]
-        images.prepared = [images.prepared[i] for i in keep]
-        images.det_train = [images.det_train[i] for i in keep]
-        images.train_recs = [images.train_recs[i] for i in keep]
+        images.keep(keep)
         for key in list(oof.scores):
             oof.scores[key] = oof.scores[key][keep]
             peaks = oof.peaks.get(key)
@@ -712,14 +768,15 @@ def _train_final(cfg: FitConfig, method: Method, images: _FitImages, spec: Input
     """Fit the bundle's model on `images.prepared` (then emptied: the pixels are no longer needed) and export it."""
     _seed_everything(cfg.options.seed)
     t_train = time.perf_counter()
-    trained = method.fit(with_light_copies(images.prepared, light_copies_for(cfg, spec, method), cfg.options.seed),
+    trained = method.fit(with_light_copies(images.prepared, light_copies_for(cfg, spec, method), cfg.options.seed,
+                                           images.encoded or None),
                          _method_options(cfg, method, images.train_recs, spec))
     train_seconds = time.perf_counter() - t_train
     if _as_fitted(trained.spec, spec) != spec:
         log.info("method %s changed its input spec while fitting; using the trained one", cfg.method)
     spec = _as_fitted(trained.spec, spec)
     int8_file, quant = _export_models(trained, images.prepared, spec, staging, cfg, warnings)
-    images.prepared = []  # the training pixels are no longer needed
+    images.prepared, images.encoded = [], []  # the training pixels are no longer needed
     return _FinalModel(trained, spec, int8_file, quant, train_seconds)
 
 
@@ -811,6 +868,12 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
                "the bundle keeps the light as it is, so it is shown a brighter lamp's clipping" if copies else
                f"method {cfg.method} takes none unless asked (--augment-light N)")
         log.info("light copies per training image: %d (auto: %s)", copies, why)
+    if cfg.augment_jpeg is None:
+        log.info("encoded copy of each training image (noise sigma %g-%g, JPEG %d-%d): %s", *ENCODED_NOISE,
+                 *ENCODED_QUALITY,
+                 "yes (auto: lossless training images, so a camera's encoding is new to the model)"
+                 if images.encoded else "no (auto: " + ("the training images are JPEGs already)" if not cfg.jpeg_quality
+                                                         else f"method {cfg.method} takes none unless asked)"))
     log.info("method %s: training on %d images (%s), %s", cfg.method, len(images.prepared),
              f"{spec.width}x{spec.height} {spec.color_order}",
              f"threshold from {cfg.folds}-fold cross-fitting" if cfg.folds else f"{len(images.hold_images)} held out")
@@ -877,6 +940,9 @@ def _fit_in(tmp: Path, cfg: FitConfig, plan: FitPlan, spec: InputSpec, images: _
     calibration["light_span"] = plan.light.span if plan.light is not None else None
     calibration["light_copies"] = light_copies_for(cfg, spec, plan.method)
     calibration["light_copies_chosen_from_data"] = cfg.augment_light is None
+    calibration["encoded_copies"] = ({"jpeg_quality": list(ENCODED_QUALITY), "noise_sigma": list(ENCODED_NOISE)}
+                                     if encoded_copies_for(cfg, plan.method) else None)
+    calibration["encoded_copies_chosen_from_data"] = cfg.augment_jpeg is None
     skipped = len(ds.train) - len(images.train_recs) - n_hold_scored - len(outliers)
     training = training.model_copy(update={"holdout": len(images.hold_recs), "params": _training_params(
         cfg, final, calibration, skipped, outliers, verification)})

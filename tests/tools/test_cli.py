@@ -99,6 +99,19 @@ def test_fit_augment_light_reaches_the_manifest(tmp_path: Path, given: str, copi
     assert (params["light_copies"], params["light_copies_chosen_from_data"]) == (copies, chosen)
 
 
+@pytest.mark.parametrize(("given", "copies"), [("auto", None), ("on", {"jpeg_quality": [40, 90],
+                                                                       "noise_sigma": [0.0, 8.0]}), ("off", None)])
+def test_fit_augment_jpeg_reaches_the_manifest(tmp_path: Path, given: str, copies: dict[str, Any] | None) -> None:
+    """--augment-jpeg auto (the default: only methods that say so, patchcore, get the copy of lossless images)."""
+    from tests.tools.conftest import write_good
+
+    good, bundle = write_good(tmp_path / "good", 16, size=32), tmp_path / "bundle"
+    assert main(["fit", "-q", str(good), "--method", "band-test", "--size", "32", "--holdout", "0.3",
+                 "--augment-jpeg", given, "--out", str(bundle)]) == 0
+    params = json.loads((bundle / "manifest.json").read_text())["training"]["params"]
+    assert (params["encoded_copies"], params["encoded_copies_chosen_from_data"]) == (copies, given == "auto")
+
+
 @pytest.mark.parametrize("given", ["9", "-1", "many"])
 def test_fit_refuses_a_bad_augment_light(tmp_path: Path, given: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:

@@ -527,6 +527,92 @@ def test_auto_light_copies_follow_the_light_normalization(tmp_path: Path) -> Non
     assert light_copies_for(_cfg(tmp_path, tmp_path / "o", augment_light=3), spec, featae) == 3  # as given
 
 
+def test_encoded_copies_follow_each_original_after_its_light_copies() -> None:
+    """The layout the methods rely on (`FitOptions.copies`, patchcore's `bank_sources`): the originals, then
+    each original's light copies and its encoded copy in turn."""
+    images = [np.full((8, 8), 100, np.uint8), np.full((8, 8), 250, np.uint8)]
+    encoded = [np.full((8, 8), 101, np.uint8), np.full((8, 8), 251, np.uint8)]
+    out = with_light_copies(images, 1, 0, encoded)
+    assert len(out) == 6 and out[:2] == images
+    assert out[3] is encoded[0] and out[5] is encoded[1]
+    assert int(out[2][0, 0]) > 101 and int(out[4][0, 0]) == 255  # light copies of 100 and 250 (x1.3, clipped)
+    assert with_light_copies(images, 0, 0, encoded) == images + encoded
+    with pytest.raises(ValueError, match="1 encoded copies for 2 images"):
+        with_light_copies(images, 0, 0, encoded[:1])
+
+
+def test_encoded_copies_are_made_at_the_size_stored_at_qualities_in_range(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each copy is the stored image with sensor noise and through JPEG, then brought to the model's size (a
+    camera's blocks, not blocks of the small image); seeded."""
+    from edged.bundle import InputSpec
+    from edged.preprocess import prepare_uint8
+    from tools import fit
+    from tools.camera_effects import through_jpeg
+    from tools.dataset import Record, model_sized
+    from tools.dataset import read_image as read_stored
+
+    good = write_good(tmp_path / "good", 6, size=96, seed=2)
+    records = [Record(p) for p in sorted(good.glob("*.png"))]
+    spec = InputSpec(width=48, height=48)
+    copies = fit.encoded_copies(records, spec, seed=3, progress=False)
+    again = fit.encoded_copies(records, spec, seed=3, progress=False)
+    assert len(copies) == 6 and all(a.tolist() == b.tolist() for a, b in zip(copies, again, strict=True))
+    monkeypatch.setattr(fit, "ENCODED_NOISE", (0.0, 0.0))
+    jpeg_only = fit.encoded_copies(records, spec, seed=3, progress=False)
+    assert all(a.tolist() != b.tolist() for a, b in zip(copies, jpeg_only, strict=True))  # noise as well
+    image = read_stored(records[0].path)
+    assert image is not None
+    as_stored = prepare_uint8(model_sized(spec)(image), spec)
+    assert jpeg_only[0].shape == as_stored.shape and jpeg_only[0].tolist() != as_stored.tolist()
+    candidates = [prepare_uint8(model_sized(spec)(through_jpeg(image, q)), spec).tolist()
+                  for q in range(fit.ENCODED_QUALITY[0], fit.ENCODED_QUALITY[1] + 1)]
+    assert jpeg_only[0].tolist() in candidates  # one of the range's qualities, encoded before the resize
+
+
+def test_auto_encoded_copies_follow_the_jpeg_calibration(tmp_path: Path) -> None:
+    from tools.fit import encoded_copies_for
+
+    patchcore, featae = get_method("patchcore"), get_method("featae")
+    lossless = _cfg(tmp_path, tmp_path / "o", jpeg_quality=75)  # jpeg_quality_for's choice for PNG training images
+    assert lossless.augment_jpeg is None  # auto is the default
+    assert encoded_copies_for(lossless, patchcore)
+    assert not encoded_copies_for(_cfg(tmp_path, tmp_path / "o", jpeg_quality=0), patchcore)  # JPEG images
+    assert not encoded_copies_for(lossless, featae)  # would double its training patches: not measured worth it
+    assert encoded_copies_for(_cfg(tmp_path, tmp_path / "o", jpeg_quality=0, augment_jpeg=True), featae)
+    assert not encoded_copies_for(_cfg(tmp_path, tmp_path / "o", jpeg_quality=75, augment_jpeg=False), patchcore)
+
+
+@pytest.mark.slow
+def test_encoded_copies_teach_a_png_trained_model_the_cameras_compression(tmp_path: Path) -> None:
+    """patchcore on PNG stills, calibrated through JPEG 75 (the default for lossless images), fed new parts
+    through JPEG 50, harsher than the calibration: without the encoded copies the compressed good parts are
+    rejected; with them the model knows the blocks, and its threshold need not stretch to cover them."""
+    from edged.detector import Detector
+    from tools.calibrate import score_images
+    from tools.camera_effects import through_jpeg
+
+    data = write_good(tmp_path / "good", 30, size=96, seed=5)
+    new_parts = write_good(tmp_path / "new", 40, size=96, seed=6)
+    frames = [through_jpeg(read_image(p), 50) for p in sorted(new_parts.iterdir())]
+    extra = {"coreset": 0.05, "backbone": "lite0", "layers": "s5,s6"}
+    rates, thresholds = {}, {}
+    for on in (False, True):
+        out = tmp_path / f"b{on}"
+        m = fit_bundle(_cfg(data, out, method="patchcore", size=64, folds=3, jpeg_quality=75, augment_jpeg=on,
+                            extra=extra)).manifest
+        assert m.training.params["encoded_copies"] == ({"jpeg_quality": [40, 90], "noise_sigma": [0.0, 8.0]}
+                                                        if on else None)
+        assert not m.training.params["encoded_copies_chosen_from_data"]
+        scores, _ = score_images(Detector(out, precision="fp32"), frames, keep_maps=False)
+        thresholds[on] = m.models["fp32"].threshold.value
+        rates[on] = float(np.mean(scores > thresholds[on]))
+    assert rates[False] >= 0.5  # measured 1.0
+    assert rates[True] <= 0.4  # measured 0.175 (0.075 with JPEG alone in the copy, no noise)
+    assert thresholds[True] < 0.8 * thresholds[False]  # measured 24.9 against 43.5: calibration through JPEG 75
+    # no longer lifts it far above the stills' scores, so defects get the room
+
+
 def test_light_corners_are_the_tolerated_range_ends() -> None:
     from tools.fit import LIGHT_CORNERS
 

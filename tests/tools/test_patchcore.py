@@ -131,7 +131,7 @@ def test_light_copies_enrich_the_bank_without_enlarging_it() -> None:
 
     good, _ = _parts(6, seed=2)
     extra = {"layers": "s3,s5", "coreset": "0.05", "batch": "6"}
-    out = METHOD.fit(with_light_copies(good, 1, 0), FitOptions(size=SIZE, extra=extra, progress=False, light_copies=1))
+    out = METHOD.fit(with_light_copies(good, 1, 0), FitOptions(size=SIZE, extra=extra, progress=False, copies=1))
     p = out.params
     assert p["train_patches"] == 12 * (SIZE // 8) ** 2
     assert p["bank_size"] == round(0.05 * p["train_patches"] / 2)

@@ -35,7 +35,9 @@ class FitOptions:
     epochs: int | None = None  # None: the method's default
     extra: dict[str, Any] = field(default_factory=dict)  # method options from --opt KEY=VALUE
     progress: bool = True  # show a progress bar (tqdm)
-    light_copies: int = 0  # the images passed hold this many light copies of each original (`--augment-light`)
+    # the images passed hold this many copies of each original after the originals (`tools.fit.with_light_copies`:
+    # `--augment-light`'s light copies, then `--augment-jpeg`'s encoded one)
+    copies: int = 0
     # original training image i as each other way the camera may deliver it (the fit's calibration variants:
     # through JPEG, under the light corners), prepared like the images passed; None: the fit calibrates as stored.
     # For methods whose score units come from training images: units of good parts as they will arrive
@@ -82,7 +84,8 @@ class Method(Protocol):
 
     Optional attributes the pipeline reads with defaults: ``min_size``/``max_size``, ``min_images``,
     ``default_size``, ``non_square``, ``options`` (its ``--opt`` table), ``auto_light_copies`` (the light copies
-    `--augment-light auto` gives it where the light is not normalized; 0 unless measured worth its fit time)."""
+    `--augment-light auto` gives it where the light is not normalized; 0 unless measured worth its fit time),
+    ``auto_encoded_copies`` (whether `--augment-jpeg auto` gives it an encoded copy of lossless images; False)."""
 
     name: str
 

@@ -98,9 +98,9 @@ POOL_IMAGES = 200  # training images scored without their own patches to set fus
 
 def bank_sources(n_images: int, copies: int, grid_cells: int, kept: torch.Tensor | None,
                  coreset: torch.Tensor) -> torch.Tensor:
-    """The training image (original index, light copies mapped to theirs) each memory-bank row came from, (M,).
+    """The training image (original index, copies mapped to theirs) each memory-bank row came from, (M,).
 
-    Patches are laid out image by image (`grid_cells` each), the originals first, then `copies` light copies per
+    Patches are laid out image by image (`grid_cells` each), the originals first, then `copies` copies per
     original in order (`tools.fit.with_light_copies`); `kept` is the random cap's selection (None: all), `coreset`
     the rows the coreset kept of those."""
     rows = coreset if kept is None else kept[coreset]
@@ -166,6 +166,8 @@ class PatchCoreMethod(BackboneMethod):
     # `--augment-light auto` where the light is not normalized: one copy under x1.3 (the tiles: x1.3 false rejects
     # 6.3% -> 2.8%, recall at the threshold 44.6% -> 51.8%; fit 1:52 -> 2:57, docs/input-health.md)
     auto_light_copies = 1
+    # `--augment-jpeg auto` on lossless training images: one copy through JPEG 40-90 (docs/detection.md)
+    auto_encoded_copies = True
 
     def fit(self, images: list[np.ndarray], opts: FitOptions) -> PatchCoreTrained:
         """Extract (or reuse) patch features, optionally standardize and project them, keep a coreset."""
@@ -182,7 +184,7 @@ class PatchCoreMethod(BackboneMethod):
         pool_images, pool_feats, stored = None, None, 0
         if o["pool"] == "fused":  # its own generator: the bank's random cap stays what it is with pool=top
             pick = torch.Generator().manual_seed(opts.seed + 1)
-            pool_images = torch.randperm(n // (1 + opts.light_copies), generator=pick)[:POOL_IMAGES].sort().values
+            pool_images = torch.randperm(n // (1 + opts.copies), generator=pick)[:POOL_IMAGES].sort().values
             stored = len(pool_images)
             pool_images, pool_feats = with_camera_copies(pool_images, feats[pool_images].clone(), opts,
                                                          lambda ims: self.cache.features(features, key, ims,
@@ -208,9 +210,9 @@ class PatchCoreMethod(BackboneMethod):
             scale = 1.0 / patches.std(dim=0).clamp_min(1e-3)
             patches = patches * scale
             features = PatchFeatures(features.backbone, layers, proj, scale).eval()
-        # the copies of `--augment-light` enrich the bank (a clipped highlight, a dim texture), not enlarge it:
-        # its size, the bundle's and the kNN's cost follow the originals
-        k = max(1, round(o["coreset"] * total / (1 + opts.light_copies)))
+        # the copies of `--augment-light`/`--augment-jpeg` enrich the bank (a clipped highlight, a JPEG block), not
+        # enlarge it: its size, the bundle's and the kNN's cost follow the originals
+        k = max(1, round(o["coreset"] * total / (1 + opts.copies)))
         t1 = time.perf_counter()
         idx = greedy_coreset(patches, k, dims=o["coreset_dims"], seed=opts.seed, progress=opts.progress)
         bank = patches[idx].clone()
@@ -227,7 +229,7 @@ class PatchCoreMethod(BackboneMethod):
             graph.gaussian, params["image_gaussian"] = image_gaussian(graph, feats, o["gaussian"])
             del feats
         if pool_images is not None and pool_feats is not None:  # after the autoencoder: the grid's own units
-            sources = bank_sources(n, opts.light_copies, h * w, kept, idx)
+            sources = bank_sources(n, opts.copies, h * w, kept, idx)
             params["fused_pool"] = fused_pool_stats(graph, pool_feats, pool_images, sources)
             params["fused_pool"]["camera_copies"] = len(pool_images) - stored
         log.info("patchcore: %d images, %d patches of %d dims on a %dx%d grid -> bank of %d (features %.0f s, "
