@@ -129,10 +129,10 @@ class FitConfig:
     # per-image light normalization in the bundle's preprocessing (InputSpec.normalize): none, mean_std, or auto
     # (tools/light_range.py: mean_std when the training images' brightness spans less than a lamp may move)
     normalize: str = "auto"
-    # photometric copies of each training image for the model (`with_light_copies`); None (auto): the method's
+    # photometric copies of each training image for the model (`with_copies`); None (auto): the method's
     # `auto_light_copies` when the bundle does not normalize the light, none when it does (`light_copies_for`)
     augment_light: int | None = None
-    # one copy of each training image through JPEG at a random quality (`encoded_copies`) for the model; None
+    # one copy of each training image with sensor noise and through JPEG (`encoded_copies`) for the model; None
     # (auto): the method's `auto_encoded_copies` when the calibration goes through JPEG (lossless training images)
     augment_jpeg: bool | None = None
     # each calibration image also scored under the brightest and darkest tolerated light (LIGHT_CORNERS), keeping
@@ -221,9 +221,9 @@ LIGHT_CORNERS: tuple[float, ...] = (1.3, 0.7)
 NORMALIZE_CHOICES = ("auto", "none", "mean_std")  # `--normalize`; auto: tools.light_range decides from the images
 
 
-def with_light_copies(images: list[np.ndarray], copies: int, seed: int,
-                      encoded: list[np.ndarray] | None = None) -> list[np.ndarray]:
-    """The training images plus `copies` photometric variants of each (and its `encoded` copy, when given, after
+def with_copies(images: list[np.ndarray], light_copies: int, seed: int,
+                encoded: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """The training images plus `light_copies` photometric variants of each (and its `encoded` copy, when given, after
     them), so the model learns them as normal; the images themselves when there are none. Laid out as the methods
     expect (`FitOptions.copies`): the originals, then each original's copies in turn.
 
@@ -232,14 +232,14 @@ def with_light_copies(images: list[np.ndarray], copies: int, seed: int,
     tiles' false rejects under x0.7 stayed at the calibrated 0.3% without any copy), but a brighter one clips the
     bright regions at 255, which no good image shows; one copy drawn anywhere in the range rarely lands there (the
     tiles under x1.3: 3.8% false rejects with it, 2.8% with the bright corner, docs/input-health.md)."""
-    if copies <= 0 and not encoded:
+    if light_copies <= 0 and not encoded:
         return images
     if encoded and len(encoded) != len(images):
         raise ValueError(f"{len(encoded)} encoded copies for {len(images)} images")
     rng = np.random.default_rng([seed, 7])
     out = list(images)
     for i, image in enumerate(images):
-        for j in range(copies):
+        for j in range(light_copies):
             gain, gamma = rng.uniform(0.7, 1.3), float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
             out.append(under_light(image, LIGHT_CORNERS[0] if j == 0 else gain, gamma))
         if encoded:
@@ -633,7 +633,7 @@ def _cross_fit(cfg: FitConfig, method: Method, images: _FitImages, spec: InputSp
         fold_images = [prepared[i] for i in train_idx]
         copies = light_copies_for(cfg, spec, method)
         encoded = [images.encoded[i] for i in train_idx] if images.encoded else None
-        trained = method.fit(with_light_copies(fold_images, copies, cfg.options.seed + fold, encoded),
+        trained = method.fit(with_copies(fold_images, copies, cfg.options.seed + fold, encoded),
                              _method_options(cfg, method, [records[i] for i in train_idx], spec))
         fold_spec = _as_fitted(trained.spec, spec)
         int8_file, quant = _export_models(trained, fold_images, fold_spec, folder, cfg, [])
@@ -768,7 +768,7 @@ def _train_final(cfg: FitConfig, method: Method, images: _FitImages, spec: Input
     """Fit the bundle's model on `images.prepared` (then emptied: the pixels are no longer needed) and export it."""
     _seed_everything(cfg.options.seed)
     t_train = time.perf_counter()
-    trained = method.fit(with_light_copies(images.prepared, light_copies_for(cfg, spec, method), cfg.options.seed,
+    trained = method.fit(with_copies(images.prepared, light_copies_for(cfg, spec, method), cfg.options.seed,
                                            images.encoded or None),
                          _method_options(cfg, method, images.train_recs, spec))
     train_seconds = time.perf_counter() - t_train
@@ -869,11 +869,11 @@ def fit_bundle(cfg: FitConfig) -> FitResult:
                f"method {cfg.method} takes none unless asked (--augment-light N)")
         log.info("light copies per training image: %d (auto: %s)", copies, why)
     if cfg.augment_jpeg is None:
-        log.info("encoded copy of each training image (noise sigma %g-%g, JPEG %d-%d): %s", *ENCODED_NOISE,
-                 *ENCODED_QUALITY,
-                 "yes (auto: lossless training images, so a camera's encoding is new to the model)"
-                 if images.encoded else "no (auto: " + ("the training images are JPEGs already)" if not cfg.jpeg_quality
-                                                         else f"method {cfg.method} takes none unless asked)"))
+        why = ("lossless training images, so a camera's encoding is new to the model" if images.encoded else
+               "the training images are JPEGs already" if not cfg.jpeg_quality else
+               f"method {cfg.method} takes none unless asked (--augment-jpeg on)")
+        log.info("encoded copy of each training image (noise sigma %g-%g, JPEG %d-%d): %s (auto: %s)",
+                 *ENCODED_NOISE, *ENCODED_QUALITY, "yes" if images.encoded else "no", why)
     log.info("method %s: training on %d images (%s), %s", cfg.method, len(images.prepared),
              f"{spec.width}x{spec.height} {spec.color_order}",
              f"threshold from {cfg.folds}-fold cross-fitting" if cfg.folds else f"{len(images.hold_images)} held out")

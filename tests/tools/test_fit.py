@@ -20,7 +20,7 @@ from edged.bundle import load_manifest, sha256_file
 from edged.detector import Detector
 from tests.tools.conftest import write_good
 from tools import synth
-from tools.fit import FitConfig, FitError, check_fit, fit_bundle, with_light_copies
+from tools.fit import FitConfig, FitError, check_fit, fit_bundle, with_copies
 from tools.methods.base import FitOptions
 from tools.methods.registry import UnknownMethodError, get_method
 
@@ -498,18 +498,18 @@ def test_light_normalization_and_augmentation_reach_the_daemon(tmp_path: Path) -
 
 def test_light_copies_are_the_images_plus_variants() -> None:
     images = [np.full((8, 8), 100, np.uint8), np.full((8, 8), 200, np.uint8)]
-    assert with_light_copies(images, 0, 0) is images
-    out = with_light_copies(images, 2, 0)
+    assert with_copies(images, 0, 0) is images
+    out = with_copies(images, 2, 0)
     assert len(out) == 6 and out[:2] == images
     assert {int(im[0, 0]) for im in out[2:]} != {100, 200}  # changed light
-    assert with_light_copies(images, 2, 0)[2:][0].tolist() == out[2].tolist()  # seeded
+    assert with_copies(images, 2, 0)[2:][0].tolist() == out[2].tolist()  # seeded
 
 
 def test_the_first_light_copy_is_under_the_bright_corner_clipped_like_a_sensor() -> None:
     """Clipping is what a brighter lamp brings that no good image shows, so every seed's first copy has it."""
     images = [np.full((8, 8), 250, np.uint8), np.full((8, 8), 100, np.uint8)]
     for seed in range(5):
-        out = with_light_copies(images, 1, seed)
+        out = with_copies(images, 1, seed)
         assert int(out[2][0, 0]) == 255 and int(out[3][0, 0]) > 100
 
 
@@ -532,13 +532,13 @@ def test_encoded_copies_follow_each_original_after_its_light_copies() -> None:
     each original's light copies and its encoded copy in turn."""
     images = [np.full((8, 8), 100, np.uint8), np.full((8, 8), 250, np.uint8)]
     encoded = [np.full((8, 8), 101, np.uint8), np.full((8, 8), 251, np.uint8)]
-    out = with_light_copies(images, 1, 0, encoded)
+    out = with_copies(images, 1, 0, encoded)
     assert len(out) == 6 and out[:2] == images
     assert out[3] is encoded[0] and out[5] is encoded[1]
     assert int(out[2][0, 0]) > 101 and int(out[4][0, 0]) == 255  # light copies of 100 and 250 (x1.3, clipped)
-    assert with_light_copies(images, 0, 0, encoded) == images + encoded
+    assert with_copies(images, 0, 0, encoded) == images + encoded
     with pytest.raises(ValueError, match="1 encoded copies for 2 images"):
-        with_light_copies(images, 0, 0, encoded[:1])
+        with_copies(images, 0, 0, encoded[:1])
 
 
 def test_encoded_copies_are_made_at_the_size_stored_at_qualities_in_range(tmp_path: Path,

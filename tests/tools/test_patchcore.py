@@ -127,11 +127,11 @@ def test_fit_records_a_small_bank(trained: PatchCoreTrained) -> None:
 def test_light_copies_enrich_the_bank_without_enlarging_it() -> None:
     """`--augment-light 1` doubles the images: their patches all compete for the coreset, whose size follows the
     originals (the bundle's size and the kNN's cost stay those of the part's own images)."""
-    from tools.fit import with_light_copies
+    from tools.fit import with_copies
 
     good, _ = _parts(6, seed=2)
     extra = {"layers": "s3,s5", "coreset": "0.05", "batch": "6"}
-    out = METHOD.fit(with_light_copies(good, 1, 0), FitOptions(size=SIZE, extra=extra, progress=False, copies=1))
+    out = METHOD.fit(with_copies(good, 1, 0), FitOptions(size=SIZE, extra=extra, progress=False, copies=1))
     p = out.params
     assert p["train_patches"] == 12 * (SIZE // 8) ** 2
     assert p["bank_size"] == round(0.05 * p["train_patches"] / 2)

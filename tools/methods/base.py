@@ -35,7 +35,7 @@ class FitOptions:
     epochs: int | None = None  # None: the method's default
     extra: dict[str, Any] = field(default_factory=dict)  # method options from --opt KEY=VALUE
     progress: bool = True  # show a progress bar (tqdm)
-    # the images passed hold this many copies of each original after the originals (`tools.fit.with_light_copies`:
+    # the images passed hold this many copies of each original after the originals (`tools.fit.with_copies`:
     # `--augment-light`'s light copies, then `--augment-jpeg`'s encoded one)
     copies: int = 0
     # original training image i as each other way the camera may deliver it (the fit's calibration variants:
