@@ -185,6 +185,15 @@ class InputStatistics(_Record):
     reference_mean: float = Field(gt=0, le=255)
     reference_low: tuple[int, ...]
     reference_high: tuple[int, ...]
+    light_gain: tuple[float, float] = Field(
+        (1.0, 1.0), description="the lamp gains [darkest, brightest] the model was made to tolerate: its graph "
+                                "normalizes each image's light, or its threshold was calibrated under them; the "
+                                "brightness bounds stretch by them ((1, 1): a bundle that tolerates only the "
+                                "training images' light, and every bundle before the field)")
+    noise_jpeg_quality: int | None = Field(None, ge=1, le=100, description="noise spans the training images as "
+                                           "stored and through JPEG of this quality, the one the threshold was "
+                                           "calibrated through, so that much of a camera's encoding is not noisy "
+                                           "(None: as stored only)")
 
     @model_validator(mode="after")
     def _consistent(self) -> InputStatistics:
@@ -198,6 +207,8 @@ class InputStatistics(_Record):
             low, high = getattr(self, name)
             if not 0 <= low <= high:
                 raise ValueError(f"{name} must be [low, high] with 0 <= low <= high")
+        if not 0 < self.light_gain[0] <= 1 <= self.light_gain[1] <= 10:
+            raise ValueError("light_gain must be [darkest, brightest] with 0 < darkest <= 1 <= brightest <= 10")
         return self
 
 

@@ -26,6 +26,12 @@ differs        fraction of a 32x24 grid outside the training images'         blo
                cover)
 =============  ============================================================  =========================
 
+A bundle made to tolerate a lamp's light (the manifest's `light_gain`: its graph normalizes each image's light,
+or its threshold was calibrated under x0.7 and x1.3) has its brightness bounds, per frame and drift, stretched by
+those gains: a light it scores as usual is no camera change (clipping still is). A bundle whose threshold was
+calibrated through JPEG (`noise_jpeg_quality`) learned its noise range through that JPEG too: a small image's
+blocks at that quality are what its verdicts were calibrated on, not `noisy` (sensor noise beyond it still is).
+
 Without the manifest section (older bundles) only frozen and a uniform image (spread < 2 grey levels)
 are checked, and that is logged once. A camera whose frames are out of range for `degraded_after_s` is
 `degraded` with the reason of its frames; in range for `recover_after_s` clears it. The reject rate of a
@@ -84,7 +90,8 @@ class InputHealthConfig(Section):
                              "fail_safe; free-run frames give no reject).", json_schema_extra={"common": True})
     brightness_margin: float = Field(
         0.25, ge=0, le=10, description="Mean brightness below (1 - this) x the training minimum is too_dark, above "
-                                       "(1 + this) x the training maximum too_bright.")
+                                       "(1 + this) x the training maximum too_bright (each x the bundle's "
+                                       "tolerated light gain, 1 unless it normalizes or calibrated the light).")
     sharpness_factor: float = Field(0.4, ge=0, le=1, description="Sharpness below this x the training minimum is "
                                                                  "out_of_focus.")
     noisy_factor: float = Field(
@@ -100,8 +107,9 @@ class InputHealthConfig(Section):
                                                              "grossly (above the training maximum) is blocked.")
     drift_margin: float = Field(
         0.35, ge=0, le=10, description="The median brightness of the last drift_window frames more than this "
-                                       "fraction below (above) the training images' median is too_dark (too_bright): "
-                                       "a lamp that ages, where each frame alone is still within the training range.")
+                                       "fraction below (above) the training images' median (x the bundle's tolerated "
+                                       "light gain) is too_dark (too_bright): a lamp that ages, where each frame alone "
+                                       "is still within the training range.")
     drift_window: int = Field(100, ge=10, le=100_000, description="Frames the brightness drift is measured over.")
     frozen_max_diff: float = Field(
         0.1, ge=0, le=255, description="Mean absolute difference to the previous frame (grey levels) at or below "
@@ -240,9 +248,10 @@ def drift_problem(recent_mean: float | None, ref: InputStatistics | None, cfg: I
     if ref is None or recent_mean is None:
         return None
     ratio = recent_mean / ref.reference_mean
-    if ratio < 1 - cfg.drift_margin:
+    darkest, brightest = ref.light_gain
+    if ratio < darkest * (1 - cfg.drift_margin):
         return "too_dark"
-    if ratio > 1 + cfg.drift_margin:
+    if ratio > brightest * (1 + cfg.drift_margin):
         return "too_bright"
     return None
 
@@ -251,10 +260,11 @@ def _against_reference(stats: InputStats, ref: InputStatistics, cfg: InputHealth
     found: set[Reason] = set()
     if stats.differs is not None and stats.differs > max(ref.differs[1], 0.0) + cfg.differs_max:
         found.add("blocked")
-    if (stats.mean < ref.mean[0] * (1 - cfg.brightness_margin)
+    darkest, brightest = ref.light_gain  # a lamp the model tolerates is no camera change; clipping still flags
+    if (stats.mean < ref.mean[0] * darkest * (1 - cfg.brightness_margin)
             or stats.clipped_low > ref.clipped_low[1] + cfg.clipped_margin):
         found.add("too_dark")
-    if (stats.mean > ref.mean[1] * (1 + cfg.brightness_margin)
+    if (stats.mean > ref.mean[1] * brightest * (1 + cfg.brightness_margin)
             or stats.clipped_high > ref.clipped_high[1] + cfg.clipped_margin):
         found.add("too_bright")
     if stats.sharpness < ref.sharpness[0] * cfg.sharpness_factor:
@@ -264,8 +274,14 @@ def _against_reference(stats: InputStats, ref: InputStatistics, cfg: InputHealth
     return found
 
 
-def fit_statistics(images: Iterable[np.ndarray], bit_depth: int = 16) -> InputStatistics:
-    """The manifest section from good training images (any size, grey or BGR): what `edged-train fit` records."""
+def fit_statistics(images: Iterable[np.ndarray], bit_depth: int = 16, light_gain: tuple[float, float] = (1.0, 1.0),
+                   encoded: Iterable[np.ndarray] = (), jpeg_quality: int | None = None) -> InputStatistics:
+    """The manifest section from good training images (any size, grey or BGR): what `edged-train fit` records.
+
+    `light_gain`: the lamp gains the model tolerates (its graph normalizes the light, or its threshold was
+    calibrated under them). `encoded`: the same images through the JPEG of `jpeg_quality` the threshold was
+    calibrated through: they widen the noise range only, because noise is all the encoding changes that a check
+    sees (measured on the stones set: stored 8.2 at most, through JPEG 75 12.8 median, flagged noisy on 55%)."""
     stats: list[InputStats] = []
     grids: list[np.ndarray] = []
     for image in images:
@@ -275,6 +291,7 @@ def fit_statistics(images: Iterable[np.ndarray], bit_depth: int = 16) -> InputSt
         grids.append(_grid(grey, 1.0 / max(s.mean, 1.0)))  # scaled to mean 1, then to the common mean below
     if not stats:
         raise ValueError("no images to learn the input statistics from")
+    noise = [s.noise for s in stats] + [measure(small_grey(image, bit_depth), None, None).noise for image in encoded]
     ref_mean = float(np.clip(np.median([s.mean for s in stats]), 1.0, 255.0))
     stack = np.stack(grids) * ref_mean
     low = np.floor(stack.min(axis=0)).astype(int).ravel()
@@ -282,7 +299,8 @@ def fit_statistics(images: Iterable[np.ndarray], bit_depth: int = 16) -> InputSt
     return InputStatistics(  # every training image lies inside its own bounds: differs is 0 by construction
         n_images=len(stats), stats_size=STATS_SIZE, mean=_span(s.mean for s in stats),
         spread=_span(s.spread for s in stats), sharpness=_span(s.sharpness for s in stats),
-        noise=_span(s.noise for s in stats),
+        noise=_span(noise), noise_jpeg_quality=jpeg_quality if len(noise) > len(stats) else None,
+        light_gain=light_gain,
         clipped_low=_span(s.clipped_low for s in stats), clipped_high=_span(s.clipped_high for s in stats),
         differs=(0.0, 0.0), reference_size=REFERENCE_SIZE, reference_mean=round(ref_mean, 3),
         reference_low=tuple(int(v) for v in low), reference_high=tuple(int(v) for v in high))

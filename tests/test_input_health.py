@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from devkit.support import Broker, ServiceRunner, Subscriber, build_max_bundle, json_object, wait_until, write_config
 from edged.bundle import InputStatistics, load_manifest, write_manifest
@@ -22,6 +23,7 @@ from edged.input_health import (
     InputHealthConfig,
     InputMonitor,
     RejectRateMonitor,
+    drift_problem,
     expected_reject_rate,
     fit_statistics,
     measure,
@@ -200,6 +202,43 @@ def test_a_lamp_that_ages_is_too_dark_by_its_drift_even_within_the_range() -> No
         mon.feed((scene(100 + i) * 0.55).astype(np.uint8), t)
         t += 0.1
     assert mon.reason == "too_dark" and events.get_nowait().reason == "too_dark"
+
+
+def _lit(image: np.ndarray, gain: float) -> np.ndarray:
+    return np.clip(image * gain, 0, 255).astype(np.uint8)
+
+
+def test_a_light_the_bundle_tolerates_is_no_camera_change(ref: InputStatistics) -> None:
+    """A bundle that normalizes the light (or calibrated under x0.7 and x1.3) records those gains: its bounds
+    stretch by them, per frame and drift, so a lamp it scores as usual is not reported; beyond them it still is,
+    and clipping is checked as before."""
+    tolerant = fit_statistics((scene(i) for i in range(8)), light_gain=(0.7, 1.3))
+    assert ref.light_gain == (1.0, 1.0) and tolerant.light_gain == (0.7, 1.3)
+    assert found(_lit(scene(3), 0.6), ref) == ("too_dark",)
+    assert found(_lit(scene(3), 0.6), tolerant) == ()
+    assert found(_lit(scene(3), 0.45), tolerant) == ("too_dark",)
+    assert found(_lit(scene(3), 1.8), tolerant)[0] == "too_bright"
+    assert drift_problem(ref.reference_mean * 0.6, ref, CFG) == "too_dark"
+    assert drift_problem(ref.reference_mean * 0.6, tolerant, CFG) is None
+    assert drift_problem(ref.reference_mean * 1.6, tolerant, CFG) is None
+    assert drift_problem(ref.reference_mean * 1.8, tolerant, CFG) == "too_bright"
+    assert drift_problem(ref.reference_mean * 0.4, tolerant, CFG) == "too_dark"
+    with pytest.raises(ValidationError, match="light_gain"):
+        InputStatistics.model_validate({**ref.model_dump(), "light_gain": (1.2, 1.3)})
+
+
+def test_noise_through_the_calibration_jpeg_is_not_noisy(ref: InputStatistics) -> None:
+    """A bundle calibrated through JPEG learns its noise range through it too (`encoded`: the training images as
+    that JPEG delivers them; here noisier by 4 grey levels, as the blocks of a small textured part are): that much
+    is not flagged, much more still is; the other ranges are the stored images' alone."""
+    copies = [_noisy(scene(i), 4.0) for i in range(8)]
+    encoded = fit_statistics((scene(i) for i in range(8)), encoded=copies, jpeg_quality=75)
+    assert encoded.noise_jpeg_quality == 75 and ref.noise_jpeg_quality is None
+    assert ref.noise is not None and encoded.noise is not None and encoded.noise[1] > ref.noise[1]
+    assert encoded.mean == ref.mean and encoded.sharpness == ref.sharpness
+    assert found(_noisy(scene(60), 4.0), ref) == ("noisy",)
+    assert found(_noisy(scene(60), 4.0), encoded) == ()
+    assert found(_noisy(scene(60), 16.0), encoded) == ("noisy",)
 
 
 def test_a_short_glitch_raises_nothing(ref: InputStatistics) -> None:

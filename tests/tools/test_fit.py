@@ -66,6 +66,7 @@ def test_bundle_is_complete_and_honest(band_bundle: Path, synth_data: Path) -> N
     assert m.input.normalize == "mean_std" and m.training.params["normalize_chosen_from_data"] is True
     span = m.training.params["light_span"]
     assert isinstance(span, float) and 1.0 <= span < 1.3
+    assert stats.light_gain == (0.7, 1.3)  # ... and so its input health tolerates the lamps the graph hides
 
 
 def test_daemon_verdicts_separate_good_and_defective(band_bundle: Path) -> None:
@@ -605,6 +606,7 @@ def test_encoded_copies_teach_a_png_trained_model_the_cameras_compression(tmp_pa
                                                         if on else None)
         assert not m.training.params["encoded_copies_chosen_from_data"]
         scores, _ = score_images(Detector(out, precision="fp32"), frames, keep_maps=False)
+        assert m.input_stats is not None and m.input_stats.noise_jpeg_quality == 75  # the calibration's JPEG
         thresholds[on] = m.models["fp32"].threshold.value
         rates[on] = float(np.mean(scores > thresholds[on]))
     assert rates[False] >= 0.5  # measured 1.0
@@ -650,12 +652,16 @@ def test_light_calibration_keeps_good_parts_when_the_lamp_brightens(tmp_path: Pa
     without any light calibration."""
     from tools.calibrate import score_images
     from tools.camera_effects import under_light
+    from tools.dataset import Record
+    from tools.input_check import verdicts
 
     data = write_good(tmp_path / "good", 30, size=96, seed=5)
     new_parts = write_good(tmp_path / "new", 40, size=96, seed=6)
     frames = [under_light(read_image(p), 1.3) for p in sorted(new_parts.iterdir())]
+    records = [Record(p) for p in sorted(new_parts.iterdir())]
     extra = {"coreset": 0.05, "backbone": "lite0", "layers": "s5,s6"}
-    rates = {}
+    rates: dict[str, float] = {}
+    flagged: dict[str, float] = {}
     for name, normalize, on, copies in (("plain", "none", False, 0), ("corners", "none", True, 0),
                                         ("copies", "none", False, None), ("default", "auto", False, None)):
         out = tmp_path / name
@@ -663,6 +669,13 @@ def test_light_calibration_keeps_good_parts_when_the_lamp_brightens(tmp_path: Pa
                             normalize=normalize, augment_light=copies, extra=extra)).manifest
         scores, _ = score_images(Detector(out, precision="fp32"), frames, keep_maps=False)
         rates[name] = float(np.mean(scores > m.models["fp32"].threshold.value))
+        # what the station's input health says of the same frames: the lamp is a camera change only to a
+        # bundle not made to tolerate it (tools.fit.tolerated_light); light copies alone do not count
+        assert m.input_stats is not None
+        assert m.input_stats.light_gain == ((1.0, 1.0) if name in ("plain", "copies") else (0.7, 1.3))
+        share = verdicts(m, records, {"x1.3": lambda im, i: under_light(im, 1.3)}, limit=None)["x1.3"]["flagged"]
+        assert isinstance(share, float)
+        flagged[name] = share
         if name == "copies":  # auto on a bundle that keeps the light: one copy under the bright corner
             assert m.training.params["light_copies"] == 1 and m.training.params["light_copies_chosen_from_data"]
     assert m.input.normalize == "mean_std"  # the default chose it: the synthetic lamp varies by +-5%
@@ -671,6 +684,8 @@ def test_light_calibration_keeps_good_parts_when_the_lamp_brightens(tmp_path: Pa
     assert rates["corners"] <= 0.1, rates  # measured 0.0
     assert rates["copies"] <= 0.1, rates  # the model has seen the brighter lamp
     assert rates["default"] <= 0.1, rates
+    assert flagged["plain"] == flagged["copies"] and flagged["plain"] >= 0.2, flagged  # measured 0.375
+    assert flagged["corners"] == flagged["default"] == 0.0, flagged
 
 
 def test_bad_light_options_are_refused(tmp_path: Path) -> None:

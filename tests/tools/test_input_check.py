@@ -79,3 +79,25 @@ def test_each_image_is_decoded_once_for_every_condition(tmp_path: Path, monkeypa
     monkeypatch.setattr(input_check, "read_image", counting)
     out = verdicts(manifest, good, {"a": lambda im, i: im, "b": lambda im, i: im // 2}, limit=None)
     assert sorted(reads) == sorted(r.path for r in good) and set(out) == {"none", "a", "b"}
+
+
+def test_statistics_learn_the_noise_through_the_calibration_jpeg_and_keep_the_tolerated_light(tmp_path: Path) -> None:
+    """`record_statistics` measures each training image as stored and, when the threshold was calibrated through
+    JPEG, through that JPEG too: the noise range spans both, every other range is the stored images' alone."""
+    from edged.input_health import measure, small_grey
+    from tools.camera_effects import through_jpeg
+    from tools.dataset import read_image
+    from tools.input_check import record_statistics
+
+    good = _good(tmp_path / "good", 6)
+    plain = record_statistics(good)
+    stats = record_statistics(good, light_gain=(0.7, 1.3), jpeg_quality=40)
+    assert plain is not None and stats is not None
+    assert plain.noise_jpeg_quality is None and plain.light_gain == (1.0, 1.0)
+    assert stats.noise_jpeg_quality == 40 and stats.light_gain == (0.7, 1.3)
+    images = [read_image(r.path) for r in good]
+    noise = [measure(small_grey(x), None, None).noise for im in images if im is not None
+             for x in (im, through_jpeg(im, 40))]
+    assert stats.noise == pytest.approx((min(noise), max(noise)), abs=1e-5)
+    assert plain.noise is not None and plain.noise != stats.noise
+    assert stats.mean == plain.mean and stats.n_images == plain.n_images == 6
