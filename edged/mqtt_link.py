@@ -1,12 +1,14 @@
 """The MQTT link: durable rejects from the outbox, plus status, camera states, results and stats.
 
-One thread of ours owns the connection and the outbox's database connection; paho's network thread
-only moves bytes and reports acknowledgements back through a queue. The one shortcut: the recorder hands
+One thread of ours owns the connection and the outbox's database connection; a network thread of ours
+(`edged.mqtt_io`, in place of paho's `loop_start()`) only reads, finishes writes and keeps the connection
+alive, and reports acknowledgements back through a queue. A publish writes its packet to the socket on the
+thread that calls it, under the I/O lock every call into paho holds. The one shortcut: the recorder hands
 each commit's rejects to `offer`, which publishes them from the recorder's thread when the link is caught
 up (connected, not stalled, room in the window and the rate, nothing older waiting), under the same lock as
-the link's own steps; that spares a reject the wake-up of the link's thread and its query of the outbox
-(a GIL hand-off and a SELECT, the larger part of the commit-to-broker time). Otherwise it only wakes the
-link, which reads the outbox as ever. Each connection uses a FRESH
+the link's own steps; that spares a reject the wake-up of the link's thread and its query of the outbox, and
+paho's thread's wake-up to write it (GIL hand-offs and a SELECT, the larger part of the commit-to-broker
+time). Otherwise it only wakes the link, which reads the outbox as ever. Each connection uses a FRESH
 paho client: paho re-sends its unacknowledged messages on reconnect, and a reject re-sent after its
 deadline could move an actuator for a part that has already gone. Instead, unacknowledged rows simply
 stay `pending` in the outbox, are checked against their deadline again and re-published (same `id`:
@@ -18,10 +20,10 @@ as last will / stopped), camera/<name> (retained state), result (QoS 0, optional
 from a dispatch table, topic -> Route (a handler and how its messages may arrive), given by the
 service: the subscriptions are the table's keys, so a new incoming topic is one handler and one entry.
 
-Everything paho calls back runs on paho's network thread, fed by whatever the broker sends: each
+Everything paho calls back runs on the network thread, fed by whatever the broker sends: each
 callback is guarded (an exception is counted in `callback_errors` and logged, rate-limited, and never
-ends paho's thread), incoming messages are checked by `edged.incoming` (refusals counted in `refused`),
-and a paho thread that ends anyway is noticed and replaced by a fresh connection.
+ends the thread), incoming messages are checked by `edged.incoming` (refusals counted in `refused`),
+and a network thread that ends anyway is noticed and replaced by a fresh connection.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from edged.config import Config, ConfigError
 from edged.health import Heartbeats, SupervisedThread
 from edged.incoming import MAX_PAYLOAD_BYTES, MessageRefused
 from edged.logsetup import LogThrottle
+from edged.mqtt_io import ClientLoop
 from edged.payloads import Audit, CameraState, Payload, Result, Stats, Status
 from edged.safetext import escape
 from edged.store import Outbox, OutboxItem, connect
@@ -97,7 +100,7 @@ def _past_deadline(item: OutboxItem, now: float) -> bool:
 
 
 Handler = Callable[[bytes, float], None]
-"""An incoming message's handler: (raw payload, arrival in Unix seconds), called on paho's thread after
+"""An incoming message's handler: (raw payload, arrival in Unix seconds), called on the network thread after
 the link's own checks (topic, retain, size). It raises MessageRefused for a message it cannot use: the
 link counts and logs that; anything else it raises is a callback error (counted, logged, survived)."""
 
@@ -140,6 +143,8 @@ class MqttLink(SupervisedThread):
         self.expired = 0
         self.backlog = 0
         self._client: mqtt.Client | None = None
+        self._io: ClientLoop | None = None  # the current client's network thread
+        self._io_lock = threading.RLock()  # held by every call into a paho client (ClientLoop's docstring)
         self._lost = threading.Event()
         self._acks: queue.Queue[tuple[int, bool]] = queue.Queue()
         self._volatile: queue.Queue[tuple[str, str, int, bool]] = queue.Queue(maxsize=10000)
@@ -167,10 +172,10 @@ class MqttLink(SupervisedThread):
         self._rng = random.Random()
         self.drained = threading.Event()  # set when shutting down and the outbox is empty or given up
         self.done = threading.Event()
-        # written on paho's thread (one client at a time), read by the service for health and /stats
+        # written on the network thread (one client at a time), read by the service for health and /stats
         self.refused = 0  # incoming messages refused (malformed, out of range, unexpected)
         self.callback_errors = 0  # exceptions caught in a paho callback (a bug, or input we did not foresee)
-        self.paho_restarts = 0  # paho network threads found dead and replaced by a fresh connection
+        self.paho_restarts = 0  # network threads found dead and replaced by a fresh connection
         self.connect_refusals = 0  # connection attempts the broker refused or closed before CONNACK
         self.takeovers = 0  # sessions another client with our client id took from us
         self._short_sessions = 0  # sessions in a row the broker ended within SHORT_SESSION_S
@@ -196,7 +201,7 @@ class MqttLink(SupervisedThread):
         if not published or len(rejects) < len(items):
             self.wake_event.set()
         # else no wake-up: the broker's acknowledgement wakes the link's thread, which counts their attempt then;
-        # waking it now would only compete for the GIL with paho's thread sending them
+        # waking it now would only compete for the GIL with the network thread reading that acknowledgement
 
     def send(self, topic: str, payload: Payload | str, qos: int = 0, retain: bool = False) -> None:
         """Publish a non-durable message (results, stats, states) on a topic of `self.topics`; dropped while
@@ -333,7 +338,7 @@ class MqttLink(SupervisedThread):
 
     def _guarded(self, name: str, callback: Callable[..., None]) -> Callable[..., None]:
         """`callback` for paho: whatever it raises is counted and logged (rate-limited), never re-raised,
-        so paho's network thread lives on whatever the broker or another client sends."""
+        so the network thread lives on whatever the broker or another client sends."""
         def guarded(*args: Any) -> None:
             try:
                 callback(*args)
@@ -344,13 +349,12 @@ class MqttLink(SupervisedThread):
         return guarded
 
     def _check_paho_thread(self) -> None:
-        """A paho network thread that ended without telling us (a bug in paho on odd input): the link
-        would look connected while nothing moves. Count it and start over with a fresh client."""
-        client = self._client
+        """A network thread that ended without telling us (a bug in paho on odd input, or in a callback): the
+        link would look connected while nothing moves. Count it and start over with a fresh client."""
+        client, io = self._client, self._io
         if client is None or self._lost.is_set():
             return
-        thread = getattr(client, "_thread", None)  # paho sets it to None when its thread ends, however
-        if thread is not None and thread.is_alive():
+        if io is not None and io.alive():
             return
         self.paho_restarts += 1
         log.error("MQTT network thread ended unexpectedly (%d so far): reconnecting with a fresh client",
@@ -370,6 +374,9 @@ class MqttLink(SupervisedThread):
         if self.cfg.protocol == "5":
             props = Properties(PacketTypes.CONNECT)
             props.MaximumPacketSize = MAX_INCOMING_PACKET
+        # ours before connect: paho writes CONNECT within it and, should that fail (a broker that refuses our TLS
+        # certificate after the handshake), calls _on_disconnect there, which must not take it for a stale client
+        self._client = client
         try:
             if self.cfg.protocol == "5":
                 client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=True,
@@ -377,11 +384,13 @@ class MqttLink(SupervisedThread):
             else:
                 client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
         except ssl.SSLError as exc:  # (an OSError) the broker is there; retrying at once will not help
+            self._client = None
             self._next_attempt = time.monotonic() + self._problem_delay(
                 "refused", f"TLS handshake failed ({exc}): check mqtt.tls (ca_file, cert_file, key_file) against "
                            "the broker's certificate, CA and host name")
             return
         except (OSError, ValueError) as exc:
+            self._client = None
             self._attempt += 1
             delay = reconnect_delay(self._attempt, self.cfg.reject_ttl_ms, self._rng)
             if self._attempt == 1 or self._attempt % 50 == 0:
@@ -389,8 +398,24 @@ class MqttLink(SupervisedThread):
                             self.cfg.host, self.cfg.port, exc, delay)
             self._next_attempt = time.monotonic() + delay
             return
-        self._client = client
-        client.loop_start()
+        self._io = ClientLoop(client, self._io_lock, self._on_broken, name="mqtt-io")
+        self._io.start()
+
+    def _on_broken(self) -> None:
+        """The network thread's select failed on the current socket (closed under it): the connection is gone."""
+        self._lost.set()
+        self.wake_event.set()
+
+    def _published(self, client: mqtt.Client, topic: str, payload: str, qos: int, retain: bool = False,
+                   properties: Properties | None = None) -> mqtt.MQTTMessageInfo:
+        """`client.publish` under the I/O lock: paho writes the packet to the socket here and now; what did not
+        fit (a full socket buffer) the network thread is woken to finish."""
+        with self._io_lock:
+            info = client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+            unwritten = client.want_write()
+        if unwritten and self._io is not None:
+            self._io.wake()
+        return info
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if client is not self._client:
@@ -422,9 +447,10 @@ class MqttLink(SupervisedThread):
         self.wake_event.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        client.loop_stop()  # from paho's own thread: stops its automatic reconnect; we reconnect fresh
         if client is not self._client:
             return  # an old client (already given up by _on_lost)
+        if self._io is not None:  # called by paho on our network thread, or on the link's (disconnect)
+            self._io.stop()
         if getattr(reason, "value", 0) == SESSION_TAKEN_OVER:  # an MQTT 5 broker that says so
             self._problem = ("takeover", TAKEOVER.format(id=self.client_id))
         elif not self._connack and self._problem is None:
@@ -442,9 +468,10 @@ class MqttLink(SupervisedThread):
 
     def _on_lost(self, ours: bool = False) -> None:
         """The connection is gone (`ours`: we reset it): forget the client, plan the next attempt."""
-        client, self._client = self._client, None  # from now on its callbacks are stale and ignored
-        if client is not None:
-            client.loop_stop()
+        self._client = None  # from now on its callbacks are stale and ignored
+        io, self._io = self._io, None
+        if io is not None:
+            io.stop(join_s=2.0)  # it reads what is left (an abort's reset) and closes the socket
         self._lost.clear()
         was_connected = self.connected
         if was_connected:
@@ -514,8 +541,8 @@ class MqttLink(SupervisedThread):
                 # linger 0: paho's close (on the read error that shutdown causes) sends RST
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 sock.shutdown(socket.SHUT_RD)
-        # paho's thread sees the read fail, closes the socket and calls _on_disconnect (loop_stop would
-        # wait for unacknowledged messages forever); _on_lost then forgets this client
+        # the network thread sees the read fail, and paho closes the socket (a reset) and calls _on_disconnect;
+        # _on_lost forgets this client and waits for that thread
         self._lost.set()
         self._on_lost(ours=True)
 
@@ -642,7 +669,7 @@ class MqttLink(SupervisedThread):
             if self.cfg.protocol == "5" and item.expires_at is not None:
                 props = Properties(PacketTypes.PUBLISH)
                 props.MessageExpiryInterval = max(1, math.ceil(item.expires_at - now))
-            info = client.publish(item.topic, item.payload, qos=1, properties=props)
+            info = self._published(client, item.topic, item.payload, qos=1, properties=props)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 break
             self._inflight[info.mid] = item.id
@@ -673,7 +700,7 @@ class MqttLink(SupervisedThread):
             except queue.Empty:
                 return
             if self.connected and self._client is not None:
-                self._client.publish(topic, text, qos=qos, retain=retain)
+                self._published(self._client, topic, text, qos=qos, retain=retain)
 
     def _close(self, clean: bool) -> None:
         client = self._client
@@ -681,10 +708,13 @@ class MqttLink(SupervisedThread):
             return
         if clean and self.connected:
             if self.announce:
-                info = client.publish(self.topics.status, Status.STOPPED.value, qos=1, retain=True)
+                info = self._published(client, self.topics.status, Status.STOPPED.value, qos=1, retain=True)
                 with contextlib.suppress(RuntimeError, ValueError):
-                    info.wait_for_publish(timeout=1.0)
-            client.disconnect()
-        client.loop_stop()
+                    info.wait_for_publish(timeout=1.0)  # outside the I/O lock: the network thread reads the ack
+            with self._io_lock:
+                client.disconnect()
+        io, self._io = self._io, None
+        if io is not None:
+            io.stop(join_s=2.0)
         self._client = None
         self.connected = False

@@ -34,8 +34,11 @@ class FakeClient:
         self.subscribed.append(topics)
         return 0, 1
 
-    def publish(self, topic: str, payload: Any, qos: int = 0, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: Any, qos: int = 0, retain: bool = False, properties: Any = None) -> None:
         self.published.append((topic, payload))
+
+    def want_write(self) -> bool:
+        return False  # every packet written at once
 
 
 def _link(tmp_path: Path, routes: dict[str, Route]) -> MqttLink:
@@ -121,8 +124,8 @@ def test_an_ack_that_cannot_be_recorded_does_not_hold_back_direct_rejects(tmp_pa
     what the recorder sent directly (its rows could not be stored), and keep the ack for the next try."""
     link = _link(tmp_path, {})
     client = FakeClient()
-    client._thread = threading.current_thread()  # type: ignore[attr-defined]  # paho's network thread, alive
     link._client = client  # type: ignore[assignment]  # a fake paho client records the calls
+    link._io = SimpleNamespace(alive=lambda: True, wake=lambda: None)  # type: ignore[assignment]  # its network thread, alive
     link.outbox = FullDiskOutbox()  # type: ignore[assignment]  # a fake outbox on a full disk
     link.connected = True
     link._inflight[7] = 42
