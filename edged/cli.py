@@ -127,6 +127,7 @@ def cmd_collect(path: str, verbose: bool) -> int:
 def cmd_check_config(config: Config, out: TextIO) -> int:
     """Load everything that can be loaded without starting cameras, and say what will run."""
     from edged.detector import Detector
+    from edged.input_health import describe_reference
 
     m = config.model
     det = Detector(m.bundle, m.precision, m.runtime, m.providers, m.intra_op_threads, m.verify_sha256)
@@ -141,6 +142,7 @@ def cmd_check_config(config: Config, out: TextIO) -> int:
     w(f"          input {man.input.width}x{man.input.height} {man.input.color_order}{light}, threshold "
       f"{det.threshold:.6g} ({man.model(det.precision).threshold.method}"
       f"{_pct(man.model(det.precision).threshold.percentile)})\n")
+    w(f"input:    {describe_reference(man.input_stats, config.input_health)}\n")
     w(f"runtime:  {det.runtime}, provider {det.provider}, {m.intra_op_threads} thread(s) x {m.workers} worker(s),"
       f" batch {m.batch_size}\n")
     w(f"          chosen: {det.choice.describe()}\n")

@@ -274,6 +274,21 @@ def _against_reference(stats: InputStats, ref: InputStatistics, cfg: InputHealth
     return found
 
 
+def describe_reference(ref: InputStatistics | None, cfg: InputHealthConfig) -> str:
+    """One line for check-config: what the camera's frames are checked against, and what the bundle tolerates."""
+    if not cfg.enabled:
+        return "off (input_health.enabled: false)"
+    when = f"degraded after {cfg.degraded_after_s:g} s out of range, verdicts then: {cfg.on_degraded}"
+    if ref is None:
+        return f"frozen and covered frames only: the bundle has no training ranges (fitted before them); {when}"
+    darkest, brightest = ref.light_gain
+    light = (f"a lamp x{darkest:g}-x{brightest:g} tolerated" if (darkest, brightest) != (1.0, 1.0)
+             else "the training images' light")
+    noise = f", noise through JPEG {ref.noise_jpeg_quality}" if ref.noise_jpeg_quality else ""
+    return (f"against {ref.n_images} training images (brightness {ref.mean[0]:.0f}-{ref.mean[1]:.0f}, {light}"
+            f"{noise}); {when}")
+
+
 def fit_statistics(images: Iterable[np.ndarray], bit_depth: int = 16, light_gain: tuple[float, float] = (1.0, 1.0),
                    encoded: Iterable[np.ndarray] = (), jpeg_quality: int | None = None) -> InputStatistics:
     """The manifest section from good training images (any size, grey or BGR): what `edged-train fit` records.

@@ -213,6 +213,7 @@ def test_check_config_prints_what_will_run(tmp_path: Path, tiny_bundle: Path) ->
     assert "0.7 (camera override)" in out and "CPUExecutionProvider" in out
     assert "cam7: stream rtsp://u:***@h/s" in out  # the kind, as the config understood the source
     assert "u:p@" not in out  # credentials in a URL are never printed
+    assert "input:    frozen and covered frames only: the bundle has no training ranges" in out  # fitted before them
 
 
 def test_check_config_says_recipes_web_and_opcua(tmp_path: Path, tiny_bundle: Path) -> None:

@@ -23,6 +23,7 @@ from edged.input_health import (
     InputHealthConfig,
     InputMonitor,
     RejectRateMonitor,
+    describe_reference,
     drift_problem,
     expected_reject_rate,
     fit_statistics,
@@ -239,6 +240,16 @@ def test_noise_through_the_calibration_jpeg_is_not_noisy(ref: InputStatistics) -
     assert found(_noisy(scene(60), 4.0), ref) == ("noisy",)
     assert found(_noisy(scene(60), 4.0), encoded) == ()
     assert found(_noisy(scene(60), 16.0), encoded) == ("noisy",)
+
+
+def test_check_config_says_what_frames_are_checked_against(ref: InputStatistics) -> None:
+    tolerant = ref.model_copy(update={"light_gain": (0.7, 1.3), "noise_jpeg_quality": 75})
+    line = describe_reference(tolerant, InputHealthConfig(on_degraded="not_inspected"))
+    assert line.startswith("against 8 training images (brightness ")
+    assert "a lamp x0.7-x1.3 tolerated, noise through JPEG 75" in line and "verdicts then: not_inspected" in line
+    assert "the training images' light)" in describe_reference(ref, CFG)
+    assert describe_reference(None, CFG).startswith("frozen and covered frames only")
+    assert describe_reference(ref, InputHealthConfig(enabled=False)) == "off (input_health.enabled: false)"
 
 
 def test_a_short_glitch_raises_nothing(ref: InputStatistics) -> None:
