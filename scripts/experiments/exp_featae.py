@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--hidden", nargs="+", type=int, default=[192])
     ap.add_argument("--bottleneck", nargs="+", type=int, default=[32])
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--jitter", nargs="+", type=float, default=[0.0])
     ap.add_argument("--topk", nargs="+", type=int, default=[1, 10])
     ap.add_argument("--fuse", action="store_true")
     a = ap.parse_args()
@@ -68,20 +69,19 @@ def main() -> None:
         patches = tr.permute(0, 2, 3, 1).reshape(-1, d)
         mean, inv = patches.mean(0), 1.0 / patches.std(0).clamp_min(1e-3)
         maps: dict[str, torch.Tensor] = {}
-        for hid in a.hidden:
-            for bn in a.bottleneck:
-                t0 = time.perf_counter()
-                opts = {"hidden": hid, "bottleneck": bn, "epochs": a.epochs, "lr": 2e-3}
-                ae, losses = train_ae((patches - mean) * inv, opts, 0)
-                err = ae_errors(ae, te, mean, inv)
-                maps[f"featae h{hid} b{bn}"] = err
-                if a.fuse:
-                    fp = tr[fit_idx].permute(0, 2, 3, 1).reshape(-1, d)
-                    ae2, _ = train_ae((fp - mean) * inv, opts, 0)
-                    cal_ae = ae_errors(ae2, tr[cal_idx], mean, inv)
-                    maps["_ae_scale"] = cal_ae.std() + 0 * cal_ae.mean()
-                print(f"{combo_s} h{hid} b{bn}: loss {losses[0]:.3f}->{losses[-1]:.3f} {time.perf_counter() - t0:.0f}s",
-                      flush=True)
+        for hid, bn, jit in [(h, b, j) for h in a.hidden for b in a.bottleneck for j in a.jitter]:
+            t0 = time.perf_counter()
+            opts = {"hidden": hid, "bottleneck": bn, "epochs": a.epochs, "lr": 2e-3, "jitter": jit}
+            ae, losses = train_ae((patches - mean) * inv, opts, 0)
+            err = ae_errors(ae, te, mean, inv)
+            maps[f"featae h{hid} b{bn} j{jit:g}"] = err
+            if a.fuse:
+                fp = tr[fit_idx].permute(0, 2, 3, 1).reshape(-1, d)
+                ae2, _ = train_ae((fp - mean) * inv, opts, 0)
+                cal_ae = ae_errors(ae2, tr[cal_idx], mean, inv)
+                maps["_ae_scale"] = cal_ae.std() + 0 * cal_ae.mean()
+            print(f"{combo_s} h{hid} b{bn} j{jit:g}: loss {losses[0]:.3f}->{losses[-1]:.3f} "
+                  f"{time.perf_counter() - t0:.0f}s", flush=True)
         if a.fuse:
             sd = patches.std(0).clamp_min(1e-3)
             bank_all = patches / sd

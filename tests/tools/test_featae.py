@@ -37,7 +37,8 @@ def trained() -> FeatAETrained:
 
 def test_training_lowers_the_reconstruction_error(trained: FeatAETrained) -> None:
     p = trained.params
-    assert p["loss_last"] < 0.7 * p["loss_first"]
+    assert p["jitter"] == 1.5  # the default: the noise it adds stays in the loss
+    assert p["loss_last"] < 0.8 * p["loss_first"]
     assert p["grid"] == [SIZE // 16, SIZE // 16] and p["feature_dims"] == 112 + 192
 
 

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# hidden/bottleneck channels, epochs and learning rate: featae's defaults (docs/detection.md has the sweep)
-AE_DEFAULTS: dict[str, Any] = {"hidden": 192, "bottleneck": 32, "epochs": 30, "lr": 2e-3}
+# hidden/bottleneck channels, epochs, learning rate, jitter: patchcore's featae option (beside the bank); `--method
+# featae` alone trains a wider one with jitter (tools/methods/featae/options.py; docs/detection.md has the sweep)
+AE_DEFAULTS: dict[str, Any] = {"hidden": 192, "bottleneck": 32, "epochs": 30, "lr": 2e-3, "jitter": 0.0}
 
 
 class FeatureAE(nn.Module):
@@ -36,20 +37,26 @@ def reconstruction_error(ae: FeatureAE, f: torch.Tensor) -> torch.Tensor:
 
 def train_ae(patches: torch.Tensor, o: dict[str, Any], seed: int) -> tuple[FeatureAE, list[float]]:
     """Fit the autoencoder to standardized patch vectors (P, D) with ``o``'s hidden, bottleneck, epochs and lr
-    (Adam, cosine schedule, batches of 1024); returns it in eval mode and the mean loss per epoch."""
+    (Adam, cosine schedule, batches of 1024); returns it in eval mode and the mean loss per epoch.
+
+    ``o["jitter"]`` (default 0): Gaussian noise of that standard deviation (standardized units) added to each input
+    vector, the clean one the target, so the autoencoder learns to bring a patch back to good features rather
+    than to copy any vector (UniAD's feature jittering)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     ae = FeatureAE(patches.shape[1], o["hidden"], o["bottleneck"])
     opt = torch.optim.Adam(ae.parameters(), lr=o["lr"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o["epochs"])
     x4 = patches[:, :, None, None]
+    jitter = float(o.get("jitter", 0.0))
     losses = []
     for _ in range(o["epochs"]):
         perm = torch.randperm(x4.shape[0], generator=g)
         total = 0.0
         for i in range(0, x4.shape[0], 1024):
             xb = x4[perm[i:i + 1024]]
-            loss = F.mse_loss(ae(xb), xb)
+            noisy = xb + jitter * torch.randn(xb.shape, generator=g) if jitter > 0 else xb
+            loss = F.mse_loss(ae(noisy), xb)
             opt.zero_grad()
             loss.backward()
             opt.step()
