@@ -48,7 +48,7 @@ import logging
 import queue
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -290,23 +290,29 @@ def describe_reference(ref: InputStatistics | None, cfg: InputHealthConfig) -> s
 
 
 def fit_statistics(images: Iterable[np.ndarray], bit_depth: int = 16, light_gain: tuple[float, float] = (1.0, 1.0),
-                   encoded: Iterable[np.ndarray] = (), jpeg_quality: int | None = None) -> InputStatistics:
+                   jpeg_quality: int | None = None,
+                   through_jpeg: Callable[[np.ndarray, int], np.ndarray] | None = None) -> InputStatistics:
     """The manifest section from good training images (any size, grey or BGR): what `edged-train fit` records.
 
     `light_gain`: the lamp gains the model tolerates (its graph normalizes the light, or its threshold was
-    calibrated under them). `encoded`: the same images through the JPEG of `jpeg_quality` the threshold was
-    calibrated through: they widen the noise range only, because noise is all the encoding changes that a check
-    sees (measured on the stones set: stored 8.2 at most, through JPEG 75 12.8 median, flagged noisy on 55%)."""
+    calibrated under them). `jpeg_quality` with `through_jpeg` (the training side's encoder): each image is also
+    measured as that JPEG delivers it, the one the threshold was calibrated through; that widens the noise range
+    only, because noise is all the encoding changes that a check sees (the stones set: at most 8.2 as stored,
+    12.8 median through JPEG 75, flagged noisy on 55%)."""
+    encode = jpeg_quality if jpeg_quality and through_jpeg is not None else None
     stats: list[InputStats] = []
     grids: list[np.ndarray] = []
+    noise: list[float] = []
     for image in images:
         grey = small_grey(image, bit_depth)
         s = measure(grey, None, None)
         stats.append(s)
+        noise.append(s.noise)
+        if encode is not None and through_jpeg is not None:
+            noise.append(measure(small_grey(through_jpeg(image, encode), bit_depth), None, None).noise)
         grids.append(_grid(grey, 1.0 / max(s.mean, 1.0)))  # scaled to mean 1, then to the common mean below
     if not stats:
         raise ValueError("no images to learn the input statistics from")
-    noise = [s.noise for s in stats] + [measure(small_grey(image, bit_depth), None, None).noise for image in encoded]
     ref_mean = float(np.clip(np.median([s.mean for s in stats]), 1.0, 255.0))
     stack = np.stack(grids) * ref_mean
     low = np.floor(stack.min(axis=0)).astype(int).ravel()
@@ -314,7 +320,7 @@ def fit_statistics(images: Iterable[np.ndarray], bit_depth: int = 16, light_gain
     return InputStatistics(  # every training image lies inside its own bounds: differs is 0 by construction
         n_images=len(stats), stats_size=STATS_SIZE, mean=_span(s.mean for s in stats),
         spread=_span(s.spread for s in stats), sharpness=_span(s.sharpness for s in stats),
-        noise=_span(noise), noise_jpeg_quality=jpeg_quality if len(noise) > len(stats) else None,
+        noise=_span(noise), noise_jpeg_quality=encode,
         light_gain=light_gain,
         clipped_low=_span(s.clipped_low for s in stats), clipped_high=_span(s.clipped_high for s in stats),
         differs=(0.0, 0.0), reference_size=REFERENCE_SIZE, reference_mean=round(ref_mean, 3),

@@ -398,6 +398,8 @@ class MqttLink(SupervisedThread):
                             self.cfg.host, self.cfg.port, exc, delay)
             self._next_attempt = time.monotonic() + delay
             return
+        if self._lost.is_set():  # CONNECT already failed within connect(): nothing to read; _on_lost says why
+            return
         self._io = ClientLoop(client, self._io_lock, self._on_broken, name="mqtt-io")
         self._io.start()
 

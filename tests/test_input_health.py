@@ -229,11 +229,14 @@ def test_a_light_the_bundle_tolerates_is_no_camera_change(ref: InputStatistics) 
 
 
 def test_noise_through_the_calibration_jpeg_is_not_noisy(ref: InputStatistics) -> None:
-    """A bundle calibrated through JPEG learns its noise range through it too (`encoded`: the training images as
-    that JPEG delivers them; here noisier by 4 grey levels, as the blocks of a small textured part are): that much
-    is not flagged, much more still is; the other ranges are the stored images' alone."""
-    copies = [_noisy(scene(i), 4.0) for i in range(8)]
-    encoded = fit_statistics((scene(i) for i in range(8)), encoded=copies, jpeg_quality=75)
+    """A bundle calibrated through JPEG learns its noise range through it too (`through_jpeg`: the training images
+    as that JPEG delivers them; here noisier by 4 grey levels, as the blocks of a small textured part are): that
+    much is not flagged, much more still is; the other ranges are the stored images' alone."""
+    def as_encoded(image: np.ndarray, quality: int) -> np.ndarray:
+        assert quality == 75
+        return _noisy(image, 4.0)
+
+    encoded = fit_statistics((scene(i) for i in range(8)), jpeg_quality=75, through_jpeg=as_encoded)
     assert encoded.noise_jpeg_quality == 75 and ref.noise_jpeg_quality is None
     assert ref.noise is not None and encoded.noise is not None and encoded.noise[1] > ref.noise[1]
     assert encoded.mean == ref.mean and encoded.sharpness == ref.sharpness

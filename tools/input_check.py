@@ -33,20 +33,16 @@ STATS_IMAGES = 200  # training images measured at most (spread over the set): th
 VERDICT_IMAGES = 60  # good images checked per perturbation
 
 
-def _spread_indices(n: int, limit: int) -> list[int]:
-    return list(range(0, n, max(1, n // limit)))[:limit]
-
-
 def _spread(records: Sequence[Record], limit: int) -> list[Record]:
-    return [records[i] for i in _spread_indices(len(records), limit)]
+    step = max(1, len(records) // limit)
+    return list(records[::step][:limit])
 
 
-def _full_size(records: Sequence[Record], indices: Sequence[int],
-               change: Callable[[np.ndarray, int], np.ndarray] | None = None) -> Iterator[np.ndarray]:
-    for i in indices:
-        image = read_image(records[i].path)
+def _full_size(records: Sequence[Record]) -> Iterator[np.ndarray]:
+    for rec in records:
+        image = read_image(rec.path)
         if image is not None:
-            yield image if change is None else change(image, i)
+            yield image
 
 
 def record_statistics(records: Sequence[Record], bit_depth: int = 16, light_gain: tuple[float, float] = (1.0, 1.0),
@@ -55,10 +51,9 @@ def record_statistics(records: Sequence[Record], bit_depth: int = 16, light_gain
 
     `light_gain`: the lamp gains the bundle tolerates (`tools.fit.tolerated_light`). `jpeg_quality`: the JPEG the
     threshold was calibrated through (0: none); the noise range then spans the images through it too."""
-    indices = _spread_indices(len(records), STATS_IMAGES)
-    encoded = _full_size(records, indices, lambda im, i: through_jpeg(im, jpeg_quality)) if jpeg_quality else ()
     try:
-        return fit_statistics(_full_size(records, indices), bit_depth, light_gain, encoded, jpeg_quality or None)
+        return fit_statistics(_full_size(_spread(records, STATS_IMAGES)), bit_depth, light_gain, jpeg_quality or None,
+                              through_jpeg)
     except ValueError:
         log.warning("no readable training image for the input statistics: the bundle will have none")
         return None
