@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from devkit.support import (
     Broker,
     DurableSubscriber,
     ServiceRunner,
+    open_descriptors,
     report_figures,
     wait_until,
     write_config,
@@ -76,10 +76,6 @@ def settled_at(row: OutboxRow) -> float:
     return row["delivered_at"]
 
 
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def must_arrive(rows: list[OutboxRow], sub: DurableSubscriber, t_down: float) -> set[str]:
     """Delivered rejects the subscriber must get: all, except one the broker acknowledged around or after
     the outage and had to hold while the subscriber reconnected (slower on a loaded machine), and whose
@@ -114,7 +110,7 @@ def test_broker_outage_delivers_live_rejects_and_expires_stale_ones(tmp_path: Pa
                    "3 rejects before the outage")
         link = runner.service.link
         assert link is not None
-        fds_before = fd_count()
+        fds_before = open_descriptors()
         # --- the outage ---------------------------------------------------------------------------
         t_down = time.time()
         broker.stop()
@@ -142,7 +138,7 @@ def test_broker_outage_delivers_live_rejects_and_expires_stale_ones(tmp_path: Pa
                    and expired_ids <= set(sub.ids(f"{TOPIC}/audit")), 30, "the subscriber to receive them")
         wait_until(lambda: any(isinstance(p, dict) and p.get("expired", 0) > 0 for _, p, _ in sub.on(f"{TOPIC}/stats")),
                    10, "a stats message with the expired count")
-        fds_after = fd_count()
+        fds_after = open_descriptors()
     finally:
         runner.stop()
         sub.close()

@@ -30,6 +30,7 @@ from devkit.support import (
     ServiceRunner,
     Subscriber,
     free_port,
+    open_descriptors,
     report_figures,
     spot_frame,
     wait_until,
@@ -100,7 +101,7 @@ def census() -> dict[str, int]:
     """Python threads, OS tasks (FFmpeg's native threads too) and open file descriptors of this process."""
     gc.collect()  # descriptors of earlier tests' garbage would otherwise close mid-test and hide a leak
     return {"threads": threading.active_count(), "tasks": len(os.listdir("/proc/self/task")),
-            "fds": len(os.listdir("/proc/self/fd"))}
+            "fds": open_descriptors()}
 
 
 def test_rtsp_camera_lost_and_back_repeatedly(tmp_path: Path, tiny_bundle: Path, broker: Broker) -> None:
