@@ -9,8 +9,11 @@ vanish from the heartbeats, which would make a daemon with a dead thread look he
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -20,6 +23,24 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from edged.frames import Frame
+
+
+OS_NAME_BYTES = 15  # Linux keeps a thread's name in 16 bytes, the NUL included
+_PR_SET_NAME = 15
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread `name` in the kernel too (Linux), truncated to 15 bytes.
+
+    Python before 3.14 names threads only inside the interpreter, so `top -H`, `ps -L`, `pidstat -t` and
+    /proc/<pid>/task/*/comm showed every edged thread as "edged" or "python3": nobody could see whether the
+    capture, an inference worker or the image writer was using the CPU. Best effort: a name is cosmetic, so
+    any failure (another OS, a libc without prctl) is ignored."""
+    if not sys.platform.startswith("linux"):
+        return
+    raw = name.encode("utf-8", "replace")[:OS_NAME_BYTES]
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, ctypes.c_char_p(raw), 0, 0, 0)
 
 
 class Heartbeats:
@@ -91,6 +112,7 @@ class SupervisedThread(threading.Thread):
 
     def run(self) -> None:
         """`work` under supervision (see the class); not to be overridden."""
+        name_os_thread(self.name)
         try:
             self.work()
         except Exception as exc:

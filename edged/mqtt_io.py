@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
+from edged.health import name_os_thread
+
 IDLE_S = 1.0  # the longest select: the keepalive (loop_misc) needs a call at least this often
 
 
@@ -62,6 +64,7 @@ class ClientLoop:
             self.thread.join(join_s)
 
     def _run(self) -> None:
+        name_os_thread(self.thread.name)
         try:
             while not self._stopping and self._once():
                 pass

@@ -25,6 +25,8 @@ asserts on speed: the numbers are measured, written, and read by people.
 from __future__ import annotations
 
 import argparse
+import collections
+import gc
 import json
 import os
 import platform
@@ -251,6 +253,21 @@ def write_config(path: Path, *, station: str, bundle: Path, precision: str | Non
 
 # --- the child: the real pipeline in one process, instrumented ----------------------------------------
 
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far per kernel thread name of this process (edged names its threads: capture:cam1, inference:0,
+    recorder, images, mqtt, mqtt-io, ...; threads of one name are summed). Linux; {} elsewhere."""
+    out: dict[str, float] = collections.defaultdict(float)
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path("/proc/self/task").glob("*"):
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[name] += (int(fields[11]) + int(fields[12])) / tick  # utime, stime: fields 14 and 15 of stat
+    return dict(out)
+
+
 def child_main(args: argparse.Namespace) -> int:
     """Run `Service` with per-frame stage stamps; write window statistics to args.out."""
     import psutil
@@ -265,6 +282,17 @@ def child_main(args: argparse.Namespace) -> int:
     if os.environ.get("BENCH_SWITCH_INTERVAL"):  # experiment: the GIL hand-over interval `Service.run` sets
         service_mod.GIL_SWITCH_INTERVAL_S = float(os.environ["BENCH_SWITCH_INTERVAL"])
     lock = threading.Lock()
+    gc_seconds = [0.0, 0.0]  # [total, this collection's start], by gc.callbacks: the collector's share of the window
+    gc_runs: collections.Counter[int] = collections.Counter()
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_seconds[1] = time.perf_counter()
+        else:
+            gc_seconds[0] += time.perf_counter() - gc_seconds[1]
+            gc_runs[info["generation"]] += 1
+
+    gc.callbacks.append(on_gc)
     pending: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
     commits: list[float] = []
@@ -298,7 +326,8 @@ def child_main(args: argparse.Namespace) -> int:
         cpu = proc.cpu_times()
         return {"mono": time.monotonic(), "cpu": cpu.user + cpu.system, "frames": sum(s.frames for s in
                 svc.stats.values()), "inspected": svc.counters.inspected,
-                "drops": sum(svc.frames.drops(n) for n in svc.stats),
+                "drops": sum(svc.frames.drops(n) for n in svc.stats), "gc_s": gc_seconds[0], "gc_runs": dict(gc_runs),
+                "threads": thread_cpu_seconds(),
                 "web_cpu": svc.web.cpu_seconds if svc.web is not None else 0.0}
 
     def timer() -> None:
@@ -326,6 +355,10 @@ def child_main(args: argparse.Namespace) -> int:
         "drops": end["drops"] - start["drops"],
         "cpu_percent": round(100 * (end["cpu"] - start["cpu"]) / span, 1),
         "web_cpu_percent": round(100 * (end["web_cpu"] - start["web_cpu"]) / span, 2),
+        "gc_percent": round(100 * (end["gc_s"] - start["gc_s"]) / span, 2),
+        "gc_runs": {g: n - start["gc_runs"].get(g, 0) for g, n in end["gc_runs"].items()},
+        "cpu_percent_by_thread": dict(sorted(((k, round(100 * (v - start["threads"].get(k, 0.0)) / span, 1))
+                                              for k, v in end["threads"].items()), key=lambda kv: -kv[1])),
         "peak_rss_mb": peak_rss_mb(),
         "commit_ms": summary(commits),
         "records": in_window,
@@ -392,6 +425,8 @@ def measure(case: Case, rate: float, *, bundles: Path, video: Path, frames: list
         "stages_ms": {s: summary(v) for s, v in stages.items()},
         "stages_all_frames_ms": {s: summary(v) for s, v in stages_all.items()}, "commit_call_ms": child["commit_ms"],
         "cpu_percent": child["cpu_percent"], "web_cpu_percent": child["web_cpu_percent"],
+        "gc_percent": child["gc_percent"], "gc_runs": child["gc_runs"],
+        "cpu_percent_by_thread": child["cpu_percent_by_thread"],
         "peak_rss_mb": child["peak_rss_mb"],
         "workers": child["workers"], "intra_op_threads": child["intra_op_threads"],
         "batch_size": child["batch_size"], "seconds": child["seconds"],
@@ -649,6 +684,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"{fmt(r['verdict_ms']['p99'])} | " + " | ".join(fmt(st[s]["p50"]) for s in STAGES) +
             f" | {fmt(r['cpu_percent'])} | {fmt(r['peak_rss_mb'])} | "
             f"{fmt(r.get('vs_reference', {}).get('throughput_x'))} | {r['load_avg']['after'][0]} |")
+    by_thread = [r for r in report["results"] if r.get("cpu_percent_by_thread")]
+    if by_thread:
+        lines += ["", "CPU % of one core by thread over the window (kernel thread names; the broker and the "
+                  "subscriber are other processes; Python's garbage collector's share of the window in brackets):", ""]
+        for r in by_thread:
+            shares = ", ".join(f"{k} {v}" for k, v in r["cpu_percent_by_thread"].items() if v >= 0.5)
+            lines.append(f"- {r['bundle']} @ {r['rate_fps']}: {shares} (gc {r.get('gc_percent')}%)")
     cfgs = {(r["workers"], r["intra_op_threads"], r["batch_size"]) for r in report["results"]}
     lines += ["", "Model settings: " + "; ".join(f"{w} worker(s) x {t} intra-op thread(s), batch_size {b}"
                                                  for w, t, b in sorted(cfgs)) + "."]
@@ -737,6 +779,8 @@ def run_main(args: argparse.Namespace) -> int:
                       f"({r['rejects_received']} rejects), verdict p99 {r['verdict_ms']['p99']} ms, infer p50 "
                       f"{r['stages_ms']['infer']['p50']} ms, CPU {r['cpu_percent']}%, RSS {r['peak_rss_mb']} MB, "
                       f"load {r['load_avg']['after'][0]}", flush=True)
+                print("      CPU by thread: " + ", ".join(f"{k} {v}%" for k, v in r["cpu_percent_by_thread"].items()
+                                                         if v >= 0.5), flush=True)
     finally:
         listener.close()
         broker.stop()

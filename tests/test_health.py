@@ -3,6 +3,9 @@ supervision of the threads that must live."""
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import pytest
 
 from edged.health import Heartbeats, LatencyWindow, SupervisedThread, percentile
@@ -63,3 +66,23 @@ def test_a_supervised_thread_that_returns_is_forgotten_not_dead() -> None:
     probe.start()
     probe.join(5)
     assert beats.dead() == {} and "probe" not in beats.ages() and probe.calls == ["finish"]
+
+
+class _Named(SupervisedThread):
+    def __init__(self, name: str) -> None:
+        super().__init__(name, None)
+        self.kernel_name = ""
+
+    def work(self) -> None:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", encoding="utf-8") as fh:
+            self.kernel_name = fh.read().rstrip("\n")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel thread names are Linux's")
+def test_a_supervised_thread_carries_its_name_into_the_kernel_truncated_to_15_bytes() -> None:
+    """What `top -H` and `ps -L` show: without it every thread is the interpreter's name."""
+    for name, shown in (("capture:cam1", "capture:cam1"), ("capture:line-3-left-camera", "capture:line-3-")):
+        t = _Named(name)
+        t.start()
+        t.join(5)
+        assert t.kernel_name == shown
