@@ -253,27 +253,13 @@ def write_config(path: Path, *, station: str, bundle: Path, precision: str | Non
 
 # --- the child: the real pipeline in one process, instrumented ----------------------------------------
 
-def thread_cpu_seconds() -> dict[str, float]:
-    """CPU seconds so far per kernel thread name of this process (edged names its threads: capture:cam1, inference:0,
-    recorder, images, mqtt, mqtt-io, ...; threads of one name are summed). Linux; {} elsewhere."""
-    out: dict[str, float] = collections.defaultdict(float)
-    tick = os.sysconf("SC_CLK_TCK")
-    for task in Path("/proc/self/task").glob("*"):
-        try:
-            name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        out[name] += (int(fields[11]) + int(fields[12])) / tick  # utime, stime: fields 14 and 15 of stat
-    return dict(out)
-
-
 def child_main(args: argparse.Namespace) -> int:
     """Run `Service` with per-frame stage stamps; write window statistics to args.out."""
     import psutil
 
     import edged.service as service_mod
     from edged.config import load_config
+    from edged.health import thread_cpu_seconds
     from edged.logsetup import setup_logging
     from edged.store import InspectionRow, InspectionWriter, OutboxMessage, Recorded
 

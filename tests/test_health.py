@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 import pytest
 
-from edged.health import Heartbeats, LatencyWindow, SupervisedThread, percentile
+from edged.health import Heartbeats, LatencyWindow, SupervisedThread, percentile, thread_cpu_seconds
 
 
 def test_nearest_rank_is_a_value_that_occurred() -> None:
@@ -86,3 +87,28 @@ def test_a_supervised_thread_carries_its_name_into_the_kernel_truncated_to_15_by
         t.start()
         t.join(5)
         assert t.kernel_name == shown
+
+
+class _Busy(SupervisedThread):
+    def __init__(self) -> None:
+        super().__init__("busy-probe", None)
+        self.seen: dict[str, float] = {}
+
+    def work(self) -> None:
+        start = time.thread_time()
+        while time.thread_time() - start < 0.2:  # 0.2 s of this thread's own CPU, however busy the machine
+            pass
+        self.seen = thread_cpu_seconds()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread CPU is read from Linux's /proc")
+def test_thread_cpu_seconds_counts_each_thread_under_its_name() -> None:
+    """What /metrics and the benchmark report: the CPU a named thread used, not the process's total."""
+    t = _Busy()
+    t.start()
+    t.join(30)
+    assert 0.15 <= t.seen.get("busy-probe", 0.0) <= 5.0, t.seen
+    deadline = time.monotonic() + 10  # join() returns before the kernel has reaped the thread
+    while "busy-probe" in thread_cpu_seconds() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "busy-probe" not in thread_cpu_seconds()  # an ended thread no longer counts

@@ -92,6 +92,8 @@ def test_metrics_parse_and_count_at_scrape_time(client: Client) -> None:
                  "edged_recipe_info[('camera', 'cam1'), ('model', 'test-max'), ('recipe', 'default')]"):
         assert name in first, name
     assert first["edged_missed_frames_total[('camera', 'cam1')]"] == 0  # a video file loses no frame
+    for thread in ("capture:cam1", "inference:0", "recorder"):  # the kernel names the threads carry
+        assert f"edged_thread_cpu_seconds_total[('thread', '{thread}')]" in first, thread
     assert first["edged_input_degraded[('camera', 'cam1')]"] in (0.0, 1.0)
     assert any(k.startswith("edged_runtime_choice_info") and "('mode', 'auto')" in k and "('runtime', '" in k
                for k in first), [k for k in first if "runtime" in k]

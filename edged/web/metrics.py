@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from edged import __version__
 from edged.handshake import TriggerRefusal
+from edged.health import thread_cpu_seconds
 
 if TYPE_CHECKING:
     from edged.service import Service
@@ -107,7 +108,12 @@ class PipelineCollector(Collector):
         web_cpu.add_metric([], web.cpu_seconds if web is not None else 0.0)
         refused = CounterMetricFamily("edged_web_refused", "Web requests answered 503 (every slot busy)")
         refused.add_metric([], web.refused if web is not None else 0)
-        yield from (inspected, rejects, invalid, db_errors, dead, web_cpu, refused)
+        threads = CounterMetricFamily("edged_thread_cpu_seconds", "CPU time of each of the daemon's threads by "
+                                      "name (capture:<camera>, inference:<n>, recorder, images, mqtt, ...)",
+                                      labels=["thread"])
+        for name, seconds in sorted(thread_cpu_seconds().items()):
+            threads.add_metric([name], round(seconds, 2))
+        yield from (inspected, rejects, invalid, db_errors, dead, web_cpu, refused, threads)
 
     def _link(self) -> Iterator[Metric]:
         link = self.service.link
