@@ -122,6 +122,14 @@ class SupervisedThread(threading.Thread):
     def __init__(self, name: str, heartbeats: Heartbeats | None) -> None:
         super().__init__(name=name, daemon=True)
         self.heartbeats = heartbeats
+        self._exited = threading.Event()  # set as `run` returns, however it ended
+
+    def has_ended(self) -> bool:
+        """True once `run` has returned (work done, or its death reported); False before the thread starts and
+        while it is starting. The supervisor asks this, not `ident` and `is_alive()`: a thread started from
+        another thread (the image writer, by the recorder) has an ident a moment before `is_alive()` turns True,
+        and a supervisor that looked then called a healthy daemon's writer dead ("ended unexpectedly")."""
+        return self._exited.is_set()
 
     def work(self) -> None:
         """The thread's body; returning ends the thread as it should (end of input, shutdown)."""
@@ -144,9 +152,12 @@ class SupervisedThread(threading.Thread):
                 self.heartbeats.died(self.name, exc)
             self.on_death()
         finally:
-            if self.heartbeats is not None:
-                self.heartbeats.forget(self.name)
-            self.finish()
+            try:
+                if self.heartbeats is not None:
+                    self.heartbeats.forget(self.name)
+                self.finish()
+            finally:
+                self._exited.set()
 
 
 

@@ -695,7 +695,7 @@ class Service:
             return dead
         images = self.recorder.images if self.recorder is not None else None
         for t in (*self.workers, self.recorder, self.link, images, self.web, self.switcher, self.opcua):
-            if t is not None and t.ident is not None and not t.is_alive() and t.name not in dead:
+            if t is not None and t.has_ended() and t.name not in dead:
                 dead[t.name] = "ended unexpectedly"
         return dead
 

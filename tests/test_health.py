@@ -112,3 +112,49 @@ def test_thread_cpu_seconds_counts_each_thread_under_its_name() -> None:
     while "busy-probe" in thread_cpu_seconds() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert "busy-probe" not in thread_cpu_seconds()  # an ended thread no longer counts
+
+
+class _HeldAtStart(SupervisedThread):
+    """A thread that stops inside Thread's start-up, after its ident is set and before is_alive() is True: the
+    moment a supervisor looking from a third thread used to take for a death."""
+
+    def __init__(self) -> None:
+        super().__init__("held", None)
+        self.release = threading.Event()
+
+    def _set_native_id(self) -> None:  # called by threading between _set_ident and _started.set (3.8+)
+        self.release.wait(10)
+        super()._set_native_id()  # type: ignore[misc]  # private, not in typeshed
+
+    def work(self) -> None:
+        pass
+
+
+def release_and_join(t: _HeldAtStart) -> None:
+    """Let it go on starting, and wait for it to end (join() before its start has finished would raise)."""
+    t.release.set()
+    deadline = time.monotonic() + 10
+    while not (t.is_alive() or t.has_ended()) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    t.join(10)
+
+
+def start_held_from_another_thread() -> _HeldAtStart:
+    """As the recorder starts the image writer: `start()` blocks its caller, not the supervisor."""
+    t = _HeldAtStart()
+    threading.Thread(target=t.start, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while t.ident is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return t
+
+
+@pytest.mark.skipif(not hasattr(threading.Thread, "_set_native_id"), reason="needs Thread._set_native_id")
+def test_a_thread_still_starting_has_not_ended() -> None:
+    t = _HeldAtStart()
+    assert not t.has_ended()  # not started
+    t = start_held_from_another_thread()
+    assert t.ident is not None and not t.is_alive()  # the window: what the supervisor used to read as "ended"
+    assert not t.has_ended()
+    release_and_join(t)
+    assert t.has_ended()

@@ -205,3 +205,22 @@ def test_a_thread_that_dies_makes_the_daemon_unhealthy(tmp_path: Path, tiny_bund
     out = io.StringIO()
     assert status.main(cfg, out=out) == 1
     assert f"thread {thread}" in out.getvalue() and "DIED" in out.getvalue()
+
+
+@pytest.mark.skipif(not hasattr(__import__("threading").Thread, "_set_native_id"),
+                    reason="needs Thread._set_native_id")
+def test_a_thread_still_starting_is_not_reported_dead(tmp_path: Path, tiny_bundle: Path) -> None:
+    """CI once saw a healthy daemon's image writer reported "ended unexpectedly" 0.3 s after start: the recorder
+    starts it, and the supervisor looked while it had an ident but is_alive() was not yet True."""
+    from tests.test_health import release_and_join, start_held_from_another_thread
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_bundle, tmp_path / "v.avi", tmp_path / "s"))
+    service = Service(cfg, notifier=Notifier({}), handle_signals=False)
+    held = start_held_from_another_thread()
+    service.workers.append(held)  # type: ignore[arg-type]  # any thread the supervisor must keep alive
+    try:
+        assert held.ident is not None and not held.is_alive()
+        assert "held" not in service.dead_threads()
+    finally:
+        release_and_join(held)
+    assert service.dead_threads().get("held") == "ended unexpectedly"  # and once it really has ended, it is
