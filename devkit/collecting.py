@@ -35,9 +35,11 @@ class CollectorRunner:
             self.error = exc
 
     def start(self, connected_within: float = 15.0) -> CollectorRunner:
-        """Start, and wait until it is connected and subscribed."""
+        """Start, and wait until it is connected and the broker has granted its subscription (SUBACK): a message
+        published before that is not for this collector, which once lost a test's first message."""
         self.thread.start()
         assert self.collector.connected.wait(connected_within), "the collector did not connect"
+        assert self.collector.subscribed.wait(connected_within), "the broker did not grant the subscription"
         return self
 
     def stop(self, timeout: float = 30.0) -> None:

@@ -255,7 +255,8 @@ def test_the_edged_collect_command_records_and_stops_on_sigterm(tmp_path: Path, 
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert "subscribed to $share/edged-collect/" in err
+    assert "subscribing to $share/edged-collect/" in err
+    assert "the central broker granted the subscription" in err
 
 
 def test_a_missing_table_is_a_store_failure_not_a_bad_row(postgres: LocalPostgres) -> None:

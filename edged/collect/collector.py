@@ -67,6 +67,7 @@ class Collector:
         self.stop = stop or threading.Event()
         self.counts = Counts()
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker granted every filter (its SUBACK): messages flow from here
         self._inbox: queue.Queue[Incoming] = queue.Queue()
         self._store = PgStore(config.postgres)
         self._generation = 0
@@ -96,6 +97,7 @@ class Collector:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = b.session_expiry_s
         props.ReceiveMaximum = self.config.batch_size
@@ -110,14 +112,29 @@ class Collector:
             self._generation += 1
             filters = collector_filters(self.config.stations, self.config.share_group)
             client.subscribe([(f, 1) for f in filters])
-            log.info("connected to %s:%d (session %s), subscribed to %s", self.config.broker.host,
+            log.info("connected to %s:%d (session %s), subscribing to %s", self.config.broker.host,
                      self.config.broker.port, "resumed" if flags.session_present else "new", ", ".join(filters))
             self.connected.set()
         except Exception:  # paho's thread must live: a bug here is logged, never raised into paho
             log.exception("on_connect failed")
 
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[Any], props: Any) -> None:
+        """The broker's SUBACK. A refused filter (the broker's ACL) is said loudly: nothing would arrive for it."""
+        try:
+            refused = [str(r) for r in reasons if r.is_failure]
+            if refused:
+                log.error("the central broker refused the subscription (%s): nothing is collected for those filters",
+                          escape(", ".join(refused)))
+                return
+            if not self.subscribed.is_set():
+                log.info("the central broker granted the subscription")
+            self.subscribed.set()
+        except Exception:  # paho's thread must live
+            log.exception("on_subscribe failed")
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if not self.stop.is_set():
             log.warning("lost the central broker (%s); reconnecting", escape(str(reason)))
 
