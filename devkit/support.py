@@ -190,18 +190,21 @@ class Subscriber:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{free_port()}",
                                   protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # set by the SUBACK
         self.topics = topics
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         assert self.connected.wait(5)
-        time.sleep(0.2)
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags, rc: ReasonCode,
                     props: Properties | None) -> None:
         client.subscribe([(t, 1) for t in self.topics])
-        self.connected.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reasons: list[ReasonCode],
+                      props: Properties | None) -> None:
+        self.connected.set()  # connected AND subscribed: what is published from now on arrives
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         text = msg.payload.decode(errors="replace")
@@ -261,20 +264,23 @@ class DurableSubscriber:
         self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]  # float is fine
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = self._on_disconnect
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
         self.client.loop_start()
         assert self.connected.wait(5)
-        time.sleep(0.2)
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags, rc: ReasonCode,
                     props: Properties | None) -> None:
         self.connects += 1
         self.connected_at.append(time.time())
         self.client.subscribe([(t, 1) for t in self.topics])
-        self.connected.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reasons: list[ReasonCode],
+                      props: Properties | None) -> None:
+        self.connected.set()  # connected AND subscribed (the SUBACK), also after each reconnect
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags, rc: ReasonCode,
                        props: Properties | None) -> None:
