@@ -152,16 +152,19 @@ class RejectListener:
                                   protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not self.connected.wait(10):
-            raise RuntimeError("bench subscriber could not connect to the broker")
-        time.sleep(0.2)
+            raise RuntimeError("bench subscriber could not subscribe at the broker")
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags, rc: ReasonCode,
                     props: Properties | None) -> None:
         client.subscribe([("edged/+/reject", 1)])
-        self.connected.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reasons: list[ReasonCode],
+                      props: Properties | None) -> None:
+        self.connected.set()  # the SUBACK: rejects published from now on arrive
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         now = time.time()
