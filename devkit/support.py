@@ -177,6 +177,11 @@ health: {{status_interval_s: 0.5}}
     return path
 
 
+# How long a test's subscriber waits for the broker to grant its subscriptions: long enough for a loaded CI host
+# (a loopback CONNECT-CONNACK-SUBSCRIBE-SUBACK takes milliseconds), short enough to fail a broken fixture.
+SUBSCRIBED_S = 10.0
+
+
 class Subscriber:
     """A real paho subscriber collecting messages per topic."""
 
@@ -192,15 +197,27 @@ class Subscriber:
         self.client.on_message = self._on_message
         self.connected = threading.Event()  # set by the SUBACK
         self.topics = topics
+        self.seen: list[str] = []  # CONNACKs and disconnects, for the message when no SUBACK comes
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_disconnect = self._on_disconnect
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        assert self.connected.wait(5)
+        if not self.connected.wait(SUBSCRIBED_S):
+            seen = ", ".join(self.seen) or "nothing (no CONNACK)"
+            self.close()
+            raise AssertionError(f"no SUBACK from the broker on port {port} in {SUBSCRIBED_S} s; the client saw: "
+                                 f"{seen}")
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags, rc: ReasonCode,
                     props: Properties | None) -> None:
-        client.subscribe([(t, 1) for t in self.topics])
+        self.seen.append(f"CONNACK {rc}")
+        if not rc.is_failure:
+            client.subscribe([(t, 1) for t in self.topics])
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags, rc: ReasonCode,
+                       props: Properties | None) -> None:
+        self.seen.append(f"disconnect {rc}")
 
     def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reasons: list[ReasonCode],
                       props: Properties | None) -> None:
@@ -270,7 +287,10 @@ class DurableSubscriber:
         props.SessionExpiryInterval = 3600
         self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
         self.client.loop_start()
-        assert self.connected.wait(5)
+        if not self.connected.wait(SUBSCRIBED_S):
+            connects = self.connects
+            self.close()
+            raise AssertionError(f"no SUBACK from the broker on port {port} in {SUBSCRIBED_S} s ({connects} CONNACKs)")
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags, rc: ReasonCode,
                     props: Properties | None) -> None:
