@@ -62,8 +62,8 @@ class LocalBroker:
         return Path(MOSQUITTO).exists()
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start mosquitto and return once it runs and accepts connections. The port came from `free_port`, so another process
-        may have bound it since: on a first start mosquitto then moves to a fresh port (up to 3 times)."""
+        """Start mosquitto and return once it runs and accepts connections. The port came from `free_port`, so
+        another process may have bound it since: on a first start mosquitto then moves to a fresh port (3 tries)."""
         if not self.available():
             raise BrokerUnavailable("mosquitto is not installed (scripts/setup.sh installs it)")
         for attempt in range(3):
